@@ -1,0 +1,45 @@
+"""Who is calling: principals and their roles."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    AGENT = "agent"
+    APPROVER = "approver"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller.
+
+    ``id`` is namespaced (``agent:demo``, ``human:alice``).  An agent always acts
+    for a human (``acts_for``); humans act for themselves.  ``groups`` are used by
+    approval rules (``group:sre``).
+    """
+
+    id: str
+    roles: frozenset[Role] = field(default_factory=frozenset)
+    acts_for: str | None = None
+    groups: frozenset[str] = field(default_factory=frozenset)
+    # How the caller authenticated ("api_key" or "oidc:<issuer>"), for the log.
+    auth_method: str = "api_key"
+
+    def has_role(self, role: Role) -> bool:
+        return role in self.roles or Role.ADMIN in self.roles and role is Role.ADMIN
+
+    @property
+    def human(self) -> str:
+        """The human accountable for this principal's actions."""
+        return self.acts_for or self.id
+
+    def matches(self, selector: str) -> bool:
+        """Does ``selector`` (a principal id, a glob such as ``agent:*``, or ``group:NAME``) name us?"""
+        if selector.startswith("group:"):
+            return selector[len("group:"):] in self.groups
+        return fnmatch.fnmatchcase(self.id, selector)
