@@ -1,0 +1,251 @@
+"""Scope templates: the engineers' interface, validated with pydantic.
+
+A template names one role, the actions it may use on which resources, typed
+parameters that fill ``{placeholders}`` in the role ARN, resources and condition
+values, TTL limits, who may request it and what approval it needs.
+
+The on-disk format (YAML, one template a file) is a contract: keep the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from broker.errors import TemplateError
+
+# STS limits that templates must respect (the broker checks them itself: moto does not).
+STS_MIN_DURATION = 900
+STS_MAX_DURATION = 43200
+DEFAULT_ROLE_MAX_SESSION = 3600
+
+# `{name}` placeholders; `${aws:...}` IAM policy variables are left alone.
+PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class ParameterSpec(_Strict):
+    """One typed parameter.  Required unless it has a default."""
+
+    type: Literal["string", "aws_account_id", "aws_region", "integer"]
+    description: str | None = None
+    default: str | int | None = None
+    pattern: str | None = None
+    enum: list[str] | None = None
+    max_length: Annotated[int, Field(ge=1, le=1024)] = 128
+    min: int | None = None
+    max: int | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from exc
+        return value
+
+    @field_validator("enum")
+    @classmethod
+    def _enum_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("enum must list at least one value")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_type(self) -> "ParameterSpec":
+        if self.type != "integer" and (self.min is not None or self.max is not None):
+            raise ValueError("min/max apply to integer parameters only")
+        if self.type == "integer" and (self.pattern or self.enum):
+            raise ValueError("pattern/enum apply to string parameters only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is greater than max")
+        return self
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    @property
+    def is_fixed_list(self) -> bool:
+        """An agent can only pick from values the template author wrote down."""
+        return self.enum is not None
+
+
+class Statement(_Strict):
+    """One Allow statement.  There is no Deny, NotAction or NotResource in templates."""
+
+    sid: str | None = None
+    effect: Literal["Allow"] = "Allow"
+    actions: list[str] = Field(min_length=1)
+    resources: list[str] = Field(min_length=1)
+    conditions: dict[str, dict[str, str | list[str]]] | None = None
+
+    @field_validator("actions")
+    @classmethod
+    def _action_shape(cls, actions: list[str]) -> list[str]:
+        for action in actions:
+            if action != "*" and not re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9*?]+", action):
+                raise ValueError(f"action {action!r} is not of the form service:Action")
+        return actions
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_not_empty(cls, resources: list[str]) -> list[str]:
+        for resource in resources:
+            if not resource:
+                raise ValueError("a resource may not be empty")
+        return resources
+
+
+class TtlRule(_Strict):
+    default: int = 900
+    max: int = 3600
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "TtlRule":
+        if not STS_MIN_DURATION <= self.default <= self.max <= STS_MAX_DURATION:
+            raise ValueError(
+                f"ttl must satisfy {STS_MIN_DURATION} <= default <= max <= {STS_MAX_DURATION} (STS's bounds)")
+        return self
+
+
+class ApprovalRule(_Strict):
+    approvals: Annotated[int, Field(ge=0, le=10)] = 0
+    approvers: list[str] = Field(default_factory=list)
+    expires_after: Annotated[int, Field(ge=60, le=7 * 86400)] = 1800
+    # How long an approved request may wait to be redeemed.
+    redeem_within: Annotated[int, Field(ge=60, le=86400)] = 900
+
+    @model_validator(mode="after")
+    def _approvers_for_approvals(self) -> "ApprovalRule":
+        if self.approvals > 0 and not self.approvers:
+            raise ValueError("an approval rule that needs approvals must name who may approve")
+        return self
+
+
+class ScopeTemplate(_Strict):
+    name: str
+    description: str
+    environment: Environment
+    role: str
+    parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
+    statements: list[Statement] = Field(min_length=1)
+    ttl: TtlRule = Field(default_factory=TtlRule)
+    requesters: list[str] = Field(min_length=1)
+    approval: ApprovalRule = Field(default_factory=ApprovalRule)
+    # Destructive or permission-changing actions must be declared (guardrails check it).
+    destructive: bool = False
+    capabilities: list[str] = Field(default_factory=list)
+    # The target role's MaxSessionDuration; a TTL above it would fail at STS.
+    role_max_session: Annotated[int, Field(ge=STS_MIN_DURATION, le=STS_MAX_DURATION)] = DEFAULT_ROLE_MAX_SESSION
+    # Extra session tags (fixed values) added to every session minted for this template.
+    session_tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, name: str) -> str:
+        if not TEMPLATE_NAME.fullmatch(name):
+            raise ValueError("name must be lowercase letters, digits and '-', at most 63 characters")
+        return name
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, parameters: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        for name in parameters:
+            if not PARAMETER_NAME.fullmatch(name):
+                raise ValueError(f"parameter name {name!r} is not an identifier")
+        return parameters
+
+    @model_validator(mode="after")
+    def _placeholders_declared(self) -> "ScopeTemplate":
+        used = self.placeholders()
+        undeclared = sorted(used - set(self.parameters))
+        if undeclared:
+            raise ValueError(f"placeholders with no parameter: {', '.join(undeclared)}")
+        if self.ttl.max > self.role_max_session:
+            raise ValueError(
+                f"ttl.max {self.ttl.max} exceeds the role's maximum session duration {self.role_max_session}")
+        if not self.role.startswith("arn:"):
+            raise ValueError("role must be an IAM role ARN")
+        return self
+
+    def placeholders(self) -> set[str]:
+        found = set(PLACEHOLDER.findall(self.role))
+        for statement in self.statements:
+            for text in (*statement.resources, *_condition_strings(statement.conditions)):
+                found.update(PLACEHOLDER.findall(text))
+        return found
+
+    def role_parameters(self) -> set[str]:
+        return set(PLACEHOLDER.findall(self.role))
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approval.approvals > 0
+
+    def canonical(self) -> bytes:
+        """Canonical form: sorted-key, minified JSON of the validated model."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+
+    @property
+    def version_digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical()).hexdigest()
+
+
+def _condition_strings(conditions: dict[str, dict[str, str | list[str]]] | None) -> list[str]:
+    out: list[str] = []
+    for by_key in (conditions or {}).values():
+        for value in by_key.values():
+            out.extend([value] if isinstance(value, str) else value)
+    return out
+
+
+def parse_template(text: str, *, source: str) -> ScopeTemplate:
+    """Parse one template's YAML text; errors name the source and the field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{source}: not valid YAML ({exc.__class__.__name__})", code="template_unreadable",
+                            details={"source": source}) from exc
+    if not isinstance(data, dict):
+        raise TemplateError(f"{source}: a template must be a YAML mapping", code="template_unreadable",
+                            details={"source": source})
+    return template_from_mapping(data, source=source)
+
+
+def template_from_mapping(data: dict[str, Any], *, source: str) -> ScopeTemplate:
+    try:
+        return ScopeTemplate.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(template)"
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(template)", "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        raise TemplateError(f"{source}: {field}: {first['msg']}", field=field,
+                            details={"source": source, "problems": problems}) from exc
+
+
+def template_json_schema() -> dict[str, Any]:
+    return ScopeTemplate.model_json_schema()
