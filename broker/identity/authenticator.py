@@ -1,0 +1,141 @@
+"""Turn an ``Authorization`` header into a :class:`Principal`.
+
+Two credential kinds, both as ``Bearer <token>``:
+
+* broker-issued API keys (``brk_...``), looked up by key id and compared by hash;
+* OIDC workload tokens (JWTs), routed to the verifier of their exact issuer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import jwt
+
+from broker.domain.principals import Principal
+from broker.errors import Unauthenticated
+from broker.identity.apikeys import API_KEY_PREFIX, hash_api_key, parse_api_key, verify_api_key_hash
+from broker.identity.oidc import MAX_TOKEN_CHARS, OidcVerifier
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """What the broker stores about an API key: never the key itself."""
+
+    key_id: str
+    token_hash: str
+    principal_id: str
+    revoked: bool = False
+
+
+class ApiKeyStore(Protocol):
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+
+class PrincipalDirectory(Protocol):
+    def get_principal(self, principal_id: str) -> Principal | None: ...
+
+
+# RFC 7235: the auth-scheme is case-insensitive; exactly one space-separated token follows.
+_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(?P<token>[^\s]+)$")
+# Compared against when the key id is unknown, so an unknown id costs the same
+# hash-and-compare as a known one.
+_UNKNOWN_KEY_HASH = hash_api_key(API_KEY_PREFIX + "0" * 12 + "_" + "A" * 43)
+API_KEY_AUTH_METHOD = "api_key"
+
+
+def _invalid_credentials(message: str) -> Unauthenticated:
+    return Unauthenticated(message, code="invalid_credentials")
+
+
+class Authenticator:
+    def __init__(self, *, api_keys: ApiKeyStore, principals: PrincipalDirectory,
+                 oidc_verifiers: Sequence[OidcVerifier]) -> None:
+        self._api_keys = api_keys
+        self._principals = principals
+        by_issuer: dict[str, OidcVerifier] = {}
+        for verifier in oidc_verifiers:
+            if verifier.issuer in by_issuer:
+                raise ValueError(f"two OIDC verifiers for issuer {verifier.issuer!r}")
+            by_issuer[verifier.issuer] = verifier
+        self._verifiers = by_issuer
+
+    def authenticate(self, authorization_header: str | None) -> Principal:
+        if authorization_header is None or not authorization_header.strip():
+            raise Unauthenticated("Credentials are required.", code="missing_credentials")
+        if len(authorization_header) > MAX_TOKEN_CHARS + 64:
+            raise _invalid_credentials("The credentials are too large.")
+        match = _BEARER.fullmatch(authorization_header.strip())
+        if match is None:
+            raise _invalid_credentials("Expected an 'Authorization: Bearer <token>' header.")
+        token = match["token"]
+        if token.startswith(API_KEY_PREFIX):
+            return self._authenticate_api_key(token)
+        return self._authenticate_oidc(token)
+
+    # -- API keys ------------------------------------------------------------
+
+    def _authenticate_api_key(self, token: str) -> Principal:
+        parsed = parse_api_key(token)
+        if parsed is None:
+            raise _invalid_credentials("The API key is malformed.")
+        key_id, token_hash = parsed
+        record = self._api_keys.find_api_key(key_id)
+        # NOTE: always one constant-time comparison, found or not.
+        matches = verify_api_key_hash(token_hash, record.token_hash if record else _UNKNOWN_KEY_HASH)
+        if record is None or not matches:
+            raise _invalid_credentials("The API key is not valid.")
+        # Only a holder of the full, correct key learns that it was revoked.
+        if record.revoked:
+            raise Unauthenticated("The API key has been revoked.", code="revoked_credentials")
+        principal = self._principals.get_principal(record.principal_id)
+        if principal is None:
+            raise _invalid_credentials("The API key's principal no longer exists.")
+        return dataclasses.replace(principal, auth_method=API_KEY_AUTH_METHOD)
+
+    # -- OIDC ----------------------------------------------------------------
+
+    def _authenticate_oidc(self, token: str) -> Principal:
+        if not self._verifiers:
+            raise _invalid_credentials("No identity provider is configured for tokens.")
+        try:
+            # NOTE: unverified, and used only to pick the verifier; the chosen
+            # verifier checks the signature and the issuer again, exactly.
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.exceptions.PyJWTError as exc:
+            raise _invalid_credentials("The token is malformed.") from exc
+        issuer = unverified.get("iss")
+        # NOTE: exact dict lookup on a string; lists, substrings and prefixes never match.
+        verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise Unauthenticated("The token's issuer is not trusted.", code="untrusted_issuer")
+        return self._merge_with_directory(verifier.verify(token))
+
+    def _merge_with_directory(self, from_token: Principal) -> Principal:
+        """Combine a token principal with the directory's record of the same id.
+
+        * roles: the directory wins.  Roles are broker authority, granted by broker
+          admins; an IdP can vouch for *who* a workload is, but once a principal
+          has a directory entry its roles there are the deliberate, reviewed
+          answer (and may be narrower than the issuer default).
+        * groups: union; groups from the IdP are facts about the workload, the
+          directory may add more.
+        * acts_for: whichever side states it; if both do and disagree, refuse
+          (we cannot tell which human is accountable).
+        """
+        record = self._principals.get_principal(from_token.id)
+        if record is None:
+            return from_token
+        if from_token.acts_for and record.acts_for and from_token.acts_for != record.acts_for:
+            raise Unauthenticated("The token's accountable human does not match the directory.",
+                                  code="invalid_token")
+        return dataclasses.replace(
+            from_token,
+            roles=record.roles,
+            groups=from_token.groups | record.groups,
+            acts_for=from_token.acts_for or record.acts_for,
+        )

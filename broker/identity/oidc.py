@@ -1,0 +1,619 @@
+"""OIDC workload identity: verify a JWT issued by a trusted identity provider.
+
+One :class:`OidcVerifier` per trusted issuer.  The verifier reads the unverified
+JOSE header only to *reject* things (algorithm, forbidden headers, token type)
+and to pick a key by ``kid`` from the issuer's JWKS, which is fetched from the
+configured URL and never from a URL found in the token.  The key then decides
+the single algorithm handed to :func:`jwt.decode`.
+
+Every failure is an :class:`~broker.errors.Unauthenticated` (401) whose message
+never echoes the token; an unreachable JWKS endpoint with no usable cached keys
+is an :class:`~broker.errors.IdentityProviderUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from broker.domain.principals import Principal, Role
+from broker.errors import IdentityProviderUnavailable, Unauthenticated
+
+Clock = Callable[[], float]
+
+# ---------------------------------------------------------------------------
+# Algorithms and the keys that fit them
+# ---------------------------------------------------------------------------
+
+# NOTE: asymmetric algorithms only.  A symmetric (HS*) algorithm would let anyone
+# holding the issuer's *public* key mint tokens (CVE-2022-29217 shape), and
+# "none" means no signature at all.
+ASYMMETRIC_ALGORITHMS: frozenset[str] = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+)
+
+
+def _is_rsa(key: object) -> bool:
+    return isinstance(key, rsa.RSAPublicKey)
+
+
+def _is_p256(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def _is_p384(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1)
+
+
+def _is_edwards(key: object) -> bool:
+    return isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
+
+
+# NOTE: the key decides which algorithm may be used with it, never the header
+# alone: alg -> (required JWK kty, check on the loaded public key).
+KEY_FIT: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "RS256": ("RSA", _is_rsa),
+    "RS384": ("RSA", _is_rsa),
+    "RS512": ("RSA", _is_rsa),
+    "PS256": ("RSA", _is_rsa),
+    "PS384": ("RSA", _is_rsa),
+    "PS512": ("RSA", _is_rsa),
+    "ES256": ("EC", _is_p256),
+    "ES384": ("EC", _is_p384),
+    "EdDSA": ("OKP", _is_edwards),
+}
+assert set(KEY_FIT) == ASYMMETRIC_ALGORITHMS
+
+_JWK_LOADERS: dict[str, Callable[[str], object]] = {
+    "RSA": RSAAlgorithm.from_jwk,
+    "EC": ECAlgorithm.from_jwk,
+    "OKP": OKPAlgorithm.from_jwk,
+}
+# JWK members that only a private key has (RFC 7518 section 6); a JWKS carrying
+# them is broken and such a key is never used.
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+MIN_RSA_KEY_BITS = 2048
+
+# NOTE: header parameters that point at key material chosen by the token's
+# author.  We never fetch or trust them; their mere presence refuses the token.
+FORBIDDEN_HEADERS: frozenset[str] = frozenset({"jku", "x5u", "jwk", "x5c"})
+# NOTE: we implement no JWS extension, so any "crit" (and the RFC 7797 "b64"
+# unencoded-payload mode) is refused rather than half-understood.
+UNSUPPORTED_HEADERS: frozenset[str] = frozenset({"crit", "b64"})
+
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_KID_CHARS = 256
+MAX_GROUPS = 100
+# Characters allowed in identifiers taken from a token (principal, acts_for,
+# groups): enough for emails, URLs and GitHub-style subjects
+# ("repo:org/name:ref:refs/heads/main"), nothing that could be whitespace,
+# quoting, markup or a glob.
+SAFE_IDENTIFIER = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
+_PREFIX_FORMAT = re.compile(r"^[a-z]+:$")
+HUMAN_PREFIX = "human:"
+
+
+def _invalid(message: str) -> Unauthenticated:
+    return Unauthenticated(message, code="invalid_token")
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OidcIssuerConfig:
+    """One trusted issuer.  Invalid configurations fail at construction."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    principal_claim: str = "sub"
+    principal_prefix: str = "agent:"
+    roles: tuple[str, ...] = ("agent",)
+    acts_for_claim: str | None = None
+    groups_claim: str | None = None
+    leeway_seconds: int = 30
+    allowed_typ: tuple[str, ...] = ("JWT", "at+jwt")
+    jwks_cache_seconds: int = 300
+    max_token_age_seconds: int | None = None
+    # Tokens with no "typ" header are common (many IdPs omit it) and accepted.
+    allow_missing_typ: bool = True
+    # Filled in by __post_init__: the roles as Role members.
+    role_set: frozenset[Role] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks: dict[str, tuple[bool, str]] = {
+            "issuer": (isinstance(self.issuer, str) and bool(self.issuer.strip())
+                       and self.issuer == self.issuer.strip(), "must be a non-empty string"),
+            "audience": (isinstance(self.audience, str) and bool(self.audience.strip()),
+                         "must be a non-empty string"),
+            "jwks_url": (isinstance(self.jwks_url, str)
+                         and urlsplit(self.jwks_url).scheme in ("https", "http")
+                         and bool(urlsplit(self.jwks_url).hostname), "must be an http(s) URL"),
+            "algorithms": (isinstance(self.algorithms, tuple) and len(self.algorithms) > 0
+                           and all(a in ASYMMETRIC_ALGORITHMS for a in self.algorithms),
+                           f"must be a non-empty tuple drawn from {sorted(ASYMMETRIC_ALGORITHMS)};"
+                           " symmetric (HS*) algorithms and 'none' are never allowed"),
+            "principal_claim": (isinstance(self.principal_claim, str) and bool(self.principal_claim),
+                                "must name a claim"),
+            "principal_prefix": (isinstance(self.principal_prefix, str)
+                                 and bool(_PREFIX_FORMAT.fullmatch(self.principal_prefix)),
+                                 "must look like 'agent:'"),
+            "roles": (isinstance(self.roles, tuple) and len(self.roles) > 0
+                      and all(r in Role._value2member_map_ for r in self.roles),
+                      f"must be a non-empty tuple of {[r.value for r in Role]}"),
+            "leeway_seconds": (isinstance(self.leeway_seconds, int) and 0 <= self.leeway_seconds <= 300,
+                               "must be between 0 and 300"),
+            "allowed_typ": (isinstance(self.allowed_typ, tuple)
+                            and all(isinstance(t, str) and t for t in self.allowed_typ),
+                            "must be a tuple of non-empty strings"),
+            "jwks_cache_seconds": (isinstance(self.jwks_cache_seconds, int) and self.jwks_cache_seconds > 0,
+                                   "must be a positive number of seconds"),
+            "max_token_age_seconds": (self.max_token_age_seconds is None
+                                      or (isinstance(self.max_token_age_seconds, int)
+                                          and self.max_token_age_seconds > 0),
+                                      "must be None or a positive number of seconds"),
+        }
+        for name, (ok, requirement) in checks.items():
+            if not ok:
+                raise ValueError(f"OidcIssuerConfig.{name} {requirement}")
+        object.__setattr__(self, "role_set", frozenset(Role(r) for r in self.roles))
+
+
+# ---------------------------------------------------------------------------
+# JWKS fetching and caching
+# ---------------------------------------------------------------------------
+
+
+class JwksFetchError(Exception):
+    """The JWKS could not be fetched or was not a JWKS.  Internal; never shown to callers."""
+
+
+class JwksFetcher(Protocol):
+    def fetch(self, url: str) -> dict[str, Any]:
+        """Return the JSON document at ``url``; raise :class:`JwksFetchError` on any failure."""
+        ...
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpxJwksFetcher:
+    """Fetch a JWKS over HTTPS with httpx.
+
+    Plain http is refused except to loopback addresses (tests, sidecars) or when
+    ``allow_insecure_http`` is set explicitly.
+    """
+
+    def __init__(self, *, timeout_seconds: float = 5.0, max_bytes: int = 512 * 1024,
+                 max_redirects: int = 3, allow_insecure_http: bool = False) -> None:
+        self._max_bytes = max_bytes
+        self._max_redirects = max_redirects
+        self._allow_insecure_http = allow_insecure_http
+        self._client = httpx.Client(
+            # NOTE: bounded on every phase so a slow IdP cannot pin a worker.
+            timeout=httpx.Timeout(timeout_seconds),
+            # NOTE: redirects are followed by hand below, and only within the same
+            # origin, so a compromised path cannot send us to another host.
+            follow_redirects=False,
+            # NOTE: ignore proxy / netrc settings from the environment: no
+            # credentials of ours ride along to the IdP.
+            trust_env=False,
+            # NOTE: TLS certificates verified (the default, written out).
+            verify=True,
+        )
+
+    def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme == "https" and parts.hostname:
+            return
+        if parts.scheme == "http" and parts.hostname and (
+                self._allow_insecure_http or _is_loopback(parts.hostname)):
+            return
+        raise JwksFetchError("JWKS URL must be https")
+
+    def fetch(self, url: str) -> dict[str, Any]:
+        self._check_url(url)
+        origin = urlsplit(url)[:2]
+        for _hop in range(self._max_redirects + 1):
+            try:
+                with self._client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+                    if response.is_redirect:
+                        target = urljoin(url, response.headers.get("location", ""))
+                        if urlsplit(target)[:2] != origin:
+                            raise JwksFetchError("JWKS redirect to another origin refused")
+                        url = target
+                        continue
+                    if response.status_code != 200:
+                        raise JwksFetchError(f"JWKS endpoint answered HTTP {response.status_code}")
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body.extend(chunk)
+                        if len(body) > self._max_bytes:
+                            raise JwksFetchError("JWKS document too large")
+            except httpx.HTTPError as exc:
+                raise JwksFetchError(f"JWKS endpoint unreachable ({type(exc).__name__})") from exc
+            try:
+                document = json.loads(bytes(body))
+            except ValueError as exc:
+                raise JwksFetchError("JWKS document is not JSON") from exc
+            if not isinstance(document, dict):
+                raise JwksFetchError("JWKS document is not a JSON object")
+            return document
+        raise JwksFetchError("too many JWKS redirects")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass(frozen=True)
+class JwksKey:
+    """One usable public verification key from an issuer's JWKS."""
+
+    kid: str
+    kty: str
+    public_key: object  # a cryptography public key
+    alg: str | None  # the JWK's own "alg" member, if it pins one
+
+    def fits(self, alg: str) -> bool:
+        """May this key verify a signature made with ``alg``?"""
+        if alg not in KEY_FIT:
+            return False
+        kty, key_check = KEY_FIT[alg]
+        return self.kty == kty and key_check(self.public_key) and (self.alg is None or self.alg == alg)
+
+
+def parse_jwks(document: Mapping[str, Any]) -> dict[str, JwksKey]:
+    """The usable public signing keys of a JWKS, by kid.
+
+    Keys that are not asymmetric public signing keys, have no kid, a weak RSA
+    modulus, private members, or a kid shared with another key are left out.
+    """
+    entries = document.get("keys") if isinstance(document, Mapping) else None
+    if not isinstance(entries, list) or len(entries) > 100:
+        raise JwksFetchError("JWKS has no 'keys' list")
+    keys: dict[str, JwksKey] = {}
+    ambiguous: set[str] = set()
+    for entry in entries:
+        key = _parse_jwk(entry)
+        if key is None:
+            continue
+        if key.kid in keys:
+            ambiguous.add(key.kid)
+        keys[key.kid] = key
+    # NOTE: two keys under one kid: we cannot tell which one the token meant, so
+    # neither is used.
+    for kid in ambiguous:
+        del keys[kid]
+    return keys
+
+
+def _parse_jwk(entry: object) -> JwksKey | None:
+    if not isinstance(entry, dict):
+        return None
+    kid, kty, alg, use = entry.get("kid"), entry.get("kty"), entry.get("alg"), entry.get("use")
+    if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
+        return None
+    if kty not in _JWK_LOADERS or _PRIVATE_JWK_MEMBERS & entry.keys():
+        return None
+    if use is not None and use != "sig":
+        return None
+    if alg is not None and alg not in ASYMMETRIC_ALGORITHMS:
+        return None
+    try:
+        public_key = _JWK_LOADERS[kty](json.dumps(entry))
+    except (jwt.exceptions.InvalidKeyError, ValueError, TypeError, KeyError):
+        return None
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < MIN_RSA_KEY_BITS:
+        return None
+    if not any(check(public_key) for _kty, check in KEY_FIT.values()):
+        return None  # not a public key of a kind we verify with (e.g. a private key, P-521)
+    return JwksKey(kid=kid, kty=kty, public_key=public_key, alg=alg)
+
+
+class JwksCache:
+    """The keys of one issuer, fetched from its configured JWKS URL.
+
+    * Keys are used for ``cache_seconds`` after a successful fetch; then a
+      refetch is needed.
+    * An unknown kid triggers at most one refetch per
+      ``refetch_min_interval_seconds`` (a flood of made-up kids cannot turn us
+      into a load generator against the IdP).
+    * If the endpoint is unreachable, keys fetched earlier keep working until
+      their lifetime ends; after that every verification fails with
+      :class:`IdentityProviderUnavailable` (503) until a fetch succeeds.
+    """
+
+    def __init__(self, *, jwks_url: str, fetcher: JwksFetcher, cache_seconds: float = 300,
+                 refetch_min_interval_seconds: float = 30, clock: Clock = time.time) -> None:
+        if cache_seconds <= 0 or refetch_min_interval_seconds < 0:
+            raise ValueError("cache_seconds must be positive and refetch_min_interval_seconds non-negative")
+        self._jwks_url = jwks_url
+        self._fetcher = fetcher
+        self._cache_seconds = cache_seconds
+        self._refetch_min_interval = refetch_min_interval_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: dict[str, JwksKey] = {}
+        self._fetched_at: float | None = None  # time of the last *successful* fetch
+        self._attempted_at: float | None = None  # time of the last attempt, successful or not
+        self._failed_at: float | None = None  # time of the last failed attempt, if it was the latest
+
+    def get_key(self, kid: str) -> JwksKey:
+        with self._lock:
+            now = self._clock()
+            if not self._fresh(now):
+                self._refresh(now)
+            key = self._keys.get(kid)
+            if key is not None:
+                return key
+            if self._attempted_at is not None and now - self._attempted_at < self._refetch_min_interval:
+                raise _invalid("The token's signing key is not known to its issuer.")
+            # Unknown kid: perhaps the IdP rotated its keys.  One refetch.
+            self._refresh(now)
+            key = self._keys.get(kid)
+            if key is None:
+                raise _invalid("The token's signing key is not known to its issuer.")
+            return key
+
+    def _fresh(self, now: float) -> bool:
+        return self._fetched_at is not None and now - self._fetched_at < self._cache_seconds
+
+    def _refresh(self, now: float) -> None:
+        stale = not self._fresh(now)
+        if (stale and self._failed_at is not None
+                and now - self._failed_at < self._refetch_min_interval):
+            # The last attempt failed a moment ago; do not hammer the IdP.
+            raise IdentityProviderUnavailable("The identity provider's signing keys are unavailable.")
+        self._attempted_at = now
+        try:
+            keys = parse_jwks(self._fetcher.fetch(self._jwks_url))
+        except JwksFetchError as exc:
+            self._failed_at = now
+            if not stale:
+                return  # cached keys are still within their lifetime; keep using them
+            raise IdentityProviderUnavailable(
+                "The identity provider's signing keys are unavailable.") from exc
+        self._keys = keys
+        self._fetched_at = now
+        self._failed_at = None
+
+
+# ---------------------------------------------------------------------------
+# The verifier
+# ---------------------------------------------------------------------------
+
+_JWT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_safe_identifier(value: object) -> bool:
+    return isinstance(value, str) and bool(SAFE_IDENTIFIER.fullmatch(value))
+
+
+def _typ_name(typ: str) -> str:
+    # RFC 7515 section 4.1.9: "application/" may be omitted and media types are
+    # case-insensitive.
+    lowered = typ.lower()
+    return lowered[len("application/"):] if lowered.startswith("application/") else lowered
+
+
+# A claim check gets the claim's value and answers "acceptable?".
+ClaimCheck = Callable[[Any], bool]
+
+
+class OidcVerifier:
+    """Verify tokens of one issuer and turn them into a :class:`Principal`."""
+
+    def __init__(self, config: OidcIssuerConfig, *, fetcher: JwksFetcher | None = None,
+                 clock: Clock = time.time, jwks_cache: JwksCache | None = None,
+                 refetch_min_interval_seconds: float = 30) -> None:
+        self.config = config
+        self._clock = clock
+        self._jwks = jwks_cache or JwksCache(
+            jwks_url=config.jwks_url,
+            fetcher=fetcher if fetcher is not None else HttpxJwksFetcher(),
+            cache_seconds=config.jwks_cache_seconds,
+            refetch_min_interval_seconds=refetch_min_interval_seconds,
+            clock=clock,
+        )
+        self._required_claims, self._optional_claims = self._claim_checks()
+        # NOTE: an empty table would mean "nothing checked"; that is a bug, not a pass.
+        if not self._required_claims:
+            raise ValueError("OidcVerifier has no required claim checks")
+
+    @property
+    def issuer(self) -> str:
+        return self.config.issuer
+
+    # -- claim tables --------------------------------------------------------
+
+    def _claim_checks(self) -> tuple[dict[str, ClaimCheck], dict[str, ClaimCheck]]:
+        cfg = self.config
+        leeway = cfg.leeway_seconds
+
+        def issuer_matches(value: Any) -> bool:
+            # NOTE: exact string equality; no list, no substring, no prefix
+            # (CVE-2024-53861: "https://idp.example" vs "https://idp.example.evil").
+            return isinstance(value, str) and value == cfg.issuer
+
+        def audience_matches(value: Any) -> bool:
+            # NOTE: our audience must appear exactly, as the string or as one
+            # element of a list of strings.
+            if isinstance(value, str):
+                return value == cfg.audience
+            return (isinstance(value, list) and 0 < len(value) <= 32
+                    and all(isinstance(a, str) for a in value) and cfg.audience in value)
+
+        def not_expired(value: Any) -> bool:
+            return _is_number(value) and value > self._clock() - leeway
+
+        def issued_in_past(value: Any) -> bool:
+            # NOTE: iat in the future beyond leeway is refused (a clock-skewed or
+            # pre-minted token); an optional maximum age bounds replay of old tokens.
+            if not _is_number(value) or value > self._clock() + leeway:
+                return False
+            return cfg.max_token_age_seconds is None or self._clock() - value <= cfg.max_token_age_seconds + leeway
+
+        def not_before_passed(value: Any) -> bool:
+            return _is_number(value) and value <= self._clock() + leeway
+
+        def groups_valid(value: Any) -> bool:
+            return (isinstance(value, list) and len(value) <= MAX_GROUPS
+                    and all(_is_safe_identifier(g) for g in value))
+
+        def acts_for_valid(value: Any) -> bool:
+            return _is_safe_identifier(value) and (":" not in value or value.startswith(HUMAN_PREFIX))
+
+        required: dict[str, ClaimCheck] = {
+            "iss": issuer_matches,
+            "aud": audience_matches,
+            "exp": not_expired,
+            "iat": issued_in_past,
+            "sub": _is_safe_identifier,
+            # NOTE: the claim that names the principal: a non-empty string of safe characters.
+            cfg.principal_claim: _is_safe_identifier,
+        }
+        optional: dict[str, ClaimCheck] = {"nbf": not_before_passed}
+        if cfg.acts_for_claim is not None:
+            optional[cfg.acts_for_claim] = acts_for_valid
+        if cfg.groups_claim is not None:
+            optional[cfg.groups_claim] = groups_valid
+        return required, optional
+
+    # -- header checks -------------------------------------------------------
+
+    def _check_header(self, header: Mapping[str, Any]) -> tuple[str, str]:
+        """Reject on the unverified header; return ``(alg, kid)``."""
+        cfg = self.config
+        alg = header.get("alg")
+        # NOTE: alg checked against the allow-list *before* any key lookup; exact
+        # case, so "none", "None", "NONE" and "HS256" all stop here.
+        if not isinstance(alg, str) or alg not in cfg.algorithms:
+            raise _invalid("The token's signing algorithm is not accepted.")
+        # NOTE: jku/x5u/jwk/x5c would let the token choose its own key; never fetched.
+        if FORBIDDEN_HEADERS & header.keys():
+            raise _invalid("The token names its own signing key, which is not accepted.")
+        if UNSUPPORTED_HEADERS & header.keys():
+            raise _invalid("The token uses an unsupported JWS extension.")
+        # NOTE: typ guards against cross-token confusion (a logout or ID token
+        # replayed as an access credential).
+        typ = header.get("typ")
+        if typ is None:
+            if not cfg.allow_missing_typ:
+                raise _invalid("The token has no type.")
+        elif not isinstance(typ, str) or _typ_name(typ) not in {_typ_name(t) for t in cfg.allowed_typ}:
+            raise _invalid("The token is of a type that is not accepted.")
+        kid = header.get("kid")
+        # NOTE: kid required: without it we would have to try keys until one fits.
+        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
+            raise _invalid("The token does not name its signing key.")
+        return alg, kid
+
+    # -- verification --------------------------------------------------------
+
+    def verify(self, token: str) -> Principal:
+        cfg = self.config
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+            raise _invalid("The token is empty or too large.")
+        segments = token.split(".")
+        if len(segments) != 3 or not all(_JWT_SEGMENT.fullmatch(s) for s in segments):
+            raise _invalid("The token is not a signed JWT.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.exceptions.PyJWTError as exc:
+            raise _invalid("The token's header is malformed.") from exc
+        alg, kid = self._check_header(header)
+
+        key = self._jwks.get_key(kid)
+        # NOTE: the key's type must fit the algorithm; the header never picks the key type.
+        if not key.fits(alg):
+            raise _invalid("The token's algorithm does not match its signing key.")
+
+        try:
+            claims = jwt.decode(
+                token,
+                key.public_key,
+                # NOTE: exactly one algorithm, the one this key fits.
+                algorithms=[alg],
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                # NOTE: PyJWT checks exp/nbf/iat against wall time; the claim table
+                # below checks them again against the injected clock (the same
+                # wall time in production), so both must pass.
+                leeway=cfg.leeway_seconds,
+                options={
+                    # NOTE: every option written out, even where it equals the default.
+                    "verify_signature": True,
+                    "verify_exp": True,
+                    "verify_nbf": True,
+                    "verify_iat": True,
+                    "verify_aud": True,
+                    "verify_iss": True,
+                    "verify_sub": True,
+                    "verify_jti": True,
+                    # NOTE: aud may be a list (OIDC allows it); our own table checks
+                    # it holds our audience exactly.
+                    "strict_aud": False,
+                    "require": ["exp", "iat", "iss", "aud", "sub"],
+                    "enforce_minimum_key_length": True,
+                },
+            )
+        except jwt.exceptions.ExpiredSignatureError as exc:
+            raise Unauthenticated("The token has expired.", code="token_expired") from exc
+        except jwt.exceptions.PyJWTError as exc:
+            raise _invalid("The token failed verification.") from exc
+
+        self._check_claims(claims)
+        return self._principal(claims)
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
+        for name, check in self._required_claims.items():
+            if name not in claims or not check(claims[name]):
+                raise _invalid(f"The token's {name!r} claim is missing or not acceptable.")
+        for name, check in self._optional_claims.items():
+            if name in claims and not check(claims[name]):
+                raise _invalid(f"The token's {name!r} claim is not acceptable.")
+
+    def _principal(self, claims: Mapping[str, Any]) -> Principal:
+        cfg = self.config
+        acts_for: str | None = None
+        if cfg.acts_for_claim is not None and cfg.acts_for_claim in claims:
+            human = claims[cfg.acts_for_claim]
+            acts_for = human if human.startswith(HUMAN_PREFIX) else f"{HUMAN_PREFIX}{human}"
+        groups: frozenset[str] = frozenset()
+        if cfg.groups_claim is not None and cfg.groups_claim in claims:
+            groups = frozenset(claims[cfg.groups_claim])
+        return Principal(
+            id=f"{cfg.principal_prefix}{claims[cfg.principal_claim]}",
+            roles=cfg.role_set,
+            acts_for=acts_for,
+            groups=groups,
+            auth_method=f"oidc:{cfg.issuer}",
+        )
