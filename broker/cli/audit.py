@@ -1,5 +1,286 @@
-"""Sub-commands (being written)."""
+"""``broker audit``: query, export, verify and report on the issuance log.
+
+``verify`` works offline on an export file and the broker's public key.  The other
+sub-commands call the broker's HTTP API (``--url`` or ``BROKER_URL``, ``--token`` or
+``BROKER_TOKEN``); an API error is shown as ``error [code]: message`` with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from broker.domain.log import load_public_key, parse_since, verify_export
+from broker.errors import BrokerError, InvalidInput, Unavailable
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+# Seconds; the export of a large log streams for longer than one read timeout allows.
+HTTP_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+
+EXIT_OK, EXIT_TAMPERED, EXIT_UNUSABLE = 0, 1, 2
+
+# Table columns of `audit query`: header -> entry field.
+QUERY_COLUMNS = {
+    "SEQ": "seq", "TIME": "time", "TYPE": "type", "ACTOR": "actor", "TEMPLATE": "template",
+    "REQUEST ID": "request_id", "ACCESS KEY ID": "access_key_id",
+}
+# Query filters: option dest -> API parameter.
+QUERY_FILTERS = {
+    "agent": "agent", "human": "human", "template": "template", "type": "type",
+    "request_id": "request_id", "access_key_id": "access_key_id", "since": "since",
+    "until": "until", "after_seq": "after_seq", "limit": "limit",
+}
+# Report sections whose name contains one of these come first, in this order.
+REPORT_FIRST = ("refus", "destructive")
 
 
-def register(subparsers) -> None:  # noqa: ARG001 - filled in by the module's owner
-    return None
+# --- HTTP --------------------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = {"Accept": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT)
+
+
+def _api_error(response: httpx.Response) -> BrokerError:
+    """The API's ``{"error": {"code", "message"}}`` as a BrokerError (shown by main)."""
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"The broker answered HTTP {response.status_code}."
+    failure = BrokerError(message, code=code)
+    failure.status = response.status_code
+    return failure
+
+
+@contextmanager
+def _request(args: argparse.Namespace, path: str, params: Mapping[str, Any],
+             ) -> Iterator[httpx.Response]:
+    """Stream one GET; raise the API's error (or Unavailable) instead of a bad response."""
+    query = {key: value for key, value in params.items() if value is not None}
+    try:
+        with _client(args) as client, client.stream("GET", path, params=query) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            yield response
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"Cannot talk to the broker at {args.url}.") from exc
+
+
+def _get_json(args: argparse.Namespace, path: str, params: Mapping[str, Any]) -> Any:
+    with _request(args, path, params) as response:
+        response.read()
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise Unavailable("The broker's answer is not JSON.") from exc
+
+
+def _checked_since(text: str | None) -> str | None:
+    """Validate a --since/--until value locally (7d, 24h, 30m or ISO); send it as written."""
+    if text is not None:
+        parse_since(text, datetime.now(UTC))
+    return text
+
+
+# --- audit query ---------------------------------------------------------------------------------
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> str:
+    """A plain-text table: ``columns`` maps header -> field."""
+    cells = [[_cell(row.get(field)) for field in columns.values()] for row in rows]
+    widths = [max([len(header)] + [len(line[i]) for line in cells])
+              for i, header in enumerate(columns)]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
+             for line in [list(columns), *cells]]
+    return "\n".join(lines)
+
+
+def _query(args: argparse.Namespace) -> int:
+    params = {api: getattr(args, dest) for dest, api in QUERY_FILTERS.items()}
+    params["since"], params["until"] = _checked_since(args.since), _checked_since(args.until)
+    events: list[dict[str, Any]] = []
+    while True:
+        page = _get_json(args, "/v1/events", params)
+        events.extend(page.get("events") or [])
+        next_after = page.get("next_after_seq")
+        if not (args.all and next_after is not None):
+            break
+        params["after_seq"] = next_after
+    if args.format == "json":
+        print(json.dumps(events, indent=2, ensure_ascii=False))
+    else:
+        print(render_table(events, QUERY_COLUMNS) if events else "No events.")
+    if next_after is not None and not args.all:
+        print(f"More events: --after-seq {next_after} (or --all).", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- audit export --------------------------------------------------------------------------------
+
+def _export(args: argparse.Namespace) -> int:
+    params = {"since": _checked_since(args.since)}
+    with _request(args, "/v1/events/export", params) as response:
+        # Opened only once the broker has answered 2xx: an error leaves no empty file behind.
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+        try:
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+            out.flush()
+        finally:
+            if args.output:
+                out.close()
+    return EXIT_OK
+
+
+# --- audit verify --------------------------------------------------------------------------------
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        with open(args.public_key, "rb") as pem:
+            public_key = load_public_key(pem.read())
+    except OSError:
+        print(f"error: cannot read the public key file {args.public_key}.", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except InvalidInput as exc:
+        print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        with open(args.file, "rb") as export:
+            report = verify_export(export, public_key)
+    except OSError:
+        print(f"error: cannot read the export file {args.file}.", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.format == "json":
+        print(json.dumps(asdict(report), indent=2))
+    elif report.ok:
+        print(f"OK: {report.message}")
+    else:
+        print(f"TAMPERED [{report.problem}]: {report.message}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_TAMPERED
+
+
+# --- audit report --------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s"]
+    return " ".join(part for part in parts if part and (part != "0s" or seconds == 0))
+
+
+def _scalar(key: str, value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool) and key.endswith("_seconds"):
+        return _duration(value)
+    return _cell(value)
+
+
+def _section_order(key: str) -> tuple[int, str]:
+    for rank, word in enumerate(REPORT_FIRST):
+        if word in key.lower():
+            return rank, key
+    return len(REPORT_FIRST), key
+
+
+def render_report(report: Any, *, indent: str = "") -> str:
+    """Readable text for the report JSON: scalars first, then sections (refusals and
+    destructive grants before the rest), lists of objects as tables."""
+    if not isinstance(report, Mapping):
+        return indent + _cell(report)
+    lines = [f"{indent}{key.replace('_', ' ')}: {_scalar(key, value)}"
+             for key, value in report.items() if not isinstance(value, Mapping | list)]
+    for key in sorted((k for k, v in report.items() if isinstance(v, Mapping | list)),
+                      key=_section_order):
+        value = report[key]
+        lines.append(f"\n{indent}{key.replace('_', ' ').upper()}")
+        if isinstance(value, Mapping):
+            lines.append(render_report(value, indent=indent + "  "))
+        elif not value:
+            lines.append(f"{indent}  (none)")
+        elif all(isinstance(item, Mapping) for item in value):
+            headers: dict[str, str] = {}
+            for item in value:
+                headers.update({field.replace("_", " ").upper(): field for field in item})
+            rows = [{field: _scalar(field, item.get(field)) for field in headers.values()}
+                    for item in value]
+            table = render_table(rows, headers)
+            lines.extend(indent + "  " + line for line in table.splitlines())
+        else:
+            lines.extend(f"{indent}  - {_cell(item)}" for item in value)
+    return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace) -> int:
+    report = _get_json(args, "/v1/events/report", {"since": _checked_since(args.since)})
+    if args.format == "json":
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(render_report(report))
+    return EXIT_OK
+
+
+# --- registration ------------------------------------------------------------------------------
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
+                        help="broker URL (env BROKER_URL, default %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"),
+                        help="API token (env BROKER_TOKEN)")
+
+
+def _add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
+    parser.add_argument("--format", choices=choices, default=choices[0])
+
+
+def register(subparsers) -> None:
+    audit = subparsers.add_parser("audit", help="query, export, verify and report on the log")
+    audit.set_defaults(func=lambda _args: (audit.print_help(), EXIT_UNUSABLE)[1])
+    commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+
+    query = commands.add_parser("query", help="list log events")
+    for option in ("agent", "human", "template", "type", "request-id", "access-key-id"):
+        query.add_argument(f"--{option}")
+    query.add_argument("--since", help="7d, 24h, 30m or an ISO time")
+    query.add_argument("--until", help="7d, 24h, 30m or an ISO time")
+    query.add_argument("--after-seq", type=int)
+    query.add_argument("--limit", type=int)
+    query.add_argument("--all", action="store_true", help="follow pages to the end")
+    _add_format(query, ("table", "json"))
+    _add_api_options(query)
+    query.set_defaults(func=_query)
+
+    export = commands.add_parser("export", help="write the log as JSONL with a signed checkpoint")
+    export.add_argument("--since", help="7d, 24h, 30m or an ISO time (default: everything)")
+    export.add_argument("--output", "-o", help="file to write (default: stdout)")
+    _add_api_options(export)
+    export.set_defaults(func=_export)
+
+    verify = commands.add_parser("verify", help="check an export offline (exit 1 if tampered)")
+    verify.add_argument("file", help="an export from `broker audit export`")
+    verify.add_argument("--public-key", required=True, metavar="PEMFILE",
+                        help="the broker's log key (GET /v1/events/public-key)")
+    _add_format(verify, ("text", "json"))
+    verify.set_defaults(func=_verify)
+
+    report = commands.add_parser("report", help="per agent and template: issued, refused, "
+                                                "approvals, time to approve")
+    report.add_argument("--since", default="7d", help="7d, 24h, 30m or an ISO time")
+    _add_format(report, ("text", "json"))
+    _add_api_options(report)
+    report.set_defaults(func=_report)
