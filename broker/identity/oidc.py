@@ -97,10 +97,10 @@ MAX_TOKEN_CHARS = 16 * 1024
 MAX_KID_CHARS = 256
 MAX_GROUPS = 100
 # Characters allowed in identifiers taken from a token (principal, acts_for,
-# groups): enough for emails, URLs and GitHub-style subjects
+# groups): enough for emails, URLs, Auth0-style "provider|id" and GitHub-style subjects
 # ("repo:org/name:ref:refs/heads/main"), nothing that could be whitespace,
 # quoting, markup or a glob.
-SAFE_IDENTIFIER = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
+SAFE_IDENTIFIER = re.compile(r"^[A-Za-z0-9._:@/+=|-]{1,256}$")
 _PREFIX_FORMAT = re.compile(r"^[a-z]+:$")
 HUMAN_PREFIX = "human:"
 

@@ -1,5 +1,10 @@
+import base64
+import binascii
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from broker.domain.principals import Role
 from broker.errors import IdentityProviderUnavailable, Unauthenticated
@@ -361,3 +366,44 @@ def test_fetcher_refuses_insecure_urls_without_connecting(url):
 def test_fetcher_unreachable_is_fetch_error():
     with pytest.raises(JwksFetchError, match="unreachable"):
         HttpxJwksFetcher(timeout_seconds=1).fetch(closed_port_url())
+
+
+# -- properties ----------------------------------------------------------------
+
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(position=st.integers(min_value=0), replacement=st.sampled_from("AQgw_-.=xyz0"))
+def test_any_single_character_edit_of_a_valid_token_is_refused(verifier, rsa_signer, position, replacement):
+    token = rsa_signer.sign(standard_claims())
+    position %= len(token)
+    edited = token[:position] + replacement + token[position + 1:]
+    # Base64url's last character may carry unused bits: editing only those leaves
+    # the decoded bytes unchanged, which is not a forgery.
+    segments, edited_segments = token.split("."), edited.split(".")
+    if len(edited_segments) == 3 and all(
+            _decode(a) == _decode(b) for a, b in zip(segments, edited_segments, strict=True)):
+        return
+    with pytest.raises(Unauthenticated):
+        verifier.verify(edited)
+
+
+def _decode(segment: str) -> bytes | None:
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_is_refused_with_unauthenticated_only(verifier, text):
+    with pytest.raises(Unauthenticated):
+        verifier.verify(text)
+
+
+def test_safe_identifier_accepts_common_subjects(jwks_server, rsa_signer):
+    jwks_server.serve_jwks(rsa_signer)
+    verifier = make_verifier(jwks_server.jwks_url)
+    for sub in ["repo:org/name:ref:refs/heads/main", "auth0|abc123", "client@clients", "system:serviceaccount:ns:sa"]:
+        assert verifier.verify(rsa_signer.sign(standard_claims(sub=sub))).id == f"agent:{sub}"
