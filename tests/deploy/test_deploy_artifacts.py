@@ -565,10 +565,21 @@ def test_operator_guide_names_every_setting_and_topic() -> None:
     assert missing == []
 
 
+def broker_settings_variables() -> set[str]:
+    """The variables the broker's settings actually read."""
+    settings = pytest.importorskip("broker.settings")
+    return {f"BROKER_{name.upper()}" for name in settings.BrokerSettings.model_fields} | {"BROKER_CONFIG_FILE"}
+
+
+def test_the_broker_reads_every_setting_deploy_sets() -> None:
+    assert BROKER_ENVIRONMENT <= broker_settings_variables()
+
+
 def test_deploy_files_use_only_known_settings() -> None:
     used = set()
     for path in DEPLOY.rglob("*"):
         if path.is_file():
             used |= set(re.findall(r"\bBROKER_[A-Z_]+\b", path.read_text(errors="replace")))
-    # BROKER_DB_PASSWORD is compose's own interpolation variable, not a broker setting.
-    assert used - {"BROKER_DB_PASSWORD"} <= BROKER_ENVIRONMENT
+    # Not server settings: compose's interpolation variable and the CLI client's variables.
+    others = {"BROKER_DB_PASSWORD", "BROKER_URL", "BROKER_TOKEN"}
+    assert used - others <= broker_settings_variables()
