@@ -1,5 +1,260 @@
-"""Sub-commands (being written)."""
+"""``broker scopes``: lint, render, explain and simulate scope templates (offline; for engineers' CI).
+
+Exit codes
+  lint      0 no blocking finding (warnings are printed; ``--strict`` makes them count),
+            1 findings (a file, template and field are named for each),
+            2 unusable input (a path that does not exist, a file that is not readable YAML mapping).
+            A template that parses as YAML but fails the schema (e.g. a ``NotAction`` key) is a
+            *finding* (exit 1) naming the field, not unusable input.
+  render    0 printed the exact session policy (stdout, byte for byte what STS receives);
+            1 the parameters are invalid or the rendered policy fails the guardrails.
+  explain   0 printed the blast radius (of the template, or of one request with ``-p``).
+  simulate  0 allowed, 1 denied, 3 undecidable ("may allow": a condition key or operator the
+            evaluator cannot decide; pass ``--context KEY=VALUE`` to decide it).
+
+Templates are looked up in ``--scopes DIR``, else ``$BROKER_SCOPES_DIR``, else ``./scopes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.errors import InvalidInput, TemplateError, TemplateNotFound
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_UNUSABLE = 2
+EXIT_UNDECIDABLE = 3
+DEFAULT_SCOPES_DIR = "scopes"
 
 
-def register(subparsers) -> None:  # noqa: ARG001 - filled in by the module's owner
-    return None
+def default_scopes_dir() -> Path:
+    return Path(os.environ.get("BROKER_SCOPES_DIR") or DEFAULT_SCOPES_DIR)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def register(subparsers) -> None:
+    scopes = subparsers.add_parser("scopes", help="lint, render, explain and simulate scope templates (offline)")
+    sub = scopes.add_subparsers(dest="scopes_command", metavar="COMMAND")
+
+    lint = sub.add_parser("lint", help="check templates against the guardrails (exit 0 clean, 1 findings, 2 unusable)")
+    lint.add_argument("paths", nargs="*", type=Path, help="files or folders (default: $BROKER_SCOPES_DIR or ./scopes)")
+    lint.add_argument("--format", choices=["text", "json"], default="text")
+    lint.add_argument("--strict", action="store_true", help="warnings count as findings too")
+    lint.set_defaults(func=run_lint)
+
+    def with_template(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", help="template name")
+        parser.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+        parser.add_argument("--scopes", type=Path, default=None, help="template folder")
+
+    render = sub.add_parser("render", help="print the exact session policy for these parameters")
+    with_template(render)
+    render.add_argument("--format", choices=["policy", "json"], default="policy",
+                        help="policy: the session policy only; json: with role ARN, size and digest")
+    render.set_defaults(func=run_render)
+
+    explain = sub.add_parser("explain", help="the blast radius, in plain words (or JSON)")
+    with_template(explain)
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.set_defaults(func=run_explain)
+
+    simulate = sub.add_parser("simulate", help="would this session be allowed to do ACTION on RESOURCE? "
+                                               "(exit 0 allowed, 1 denied, 3 undecidable)")
+    with_template(simulate)
+    simulate.add_argument("--action", required=True)
+    simulate.add_argument("--resource", required=True)
+    simulate.add_argument("--role-policy", type=Path, action="append", default=[],
+                          help="the role's identity policy (JSON file); repeatable.  Without it only the "
+                               "session policy is checked")
+    simulate.add_argument("--context", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                          help="a condition key's value in the request (repeat a key for several values)")
+    simulate.add_argument("--context-complete", action="store_true",
+                          help="keys not given with --context are absent from the request (not unknown)")
+    simulate.add_argument("--format", choices=["text", "json"], default="text")
+    simulate.set_defaults(func=run_simulate)
+
+    scopes.set_defaults(func=lambda _args: (scopes.print_help(), EXIT_UNUSABLE)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# lint
+
+def run_lint(args: argparse.Namespace) -> int:
+    from broker.actiondb import default_action_knowledge
+    from broker.catalog import read_template, template_files
+    from broker.domain.guardrails import Finding, check_template, template_error_findings
+
+    started = time.perf_counter()
+    paths = args.paths or [default_scopes_dir()]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"error: {missing[0]} does not exist", file=sys.stderr)
+        return EXIT_UNUSABLE
+    files = template_files(paths)
+    if not files:
+        # NOTE: fail closed: linting nothing is not a clean result.
+        print(f"error: no template files (*.yaml, *.yml) in {', '.join(map(str, paths))}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    actions = default_action_knowledge()
+    unusable = False
+    findings: list[Finding] = []
+    names: dict[str, str] = {}
+    for path in files:
+        try:
+            template = read_template(path)
+        except TemplateError as exc:
+            if exc.code == "template_unreadable":
+                unusable = True
+            findings.extend(template_error_findings(exc, source=str(path)))
+            continue
+        if template.name in names:
+            findings.append(Finding("duplicate_template", "error", "name",
+                                    f"template name already used by {names[template.name]}",
+                                    template=template.name, source=str(path)))
+        names.setdefault(template.name, str(path))
+        findings.extend(f.located(source=str(path)) for f in check_template(template, actions=actions))
+    elapsed = time.perf_counter() - started
+    errors = sum(f.blocking for f in findings)
+    warnings = len(findings) - errors
+    if args.format == "json":
+        print(json.dumps({"files": [str(f) for f in files], "findings": [f.to_dict() for f in findings],
+                          "summary": {"files": len(files), "errors": errors, "warnings": warnings,
+                                      "seconds": round(elapsed, 4), "action_database": actions.source}},
+                         indent=2))
+    else:
+        for finding in findings:
+            print(finding)
+        print(f"{len(files)} file(s), {errors} error(s), {warnings} warning(s) in {elapsed:.3f}s "
+              f"[{actions.source}]", file=sys.stderr)
+    if unusable:
+        return EXIT_UNUSABLE
+    if errors or (args.strict and warnings):
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# render / explain / simulate
+
+def _load_template(args: argparse.Namespace):
+    from broker.catalog import load_catalog
+
+    directory = args.scopes or default_scopes_dir()
+    catalog = load_catalog(directory)
+    try:
+        return catalog.get(args.name)
+    except TemplateNotFound as exc:
+        raise TemplateNotFound(f"no scope template named '{args.name}' in {directory}", field="name") from exc
+
+
+def _params(args: argparse.Namespace) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in args.param:
+        if key in params:
+            raise InvalidInput(f"parameter '{key}' given twice", field=f"parameters.{key}")
+        params[key] = value
+    return params
+
+
+def _render_checked(template, params: dict[str, str]):
+    """Validate, render and re-check like the broker does before minting; refuse on errors."""
+    from broker.actiondb import default_action_knowledge
+    from broker.domain.guardrails import check_rendered, check_template
+    from broker.domain.rendering import render_policy, validate_parameters
+
+    actions = default_action_knowledge()
+    values = validate_parameters(template, params)
+    rendered = render_policy(template, values)
+    findings = check_template(template, actions=actions) + check_rendered(template, rendered, actions=actions)
+    for finding in findings:
+        print(finding, file=sys.stderr)
+    return values, rendered, [f for f in findings if f.blocking]
+
+
+def run_render(args: argparse.Namespace) -> int:
+    template = _load_template(args)
+    _values, rendered, blocking = _render_checked(template, _params(args))
+    if blocking:
+        print("refused: the broker would not mint this policy", file=sys.stderr)
+        return EXIT_FINDINGS
+    if args.format == "json":
+        print(json.dumps({"role_arn": rendered.role_arn, "policy": rendered.document, "size": rendered.size,
+                          "limit": 2048, "digest": rendered.digest}, indent=2))
+    else:
+        sys.stdout.write(rendered.json + "\n")
+        print(f"# role {rendered.role_arn}; {rendered.size} of 2048 characters ({rendered.size_ratio:.0%}); "
+              f"{rendered.digest}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from broker.actiondb import default_action_knowledge
+    from broker.domain.blast_radius import assess
+
+    template = _load_template(args)
+    params = _params(args)
+    actions = default_action_knowledge()
+    if params:
+        values, rendered, blocking = _render_checked(template, params)
+        if blocking:
+            print("note: the broker would refuse to mint this policy", file=sys.stderr)
+        radius = assess(template, actions=actions, rendered=rendered, parameters=values)
+    else:
+        radius = assess(template, actions=actions)
+    print(json.dumps(radius.to_dict(), indent=2) if args.format == "json" else radius.to_text())
+    return EXIT_OK
+
+
+def _read_policy(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{path}: not a readable JSON policy ({exc.__class__.__name__})",
+                           field="role_policy") from exc
+    documents = data if isinstance(data, list) else [data]
+    if not documents or not all(isinstance(d, dict) and "Statement" in d for d in documents):
+        raise InvalidInput(f"{path}: expected a policy document (or a list of them) with a Statement",
+                           field="role_policy")
+    return documents
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
+
+    template = _load_template(args)
+    _values, rendered, blocking = _render_checked(template, _params(args))
+    if blocking:
+        print("note: the broker would refuse to mint this policy; simulating it anyway", file=sys.stderr)
+    sets = [PolicySet.of(PolicyKind.SESSION, rendered.document, name="session")]
+    role_documents = [doc for path in args.role_policy for doc in _read_policy(path)]
+    if role_documents:
+        sets.insert(0, PolicySet.of(PolicyKind.IDENTITY, *role_documents, name="role"))
+    context: dict[str, list[str]] = {}
+    for key, value in args.context:
+        context.setdefault(key, []).append(value)
+    request = AccessRequest(action=args.action, resource=args.resource, context=context,
+                            context_complete=args.context_complete)
+    decision = evaluate(sets, request)
+    if args.format == "json":
+        body = decision.to_dict() | {"role_policy_checked": bool(role_documents), "policy_digest": rendered.digest}
+        print(json.dumps(body, indent=2))
+    else:
+        print(f"{decision.outcome.value}: {decision.reason}")
+        if not role_documents:
+            print("note: only the session policy was checked; pass --role-policy FILE to intersect with the "
+                  "role's own policy", file=sys.stderr)
+    return {Outcome.ALLOWED: EXIT_OK, Outcome.DENIED: EXIT_FINDINGS,
+            Outcome.UNDECIDABLE: EXIT_UNDECIDABLE}[decision.outcome]

@@ -134,6 +134,9 @@ class ApprovalRule(_Strict):
     expires_after: Annotated[int, Field(ge=60, le=7 * 86400)] = 1800
     # How long an approved request may wait to be redeemed.
     redeem_within: Annotated[int, Field(ge=60, le=86400)] = 900
+    # A production template may ask for a single approver only if it is read-only and says so here
+    # (the guardrails check that every action it grants is List or Read).
+    read_only_single_approver: bool = False
 
     @model_validator(mode="after")
     def _approvers_for_approvals(self) -> "ApprovalRule":

@@ -1,0 +1,245 @@
+"""Blast radius: what a scope lets an agent do, in words a co-signer reads in seconds.
+
+For a template (placeholders shown as ``{name}`` with their constraints) or for one concrete
+request (the rendered policy), it lists the granted actions grouped by access level with the
+destructive and permission-changing ones first, the resources in plain words ("objects under
+s3://bucket/prefix/"), which grants hold only under conditions (decided by the evaluator),
+the TTL and the approvals needed.  ``to_dict()`` feeds the approval page and the issuance log;
+``to_text()`` is for people.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from broker.domain.actions import AccessLevel, ActionInfo, ActionKnowledge, Risk, action_words
+from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
+from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy
+from broker.domain.templates import ScopeTemplate
+
+# Most dangerous first: the order a reviewer should read.
+LEVEL_ORDER = (AccessLevel.PERMISSIONS_MANAGEMENT, AccessLevel.WRITE, AccessLevel.TAGGING, AccessLevel.READ,
+               AccessLevel.LIST)
+
+# ARN shapes -> plain words.  First match wins; anything else is shown as the ARN.
+RESOURCE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f) for p, f in (
+    (r"\*", "any resource (these actions have no resource-level permissions)"),
+    (r"arn:aws[a-z-]*:s3:::(?P<b>[^/]+)/\*", "every object in s3://{b}"),
+    (r"arn:aws[a-z-]*:s3:::(?P<b>[^/]+)/(?P<p>.+)/\*", "objects under s3://{b}/{p}/"),
+    (r"arn:aws[a-z-]*:s3:::(?P<b>[^/]+)/(?P<k>.+)", "object s3://{b}/{k}"),
+    (r"arn:aws[a-z-]*:s3:::(?P<b>[^/]+)", "bucket s3://{b}"),
+    (r"arn:aws[a-z-]*:logs:[^:]*:[^:]*:log-group:(?P<g>[^:]+):log-stream:\*", "every log stream of log group {g}"),
+    (r"arn:aws[a-z-]*:logs:[^:]*:[^:]*:log-group:(?P<g>[^:]+)(:\*)?", "log group {g}"),
+    (r"arn:aws[a-z-]*:lambda:[^:]*:[^:]*:function:(?P<f>[^:]+)", "Lambda function {f}"),
+    (r"arn:aws[a-z-]*:ecs:[^:]*:[^:]*:service/(?P<c>[^/]+)/(?P<s>[^/]+)", "ECS service {s} in cluster {c}"),
+    (r"arn:aws[a-z-]*:cloudformation:[^:]*:[^:]*:stack/(?P<n>[^/]+)/\*", "CloudFormation stack {n}"),
+    (r"arn:aws[a-z-]*:iam::[^:]*:role/(?P<r>.+)", "IAM role {r}"),
+))
+
+
+def describe_resource(resource: str) -> str:
+    for pattern, phrase in RESOURCE_PHRASES:
+        match = pattern.fullmatch(resource)
+        if match:
+            return phrase.format(**match.groupdict())
+    return resource
+
+
+@dataclass(frozen=True)
+class GrantedAction:
+    action: str                      # service:Action, AWS's spelling
+    access_level: AccessLevel
+    risks: tuple[Risk, ...]
+    resources: tuple[str, ...]
+    conditions: tuple[str, ...]      # "only when ..." phrases, if the grant depends on the request
+    description: str
+
+    @property
+    def sentence(self) -> str:
+        where = "; ".join(describe_resource(r) for r in self.resources)
+        name = self.action.split(":", 1)[1]
+        text = f"can {action_words(name)} on {where} ({self.action})"
+        if self.conditions:
+            text += " only when " + " and ".join(self.conditions)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "access_level": self.access_level.value,
+                "risks": [r.value for r in self.risks], "resources": list(self.resources),
+                "conditions": list(self.conditions), "sentence": self.sentence, "description": self.description}
+
+
+@dataclass(frozen=True)
+class BlastRadius:
+    template: str
+    environment: str
+    role: str
+    concrete: bool                              # True for a rendered request, False for the template
+    actions: tuple[GrantedAction, ...]          # destructive, then permission-changing, then by level
+    parameters: Mapping[str, str]               # concrete values, or constraints in words
+    ttl_default: int
+    ttl_max: int
+    approvals: int
+    approvers: tuple[str, ...]
+    approval_expires_after: int
+    policy_size: int | None
+    policy_digest: str | None
+
+    @property
+    def destructive(self) -> tuple[GrantedAction, ...]:
+        return tuple(a for a in self.actions if Risk.DESTRUCTIVE in a.risks)
+
+    @property
+    def permission_changing(self) -> tuple[GrantedAction, ...]:
+        return tuple(a for a in self.actions if Risk.PERMISSION_CHANGING in a.risks)
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r for a in self.actions for r in a.resources))
+
+    def to_dict(self) -> dict[str, Any]:
+        by_level: dict[str, list[str]] = {}
+        for granted in self.actions:
+            by_level.setdefault(granted.access_level.value, []).append(granted.action)
+        return {
+            "template": self.template, "environment": self.environment, "role": self.role,
+            "concrete": self.concrete,
+            "destructive": [a.action for a in self.destructive],
+            "permission_changing": [a.action for a in self.permission_changing],
+            "by_access_level": by_level,
+            "actions": [a.to_dict() for a in self.actions],
+            "resources": list(self.resources),
+            "parameters": dict(self.parameters),
+            "ttl": {"default": self.ttl_default, "max": self.ttl_max},
+            "approval": {"approvals": self.approvals, "approvers": list(self.approvers),
+                         "expires_after": self.approval_expires_after},
+            "policy": {"size": self.policy_size, "limit": SESSION_POLICY_MAX_CHARS, "digest": self.policy_digest},
+            "summary": self.sentences(),
+        }
+
+    def sentences(self) -> list[str]:
+        lines = []
+        for granted in self.actions:
+            tags = [r.value.upper() for r in granted.risks]
+            prefix = f"[{', '.join(tags)}] " if tags else ""
+            lines.append(prefix + granted.sentence[0].upper() + granted.sentence[1:] + ".")
+        lines.append(f"Credentials last {_duration(self.ttl_default)} by default, at most {_duration(self.ttl_max)}.")
+        if self.approvals:
+            lines.append(f"Needs {self.approvals} approval{'s' if self.approvals > 1 else ''} from "
+                         f"{', '.join(self.approvers)} before use; a request expires after "
+                         f"{_duration(self.approval_expires_after)} without them.")
+        else:
+            lines.append("Needs no approval: issued on request.")
+        return lines
+
+    def to_text(self) -> str:
+        head = (f"Scope '{self.template}' ({self.environment}) as role {self.role}"
+                + ("" if self.concrete else " (template: values in {braces} are chosen per request)"))
+        out = [head]
+        if self.parameters:
+            out.append("Parameters: " + "; ".join(f"{k} = {v}" for k, v in self.parameters.items()))
+        sections: list[tuple[str, list[GrantedAction]]] = [
+            ("DESTRUCTIVE", list(self.destructive)),
+            ("CHANGES PERMISSIONS", [a for a in self.permission_changing if a not in self.destructive]),
+        ]
+        risky = {a.action for a in self.destructive + self.permission_changing}
+        for level in LEVEL_ORDER:
+            sections.append((level.value, [a for a in self.actions if a.access_level is level
+                                           and a.action not in risky]))
+        for title, items in sections:
+            if items:
+                out.append(f"{title}:")
+                out.extend(f"  - {a.sentence}" for a in items)
+        out.extend(self.sentences()[len(self.actions):])
+        if self.policy_size is not None:
+            out.append(f"Session policy: {self.policy_size} of {SESSION_POLICY_MAX_CHARS} characters "
+                       f"({self.policy_size / SESSION_POLICY_MAX_CHARS:.0%}).")
+        return "\n".join(out)
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        hours = seconds // 3600
+        return f"{hours} hour{'s' if hours > 1 else ''}"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} minutes"
+    return f"{seconds} seconds"
+
+
+def _condition_phrases(statement: Mapping[str, Any]) -> tuple[str, ...]:
+    phrases = []
+    for operator, by_key in (statement.get("Condition") or {}).items():
+        for key, values in by_key.items():
+            shown = values if isinstance(values, str) else " or ".join(str(v) for v in values)
+            phrases.append(f"{key} {operator} {shown}")
+    return tuple(phrases)
+
+
+def _parameter_constraints(template: ScopeTemplate) -> dict[str, str]:
+    out = {}
+    for name, spec in template.parameters.items():
+        if spec.enum:
+            text = "one of " + ", ".join(spec.enum)
+        elif spec.pattern:
+            text = f"matches {spec.pattern}"
+        else:
+            text = f"any {spec.type}"
+        if spec.default is not None:
+            text += f" (default {spec.default})"
+        out[name] = text
+    return out
+
+
+def _template_document(template: ScopeTemplate) -> dict[str, Any]:
+    statements = []
+    for s in template.statements:
+        statement: dict[str, Any] = {"Sid": s.sid, "Effect": s.effect, "Action": list(s.actions),
+                                     "Resource": list(s.resources)}
+        if s.conditions:
+            statement["Condition"] = s.conditions
+        statements.append(statement)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: RenderedPolicy | None = None,
+           parameters: Mapping[str, str] | None = None) -> BlastRadius:
+    """The blast radius of a template, or of one request when ``rendered`` is given."""
+    document = rendered.document if rendered is not None else _template_document(template)
+    session = PolicySet.of(PolicyKind.SESSION, document, name="session")
+    granted: dict[str, GrantedAction] = {}
+    for statement in document["Statement"]:
+        patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = tuple(statement["Resource"] if isinstance(statement["Resource"], list)
+                          else [statement["Resource"]])
+        infos: list[ActionInfo] = []
+        for pattern in patterns:
+            found = actions.expand(pattern) if any(c in pattern for c in "*?") else (actions.lookup(pattern),)
+            infos.extend(info for info in found if info is not None)
+        for info in infos:
+            # The evaluator decides whether the grant holds for any request or only some.
+            decisions = [evaluate([session], AccessRequest(info.key, r)) for r in resources]
+            conditional = any(d.outcome is Outcome.UNDECIDABLE for d in decisions)
+            previous = granted.get(info.lower)
+            merged = tuple(dict.fromkeys((previous.resources if previous else ()) + resources))
+            granted[info.lower] = GrantedAction(
+                action=info.key, access_level=info.access_level,
+                risks=tuple(sorted(info.risks)), resources=merged,
+                conditions=_condition_phrases(statement) if conditional else (previous.conditions if previous else ()),
+                description=info.description)
+    ordered = sorted(granted.values(), key=lambda g: (Risk.DESTRUCTIVE not in g.risks,
+                                                      Risk.PERMISSION_CHANGING not in g.risks,
+                                                      LEVEL_ORDER.index(g.access_level), g.action))
+    return BlastRadius(
+        template=template.name, environment=template.environment.value,
+        role=rendered.role_arn if rendered is not None else template.role,
+        concrete=rendered is not None, actions=tuple(ordered),
+        parameters=dict(parameters) if parameters is not None else _parameter_constraints(template),
+        ttl_default=template.ttl.default, ttl_max=template.ttl.max,
+        approvals=template.approval.approvals, approvers=tuple(template.approval.approvers),
+        approval_expires_after=template.approval.expires_after,
+        policy_size=rendered.size if rendered is not None else None,
+        policy_digest=rendered.digest if rendered is not None else None,
+    )

@@ -1,0 +1,487 @@
+"""Guardrails: the checks that make a dangerous scope template hard to write and impossible to
+use silently.
+
+They run when the catalog loads templates (:func:`check_template`), in ``broker scopes lint``,
+and again on every rendered session policy before minting (:func:`check_rendered`).  Every
+rule is a row of data with a code and a reason, run by one generic loop; an empty rule table
+is an error, not a pass.
+
+Declaring risk: a template that grants destructive actions must say ``destructive: true``
+(or list the ``destructive`` capability); one that grants permission-changing actions must
+list the ``permissions-management`` capability.  Either also needs human co-signing
+(``approval.approvals >= 1``).  Production templates need two approvals, or one if every
+action is List/Read and ``approval.read_only_single_approver: true`` says so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from broker.domain.actions import ActionInfo, ActionKnowledge, Risk
+from broker.domain.evaluator import OPERATORS, SET_QUALIFIERS
+from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy, render_policy
+from broker.domain.templates import PLACEHOLDER, Environment, ScopeTemplate
+from broker.errors import PolicyTooLarge, TemplateError
+
+Severity = Literal["error", "warning"]
+
+# Roles the broker may hand out start with this name (the broker's own role never does).
+TARGET_ROLE_PREFIX = "broker-target-"
+# Warn when a policy uses this share of STS's size limit.
+SIZE_WARNING_RATIO = 0.9
+PRODUCTION_MIN_APPROVALS = 2
+
+# Capabilities a template may declare, and the risk each one acknowledges.
+CAPABILITIES: dict[str, Risk] = {
+    "destructive": Risk.DESTRUCTIVE,
+    "permissions-management": Risk.PERMISSION_CHANGING,
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem with a template or a rendered policy."""
+
+    code: str
+    severity: Severity
+    field: str
+    message: str
+    template: str | None = None
+    source: str | None = None
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "error"
+
+    def located(self, *, template: str | None = None, source: str | None = None) -> "Finding":
+        return Finding(self.code, self.severity, self.field, self.message,
+                       template if template is not None else self.template,
+                       source if source is not None else self.source)
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.source, self.template and f"template '{self.template}'",
+                                            self.field) if part)
+        return f"{where}: {self.severity} [{self.code}] {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "field": self.field, "message": self.message,
+                "template": self.template, "source": self.source}
+
+
+# ---------------------------------------------------------------------------------------------
+# A uniform view of statements, so that the same rules run on templates and rendered policies.
+
+@dataclass(frozen=True)
+class StatementView:
+    field: str
+    effect: str
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+    conditions: Mapping[str, Mapping[str, Any]]
+    not_elements: tuple[str, ...] = ()          # NotAction / NotResource present (rendered input only)
+    granted: tuple[ActionInfo, ...] = ()        # every action the patterns expand to
+
+    def grants(self, names: Iterable[str]) -> tuple[ActionInfo, ...]:
+        wanted = set(names)
+        return tuple(info for info in self.granted if info.lower in wanted)
+
+    def condition_keys(self) -> set[str]:
+        return {key.lower() for by_key in self.conditions.values() for key in by_key}
+
+
+@dataclass
+class Subject:
+    """What the rules look at: the template, its statements, and the action knowledge."""
+
+    template: ScopeTemplate
+    statements: list[StatementView]
+    actions: ActionKnowledge
+    rendered: RenderedPolicy | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, code: str, field_: str, message: str, severity: Severity = "error") -> None:
+        self.findings.append(Finding(code, severity, field_, message, template=self.template.name))
+
+    def all_granted(self) -> dict[str, ActionInfo]:
+        return {info.lower: info for s in self.statements for info in s.granted}
+
+
+def _as_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _expand(actions: ActionKnowledge, patterns: Iterable[str]) -> tuple[ActionInfo, ...]:
+    found: dict[str, ActionInfo] = {}
+    for pattern in patterns:
+        infos = actions.expand(pattern) if any(c in pattern for c in "*?") else (
+            (actions.lookup(pattern),) if actions.lookup(pattern) else ())
+        for info in infos:
+            found[info.lower] = info
+    return tuple(found.values())
+
+
+def _template_views(template: ScopeTemplate, actions: ActionKnowledge) -> list[StatementView]:
+    return [
+        StatementView(field=f"statements[{i}]", effect=s.effect, actions=tuple(s.actions),
+                      resources=tuple(s.resources), conditions=s.conditions or {},
+                      granted=_expand(actions, s.actions))
+        for i, s in enumerate(template.statements)
+    ]
+
+
+def _rendered_views(rendered: RenderedPolicy, actions: ActionKnowledge) -> list[StatementView]:
+    raw = rendered.document.get("Statement", [])
+    statements = [raw] if isinstance(raw, Mapping) else list(raw)
+    views = []
+    for i, s in enumerate(statements):
+        not_elements = tuple(k for k in ("NotAction", "NotResource", "NotPrincipal", "Principal") if k in s)
+        acts = _as_list(s.get("Action"))
+        views.append(StatementView(field=f"policy.Statement[{i}]", effect=str(s.get("Effect", "")),
+                                   actions=acts, resources=_as_list(s.get("Resource")),
+                                   conditions=s.get("Condition") or {}, not_elements=not_elements,
+                                   granted=_expand(actions, acts)))
+    return views
+
+
+# ---------------------------------------------------------------------------------------------
+# Statement rules
+
+def _rule_shape(subject: Subject) -> None:
+    """Allow statements only; no NotAction/NotResource; at least one action and resource."""
+    for s in subject.statements:
+        if s.effect != "Allow":
+            subject.add("effect_not_allow", f"{s.field}.Effect", f"only Allow statements are permitted, not {s.effect!r}")
+        for element in s.not_elements:
+            subject.add("not_element", f"{s.field}.{element}",
+                        f"{element} grants everything except what it names; list what is granted instead")
+        if not s.actions:
+            subject.add("no_actions", f"{s.field}.actions", "a statement must list at least one action")
+        if not s.resources:
+            subject.add("no_resources", f"{s.field}.resources", "a statement must list at least one resource")
+
+
+def _rule_actions(subject: Subject) -> None:
+    """No '*' action, no 'service:*'; every action and pattern names something AWS documents."""
+    for s in subject.statements:
+        for j, action in enumerate(s.actions):
+            where = f"{s.field}.actions[{j}]"
+            service, _, name = action.partition(":")
+            if action.strip("*?") == "" or any(c in service for c in "*?"):
+                subject.add("action_star", where, f"{action!r} grants every action of every service")
+            elif name.strip("*?") == "":
+                subject.add("service_star", where, f"{action!r} grants every {service} action; list the ones needed")
+            elif not subject.actions.has_service(service):
+                subject.add("unknown_service", where, f"{service!r} is not a known AWS service prefix "
+                                                      f"({subject.actions.source})")
+            elif not (subject.actions.expand(action) if any(c in name for c in "*?")
+                      else subject.actions.lookup(action)):
+                subject.add("unknown_action", where, f"{action!r} matches no documented {service} action "
+                                                     f"({subject.actions.source})")
+
+
+_ARN = re.compile(r"^arn:[^:]*:[^:]*:[^:]*:[^:]*:.+$", re.DOTALL)
+
+
+def _type_prefixes(granted: Iterable[ActionInfo]) -> set[str]:
+    """Literal prefixes of the resource part of AWS's ARN patterns (``log-group:``, ``service/``, '')."""
+    prefixes = {""}
+    for info in granted:
+        for rt in info.resource_types:
+            parts = rt.arn_pattern.split(":", 5)
+            if len(parts) == 6:
+                prefixes.add(parts[5].split("${", 1)[0])
+    return prefixes
+
+
+def _rule_resources(subject: Subject) -> None:
+    """``*`` only for actions without resource-level permissions; ARNs name something specific."""
+    for s in subject.statements:
+        scoped = [info.key for info in s.granted if info.supports_resource_level_permissions]
+        prefixes = _type_prefixes(s.granted)
+        for j, resource in enumerate(s.resources):
+            where = f"{s.field}.resources[{j}]"
+            if resource == "*":
+                if scoped:
+                    subject.add("resource_star", where,
+                                f"Resource \"*\" is refused for actions that support resource-level permissions: "
+                                f"{', '.join(sorted(scoped)[:5])}{' ...' if len(scoped) > 5 else ''}")
+                continue
+            if not _ARN.fullmatch(resource):
+                subject.add("resource_not_arn", where, f"{resource!r} is neither \"*\" nor an ARN")
+                continue
+            partition, service, _region, account, rest = resource.split(":", 5)[1:]
+            if any(c in partition + service for c in "*?"):
+                subject.add("resource_wildcard_service", where, "wildcards in the partition or service of an ARN")
+            if any(c in account for c in "*?"):
+                subject.add("resource_any_account", where, "a wildcard in the account lets the policy reach any account")
+            for prefix in sorted(prefixes, key=len, reverse=True):
+                if rest.startswith(prefix):
+                    if re.sub(r"[*?/:]", "", rest[len(prefix):]) == "":
+                        subject.add("resource_all_of_type", where,
+                                    f"{resource!r} covers every {prefix.rstrip(':/') or 'resource'} in the account; "
+                                    f"name the one needed (use a parameter)")
+                    break
+
+
+def _rule_conditions(subject: Subject) -> None:
+    """Every condition operator is one the evaluator can prove (fail closed on the rest)."""
+    for s in subject.statements:
+        for operator in s.conditions:
+            qualifier, _, name = operator.rpartition(":")
+            base = name.removesuffix("IfExists")
+            if (qualifier and qualifier not in SET_QUALIFIERS) or (base not in OPERATORS and name != "Null"):
+                subject.add("condition_operator_unknown", f"{s.field}.conditions.{operator}",
+                            f"condition operator {operator!r} is not one the broker can evaluate")
+
+
+# ---------------------------------------------------------------------------------------------
+# Risk: destructive and permission-changing actions must be declared and co-signed.
+
+def _declared_risks(template: ScopeTemplate) -> set[Risk]:
+    declared = {CAPABILITIES[c] for c in template.capabilities if c in CAPABILITIES}
+    if template.destructive:
+        declared.add(Risk.DESTRUCTIVE)
+    return declared
+
+
+RISK_DECLARATIONS: dict[Risk, str] = {
+    Risk.DESTRUCTIVE: "declare it with 'destructive: true'",
+    Risk.PERMISSION_CHANGING: "declare it with 'capabilities: [permissions-management]'",
+}
+
+
+def _rule_risk(subject: Subject) -> None:
+    template = subject.template
+    for j, capability in enumerate(template.capabilities):
+        if capability not in CAPABILITIES:
+            subject.add("unknown_capability", f"capabilities[{j}]",
+                        f"unknown capability {capability!r}; known: {', '.join(sorted(CAPABILITIES))}")
+    declared = _declared_risks(template)
+    present: dict[Risk, list[str]] = {}
+    for s in subject.statements:
+        for info in s.granted:
+            for risk in info.risks:
+                present.setdefault(risk, []).append(info.key)
+    for risk, keys in sorted(present.items()):
+        names = ", ".join(sorted(set(keys)))
+        if risk not in declared:
+            subject.add(f"undeclared_{risk.value.replace('-', '_')}", "statements",
+                        f"grants {risk.value} actions ({names}); {RISK_DECLARATIONS[risk]}")
+        if not template.needs_approval:
+            subject.add("risk_without_cosigning", "approval.approvals",
+                        f"{risk.value} actions ({names}) need human co-signing (approval.approvals >= 1)")
+    for risk in sorted(declared - set(present)):
+        subject.add("declared_risk_unused", "destructive" if risk is Risk.DESTRUCTIVE else "capabilities",
+                    f"declares {risk.value} but grants no such action", severity="warning")
+
+
+def _rule_approvals(subject: Subject) -> None:
+    template = subject.template
+    granted = subject.all_granted().values()
+    writers = sorted(info.key for info in granted if not info.access_level.read_only)
+    if template.approval.read_only_single_approver and writers:
+        subject.add("read_only_claim_false", "approval.read_only_single_approver",
+                    f"claims to be read-only but grants {', '.join(writers[:5])}")
+    if template.environment is not Environment.PRODUCTION:
+        return
+    minimum = 1 if (template.approval.read_only_single_approver and not writers) else PRODUCTION_MIN_APPROVALS
+    if template.approval.approvals < minimum:
+        subject.add("production_approvals", "approval.approvals",
+                    f"a production template needs at least {minimum} approval(s), it asks for "
+                    f"{template.approval.approvals}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Privilege-escalation shapes: data, with the reason for each.
+
+IAM_POLICY_WRITERS = frozenset({
+    "iam:createpolicyversion", "iam:setdefaultpolicyversion", "iam:attachrolepolicy", "iam:attachuserpolicy",
+    "iam:attachgrouppolicy", "iam:putrolepolicy", "iam:putuserpolicy", "iam:putgrouppolicy",
+    "iam:updateassumerolepolicy", "iam:addusertogroup", "iam:putrolepermissionsboundary",
+    "iam:deleterolepermissionsboundary", "iam:putuserpermissionsboundary", "iam:deleteuserpermissionsboundary",
+    "iam:createaccesskey", "iam:createloginprofile", "iam:updateloginprofile", "iam:createpolicy",
+})
+ROLE_SWITCHERS = frozenset({"sts:assumerole", "sts:assumerolewithsaml", "sts:assumerolewithwebidentity",
+                            "sts:getfederationtoken"})
+CODE_RUNNERS = frozenset({
+    "lambda:createfunction", "lambda:updatefunctionconfiguration", "ec2:runinstances", "ec2:requestspotinstances",
+    "ecs:runtask", "ecs:starttask", "ecs:registertaskdefinition", "ecs:createservice", "glue:createdevendpoint",
+    "glue:createjob", "glue:updatejob", "cloudformation:createstack", "cloudformation:updatestack",
+    "cloudformation:createchangeset", "datapipeline:createpipeline", "sagemaker:createnotebookinstance",
+    "sagemaker:createtrainingjob", "sagemaker:createprocessingjob", "codebuild:createproject",
+    "codebuild:updateproject", "states:createstatemachine", "batch:submitjob", "batch:registerjobdefinition",
+    "autoscaling:createlaunchconfiguration", "ec2:createlaunchtemplate", "apprunner:createservice",
+})
+PASS_ROLE = frozenset({"iam:passrole"})
+
+
+def _passes_any_role(s: StatementView) -> bool:
+    return any(r == "*" or re.sub(r"[*?/]", "", r.split(":role", 1)[-1]) == "" for r in s.resources)
+
+
+def _passrole_unbound(s: StatementView) -> bool:
+    return "iam:passedtoservice" not in s.condition_keys()
+
+
+@dataclass(frozen=True)
+class EscalationRule:
+    code: str
+    reason: str
+    grants_any: frozenset[str]                                  # the statement grants one of these
+    together_with: frozenset[str] = frozenset()                 # ... and the template one of these
+    statement_test: Callable[[StatementView], bool] | None = None   # ... and this holds for the statement
+
+
+ESCALATION_RULES: tuple[EscalationRule, ...] = (
+    EscalationRule("iam_policy_write", "lets the session give itself or a principal it controls more permissions "
+                   "(write a policy, a policy version, a boundary, a trust policy or a credential)",
+                   IAM_POLICY_WRITERS),
+    EscalationRule("assume_other_role", "lets the session step into another role, outside the broker's scoping",
+                   ROLE_SWITCHERS),
+    EscalationRule("passrole_any_role", "iam:PassRole on every role lets the session hand the most powerful role "
+                   "in the account to a service", PASS_ROLE, statement_test=_passes_any_role),
+    EscalationRule("passrole_without_service", "iam:PassRole without an iam:PassedToService condition lets the "
+                   "role be passed to any service", PASS_ROLE, statement_test=_passrole_unbound),
+    EscalationRule("passrole_and_run_code", "iam:PassRole together with a service that runs code lets that code "
+                   "act as the passed role", PASS_ROLE, together_with=CODE_RUNNERS),
+)
+
+
+def _rule_escalation(subject: Subject) -> None:
+    if not ESCALATION_RULES:
+        raise TemplateError("the escalation rule table is empty", code="guardrails_misconfigured")
+    everything = set(subject.all_granted())
+    for rule in ESCALATION_RULES:
+        for s in subject.statements:
+            hits = s.grants(rule.grants_any)
+            if not hits:
+                continue
+            if rule.together_with and not (everything & rule.together_with):
+                continue
+            if rule.statement_test is not None and not rule.statement_test(s):
+                continue
+            names = ", ".join(sorted({h.key for h in hits}))
+            partners = sorted(everything & rule.together_with)
+            extra = f" (with {', '.join(partners)})" if partners else ""
+            subject.add(rule.code, f"{s.field}.actions", f"{names}{extra}: {rule.reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Role and parameters
+
+def _rule_role(subject: Subject) -> None:
+    template = subject.template
+    for name in sorted(template.role_parameters()):
+        spec = template.parameters.get(name)
+        if spec is None or not spec.is_fixed_list:
+            subject.add("role_parameter_not_fixed", f"parameters.{name}",
+                        f"parameter '{name}' is used in the role ARN, so it must be an enum: an agent never chooses "
+                        f"which account or role it lands in")
+    role = subject.rendered.role_arn if subject.rendered else template.role
+    match = re.fullmatch(r"arn:aws[a-z-]*:iam::([^:]+):role/(?:[^/]+/)*([^/]+)", role)
+    if match is None:
+        subject.add("role_not_role_arn", "role", f"{role!r} is not an IAM role ARN")
+        return
+    if any(c in role for c in "*?"):
+        subject.add("role_wildcard", "role", "the role ARN may not contain wildcards")
+    if not match.group(2).startswith(TARGET_ROLE_PREFIX):
+        subject.add("role_not_target", "role",
+                    f"the role name must start with {TARGET_ROLE_PREFIX!r} (roles meant to be handed out)")
+
+
+def _worst_case_values(template: ScopeTemplate) -> dict[str, str]:
+    longest = {"aws_account_id": 12, "aws_region": 20, "integer": 19}
+    values = {}
+    for name, spec in template.parameters.items():
+        if spec.enum:
+            size = max(len(v) for v in spec.enum)
+        else:
+            size = longest.get(spec.type, spec.max_length)
+        values[name] = "x" * size
+    return values
+
+
+def _rule_size(subject: Subject) -> None:
+    """The rendered policy fits STS's limit; say how close it is."""
+    if subject.rendered is not None:
+        size, what = subject.rendered.size, "the rendered session policy"
+    else:
+        what = "the session policy (longest parameter values)"
+        try:
+            size = render_policy(subject.template, _worst_case_values(subject.template)).size
+        except PolicyTooLarge as exc:
+            size = int(exc.details.get("size", SESSION_POLICY_MAX_CHARS + 1))
+    ratio = size / SESSION_POLICY_MAX_CHARS
+    if size > SESSION_POLICY_MAX_CHARS:
+        subject.add("policy_too_large", "statements",
+                    f"{what} can reach {size} characters; STS accepts {SESSION_POLICY_MAX_CHARS}")
+    elif ratio >= SIZE_WARNING_RATIO:
+        subject.add("policy_near_limit", "statements",
+                    f"{what} uses {size} of {SESSION_POLICY_MAX_CHARS} characters ({ratio:.0%})", severity="warning")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendered policy: nothing wider than the template.
+
+def _wildcards(text: str) -> int:
+    return text.count("*") + text.count("?")
+
+
+def _rule_not_widened(subject: Subject) -> None:
+    assert subject.rendered is not None
+    template_statements = subject.template.statements
+    if len(subject.statements) != len(template_statements):
+        subject.add("policy_widened", "policy.Statement", "the rendered policy has a different number of statements")
+        return
+    for view, original in zip(subject.statements, template_statements, strict=True):
+        if set(view.actions) != set(original.actions):
+            subject.add("policy_widened", f"{view.field}.Action", "rendered actions differ from the template's")
+        if len(view.resources) != len(dict.fromkeys(original.resources)):
+            subject.add("policy_widened", f"{view.field}.Resource", "rendered resources differ from the template's")
+            continue
+        for j, (rendered, written) in enumerate(zip(view.resources, dict.fromkeys(original.resources), strict=True)):
+            literal = PLACEHOLDER.sub("", written)
+            if _wildcards(rendered) != _wildcards(literal) or rendered.count("$") != literal.count("$"):
+                subject.add("policy_widened", f"{view.field}.Resource[{j}]",
+                            "a parameter value added a wildcard or policy variable to a resource")
+
+
+TEMPLATE_RULES: tuple[Callable[[Subject], None], ...] = (
+    _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_risk, _rule_approvals,
+    _rule_escalation, _rule_role, _rule_size,
+)
+RENDERED_RULES: tuple[Callable[[Subject], None], ...] = (
+    _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_escalation, _rule_role, _rule_size,
+    _rule_not_widened,
+)
+
+
+def _run(rules: Sequence[Callable[[Subject], None]], subject: Subject) -> list[Finding]:
+    # NOTE: fail closed: a check with no rules is a broken check, not a clean template.
+    if not rules:
+        raise TemplateError("guardrail rule table is empty", code="guardrails_misconfigured")
+    for rule in rules:
+        rule(subject)
+    return subject.findings
+
+
+def check_template(template: ScopeTemplate, *, actions: ActionKnowledge) -> list[Finding]:
+    """Every guardrail finding for a parsed template (errors block loading and minting)."""
+    return _run(TEMPLATE_RULES, Subject(template, _template_views(template, actions), actions))
+
+
+def check_rendered(template: ScopeTemplate, rendered: RenderedPolicy, *, actions: ActionKnowledge) -> list[Finding]:
+    """Re-check the exact session policy about to be sent to STS (errors refuse minting)."""
+    return _run(RENDERED_RULES, Subject(template, _rendered_views(rendered, actions), actions, rendered=rendered))
+
+
+def template_error_findings(exc: TemplateError, *, source: str) -> list[Finding]:
+    """Turn a parse/validation error (pydantic's, via ``parse_template``) into findings naming the field."""
+    problems = exc.details.get("problems") or [{"field": exc.field or "(template)", "message": exc.message}]
+    return [Finding(code=exc.code, severity="error", field=p["field"], message=p["message"], source=source)
+            for p in problems]
