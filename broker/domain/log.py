@@ -84,7 +84,7 @@ ENTRY_FIELDS = (
     "source_ip", "approvals", "reason_code", "details",
 )
 
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_HEX_DIGITS = "0123456789abcdef"
 _KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
 
 
@@ -103,7 +103,8 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def _is_hex64(value: object) -> bool:
-    return isinstance(value, str) and _HEX64.match(value) is not None
+    # str.strip instead of a regex: this runs twice per line when verifying an export.
+    return type(value) is str and len(value) == 64 and not value.strip(_HEX_DIGITS)
 
 
 def _is_seq(value: object) -> bool:
@@ -362,11 +363,11 @@ _HASH_MEMBER = b'"hash":"'
 def _body_bytes(raw: bytes, stated_hash: str, line_no: int, seq: int) -> bytes:
     """The line without its top-level ``"hash":"<hex>"`` member (the hashed bytes)."""
     member = _HASH_MEMBER + stated_hash.encode("ascii") + b'"'
-    if raw.count(member) != 1:  # not the broker's canonical bytes (or a forged nested copy)
+    start = raw.find(member)
+    end = start + len(member)
+    if start < 0 or raw.find(member, end) >= 0:  # not canonical (or a forged nested copy)
         raise _Failure("modified", f"entry seq {seq} at line {line_no} was modified: it is not "
                        "in the canonical form its hash was computed over.", seq=seq, line=line_no)
-    start = raw.index(member)
-    end = start + len(member)
     if raw[end:end + 1] == b",":
         return raw[:start] + raw[end + 1:]
     if raw[start - 1:start] == b",":

@@ -1,0 +1,76 @@
+"""Benchmark of the issuance log: seal (append) and verify throughput.
+
+Run: ``python -m tests.bench.bench_log [COUNT]`` (default 1,000,000 entries).  Not a test:
+it prints figures.  Entries are realistic (uuids, times, parameters, approvals) and are
+streamed through a temporary export file, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from broker.domain import log
+
+TYPES = ("requested", "approved", "issued", "refused", "expired", "revoked")
+
+
+def realistic_body(seq: int, start: datetime) -> dict:
+    moment = start + timedelta(milliseconds=seq)
+    return {
+        "event_id": str(uuid.uuid4()), "time": log.log_time(moment),
+        "type": TYPES[seq % len(TYPES)],
+        "request_id": str(uuid.uuid4()), "grant_id": str(uuid.uuid4()),
+        "actor": f"agent:worker-{seq % 50}", "acts_for": f"human:user{seq % 200}",
+        "template": ("s3-read-bucket", "ec2-describe", "dynamodb-write-table")[seq % 3],
+        "template_digest": "9f" * 32,
+        "parameters": {"bucket": f"team-{seq % 30}-logs", "prefix": f"runs/{seq}/",
+                       "region": "eu-west-1"},
+        "policy_digest": "3c" * 32, "access_key_id": f"ASIA{seq:016X}",
+        "expiration": log.log_time(moment + timedelta(minutes=15)), "source_ip": "10.1.2.3",
+        "approvals": ([{"approver": "human:bob", "time": log.log_time(moment)}]
+                      if seq % 4 == 0 else []),
+        "reason_code": "guardrail_violation" if seq % 6 == 3 else None,
+        "details": {"ttl_seconds": 900, "user_agent": "broker-sdk/0.1"},
+    }
+
+
+def main(count: int) -> None:
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    bodies = [realistic_body(seq, start) for seq in range(1, 1001)]  # body building not timed
+    signer = log.CheckpointSigner(log.generate_signing_key())
+    fd, path = tempfile.mkstemp(suffix=".jsonl")
+    try:
+        prev_hash, size = log.GENESIS_HASH, 0
+        with os.fdopen(fd, "wb") as out:
+            began, began_cpu = time.perf_counter(), time.process_time()
+            for seq in range(1, count + 1):
+                entry = log.seal_entry(bodies[seq % 1000], seq=seq, prev_hash=prev_hash)
+                line = log.entry_line(entry) + b"\n"
+                out.write(line)
+                prev_hash, size = entry["hash"], size + len(line)
+            sealed, sealed_cpu = time.perf_counter() - began, time.process_time() - began_cpu
+            checkpoint = signer.sign(count, prev_hash, log.log_time(datetime.now(UTC)))
+            out.write(log.canonical_json({"checkpoint": checkpoint.to_dict()}) + b"\n")
+        print(f"entries: {count:,}  (avg line {size / count:.0f} bytes, file {size / 1e6:.0f} MB)")
+        print(f"seal + serialize: {count / sealed:,.0f} entries/s wall ({sealed:.1f} s), "
+              f"{count / sealed_cpu:,.0f} entries/s CPU ({sealed_cpu:.1f} s)")
+        with open(path, "rb") as export:
+            began, began_cpu = time.perf_counter(), time.process_time()
+            report = log.verify_export(export, signer.public_key)
+            verified, verified_cpu = time.perf_counter() - began, time.process_time() - began_cpu
+        assert report.ok and report.entries == count, report
+        print(f"verify export:    {count / verified:,.0f} entries/s wall ({verified:.1f} s), "
+              f"{count / verified_cpu:,.0f} entries/s CPU ({verified_cpu:.1f} s)")
+        print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              "(wall figures drop when other work shares the CPUs)")
+    finally:
+        os.unlink(path)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
