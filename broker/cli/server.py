@@ -1,5 +1,116 @@
-"""Sub-commands (being written)."""
+"""``broker dev``, ``broker serve``, ``broker migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+
+from broker.settings import load_settings
 
 
-def register(subparsers) -> None:  # noqa: ARG001 - filled in by the module's owner
-    return None
+def register(subparsers) -> None:
+    dev = subparsers.add_parser("dev", help="run a development broker (SQLite, FAKE local AWS, demo templates)")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--scopes", type=Path, default=Path("scopes"))
+    dev.add_argument("--state-dir", type=Path, default=Path(".broker"))
+    dev.add_argument("--aws-port", type=int, default=4566, help="port for the in-process fake AWS (moto)")
+    dev.set_defaults(func=run_dev)
+
+    serve = subparsers.add_parser("serve", help="run the broker (configuration from BROKER_* and BROKER_CONFIG_FILE)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=run_serve)
+
+    migrate_cmd = subparsers.add_parser("migrate", help="apply database migrations and exit")
+    migrate_cmd.set_defaults(func=run_migrate)
+
+
+def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60.0) -> None:
+    audit = container.extras["audit"]
+    while not stop.wait(every_seconds):
+        try:
+            audit.checkpoint()
+            container.service.expire_stale()
+        except Exception:  # noqa: BLE001 - a background sweep must not die
+            logging.getLogger("broker").warning("periodic checkpoint/expiry sweep failed", exc_info=True)
+
+
+def _run(container, host: str, port: int, banner: str | None = None) -> int:
+    import uvicorn
+
+    from broker.api.app import create_app
+
+    app = create_app(container)
+    stop = threading.Event()
+    threading.Thread(target=_checkpoint_loop, args=(container, stop), daemon=True).start()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    if banner:
+        print(banner, flush=True)
+    try:
+        server.run()
+    finally:
+        stop.set()
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from broker.api.deps import build_container
+
+    settings = load_settings()
+    container = build_container(settings)
+    return _run(container, args.host or settings.host, args.port or settings.port)
+
+
+def run_migrate(_args: argparse.Namespace) -> int:
+    from broker.storage.engine import build_engine
+    from broker.storage.migrations import migrate
+
+    migrate(build_engine(load_settings().database_url))
+    print("database is at the latest schema")
+    return 0
+
+
+def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
+    """Start fake AWS, seed it, build the container; returns (container, aws, keys)."""
+    from broker.api.deps import build_container
+    from broker.devmode import ensure_signing_key, seed_aws, seed_principals, start_fake_aws
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    aws = start_fake_aws(aws_port)
+    private, _public = ensure_signing_key(state_dir)
+    settings = load_settings(
+        database_url=f"sqlite:///{(state_dir / 'broker.db').resolve()}", scopes_dir=scopes.resolve(),
+        aws_endpoint_url=aws.endpoint_url, signing_key_file=private, public_url=f"http://127.0.0.1:{port}",
+        port=port, dev_mode=True, state_dir=state_dir)
+    container = build_container(settings)
+    seed_aws(aws.endpoint_url, container.catalog, settings.aws_region)
+    keys = seed_principals(container.database, state_dir / "dev-keys.json")
+    return container, aws, keys
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    container, aws, _keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,
+                                        aws_port=args.aws_port)
+    state = args.state_dir
+    url = f"http://127.0.0.1:{args.port}"
+    banner = "\n".join([
+        "broker dev: a DEVELOPMENT broker (FAKE AWS: moto in-process; nothing here is a real credential)",
+        f"  API:              {url}   (OpenAPI: {url}/docs)",
+        f"  approver page:    {url}/ui/",
+        f"  templates:        {len(container.catalog)} from {args.scopes}",
+        f"  keys:             {state / 'dev-keys.json'}  (agent:demo acts for human:alice;"
+        " bob/carol approve; rita reviews; root is admin)",
+        f"  log public key:   {state / 'log-public-key.pem'}",
+        f"  AWS_ENDPOINT_URL={aws.endpoint_url}",
+        "",
+        "  try:  export BROKER_URL=" + url + " BROKER_TOKEN=$(python3 -c \"import json;print(json.load(open('"
+        + str(state / "dev-keys.json") + "'))['agent:demo'])\")",
+        "        broker demo        # the seed incident, replayed against this broker",
+    ])
+    try:
+        return _run(container, "127.0.0.1", args.port, banner)
+    finally:
+        aws.stop()

@@ -1,0 +1,1 @@
+"""HTTP adapter: FastAPI app factory, the composition root (deps.py), thin routes."""

@@ -1,0 +1,118 @@
+"""FastAPI app factory.  Errors are translated to ``{"error": {"code", "message"}}`` here, in one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker.api.deps import Container
+from broker.errors import BrokerError
+
+log = logging.getLogger("broker.api")
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: refuses bodies over ``limit`` bytes (declared or streamed) with 413."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = error_response(413, "request_too_large", f"request bodies are limited to {self.limit} bytes")
+        if declared is not None:
+            try:
+                if int(declared) > self.limit:
+                    return await too_big(scope, receive, send)
+            except ValueError:
+                return await error_response(400, "bad_request", "invalid Content-Length")(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await too_big(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    code = {"ttl_seconds": "invalid_ttl", "template": "invalid_template_name", "reason": "missing_reason"}.get(
+        loc[0] if loc else "", "invalid_request")
+    if first.get("type") == "extra_forbidden":
+        code = "unknown_field"
+    message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid request"))
+    return error_response(422, code, message, field)
+
+
+def create_app(container: Container) -> FastAPI:
+    app = FastAPI(title="Agent credential broker", version="1", description=(
+        "Short-lived, least-privilege AWS credentials for AI agents, co-signed by humans for production, "
+        "with a tamper-evident issuance log."))
+    app.state.container = container
+
+    @app.exception_handler(BrokerError)
+    async def _broker_error(_request: Request, exc: BrokerError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.details.get("retry_after", 1))} if exc.status in (429, 503) else None
+        return error_response(exc.status, exc.code, exc.diagnostics(), exc.field, headers=headers)
+
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden"}
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # NOTE: never a stack trace or a driver message to the caller; the log line carries the type only.
+        log.error("unexpected error: %s", exc.__class__.__name__, exc_info=exc)
+        return error_response(500, "internal_error", "the broker hit an unexpected error; nothing was issued")
+
+    from broker.api import routes_events, routes_requests, routes_system, routes_templates
+
+    for module in (routes_system, routes_templates, routes_requests, routes_events):
+        app.include_router(module.router)
+    for name in ("broker.api.routes_grants", "broker.api.ui"):
+        try:
+            module = __import__(name, fromlist=["router"])
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, limit=container.settings.max_body_bytes)
+    return app

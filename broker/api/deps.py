@@ -1,0 +1,144 @@
+"""The composition root: builds the adapters once, and exposes them to routes as dependencies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from broker.catalog import TemplateCatalog, load_catalog
+from broker.domain import log as issuance_log
+from broker.domain.principals import Principal, Role
+from broker.errors import BrokerError, Forbidden, InvalidInput
+from broker.identity.authenticator import Authenticator
+from broker.identity.oidc import OidcIssuerConfig, OidcVerifier
+from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
+from broker.service import BrokerService
+from broker.settings import BrokerSettings
+from broker.storage.engine import Database, build_engine
+from broker.storage.migrations import migrate
+
+log = logging.getLogger("broker.api")
+
+
+class DirectoryAdapter:
+    """Principal directory and API-key store for the authenticator: one short unit of work per lookup."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def get_principal(self, principal_id: str) -> Principal | None:
+        with self._database.transaction() as repo:
+            return repo.get_principal(principal_id)
+
+    def find_api_key(self, key_id: str):
+        with self._database.transaction() as repo:
+            return repo.find_api_key(key_id)
+
+
+@dataclass
+class Container:
+    settings: BrokerSettings
+    database: Database
+    catalog: TemplateCatalog
+    service: BrokerService
+    authenticator: Authenticator
+    signer: issuance_log.CheckpointSigner
+    clock: Clock
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def template_checks() -> tuple[list, list, Any]:
+    """Guardrail checks for templates and rendered policies, and the blast-radius function."""
+    from broker.actiondb import default_action_knowledge
+    from broker.domain import blast_radius, guardrails
+
+    actions = default_action_knowledge()
+    return (
+        [lambda t: guardrails.check_template(t, actions=actions)],
+        [lambda t, r: guardrails.check_rendered(t, r, actions=actions)],
+        lambda t, r: blast_radius.assess(t, actions=actions, rendered=r).to_dict(),
+    )
+
+
+def load_oidc_verifiers(path: Path | None) -> list[OidcVerifier]:
+    if path is None:
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"OIDC issuers file {path} cannot be read", code="config_invalid") from exc
+    return [OidcVerifier(OidcIssuerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}))
+            for entry in entries]
+
+
+def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
+    if settings.signing_key_file is None:
+        log.warning("BROKER_SIGNING_KEY_FILE is not set: checkpoints are signed with an EPHEMERAL key")
+        return issuance_log.CheckpointSigner(issuance_log.generate_signing_key())
+    try:
+        pem = settings.signing_key_file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"signing key {settings.signing_key_file} cannot be read", code="config_invalid") from exc
+    return issuance_log.CheckpointSigner(issuance_log.load_signing_key(pem))
+
+
+def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
+                    notifier: Notifier | None = None, run_migrations: bool = True) -> Container:
+    database = Database(build_engine(settings.database_url))
+    if run_migrations:
+        migrate(database.engine)
+    template_check, rendered_check, blast = template_checks()
+    catalog = load_catalog(Path(settings.scopes_dir), checks=template_check)
+    clock = clock or SystemClock()
+    if minter is None:
+        from broker.aws.sts import StsMinter
+        minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    if notifier is None and settings.webhook_url:
+        from broker.notify import WebhookNotifier
+        notifier = WebhookNotifier(settings.webhook_url)
+    service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
+                            rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
+                            public_url=settings.public_url.rstrip("/"), blast_radius=blast)
+    directory = DirectoryAdapter(database)
+    authenticator = Authenticator(api_keys=directory, principals=directory,
+                                  oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))
+    signer = load_signer(settings)
+    from broker.audit import AuditLog
+
+    return Container(settings=settings, database=database, catalog=catalog, service=service,
+                     authenticator=authenticator, signer=signer, clock=clock,
+                     extras={"audit": AuditLog(database=database, signer=signer, clock=clock)})
+
+
+def get_container(request: Request) -> Container:
+    return request.app.state.container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def current_principal(request: Request, container: ContainerDep) -> Principal:
+    principal = container.authenticator.authenticate(request.headers.get("authorization"))
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_role(principal: Principal, *roles: Role) -> None:
+    if not any(principal.has_role(role) for role in roles) and not principal.has_role(Role.ADMIN):
+        raise Forbidden(f"this needs the {' or '.join(r.value for r in roles)} role", code="role_required")
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+__all__ = ["BrokerError", "Container", "ContainerDep", "CurrentPrincipal", "build_container", "client_ip",
+           "require_role"]

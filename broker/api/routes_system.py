@@ -1,0 +1,28 @@
+"""Health, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from broker.api.deps import ContainerDep
+from broker.errors import BrokerError
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(container: ContainerDep) -> JSONResponse:
+    """Ready to issue: the database answers and templates are loaded."""
+    try:
+        container.database.ping()
+    except BrokerError as exc:
+        return JSONResponse({"status": "unavailable", "error": {"code": exc.code, "message": exc.message}},
+                            status_code=503)
+    return JSONResponse({"status": "ready", "templates": len(container.catalog)})

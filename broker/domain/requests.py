@@ -1,0 +1,145 @@
+"""Credential requests, their lifecycle, and the approval (co-signing) rules.
+
+Lifecycle::
+
+    (no approval needed)   requested -> issued | failed
+    (co-signed)            pending -> approved -> issued
+                           pending -> denied | expired | cancelled
+                           approved -> expired (not redeemed in time) | cancelled
+
+The two-person rule is enforced here whatever a template says: the requester
+never approves, nor does the human the agent acts for; one human counts once;
+only principals allowed by the template's approver list (and holding the
+approver role) count.  An approval signs the request's *binding digest*: any
+change to what would be minted voids it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from broker.domain.principals import Principal, Role
+from broker.domain.templates import ApprovalRule
+from broker.errors import Conflict, Forbidden
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    ISSUED = "issued"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    # Intermediate: the STS call is in flight (an intent row exists).
+    ISSUING = "issuing"
+
+
+TERMINAL = frozenset({RequestStatus.ISSUED, RequestStatus.DENIED, RequestStatus.EXPIRED,
+                      RequestStatus.CANCELLED, RequestStatus.FAILED})
+
+
+class Decision(StrEnum):
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class BindingFacts:
+    """Everything that determines what would be minted.  An approval signs its digest."""
+
+    request_id: str
+    template: str
+    template_digest: str
+    parameters: Mapping[str, str]
+    role_arn: str
+    policy_digest: str
+    ttl_seconds: int
+    session_tags: tuple[tuple[str, str], ...]
+    source_identity: str
+
+    def digest(self) -> str:
+        body = {
+            "request_id": self.request_id,
+            "template": self.template,
+            "template_digest": self.template_digest,
+            "parameters": dict(sorted(self.parameters.items())),
+            "role_arn": self.role_arn,
+            "policy_digest": self.policy_digest,
+            "ttl_seconds": self.ttl_seconds,
+            "session_tags": sorted(self.session_tags),
+            "source_identity": self.source_identity,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return "sha256:" + hashlib.sha256(b"broker.binding.v1\x00" + canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class CoSignature:
+    """One human's decision on one request, bound to the digest they saw."""
+
+    approver: str
+    decision: Decision
+    binding_digest: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class PendingFacts:
+    """What the approval rules need to know about a request."""
+
+    requester: str
+    acts_for: str | None
+    binding_digest: str
+
+
+def may_approve(rule: ApprovalRule, facts: PendingFacts, approver: Principal) -> None:
+    """Raise ``Forbidden`` unless ``approver`` may co-sign this request."""
+    if not rule.approvers:
+        raise Forbidden("this request has no approvers configured", code="no_approvers")
+    if Role.APPROVER not in approver.roles:
+        raise Forbidden("only principals with the approver role may co-sign", code="not_an_approver")
+    if approver.acts_for is not None:
+        # NOTE: agents never co-sign, even if misconfigured with the approver role.
+        raise Forbidden("an agent cannot co-sign a request", code="agent_cannot_approve")
+    if approver.id == facts.requester:
+        raise Forbidden("the requester cannot approve their own request", code="self_approval")
+    if facts.acts_for is not None and approver.id == facts.acts_for:
+        raise Forbidden("the human an agent acts for cannot approve that agent's request",
+                        code="approver_is_principal_human")
+    if not any(approver.matches(selector) for selector in rule.approvers):
+        raise Forbidden("you are not an approver for this template", code="not_an_approver")
+
+
+def counted_approvals(signatures: Iterable[CoSignature], *, binding_digest: str,
+                      still_allowed: Mapping[str, bool]) -> set[str]:
+    """Distinct humans whose approval of *this exact binding* still stands.
+
+    ``still_allowed`` says, for each approver id, whether they pass :func:`may_approve` now
+    (re-checked at redemption: a removed approver no longer counts).
+    """
+    return {
+        sig.approver
+        for sig in signatures
+        if sig.decision is Decision.APPROVE
+        and sig.binding_digest == binding_digest
+        and still_allowed.get(sig.approver, False)
+    }
+
+
+def require_status(current: RequestStatus, allowed: Iterable[RequestStatus], *, action: str) -> None:
+    allowed = tuple(allowed)
+    if current not in allowed:
+        raise Conflict(f"cannot {action} a request that is {current.value}",
+                       code=f"request_{current.value}", details={"status": current.value})
+
+
+def request_summary(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}

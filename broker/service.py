@@ -1,0 +1,468 @@
+"""Use cases: request, approve/deny, redeem, cancel, read.  One unit of work each.
+
+Issuance is fail-closed and never half-done:
+
+1. validate, render and check the policy (refusals are logged);
+2. unit of work A: the request row, a *mint intent* and the ``requested`` event;
+3. STS AssumeRole;
+4. unit of work B: the grant, the ``issued`` event (access key id, expiry, policy digest).
+
+Credentials leave only after B commits.  If STS fails, a ``failed`` event is written
+and nothing is returned.  If B cannot be written, the credentials are withheld and
+the unresolved intent is reconciled at start-up (logged as an orphan, revoked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from broker.domain import log as issuance_log
+from broker.domain.principals import Principal, Role
+from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
+from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus,
+                                    counted_approvals, may_approve, require_status)
+from broker.domain.sts_rules import resolve_ttl, role_session_name, session_tags, source_identity_for
+from broker.domain.templates import ScopeTemplate
+from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
+                           StorageUnavailable, Unavailable)
+from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
+from broker.storage.engine import Database
+from broker.storage.models import ApprovalRow, GrantRow, MintIntentRow, RequestRow
+from broker.storage.repository import Repository
+
+log = logging.getLogger("broker.service")
+
+MAX_REASON = 1000
+# A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
+RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
+# Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
+IssuanceGate = Callable[[Repository, Principal, ScopeTemplate, datetime], None]
+
+
+@dataclass
+class RequestOutcome:
+    request: dict[str, Any]
+    credentials: MintedCredentials | None = None
+    grant: dict[str, Any] | None = None
+
+
+@dataclass
+class BrokerService:
+    catalog: TemplateSource
+    database: Database
+    minter: CredentialMinter
+    clock: Clock
+    rendered_checks: Sequence[RenderedCheck] = ()
+    gates: Sequence[IssuanceGate] = ()
+    notifier: Notifier = field(default_factory=NullNotifier)
+    public_url: str = "http://127.0.0.1:8080"
+    blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ request
+    def request_credentials(self, *, principal: Principal, template_name: str, parameters: Mapping[str, Any] | None,
+                            ttl_seconds: int | None, reason: str, source_ip: str | None) -> RequestOutcome:
+        now = self.clock.now()
+        try:
+            template = self.catalog.get(template_name)
+            if not principal.has_role(Role.AGENT) or not any(principal.matches(s) for s in template.requesters):
+                raise Forbidden(f"'{principal.id}' may not request the scope '{template.name}'",
+                                code="requester_not_allowed", field="template")
+            reason = _clean_reason(reason)
+            values = validate_parameters(template, parameters)
+            ttl = resolve_ttl(template, ttl_seconds)
+            rendered = render_policy(template, values)
+            self._check_rendered(template, rendered)
+        except BrokerError as exc:
+            self._log_refusal(principal=principal, template_name=template_name, error=exc, source_ip=source_ip, now=now)
+            raise
+        request_id, grant_id = str(uuid.uuid4()), str(uuid.uuid4())
+        tags = session_tags(request_id=request_id, template=template, agent=principal.id, human=principal.human,
+                            grant_id=grant_id)
+        row = RequestRow(
+            id=request_id, template=template.name, template_digest=template.version_digest,
+            environment=template.environment.value, parameters=json.dumps(values, sort_keys=True),
+            role_arn=rendered.role_arn, policy=rendered.json, policy_digest=rendered.digest, ttl_seconds=ttl,
+            session_tags=json.dumps([[t["Key"], t["Value"]] for t in tags]),
+            source_identity=source_identity_for(principal.id), session_name=role_session_name(principal.id, request_id),
+            grant_id=grant_id, binding_digest="", requester=principal.id, acts_for=principal.acts_for, reason=reason,
+            source_ip=source_ip, status=RequestStatus.PENDING.value, approvals_required=template.approval.approvals,
+            created_at=now, updated_at=now,
+        )
+        row.binding_digest = binding_of(row).digest()
+        if template.needs_approval:
+            return self._open_pending(row, template, principal, now)
+        return self._issue_now(row, template, principal, now)
+
+    def _check_rendered(self, template: ScopeTemplate, rendered: RenderedPolicy) -> None:
+        for check in self.rendered_checks:
+            blocking = [f for f in check(template, rendered) if getattr(f, "blocking", True)]
+            if blocking:
+                raise GuardrailViolation(f"the rendered policy fails a guardrail: {blocking[0]}",
+                                         details={"findings": [str(f) for f in blocking]})
+
+    def _run_gates(self, repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
+        for gate in self.gates:
+            gate(repo, principal, template, now)
+
+    def _open_pending(self, row: RequestRow, template: ScopeTemplate, principal: Principal,
+                      now: datetime) -> RequestOutcome:
+        row.pending_expires_at = now + timedelta(seconds=template.approval.expires_after)
+        try:
+            with self.database.transaction() as repo:
+                self._run_gates(repo, principal, template, now)
+                repo.add_request(row)
+                repo.append_event(self._event("requested", row, actor=principal.id, now=now))
+                repo.append_event(self._event("pending", row, actor=principal.id, now=now, details={
+                    "approvals_required": template.approval.approvals, "approvers": template.approval.approvers}))
+        except BrokerError as exc:
+            if not isinstance(exc, Unavailable):
+                self._log_refusal(principal=principal, template_name=template.name, error=exc,
+                                  source_ip=row.source_ip, now=now)
+            raise
+        view = self.request_view(row, template=template)
+        self.notifier.notify(event="pending", request=view)
+        return RequestOutcome(request=view)
+
+    def _issue_now(self, row: RequestRow, template: ScopeTemplate, principal: Principal,
+                   now: datetime) -> RequestOutcome:
+        row.status = RequestStatus.ISSUING.value
+        try:
+            with self.database.transaction() as repo:
+                self._run_gates(repo, principal, template, now)
+                repo.add_request(row)
+                repo.add_intent(MintIntentRow(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                                              source_identity=row.source_identity, created_at=now))
+                repo.append_event(self._event("requested", row, actor=principal.id, now=now))
+        except BrokerError as exc:
+            if not isinstance(exc, Unavailable):
+                self._log_refusal(principal=principal, template_name=template.name, error=exc,
+                                  source_ip=row.source_ip, now=now)
+            raise
+        return self._mint_and_record(row, template, actor=principal.id)
+
+    def _mint_and_record(self, row: RequestRow, template: ScopeTemplate, *, actor: str) -> RequestOutcome:
+        order = MintOrder(role_arn=row.role_arn, session_name=row.session_name, policy_json=row.policy,
+                          duration_seconds=row.ttl_seconds, source_identity=row.source_identity,
+                          tags=[{"Key": k, "Value": v} for k, v in json.loads(row.session_tags)])
+        try:
+            minted = self.minter.mint(order)
+        except BrokerError as exc:
+            self._record_failure(row, actor=actor, error=exc)
+            raise
+        now = self.clock.now()
+        grant = GrantRow(id=row.grant_id, request_id=row.id, template=row.template, agent=row.requester,
+                         acts_for=row.acts_for, role_arn=row.role_arn, access_key_id=minted.access_key_id,
+                         source_identity=row.source_identity, session_name=row.session_name,
+                         policy_digest=row.policy_digest, environment=row.environment, issued_at=now,
+                         expiration=minted.expiration)
+        try:
+            with self.database.transaction() as repo:
+                if not repo.transition_request(row.id, from_statuses=[RequestStatus.ISSUING.value],
+                                               to_status=RequestStatus.ISSUED.value, issued_at=now, updated_at=now):
+                    raise Conflict("the request changed while credentials were minted", code="request_changed")
+                repo.add_grant(grant)
+                repo.resolve_intent(row.grant_id)
+                repo.append_event(self._event("issued", row, actor=actor, now=now, access_key_id=minted.access_key_id,
+                                              expiration=issuance_log.log_time(minted.expiration)))
+        except BrokerError:
+            # NOTE: the credentials exist at AWS but are withheld; the open intent makes start-up
+            # reconciliation log and revoke them.  Nothing reaches the caller.
+            log.error("issued event could not be written for request %s; credentials withheld", row.id)
+            raise
+        row.status, row.issued_at = RequestStatus.ISSUED.value, now
+        return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
+                              grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
+
+    def _record_failure(self, row: RequestRow, *, actor: str, error: BrokerError) -> None:
+        now = self.clock.now()
+        try:
+            with self.database.transaction() as repo:
+                repo.transition_request(row.id, from_statuses=[RequestStatus.ISSUING.value],
+                                        to_status=RequestStatus.FAILED.value, updated_at=now,
+                                        decided_reason=error.code)
+                repo.resolve_intent(row.grant_id)
+                repo.append_event(self._event("failed", row, actor=actor, now=now, reason_code=error.code))
+        except BrokerError:
+            log.error("could not record the failure of request %s", row.id)
+
+    def _log_refusal(self, *, principal: Principal, template_name: str, error: BrokerError, source_ip: str | None,
+                     now: datetime) -> None:
+        body = _base_event("refused", now)
+        body.update(actor=principal.id, acts_for=principal.acts_for, template=str(template_name)[:100],
+                    source_ip=source_ip, reason_code=error.code,
+                    details={"message": error.message[:300], **({"field": error.field} if error.field else {})})
+        # NOTE: if the refusal cannot be logged the caller gets 503 instead: nothing unlogged.
+        with self.database.transaction() as repo:
+            repo.append_event(body)
+
+    # ------------------------------------------------------------------ co-signing
+    def decide(self, *, principal: Principal, request_id: str, decision: str, reason: str,
+               source_ip: str | None = None) -> dict[str, Any]:
+        try:
+            choice = Decision(decision)
+        except ValueError:
+            raise InvalidInput("decision must be 'approve' or 'deny'", code="invalid_decision",
+                               field="decision") from None
+        reason = _clean_reason(reason)
+        now = self.clock.now()
+        notify: str | None = None
+        with self.database.transaction() as repo:
+            row = self._visible_request(repo, principal, request_id, for_update=True)
+            template = self.catalog.get(row.template)
+            if self._expire_if_stale(repo, row, now):
+                raise Conflict("the request expired before it was approved", code="request_expired")
+            require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
+            may_approve(template.approval, PendingFacts(row.requester, row.acts_for, row.binding_digest), principal)
+            if repo.has_decided(row.id, principal.id):
+                raise Conflict("you have already decided on this request; each person counts once",
+                               code="already_decided")
+            repo.add_approval(ApprovalRow(request_id=row.id, approver=principal.id, decision=choice.value,
+                                          binding_digest=row.binding_digest, reason=reason, created_at=now))
+            approvals = self._approval_list(repo, row.id)
+            if choice is Decision.DENY:
+                repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
+                                        to_status=RequestStatus.DENIED.value, updated_at=now, decided_reason=reason)
+                row.status = RequestStatus.DENIED.value
+                repo.append_event(self._event("denied", row, actor=principal.id, now=now, approvals=approvals,
+                                              details={"reason": reason}, source_ip=source_ip))
+                notify = "denied"
+            else:
+                repo.append_event(self._event("cosigned", row, actor=principal.id, now=now, approvals=approvals,
+                                              source_ip=source_ip))
+                counted = self._counted(repo, row, template)
+                if len(counted) >= template.approval.approvals:
+                    redeem_by = now + timedelta(seconds=template.approval.redeem_within)
+                    repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
+                                            to_status=RequestStatus.APPROVED.value, approved_at=now,
+                                            redeem_by=redeem_by, updated_at=now)
+                    row.status, row.approved_at, row.redeem_by = RequestStatus.APPROVED.value, now, redeem_by
+                    repo.append_event(self._event("approved", row, actor=principal.id, now=now, approvals=approvals))
+                    notify = "approved"
+            view = self.request_view(row, template=template, approvals=approvals)
+        if notify:
+            self.notifier.notify(event=notify, request=view)
+        return view
+
+    def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
+        return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
+                 "binding_digest": a.binding_digest, "at": issuance_log.log_time(_aware(a.created_at))}
+                for a in repo.approvals_for(request_id)]
+
+    def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate) -> set[str]:
+        """Approvals that still stand now: same binding, approver still allowed (re-checked)."""
+        signatures = [CoSignature(approver=a.approver, decision=Decision(a.decision), binding_digest=a.binding_digest,
+                                  reason=a.reason, at=a.created_at) for a in repo.approvals_for(row.id)]
+        facts = PendingFacts(row.requester, row.acts_for, row.binding_digest)
+        still_allowed: dict[str, bool] = {}
+        for sig in signatures:
+            approver = repo.get_principal(sig.approver)
+            try:
+                if approver is None:
+                    raise Forbidden("approver no longer exists")
+                may_approve(template.approval, facts, approver)
+                still_allowed[sig.approver] = True
+            except Forbidden:
+                still_allowed[sig.approver] = False
+        return counted_approvals(signatures, binding_digest=binding_of(row).digest(), still_allowed=still_allowed)
+
+    def redeem(self, *, principal: Principal, request_id: str) -> RequestOutcome:
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            row = self._visible_request(repo, principal, request_id)
+            if row.requester != principal.id:
+                raise Forbidden("only the agent that made the request can redeem it", code="not_requester")
+            template = self.catalog.get(row.template)
+            if self._expire_if_stale(repo, row, now):
+                pass
+        if row.status == RequestStatus.EXPIRED.value:
+            raise Conflict("the request expired", code="request_expired")
+        if row.status == RequestStatus.PENDING.value:
+            raise Conflict("the request is still waiting for approvals", code="approval_pending",
+                           details={"approvals_required": row.approvals_required})
+        require_status(RequestStatus(row.status), [RequestStatus.APPROVED], action="redeem")
+        # Re-check everything the approvals were bound to against the current template.
+        if template.version_digest != row.template_digest:
+            raise Conflict("the scope template changed since approval; a new request is needed",
+                           code="approval_void")
+        values = json.loads(row.parameters)
+        rendered = render_policy(template, values)
+        if rendered.digest != row.policy_digest:
+            raise Conflict("the policy changed since approval; a new request is needed", code="approval_void")
+        self._check_rendered(template, rendered)
+        with self.database.transaction() as repo:
+            if len(self._counted(repo, row, template)) < template.approval.approvals:
+                raise Conflict("the approvals no longer stand (an approver was removed)", code="approval_void")
+            # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.
+            if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
+                                           to_status=RequestStatus.ISSUING.value, updated_at=now):
+                raise Conflict("the request was already redeemed", code="request_already_redeemed")
+            repo.add_intent(MintIntentRow(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                                          source_identity=row.source_identity, created_at=now))
+            repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
+        row.status = RequestStatus.ISSUING.value
+        return self._mint_and_record(row, template, actor=principal.id)
+
+    def cancel(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            row = self._visible_request(repo, principal, request_id, for_update=True)
+            if principal.id != row.requester and not principal.has_role(Role.ADMIN):
+                raise Forbidden("only the requester can cancel a request", code="not_requester")
+            self._expire_if_stale(repo, row, now)
+            require_status(RequestStatus(row.status), [RequestStatus.PENDING, RequestStatus.APPROVED], action="cancel")
+            repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value, RequestStatus.APPROVED.value],
+                                    to_status=RequestStatus.CANCELLED.value, updated_at=now)
+            row.status = RequestStatus.CANCELLED.value
+            repo.append_event(self._event("cancelled", row, actor=principal.id, now=now))
+            return self.request_view(row, approvals=self._approval_list(repo, row.id))
+
+    def _expire_if_stale(self, repo: Repository, row: RequestRow, now: datetime) -> bool:
+        deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
+                    RequestStatus.APPROVED.value: row.redeem_by}.get(row.status)
+        if deadline is None or _aware(deadline) > now:
+            return False
+        if repo.transition_request(row.id, from_statuses=[row.status], to_status=RequestStatus.EXPIRED.value,
+                                   updated_at=now):
+            previous = row.status
+            row.status = RequestStatus.EXPIRED.value
+            repo.append_event(self._event("expired", row, actor="broker", now=now, details={"was": previous}))
+            self.notifier.notify(event="expired", request=self.request_view(row))
+        return True
+
+    def expire_stale(self) -> int:
+        """Sweep: expire pending requests past their wait and approved ones not redeemed in time."""
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            return sum(self._expire_if_stale(repo, row, now) for row in repo.stale_requests(now=now))
+
+    # ------------------------------------------------------------------ reads
+    def get_request(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            row = self._visible_request(repo, principal, request_id)
+            self._expire_if_stale(repo, row, now)
+            grant = repo.grant_for_request(row.id)
+            view = self.request_view(row, approvals=self._approval_list(repo, row.id))
+            if grant is not None:
+                view["grant"] = grant_view(grant, ttl_seconds=row.ttl_seconds)
+            return view
+
+    def list_pending(self, *, principal: Principal) -> list[dict[str, Any]]:
+        if not (principal.has_role(Role.APPROVER) or principal.has_role(Role.ADMIN)
+                or principal.has_role(Role.REVIEWER)):
+            raise Forbidden("only approvers can list pending requests", code="not_an_approver")
+        self.expire_stale()
+        with self.database.transaction() as repo:
+            rows = repo.list_requests(statuses=[RequestStatus.PENDING.value])
+            return [self.request_view(r, approvals=self._approval_list(repo, r.id)) for r in rows]
+
+    def _visible_request(self, repo: Repository, principal: Principal, request_id: str, *,
+                         for_update: bool = False) -> RequestRow:
+        row = repo.get_request(str(request_id)[:64], for_update=for_update)
+        visible = row is not None and (
+            principal.id in (row.requester, row.acts_for)
+            or principal.has_role(Role.APPROVER) or principal.has_role(Role.REVIEWER) or principal.has_role(Role.ADMIN)
+        )
+        if not visible:
+            # NOTE: same answer for "absent" and "not yours": ids are not an oracle.
+            raise RequestNotFound("no such request", field="id")
+        return row
+
+    def request_view(self, row: RequestRow, *, template: ScopeTemplate | None = None,
+                     approvals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": row.id, "status": row.status, "template": row.template, "template_digest": row.template_digest,
+            "environment": row.environment, "parameters": json.loads(row.parameters), "role_arn": row.role_arn,
+            "policy": json.loads(row.policy), "policy_digest": row.policy_digest, "ttl_seconds": row.ttl_seconds,
+            "binding_digest": row.binding_digest, "requester": row.requester, "acts_for": row.acts_for,
+            "reason": row.reason, "created_at": _iso(row.created_at), "approvals_required": row.approvals_required,
+            "pending_expires_at": _iso(row.pending_expires_at), "approved_at": _iso(row.approved_at),
+            "redeem_by": _iso(row.redeem_by), "issued_at": _iso(row.issued_at),
+            "links": {"self": f"/v1/requests/{row.id}", "approve": f"/v1/requests/{row.id}/approvals",
+                      "redeem": f"/v1/requests/{row.id}/credentials", "page": f"{self.public_url}/ui/requests/{row.id}"},
+        }
+        if approvals is not None:
+            view["approvals"] = approvals
+            view["approvals_counted"] = len({a["approver"] for a in approvals if a["decision"] == "approve"
+                                             and a["binding_digest"] == row.binding_digest})
+        if row.decided_reason and row.status in (RequestStatus.DENIED.value, RequestStatus.FAILED.value):
+            view["decided_reason"] = row.decided_reason
+        if template is None:
+            try:
+                template = self.catalog.get(row.template)
+            except BrokerError:
+                template = None
+        if template is not None:
+            view["approvers"] = list(template.approval.approvers)
+            if self.blast_radius is not None:
+                try:
+                    view["blast_radius"] = self.blast_radius(template, render_policy(template,
+                                                                                     json.loads(row.parameters)))
+                except BrokerError:
+                    view["blast_radius"] = None
+        return view
+
+    # ------------------------------------------------------------------ events
+    def _event(self, kind: str, row: RequestRow, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
+        body = _base_event(kind, now)
+        body.update(request_id=row.id, grant_id=row.grant_id, actor=actor,
+                    acts_for=row.acts_for if actor == row.requester else None, template=row.template,
+                    template_digest=row.template_digest, parameters=json.loads(row.parameters),
+                    policy_digest=row.policy_digest, source_ip=row.source_ip)
+        details = dict(extra.pop("details", None) or {})
+        details.setdefault("requester", row.requester)
+        details.setdefault("on_behalf_of", row.acts_for)
+        details.setdefault("ttl_seconds", row.ttl_seconds)
+        body["details"] = details
+        body.update(extra)
+        return body
+
+
+def binding_of(row: RequestRow) -> BindingFacts:
+    return BindingFacts(request_id=row.id, template=row.template, template_digest=row.template_digest,
+                        parameters=json.loads(row.parameters), role_arn=row.role_arn, policy_digest=row.policy_digest,
+                        ttl_seconds=row.ttl_seconds,
+                        session_tags=tuple(tuple(t) for t in json.loads(row.session_tags)),
+                        source_identity=row.source_identity)
+
+
+def grant_view(grant: GrantRow, *, ttl_seconds: int) -> dict[str, Any]:
+    return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
+            "expiration": _iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
+            "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,
+            "revoked_at": _iso(grant.revoked_at)}
+
+
+def _base_event(kind: str, now: datetime) -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "time": issuance_log.log_time(now), "type": kind, "request_id": None,
+            "grant_id": None, "actor": None, "acts_for": None, "template": None, "template_digest": None,
+            "parameters": None, "policy_digest": None, "access_key_id": None, "expiration": None, "source_ip": None,
+            "approvals": None, "reason_code": None, "details": {}}
+
+
+def _clean_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("a reason is required: say what the credentials are for", code="missing_reason",
+                           field="reason")
+    if len(reason) > MAX_REASON or any(ord(c) < 32 and c not in "\t\n" for c in reason):
+        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters", code="invalid_reason",
+                           field="reason")
+    return reason.strip()
+
+
+def _aware(moment: datetime) -> datetime:
+    from datetime import UTC
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else issuance_log.log_time(_aware(moment))
+
+
+__all__ = ["BrokerService", "RequestOutcome", "StorageUnavailable", "binding_of", "grant_view"]

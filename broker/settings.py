@@ -1,0 +1,53 @@
+"""Configuration: environment variables (``BROKER_*``) and/or a YAML/JSON file (``BROKER_CONFIG_FILE``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.errors import InvalidInput
+
+
+class BrokerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BROKER_", extra="forbid")
+
+    database_url: str = "sqlite:///.broker/broker.db"
+    scopes_dir: Path = Path("scopes")
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    signing_key_file: Path | None = None
+    oidc_issuers_file: Path | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    webhook_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 1024
+    checkpoint_every: int = 100
+    # Rate limits (per agent / per template); 0 disables that limit.
+    agent_requests_per_minute: int = 60
+    template_requests_per_minute: int = 300
+    agent_max_live_grants: int = 20
+    # A development broker: demo principals, in-process AWS endpoint.
+    dev_mode: bool = False
+    state_dir: Path | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_settings(**overrides: Any) -> BrokerSettings:
+    """Settings from ``BROKER_CONFIG_FILE`` (if set), then environment, then explicit overrides."""
+    file_values: dict[str, Any] = {}
+    config_file = os.environ.get("BROKER_CONFIG_FILE")
+    if config_file:
+        try:
+            text = Path(config_file).read_text(encoding="utf-8")
+            file_values = (json.loads(text) if config_file.endswith(".json") else yaml.safe_load(text)) or {}
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise InvalidInput(f"configuration file {config_file} cannot be read", code="config_invalid") from exc
+    env_values = BrokerSettings().model_dump(exclude_unset=True)
+    return BrokerSettings(**{**file_values, **env_values, **overrides})

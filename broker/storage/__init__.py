@@ -1,0 +1,1 @@
+"""SQLModel storage: tables, the engine factory, repositories that never commit themselves."""

@@ -1,0 +1,90 @@
+"""Engine factory and the unit of work.
+
+SQLite (embedded default) runs every transaction as ``BEGIN IMMEDIATE`` so that two
+writers never both read the log head and then race; PostgreSQL serializes log
+appends with ``SELECT ... FOR UPDATE`` on the log head row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlmodel import Session, create_engine
+
+from broker.errors import BrokerError, StorageUnavailable
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg (v3) driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def build_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
+            # NOTE: take over transaction control from pysqlite so BEGIN IMMEDIATE works.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection):  # pragma: no cover - driver hook
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args={"connect_timeout": 5})
+
+
+class Database:
+    """Hands out units of work.  Repositories never commit; the unit of work does, once."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def transaction(self) -> Iterator["Repository"]:
+        from broker.storage.repository import Repository
+
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                repo = Repository(session, postgres=self.is_postgres)
+                try:
+                    yield repo
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+        except BrokerError:
+            raise
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StorageUnavailable("the broker's database is unavailable; nothing was issued") from exc
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StorageUnavailable("the broker's database is unavailable") from exc

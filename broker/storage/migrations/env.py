@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from alembic import context
+from sqlmodel import SQLModel
+
+import broker.storage.models  # noqa: F401  - registers the tables
+
+target_metadata = SQLModel.metadata
+engine = context.config.attributes.get("engine")
+if engine is None:  # pragma: no cover - alembic CLI use
+    from broker.settings import load_settings
+    from broker.storage.engine import build_engine
+
+    engine = build_engine(load_settings().database_url)
+
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

@@ -1,0 +1,151 @@
+"""Tables.  No secret column exists: secret access keys and session tokens are never stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class PrincipalRow(SQLModel, table=True):
+    __tablename__ = "principals"
+    id: str = Field(primary_key=True, max_length=200)
+    roles: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list
+    groups: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list
+    acts_for: str | None = Field(default=None, max_length=200)
+    disabled: bool = False
+    created_at: datetime
+
+
+class ApiKeyRow(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    key_id: str = Field(primary_key=True, max_length=64)
+    token_hash: str = Field(max_length=128)
+    principal_id: str = Field(index=True, max_length=200)
+    created_at: datetime
+    revoked: bool = False
+
+
+class RequestRow(SQLModel, table=True):
+    __tablename__ = "requests"
+    id: str = Field(primary_key=True, max_length=64)
+    template: str = Field(index=True, max_length=100)
+    template_digest: str = Field(max_length=100)
+    environment: str = Field(max_length=20)
+    parameters: str = Field(sa_column=Column(Text, nullable=False))  # JSON object (validated values)
+    role_arn: str = Field(max_length=2048)
+    policy: str = Field(sa_column=Column(Text, nullable=False))  # the exact rendered session policy
+    policy_digest: str = Field(max_length=100)
+    ttl_seconds: int
+    session_tags: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of [key, value]
+    source_identity: str = Field(max_length=64)
+    session_name: str = Field(max_length=64)
+    grant_id: str = Field(max_length=64)
+    binding_digest: str = Field(max_length=100)
+    requester: str = Field(index=True, max_length=200)
+    acts_for: str | None = Field(default=None, max_length=200)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    source_ip: str | None = Field(default=None, max_length=64)
+    status: str = Field(index=True, max_length=20)
+    approvals_required: int = 0
+    created_at: datetime
+    updated_at: datetime
+    pending_expires_at: datetime | None = None
+    approved_at: datetime | None = None
+    redeem_by: datetime | None = None
+    issued_at: datetime | None = None
+    decided_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ApprovalRow(SQLModel, table=True):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver", name="uq_approval_once_per_human"),)
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(index=True, max_length=64)
+    approver: str = Field(max_length=200)
+    decision: str = Field(max_length=10)
+    binding_digest: str = Field(max_length=100)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime
+
+
+class GrantRow(SQLModel, table=True):
+    __tablename__ = "grants"
+    id: str = Field(primary_key=True, max_length=64)
+    request_id: str = Field(index=True, max_length=64, unique=True)
+    template: str = Field(index=True, max_length=100)
+    agent: str = Field(index=True, max_length=200)
+    acts_for: str | None = Field(default=None, max_length=200)
+    role_arn: str = Field(max_length=2048)
+    access_key_id: str = Field(index=True, max_length=128)
+    source_identity: str = Field(index=True, max_length=64)
+    session_name: str = Field(max_length=64)
+    policy_digest: str = Field(max_length=100)
+    environment: str = Field(max_length=20)
+    issued_at: datetime
+    expiration: datetime
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=200)
+
+
+class MintIntentRow(SQLModel, table=True):
+    """Written before the STS call; resolved after.  An unresolved intent at start-up is an orphan."""
+
+    __tablename__ = "mint_intents"
+    grant_id: str = Field(primary_key=True, max_length=64)
+    request_id: str = Field(index=True, max_length=64)
+    role_arn: str = Field(max_length=2048)
+    source_identity: str = Field(max_length=64)
+    created_at: datetime
+    resolved: bool = Field(default=False, index=True)
+
+
+class EventRow(SQLModel, table=True):
+    """One issuance-log entry.  ``body`` is the entry's canonical JSON (what was hashed)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_time", "time"),
+        Index("ix_events_type", "type"),
+    )
+    seq: int = Field(primary_key=True)
+    event_id: str = Field(max_length=64, unique=True)
+    time: datetime
+    type: str = Field(max_length=32)
+    request_id: str | None = Field(default=None, index=True, max_length=64)
+    grant_id: str | None = Field(default=None, max_length=64)
+    actor: str | None = Field(default=None, index=True, max_length=200)
+    acts_for: str | None = Field(default=None, index=True, max_length=200)
+    template: str | None = Field(default=None, index=True, max_length=100)
+    access_key_id: str | None = Field(default=None, index=True, max_length=128)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class LogHeadRow(SQLModel, table=True):
+    """The single row every append locks: it serializes appends across replicas."""
+
+    __tablename__ = "log_head"
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str = Field(max_length=64)
+
+
+class CheckpointRow(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+    seq: int = Field(primary_key=True)
+    head_hash: str = Field(max_length=64)
+    time: str = Field(max_length=40)
+    key_id: str = Field(max_length=32)
+    signature: str = Field(max_length=200)
+
+
+class SettingRow(SQLModel, table=True):
+    """Small operational switches (lockdowns), changed only through logged use cases."""
+
+    __tablename__ = "broker_settings"
+    key: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: datetime
