@@ -162,7 +162,7 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         with open(args.file, "rb") as export:
-            report = verify_export(export, public_key)
+            report = verify_export(export, public_key, require_genesis=args.complete)
     except OSError:
         print(f"error: cannot read the export file {args.file}.", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -275,6 +275,8 @@ def register(subparsers) -> None:
     verify.add_argument("file", help="an export from `broker audit export`")
     verify.add_argument("--public-key", required=True, metavar="PEMFILE",
                         help="the broker's log key (GET /v1/events/public-key)")
+    verify.add_argument("--complete", action="store_true",
+                        help="require the export to start at seq 1 (not an export --since)")
     _add_format(verify, ("text", "json"))
     verify.set_defaults(func=_verify)
 

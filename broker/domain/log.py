@@ -424,8 +424,9 @@ def _classify_gap(expected: int, seq: int, line_no: int,
 class _ExportVerifier:
     """Walks an export line by line; raises _Failure at the first problem."""
 
-    def __init__(self, public_key: Ed25519PublicKey) -> None:
+    def __init__(self, public_key: Ed25519PublicKey, *, require_genesis: bool) -> None:
         self.public_key = public_key
+        self.require_genesis = require_genesis
         self.count = 0
         self.first_seq: int | None = None
         self.last_seq, self.last_hash, self.last_line = 0, GENESIS_HASH, 0
@@ -463,6 +464,9 @@ class _ExportVerifier:
         last_seq = self.last_seq
         if self.first_seq is None:
             self.first_seq = seq
+            if seq > 1 and self.require_genesis:
+                raise _Failure("removed", f"entries seq 1 to seq {seq - 1} removed: the export "
+                               f"starts at seq {seq} (line {line_no}).", seq=1, line=line_no)
             if seq == 1 and prev_hash != GENESIS_HASH:
                 raise _Failure("broken_chain", f"entry seq 1 at line {line_no} does not start "
                                "from the genesis hash.", seq=1, line=line_no)
@@ -537,12 +541,15 @@ def _check_signature(checkpoint: Checkpoint, public_key: Ed25519PublicKey, line_
                        "has a forged or damaged signature.", seq=checkpoint.seq, line=line_no)
 
 
-def verify_export(lines: Iterable[bytes | str], public_key: Ed25519PublicKey) -> VerificationReport:
+def verify_export(lines: Iterable[bytes | str], public_key: Ed25519PublicKey, *,
+                  require_genesis: bool = False) -> VerificationReport:
     """Verify an export (an iterable of its lines, e.g. an open binary file).
 
     Stops at the first problem and names the first bad entry (``first_bad_seq``, ``line``).
+    An export starting after seq 1 is accepted (its first prev_hash taken as given, and
+    ``starts_mid_log`` set) unless ``require_genesis``: then it must start at seq 1.
     """
-    verifier = _ExportVerifier(public_key)
+    verifier = _ExportVerifier(public_key, require_genesis=require_genesis)
     try:
         return verifier.run(lines)
     except _Failure as failure:
@@ -556,9 +563,11 @@ def verify_export(lines: Iterable[bytes | str], public_key: Ed25519PublicKey) ->
 
 
 def verify_chain(entries: Iterable[Mapping[str, Any]], checkpoint: Checkpoint,
-                 public_key: Ed25519PublicKey) -> VerificationReport:
+                 public_key: Ed25519PublicKey, *, require_genesis: bool = True,
+                 ) -> VerificationReport:
     """Verify stored entries (e.g. read back from the database) against a checkpoint."""
-    return verify_export(export_lines(entries, checkpoint), public_key)
+    return verify_export(export_lines(entries, checkpoint), public_key,
+                         require_genesis=require_genesis)
 
 
 def require_intact(report: VerificationReport) -> VerificationReport:

@@ -67,6 +67,15 @@ def test_removed_entry_exits_one(files, capsys):
     assert code == 1 and "[removed]" in err and "seq 2" in err and "line 2" in err
 
 
+def test_complete_refuses_an_export_missing_its_start(files, capsys):
+    export, pem = files
+    export.write_bytes(b"".join(export.read_bytes().splitlines(keepends=True)[2:]))
+    code, out, _ = run(capsys, export, "--public-key", pem)
+    assert code == 0 and "taken as given" in out
+    code, _, err = run(capsys, export, "--public-key", pem, "--complete")
+    assert code == 1 and "[removed]" in err and "seq 1" in err
+
+
 def test_json_format_reports_the_fields(files, capsys):
     export, pem = files
     lines = export.read_bytes().splitlines(keepends=True)

@@ -261,6 +261,14 @@ def test_deleting_the_first_entry_reads_as_a_partial_export():
     assert "taken as given" in report.message
 
 
+@pytest.mark.parametrize("cut", [1, 3])
+def test_complete_export_must_start_at_genesis(cut):
+    lines = list(standard_export())[cut:]
+    report = log.verify_export(lines, signer().public_key, require_genesis=True)
+    assert (report.ok, report.problem, report.first_bad_seq, report.line) == (False, "removed", 1, 1)
+    assert log.verify_export(standard_export(), signer().public_key, require_genesis=True).ok
+
+
 def test_intact_export_verifies():
     report = verify(standard_export())
     assert report == log.VerificationReport(
