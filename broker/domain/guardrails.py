@@ -483,5 +483,7 @@ def check_rendered(template: ScopeTemplate, rendered: RenderedPolicy, *, actions
 def template_error_findings(exc: TemplateError, *, source: str) -> list[Finding]:
     """Turn a parse/validation error (pydantic's, via ``parse_template``) into findings naming the field."""
     problems = exc.details.get("problems") or [{"field": exc.field or "(template)", "message": exc.message}]
-    return [Finding(code=exc.code, severity="error", field=p["field"], message=p["message"], source=source)
+    # pydantic writes list positions as ".0"; the guardrails write "[0]": use one form.
+    return [Finding(code=exc.code, severity="error", field=re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", p["field"]),
+                    message=p["message"], source=source)
             for p in problems]

@@ -223,7 +223,7 @@ def test_schema_rejects_not_elements_and_deny(key):
         template_from_mapping(base(statements=[statement_]), source="bad.yaml")
     findings = guardrails.template_error_findings(caught.value, source="bad.yaml")
     assert findings and all(f.blocking and f.source == "bad.yaml" for f in findings)
-    assert any(f.field.startswith("statements.0") for f in findings)
+    assert any(f.field.startswith("statements[0]") for f in findings)
 
 
 # ----------------------------------------------------------------------------- rendered policies

