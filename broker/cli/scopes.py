@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.domain.rendering import SESSION_POLICY_MAX_CHARS
 from broker.errors import InvalidInput, TemplateError, TemplateNotFound
 
 EXIT_OK = 0
@@ -95,7 +96,7 @@ def register(subparsers) -> None:
 def run_lint(args: argparse.Namespace) -> int:
     from broker.actiondb import default_action_knowledge
     from broker.catalog import read_template, template_files
-    from broker.domain.guardrails import Finding, check_template, template_error_findings
+    from broker.domain.guardrails import Finding, check_template, template_error_findings, worst_case_policy_size
 
     started = time.perf_counter()
     paths = args.paths or [default_scopes_dir()]
@@ -112,6 +113,7 @@ def run_lint(args: argparse.Namespace) -> int:
     unusable = False
     findings: list[Finding] = []
     names: dict[str, str] = {}
+    sizes: list[dict[str, Any]] = []
     for path in files:
         try:
             template = read_template(path)
@@ -125,12 +127,15 @@ def run_lint(args: argparse.Namespace) -> int:
                                     f"template name already used by {names[template.name]}",
                                     template=template.name, source=str(path)))
         names.setdefault(template.name, str(path))
+        sizes.append({"template": template.name, "source": str(path),
+                      "worst_case_policy_size": worst_case_policy_size(template), "limit": SESSION_POLICY_MAX_CHARS})
         findings.extend(f.located(source=str(path)) for f in check_template(template, actions=actions))
     elapsed = time.perf_counter() - started
     errors = sum(f.blocking for f in findings)
     warnings = len(findings) - errors
     if args.format == "json":
-        print(json.dumps({"files": [str(f) for f in files], "findings": [f.to_dict() for f in findings],
+        print(json.dumps({"files": [str(f) for f in files], "templates": sizes,
+                          "findings": [f.to_dict() for f in findings],
                           "summary": {"files": len(files), "errors": errors, "warnings": warnings,
                                       "seconds": round(elapsed, 4), "action_database": actions.source}},
                          indent=2))
@@ -192,10 +197,10 @@ def run_render(args: argparse.Namespace) -> int:
         return EXIT_FINDINGS
     if args.format == "json":
         print(json.dumps({"role_arn": rendered.role_arn, "policy": rendered.document, "size": rendered.size,
-                          "limit": 2048, "digest": rendered.digest}, indent=2))
+                          "limit": SESSION_POLICY_MAX_CHARS, "digest": rendered.digest}, indent=2))
     else:
         sys.stdout.write(rendered.json + "\n")
-        print(f"# role {rendered.role_arn}; {rendered.size} of 2048 characters ({rendered.size_ratio:.0%}); "
+        print(f"# role {rendered.role_arn}; {rendered.size} of {SESSION_POLICY_MAX_CHARS} characters ({rendered.size_ratio:.0%}); "
               f"{rendered.digest}", file=sys.stderr)
     return EXIT_OK
 

@@ -406,16 +406,20 @@ def _worst_case_values(template: ScopeTemplate) -> dict[str, str]:
     return values
 
 
+def worst_case_policy_size(template: ScopeTemplate) -> int:
+    """Characters of the session policy with every parameter at its longest allowed value."""
+    try:
+        return render_policy(template, _worst_case_values(template)).size
+    except PolicyTooLarge as exc:
+        return int(exc.details.get("size", SESSION_POLICY_MAX_CHARS + 1))
+
+
 def _rule_size(subject: Subject) -> None:
     """The rendered policy fits STS's limit; say how close it is."""
     if subject.rendered is not None:
         size, what = subject.rendered.size, "the rendered session policy"
     else:
-        what = "the session policy (longest parameter values)"
-        try:
-            size = render_policy(subject.template, _worst_case_values(subject.template)).size
-        except PolicyTooLarge as exc:
-            size = int(exc.details.get("size", SESSION_POLICY_MAX_CHARS + 1))
+        size, what = worst_case_policy_size(subject.template), "the session policy (longest parameter values)"
     ratio = size / SESSION_POLICY_MAX_CHARS
     if size > SESSION_POLICY_MAX_CHARS:
         subject.add("policy_too_large", "statements",

@@ -69,6 +69,8 @@ def test_lint_json_lists_findings_and_summary(capsys, tmp_path):
     assert [(f["template"], f["code"], f["field"]) for f in body["findings"]] == [
         ("prod-zero", "production_approvals", "approval.approvals")]
     assert body["summary"]["files"] == 2 and body["summary"]["errors"] == 1
+    sizes = {t["template"]: t["worst_case_policy_size"] for t in body["templates"]}
+    assert 0 < sizes["lambda-deploy-dev"] < body["templates"][0]["limit"] == 2048
 
 
 def test_lint_duplicate_names_across_files(capsys, tmp_path):
