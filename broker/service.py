@@ -212,42 +212,73 @@ class BrokerService:
         reason = _clean_reason(reason)
         now = self.clock.now()
         notify: str | None = None
-        with self.database.transaction() as repo:
-            row = self._visible_request(repo, principal, request_id, for_update=True)
-            template = self.catalog.get(row.template)
-            if self._expire_if_stale(repo, row, now):
-                raise Conflict("the request expired before it was approved", code="request_expired")
-            require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
-            may_approve(template.approval, PendingFacts(row.requester, row.acts_for, row.binding_digest), principal)
-            if repo.has_decided(row.id, principal.id):
-                raise Conflict("you have already decided on this request; each person counts once",
-                               code="already_decided")
-            repo.add_approval(ApprovalRow(request_id=row.id, approver=principal.id, decision=choice.value,
-                                          binding_digest=row.binding_digest, reason=reason, created_at=now))
-            approvals = self._approval_list(repo, row.id)
-            if choice is Decision.DENY:
-                repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
-                                        to_status=RequestStatus.DENIED.value, updated_at=now, decided_reason=reason)
-                row.status = RequestStatus.DENIED.value
-                repo.append_event(self._event("denied", row, actor=principal.id, now=now, approvals=approvals,
-                                              details={"reason": reason}, source_ip=source_ip))
-                notify = "denied"
-            else:
-                repo.append_event(self._event("cosigned", row, actor=principal.id, now=now, approvals=approvals,
-                                              source_ip=source_ip))
-                counted = self._counted(repo, row, template)
-                if len(counted) >= template.approval.approvals:
-                    redeem_by = now + timedelta(seconds=template.approval.redeem_within)
-                    repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
-                                            to_status=RequestStatus.APPROVED.value, approved_at=now,
-                                            redeem_by=redeem_by, updated_at=now)
-                    row.status, row.approved_at, row.redeem_by = RequestStatus.APPROVED.value, now, redeem_by
-                    repo.append_event(self._event("approved", row, actor=principal.id, now=now, approvals=approvals))
-                    notify = "approved"
-            view = self.request_view(row, template=template, approvals=approvals)
+        try:
+            with self.database.transaction() as repo:
+                row = self._visible_request(repo, principal, request_id, for_update=True)
+                # NOTE: an expiry found here is committed (nothing is raised inside this unit of work).
+                expired = self._expire_if_stale(repo, row, now)
+                if not expired:
+                    template = self.catalog.get(row.template)
+                    require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
+                    may_approve(template.approval, PendingFacts(row.requester, row.acts_for, row.binding_digest),
+                                principal)
+                    if template.version_digest != row.template_digest:
+                        raise Conflict("the scope template changed since the request was made; the agent must "
+                                       "make a new request", code="template_changed")
+                    if repo.has_decided(row.id, principal.id):
+                        raise Conflict("you have already decided on this request; each person counts once",
+                                       code="already_decided")
+                    notify, view = self._record_decision(repo, row, template, principal=principal, choice=choice,
+                                                         reason=reason, now=now, source_ip=source_ip)
+            if expired:
+                raise Conflict("the request expired before it was decided", code="request_expired")
+        except (Forbidden, Conflict) as exc:
+            self._log_request_refusal(request_id=request_id, principal=principal, error=exc, source_ip=source_ip)
+            raise
         if notify:
             self.notifier.notify(event=notify, request=view)
         return view
+
+    def _record_decision(self, repo: Repository, row: RequestRow, template: ScopeTemplate, *, principal: Principal,
+                         choice: Decision, reason: str, now: datetime,
+                         source_ip: str | None) -> tuple[str | None, dict[str, Any]]:
+        notify: str | None = None
+        repo.add_approval(ApprovalRow(request_id=row.id, approver=principal.id, decision=choice.value,
+                                      binding_digest=row.binding_digest, reason=reason, created_at=now))
+        approvals = self._approval_list(repo, row.id)
+        if choice is Decision.DENY:
+            repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
+                                    to_status=RequestStatus.DENIED.value, updated_at=now, decided_reason=reason)
+            row.status, row.decided_reason = RequestStatus.DENIED.value, reason
+            repo.append_event(self._event("denied", row, actor=principal.id, now=now, approvals=approvals,
+                                          details={"reason": reason}, source_ip=source_ip))
+            notify = "denied"
+        else:
+            repo.append_event(self._event("cosigned", row, actor=principal.id, now=now, approvals=approvals,
+                                          source_ip=source_ip, details={"reason": reason}))
+            counted = self._counted(repo, row, template)
+            if len(counted) >= template.approval.approvals:
+                redeem_by = now + timedelta(seconds=template.approval.redeem_within)
+                repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
+                                        to_status=RequestStatus.APPROVED.value, approved_at=now,
+                                        redeem_by=redeem_by, updated_at=now)
+                row.status, row.approved_at, row.redeem_by = RequestStatus.APPROVED.value, now, redeem_by
+                repo.append_event(self._event("approved", row, actor=principal.id, now=now, approvals=approvals,
+                                              details={"counted": sorted(counted)}))
+                notify = "approved"
+        return notify, self.request_view(row, template=template, approvals=approvals)
+
+    def _log_request_refusal(self, *, request_id: str, principal: Principal, error: BrokerError,
+                             source_ip: str | None) -> None:
+        """A refused decision or redemption on an existing request is itself a logged step."""
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            row = repo.get_request(str(request_id)[:64])
+            if row is None:
+                return
+            extra: dict[str, Any] = {"source_ip": source_ip} if source_ip else {}
+            repo.append_event(self._event("refused", row, actor=principal.id, now=now, reason_code=error.code,
+                                          details={"message": error.message[:300]}, **extra))
 
     def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
         return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
@@ -273,38 +304,40 @@ class BrokerService:
 
     def redeem(self, *, principal: Principal, request_id: str) -> RequestOutcome:
         now = self.clock.now()
-        with self.database.transaction() as repo:
-            row = self._visible_request(repo, principal, request_id)
-            if row.requester != principal.id:
-                raise Forbidden("only the agent that made the request can redeem it", code="not_requester")
+        try:
+            with self.database.transaction() as repo:
+                row = self._visible_request(repo, principal, request_id)
+                if row.requester != principal.id:
+                    raise Forbidden("only the agent that made the request can redeem it", code="not_requester")
+                self._expire_if_stale(repo, row, now)
+            if row.status == RequestStatus.EXPIRED.value:
+                raise Conflict("the request expired", code="request_expired")
+            if row.status == RequestStatus.PENDING.value:
+                raise Conflict("the request is still waiting for approvals", code="approval_pending",
+                               details={"approvals_required": row.approvals_required})
+            require_status(RequestStatus(row.status), [RequestStatus.APPROVED], action="redeem")
             template = self.catalog.get(row.template)
-            if self._expire_if_stale(repo, row, now):
-                pass
-        if row.status == RequestStatus.EXPIRED.value:
-            raise Conflict("the request expired", code="request_expired")
-        if row.status == RequestStatus.PENDING.value:
-            raise Conflict("the request is still waiting for approvals", code="approval_pending",
-                           details={"approvals_required": row.approvals_required})
-        require_status(RequestStatus(row.status), [RequestStatus.APPROVED], action="redeem")
-        # Re-check everything the approvals were bound to against the current template.
-        if template.version_digest != row.template_digest:
-            raise Conflict("the scope template changed since approval; a new request is needed",
-                           code="approval_void")
-        values = json.loads(row.parameters)
-        rendered = render_policy(template, values)
-        if rendered.digest != row.policy_digest:
-            raise Conflict("the policy changed since approval; a new request is needed", code="approval_void")
-        self._check_rendered(template, rendered)
-        with self.database.transaction() as repo:
-            if len(self._counted(repo, row, template)) < template.approval.approvals:
-                raise Conflict("the approvals no longer stand (an approver was removed)", code="approval_void")
-            # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.
-            if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
-                                           to_status=RequestStatus.ISSUING.value, updated_at=now):
-                raise Conflict("the request was already redeemed", code="request_already_redeemed")
-            repo.add_intent(MintIntentRow(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
-                                          source_identity=row.source_identity, created_at=now))
-            repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
+            # Re-check everything the approvals were bound to against the current template.
+            if template.version_digest != row.template_digest:
+                raise Conflict("the scope template changed since approval; a new request is needed",
+                               code="approval_void")
+            rendered = render_policy(template, json.loads(row.parameters))
+            if rendered.digest != row.policy_digest or binding_of(row).digest() != row.binding_digest:
+                raise Conflict("the policy changed since approval; a new request is needed", code="approval_void")
+            self._check_rendered(template, rendered)
+            with self.database.transaction() as repo:
+                if len(self._counted(repo, row, template)) < template.approval.approvals:
+                    raise Conflict("the approvals no longer stand (an approver was removed)", code="approval_void")
+                # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.
+                if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
+                                               to_status=RequestStatus.ISSUING.value, updated_at=now):
+                    raise Conflict("the request was already redeemed", code="request_already_redeemed")
+                repo.add_intent(MintIntentRow(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                                              source_identity=row.source_identity, created_at=now))
+                repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
+        except (Forbidden, Conflict, GuardrailViolation) as exc:
+            self._log_request_refusal(request_id=request_id, principal=principal, error=exc, source_ip=None)
+            raise
         row.status = RequestStatus.ISSUING.value
         return self._mint_and_record(row, template, actor=principal.id)
 
@@ -314,13 +347,20 @@ class BrokerService:
             row = self._visible_request(repo, principal, request_id, for_update=True)
             if principal.id != row.requester and not principal.has_role(Role.ADMIN):
                 raise Forbidden("only the requester can cancel a request", code="not_requester")
-            self._expire_if_stale(repo, row, now)
-            require_status(RequestStatus(row.status), [RequestStatus.PENDING, RequestStatus.APPROVED], action="cancel")
-            repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value, RequestStatus.APPROVED.value],
-                                    to_status=RequestStatus.CANCELLED.value, updated_at=now)
-            row.status = RequestStatus.CANCELLED.value
-            repo.append_event(self._event("cancelled", row, actor=principal.id, now=now))
-            return self.request_view(row, approvals=self._approval_list(repo, row.id))
+            # NOTE: an expiry found here is committed; the refusal is raised after the unit of work.
+            expired = self._expire_if_stale(repo, row, now)
+            if not expired:
+                require_status(RequestStatus(row.status), [RequestStatus.PENDING, RequestStatus.APPROVED],
+                               action="cancel")
+                repo.transition_request(row.id,
+                                        from_statuses=[RequestStatus.PENDING.value, RequestStatus.APPROVED.value],
+                                        to_status=RequestStatus.CANCELLED.value, updated_at=now)
+                row.status = RequestStatus.CANCELLED.value
+                repo.append_event(self._event("cancelled", row, actor=principal.id, now=now))
+                view = self.request_view(row, approvals=self._approval_list(repo, row.id))
+        if expired:
+            raise Conflict("the request expired", code="request_expired")
+        return view
 
     def _expire_if_stale(self, repo: Repository, row: RequestRow, now: datetime) -> bool:
         deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
@@ -400,7 +440,8 @@ class BrokerService:
                 template = None
         if template is not None:
             view["approvers"] = list(template.approval.approvers)
-            if self.blast_radius is not None:
+            # The blast radius is for humans deciding; an issued request does not need it recomputed.
+            if self.blast_radius is not None and row.status != RequestStatus.ISSUED.value:
                 try:
                     view["blast_radius"] = self.blast_radius(template, render_policy(template,
                                                                                      json.loads(row.parameters)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -61,13 +62,15 @@ def pg_admin_url() -> str:
     return PG_ADMIN_URL
 
 
-def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
+def _fresh_pg_database(admin_url: str, *, template: str | None = None) -> tuple[str, callable]:
+    """A new, empty database (or a copy of ``template``, which is much faster than migrating)."""
     import sqlalchemy
 
     name = f"broker_test_{uuid.uuid4().hex[:12]}"
     admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        clause = f' TEMPLATE "{template}"' if template else ""
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"{clause}')
     url = sqlalchemy.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
     def drop() -> None:
@@ -80,19 +83,50 @@ def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
 
 @pytest.fixture
 def pg_url(pg_admin_url) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (migrations not applied)."""
     url, drop = _fresh_pg_database(pg_admin_url)
     yield url
     drop()
 
 
+@pytest.fixture(scope="session")
+def pg_migrated_template(pg_admin_url) -> Iterator[str]:
+    """One migrated database per session; tests get copies of it (CREATE DATABASE ... TEMPLATE)."""
+    import sqlalchemy
+
+    from broker.storage.engine import build_engine
+    from broker.storage.migrations import migrate
+
+    url, drop = _fresh_pg_database(pg_admin_url)
+    engine = build_engine(url)
+    migrate(engine)
+    engine.dispose()
+    yield sqlalchemy.engine.make_url(url).database
+    drop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_migrated_template(tmp_path_factory) -> Path:
+    from broker.storage.engine import build_engine
+    from broker.storage.migrations import migrate
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "migrated.db"
+    engine = build_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()  # the last connection to close checkpoints the WAL into the file
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path) -> Iterator[str]:
-    """Every storage/API test runs against both databases."""
+    """Every storage/API test runs against both databases (each test a fresh, migrated one)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'broker.db'}"
+        target = tmp_path / "broker.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_migrated_template"), target)
+        yield f"sqlite:///{target}"
     else:
         admin = request.getfixturevalue("pg_admin_url")
-        url, drop = _fresh_pg_database(admin)
+        url, drop = _fresh_pg_database(admin, template=request.getfixturevalue("pg_migrated_template"))
         yield url
         drop()
 

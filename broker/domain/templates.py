@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -210,7 +211,7 @@ class ScopeTemplate(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode()
 
-    @property
+    @cached_property
     def version_digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.canonical()).hexdigest()
 

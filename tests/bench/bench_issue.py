@@ -1,0 +1,135 @@
+"""Benchmark: issuance through POST /v1/requests for a no-approval template.
+
+Prints (a) end to end: issuances/s and p50/p99 latency over real HTTP (uvicorn in a
+subprocess-free thread, httpx client) against moto's server, and (b) the broker's own
+overhead: the same requests in-process with the STS call timed separately and subtracted.
+
+    .venv/bin/python -m tests.bench.bench_issue [--requests 500] [--db sqlite|postgres]
+
+Not collected by pytest (file name bench_*.py); figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database, build_harness
+
+
+class TimedMinter:
+    """Wraps the real STS minter and records how long each AssumeRole took."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.samples: list[float] = []
+
+    def mint(self, order):
+        start = time.perf_counter()
+        try:
+            return self.inner.mint(order)
+        finally:
+            self.samples.append(time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.2f} ms"
+
+
+def run(requests: int, db: str) -> None:
+    from broker.aws.sts import StsMinter
+    from broker.devmode import start_fake_aws, seed_aws
+    from broker.catalog import load_catalog
+
+    aws = start_fake_aws(0)
+    seed_aws(aws.endpoint_url, load_catalog(TEST_SCOPES))
+    drop = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if db == "postgres":
+            url, drop = _fresh_pg_database(PG_ADMIN_URL)
+        else:
+            url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        minter = TimedMinter(StsMinter(endpoint_url=aws.endpoint_url, region="us-east-1"))
+        from broker.ports import SystemClock
+
+        harness = build_harness(db_url=url, scopes=TEST_SCOPES, aws_endpoint=aws.endpoint_url,
+                                state_dir=Path(tmp) / "state", minter=minter, clock=SystemClock(),
+                                agent_requests_per_minute=0, template_requests_per_minute=0,
+                                agent_max_live_grants=0)
+        body = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
+        headers = harness.auth("agent:demo")
+
+        # Warm-up (imports, first connections, the action database).
+        for _ in range(20):
+            assert harness.client.post("/v1/requests", json=body, headers=headers).status_code == 201
+        minter.samples.clear()
+
+        # (b) in-process: total per request, STS timed separately.
+        totals: list[float] = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            response = harness.client.post("/v1/requests", json=body, headers=headers)
+            totals.append(time.perf_counter() - start)
+            assert response.status_code == 201, response.text
+        sts = list(minter.samples)
+        overhead = [t - s for t, s in zip(totals, sts, strict=True)]
+        print(f"== in-process ({db}), {requests} issuances")
+        print(f"  total     p50 {ms(percentile(totals, .5))}  p99 {ms(percentile(totals, .99))}")
+        print(f"  STS call  p50 {ms(percentile(sts, .5))}  p99 {ms(percentile(sts, .99))}  (moto over HTTP)")
+        print(f"  broker overhead (total - STS)  p50 {ms(percentile(overhead, .5))}  "
+              f"p99 {ms(percentile(overhead, .99))}  mean {ms(statistics.mean(overhead))}")
+
+        # (a) real HTTP: uvicorn in a thread, one client.
+        import httpx
+        import uvicorn
+
+        from broker.api.app import create_app
+        from broker.devmode import free_port
+
+        port = free_port(0)
+        server = uvicorn.Server(uvicorn.Config(create_app(harness.container), host="127.0.0.1", port=port,
+                                               log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        latencies: list[float] = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            wall = time.perf_counter()
+            for _ in range(requests):
+                start = time.perf_counter()
+                response = client.post("/v1/requests", json=body)
+                latencies.append(time.perf_counter() - start)
+                assert response.status_code == 201, response.text
+            wall = time.perf_counter() - wall
+        server.should_exit = True
+        thread.join(5)
+        print(f"== over HTTP (uvicorn, one client, {db}), {requests} issuances")
+        print(f"  throughput {requests / wall:.1f} issuances/s")
+        print(f"  latency    p50 {ms(percentile(latencies, .5))}  p99 {ms(percentile(latencies, .99))}")
+        harness.container.database.engine.dispose()
+    if drop:
+        drop()
+    aws.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
+        run(args.requests, db)
+
+
+if __name__ == "__main__":
+    main()
