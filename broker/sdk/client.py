@@ -1,0 +1,362 @@
+"""``BrokerClient``: the agent's way to ask the broker for short-lived AWS credentials.
+
+Configuration comes from arguments or the environment:
+
+==========================  =====================================================
+``BROKER_URL``              the broker, e.g. ``http://127.0.0.1:8080``
+``BROKER_TOKEN``            the agent's API key or OIDC token
+``BROKER_TOKEN_FILE``       a file holding the token (re-read on every request)
+``BROKER_TOKEN_COMMAND``    a command that prints an OIDC token (run per request)
+==========================  =====================================================
+
+The client speaks only the HTTP API's JSON; it imports nothing of the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from broker.sdk.errors import (ApprovalDenied, ApprovalTimeout, BrokerAPIError, BrokerUnreachable,
+                               ConfigurationError, RequestExpired, error_from_response)
+
+log = logging.getLogger("broker.sdk")
+
+DEFAULT_TIMEOUT = 30.0
+TOKEN_COMMAND_TIMEOUT = 30.0
+# Request states after which waiting is pointless (the request will never be approved).
+FINAL_REFUSALS = {"denied": ApprovalDenied, "cancelled": ApprovalDenied, "failed": ApprovalDenied,
+                  "expired": RequestExpired}
+
+
+# ----------------------------------------------------------------------------- value objects
+@dataclass(frozen=True)
+class IssuedCredentials:
+    """STS session credentials the broker issued for one request.  The secret parts never print."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    expiration: datetime
+    request_id: str
+    template: str
+    environment: str
+    grant: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def seconds_left(self, now: datetime | None = None) -> float:
+        return (self.expiration - (now or datetime.now(UTC))).total_seconds()
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    def as_environment(self) -> dict[str, str]:
+        """The standard AWS environment variables (for a child process only)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_SESSION_TOKEN": self.session_token}
+
+    def as_credential_process(self) -> dict[str, Any]:
+        """The JSON a ``credential_process`` prints (AWS CLI / SDK convention, Version 1)."""
+        return {"Version": 1, "AccessKeyId": self.access_key_id, "SecretAccessKey": self.secret_access_key,
+                "SessionToken": self.session_token, "Expiration": iso_time(self.expiration)}
+
+    def secrets(self) -> tuple[str, str]:
+        """The values that must never be shown (for scrubbing output)."""
+        return self.secret_access_key, self.session_token
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request that is not (yet) issued: who must approve, how many, and where."""
+
+    id: str
+    status: str
+    template: str
+    environment: str
+    approvals_required: int
+    approvals_counted: int
+    approvers: tuple[str, ...]
+    page_url: str | None
+    view: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_view(cls, view: Mapping[str, Any]) -> "PendingRequest":
+        return cls(id=str(view["id"]), status=str(view.get("status", "")), template=str(view.get("template", "")),
+                   environment=str(view.get("environment", "")),
+                   approvals_required=int(view.get("approvals_required") or 0),
+                   approvals_counted=int(view.get("approvals_counted") or 0),
+                   approvers=tuple(view.get("approvers") or ()),
+                   page_url=(view.get("links") or {}).get("page"), view=dict(view))
+
+    @property
+    def who_must_approve(self) -> str:
+        people = ", ".join(self.approvers) or "the template's approvers"
+        return (f"{self.approvals_required} approval(s) from {people} "
+                f"({self.approvals_counted} so far; not the agent's own human)")
+
+    def message(self) -> str:
+        link = f"; approve at {self.page_url}" if self.page_url else ""
+        return (f"request {self.id} for '{self.template}' is {self.status}: needs {self.who_must_approve}{link}")
+
+
+def iso_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def credentials_from_body(body: Mapping[str, Any]) -> IssuedCredentials:
+    creds = body.get("credentials")
+    if not isinstance(creds, Mapping):
+        raise BrokerAPIError("malformed_response", "the broker's answer carried no credentials", 0)
+    return IssuedCredentials(
+        access_key_id=str(creds["access_key_id"]), secret_access_key=str(creds["secret_access_key"]),
+        session_token=str(creds["session_token"]), expiration=parse_time(creds["expiration"]),
+        request_id=str(body["id"]), template=str(body.get("template", "")),
+        environment=str(body.get("environment", "")), grant=dict(body.get("grant") or {}))
+
+
+# ----------------------------------------------------------------------------- tokens
+class TokenSource:
+    """Where the agent's bearer token comes from: a literal, a file, or a command printing an OIDC token."""
+
+    def __init__(self, *, token: str | None = None, token_file: str | Path | None = None,
+                 token_command: str | None = None) -> None:
+        given = [x for x in (token, token_file, token_command) if x]
+        if len(given) > 1:
+            raise ConfigurationError(None, "give one of token, token file or token command, not several")
+        self._token, self._file, self._command = token, token_file, token_command
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "TokenSource":
+        env = os.environ if environ is None else environ
+        for name, kwarg in (("BROKER_TOKEN", "token"), ("BROKER_TOKEN_FILE", "token_file"),
+                            ("BROKER_TOKEN_COMMAND", "token_command")):
+            if env.get(name):
+                return cls(**{kwarg: env[name]})
+        return cls()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._token or self._file or self._command)
+
+    def token(self) -> str:
+        if self._token:
+            return self._token.strip()
+        if self._file:
+            try:
+                value = Path(self._file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigurationError(None, f"cannot read the token file {self._file}") from exc
+            if not value:
+                raise ConfigurationError(None, f"the token file {self._file} is empty")
+            return value
+        if self._command:
+            return _run_token_command(self._command)
+        raise ConfigurationError(None, "no broker token: set BROKER_TOKEN, BROKER_TOKEN_FILE or BROKER_TOKEN_COMMAND")
+
+    def identity_hash(self) -> str:
+        """A stable digest naming who the token is (for cache keys); never the token itself."""
+        if self._command:
+            basis = "command:" + self._command   # OIDC tokens rotate; the command names the identity
+        elif self._file:
+            basis = "token:" + self.token()
+        else:
+            basis = "token:" + (self._token or "")
+        return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def _run_token_command(command: str) -> str:
+    try:
+        # NOTE: no shell: the command line is split like a credential_process line.
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=TOKEN_COMMAND_TIMEOUT,
+                              check=False)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise ConfigurationError(None, "the token command could not be run") from exc
+    if done.returncode != 0 or not done.stdout.strip():
+        # NOTE: stderr/stdout are not echoed: they could hold a token.
+        raise ConfigurationError(None, f"the token command exited with {done.returncode} and printed no token")
+    return done.stdout.strip().splitlines()[-1].strip()
+
+
+# ----------------------------------------------------------------------------- the client
+class BrokerClient:
+    """HTTP client of the broker API v1 (one per agent identity; thread-safe like ``httpx.Client``)."""
+
+    def __init__(self, url: str | None = None, *, token: str | None = None, token_file: str | Path | None = None,
+                 token_command: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic) -> None:
+        url = url or os.environ.get("BROKER_URL")
+        if not url:
+            raise ConfigurationError(None, "no broker URL: pass url= or set BROKER_URL")
+        if any((token, token_file, token_command)):
+            self.tokens = TokenSource(token=token, token_file=token_file, token_command=token_command)
+        else:
+            self.tokens = TokenSource.from_environment()
+        if not self.tokens.configured:
+            raise ConfigurationError(None, "no broker token: set BROKER_TOKEN, BROKER_TOKEN_FILE or "
+                                           "BROKER_TOKEN_COMMAND (or pass token=)")
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                  headers={"User-Agent": "agent-broker-sdk/1"})
+        self._sleep, self._monotonic = sleep, monotonic
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "BrokerClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+    def _send(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
+              auth: bool = True) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens.token()}"} if auth else {}
+        try:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise BrokerUnreachable(None, f"cannot reach the broker at {self.url} ({exc.__class__.__name__})") from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise error_from_response(response.status_code, body)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise BrokerAPIError("malformed_response", "the broker's answer was not JSON", response.status_code) \
+                from exc
+
+    # ------------------------------------------------------------------ agent use cases
+    def request(self, template: str, params: Mapping[str, Any] | None = None, *, reason: str,
+                ttl: int | None = None) -> IssuedCredentials | PendingRequest:
+        """Ask for a scope: credentials now (non-production) or a pending request (needs co-signers)."""
+        body: dict[str, Any] = {"template": template, "parameters": dict(params or {}), "reason": reason}
+        if ttl is not None:
+            body["ttl_seconds"] = int(ttl)
+        response = self._send("POST", "/v1/requests", json=body)
+        answer = response.json()
+        if response.status_code == 201 and answer.get("credentials"):
+            return credentials_from_body(answer)
+        return PendingRequest.from_view(answer)
+
+    def get_request(self, request_id: str) -> PendingRequest:
+        return PendingRequest.from_view(self._json("GET", f"/v1/requests/{request_id}"))
+
+    def request_view(self, request_id: str) -> dict[str, Any]:
+        """The full request as the API shows it (policy, approvals, blast radius, grant)."""
+        return self._json("GET", f"/v1/requests/{request_id}")
+
+    def redeem(self, request_id: str) -> IssuedCredentials:
+        """Collect the credentials of an approved request (once; only the requesting agent)."""
+        return credentials_from_body(self._json("POST", f"/v1/requests/{request_id}/credentials"))
+
+    def cancel(self, request_id: str) -> PendingRequest:
+        return PendingRequest.from_view(self._json("POST", f"/v1/requests/{request_id}/cancel"))
+
+    def wait(self, request_id: str, *, timeout: float = 900.0, initial_delay: float = 1.0, max_delay: float = 15.0,
+             on_wait: Callable[[PendingRequest], None] | None = None) -> PendingRequest:
+        """Wait until the request is approved (returns it; then ``redeem``), with exponential backoff.
+
+        Raises ``ApprovalDenied`` (denied, cancelled, failed), ``RequestExpired``, or ``ApprovalTimeout``
+        whose message says who must approve and where.  ``on_wait`` hears of every change.
+        """
+        deadline = self._monotonic() + max(0.0, timeout)
+        delay, last_seen = max(0.05, initial_delay), None
+        while True:
+            pending = self.get_request(request_id)
+            if pending.status in ("approved", "issued"):
+                return pending
+            refusal = FINAL_REFUSALS.get(pending.status)
+            if refusal is not None:
+                reason = pending.view.get("decided_reason")
+                said = f": {reason}" if reason else ""
+                raise refusal(pending.status if refusal is ApprovalDenied else None,
+                              f"request {pending.id} for '{pending.template}' was {pending.status}{said}", 409)
+            state = (pending.status, pending.approvals_counted)
+            if state != last_seen:
+                last_seen = state
+                log.warning("waiting for approval: %s", pending.message())
+                if on_wait is not None:
+                    on_wait(pending)
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                raise ApprovalTimeout(None, f"gave up waiting after {timeout:.0f}s: {pending.message()}", 0)
+            # Full jitter keeps many waiting agents from polling in step.
+            self._sleep(min(remaining, delay * (0.5 + random.random() / 2)))
+            delay = min(max_delay, delay * 2)
+
+    def boto3_session(self, template: str, params: Mapping[str, Any] | None = None, *, reason: str,
+                      ttl: int | None = None, region: str | None = None, endpoint_url: str | None = None,
+                      **options: Any):
+        """A ``boto3.Session`` for the scope whose credentials refresh through the broker (see ``broker.sdk.boto``)."""
+        from broker.sdk.boto import boto3_session
+
+        return boto3_session(self, template, params, reason=reason, ttl=ttl, region=region,
+                             endpoint_url=endpoint_url, **options)
+
+    # ------------------------------------------------------------------ approvers and reviewers
+    def pending_requests(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/requests").get("requests", []))
+
+    def decide(self, request_id: str, decision: str, reason: str) -> dict[str, Any]:
+        """Co-sign (``approve``) or refuse (``deny``) a pending request as this principal."""
+        return self._json("POST", f"/v1/requests/{request_id}/approvals",
+                          json={"decision": decision, "reason": reason})
+
+    def templates(self) -> list[dict[str, Any]]:
+        body = self._json("GET", "/v1/templates")
+        return list(body.get("templates", body) if isinstance(body, dict) else body)
+
+    def template(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/templates/{name}")
+
+    def events(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return list(self._json("GET", "/v1/events", params=params).get("events", []))
+
+    def checkpoint(self) -> dict[str, Any]:
+        return self._json("POST", "/v1/events/checkpoints")
+
+    def export_events(self, since: str | None = None) -> Iterator[str]:
+        """The log export (NDJSON lines, ending with a signed checkpoint)."""
+        response = self._send("GET", "/v1/events/export", params={"since": since} if since else None)
+        yield from response.text.splitlines()
+
+    def ready(self) -> bool:
+        """Whether the broker answers ``/readyz`` with 200 (no token needed)."""
+        try:
+            self._send("GET", "/readyz", auth=False)
+        except BrokerAPIError:
+            return False
+        return True
+
+    def public_key_pem(self) -> bytes:
+        return self._send("GET", "/v1/events/public-key", auth=False).content
+
+
+__all__ = ["BrokerClient", "IssuedCredentials", "PendingRequest", "TokenSource", "credentials_from_body",
+           "iso_time", "parse_time"]
