@@ -158,3 +158,31 @@ def ensure_signing_key(state_dir: Path) -> tuple[Path, Path]:
     key = issuance_log.load_signing_key(private.read_bytes())
     public.write_bytes(issuance_log.public_key_pem(key))
     return private, public
+
+
+def self_check(*, url: str, agent_key: str, aws_endpoint: str) -> list[str]:
+    """Show the broker working: agent:demo gets credentials for s3-read-prefix and lists its prefix with them.
+
+    Every line returned describes a call that was made and what it answered.
+    """
+    import boto3
+    import httpx
+
+    lines = []
+    response = httpx.post(f"{url}/v1/requests", headers={"Authorization": f"Bearer {agent_key}"}, timeout=10, json={
+        "template": "s3-read-prefix", "parameters": {"prefix": "reports"}, "reason": "broker dev self-check"})
+    if response.status_code != 201:
+        return [f"self-check FAILED: POST /v1/requests answered {response.status_code} {response.text[:200]}"]
+    body = response.json()
+    creds = body["credentials"]
+    lines.append(f"self-check: agent:demo asked for s3-read-prefix -> 201 issued, access key "
+                 f"{creds['access_key_id']}, expires {creds['expiration']} (policy {body['policy_digest'][:19]}...)")
+    s3 = boto3.client("s3", endpoint_url=aws_endpoint, region_name="us-east-1",
+                      aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
+                      aws_session_token=creds["session_token"])
+    listed = s3.list_objects_v2(Bucket=DEMO_BUCKET, Prefix="reports/")
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    lines.append(f"self-check: with those credentials, s3 ls s3://{DEMO_BUCKET}/reports/ -> {', '.join(keys)}")
+    lines.append("self-check: the session policy allows only s3:GetObject on reports/* and s3:ListBucket with "
+                 "prefix reports/* (FAKE AWS does not enforce it; `broker scopes simulate` does)")
+    return lines

@@ -37,7 +37,7 @@ def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60
             logging.getLogger("broker").warning("periodic checkpoint/expiry sweep failed", exc_info=True)
 
 
-def _run(container, host: str, port: int, banner: str | None = None) -> int:
+def _run(container, host: str, port: int, banner: str | None = None, after_start=None) -> int:
     import uvicorn
 
     from broker.api.app import create_app
@@ -49,6 +49,14 @@ def _run(container, host: str, port: int, banner: str | None = None) -> int:
     server = uvicorn.Server(config)
     if banner:
         print(banner, flush=True)
+    if after_start is not None:
+        def _when_started() -> None:
+            while not server.started and not server.should_exit:
+                stop.wait(0.05)
+            if server.started:
+                after_start()
+
+        threading.Thread(target=_when_started, daemon=True).start()
     try:
         server.run()
     finally:
@@ -92,7 +100,9 @@ def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    container, aws, _keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,
+    from broker.devmode import self_check
+
+    container, aws, keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,
                                         aws_port=args.aws_port)
     state = args.state_dir
     url = f"http://127.0.0.1:{args.port}"
@@ -110,7 +120,15 @@ def run_dev(args: argparse.Namespace) -> int:
         + str(state / "dev-keys.json") + "'))['agent:demo'])\")",
         "        broker demo        # the seed incident, replayed against this broker",
     ])
+
+    def check() -> None:
+        try:
+            lines = self_check(url=url, agent_key=keys["agent:demo"], aws_endpoint=aws.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - the self-check reports, it does not crash the broker
+            lines = [f"self-check FAILED: {exc.__class__.__name__}"]
+        print("\n".join(lines), flush=True)
+
     try:
-        return _run(container, "127.0.0.1", args.port, banner)
+        return _run(container, "127.0.0.1", args.port, banner, after_start=check)
     finally:
         aws.stop()
