@@ -394,12 +394,18 @@ def test_no_private_key_is_committed_under_deploy() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_configmap_scope_templates_are_valid_templates() -> None:
+def test_configmap_scope_templates_load_as_the_server_loads_them(tmp_path: Path) -> None:
+    deps = pytest.importorskip("broker.api.deps")
+    from broker.catalog import load_catalog
+
     templates = find_object("ConfigMap", "broker-scopes")["data"]
     assert templates, "the scopes ConfigMap holds no template"
     for filename, text in templates.items():
-        template = parse_template(text, source=filename)
-        assert filename == f"{template.name}.yaml"
+        assert filename == f"{parse_template(text, source=filename).name}.yaml"
+        (tmp_path / filename).write_text(text)
+    # The same guardrail checks `broker serve` runs at start: a finding raises.
+    template_checks, _, _ = deps.template_checks()
+    load_catalog(tmp_path, checks=template_checks)
 
 
 def test_configmap_production_template_needs_two_co_signers() -> None:
@@ -578,7 +584,8 @@ def test_the_broker_reads_every_setting_deploy_sets() -> None:
 def test_deploy_files_use_only_known_settings() -> None:
     used = set()
     for path in DEPLOY.rglob("*"):
-        if path.is_file():
+        # deploy/local/ holds developer scripts, not deployment configuration.
+        if path.is_file() and "local" not in path.relative_to(DEPLOY).parts:
             used |= set(re.findall(r"\bBROKER_[A-Z_]+\b", path.read_text(errors="replace")))
     # Not server settings: compose's interpolation variable and the CLI client's variables.
     others = {"BROKER_DB_PASSWORD", "BROKER_URL", "BROKER_TOKEN"}
