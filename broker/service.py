@@ -186,7 +186,10 @@ class BrokerService:
                 repo.transition_request(row.id, from_statuses=[RequestStatus.ISSUING.value],
                                         to_status=RequestStatus.FAILED.value, updated_at=now,
                                         decided_reason=error.code)
-                repo.resolve_intent(row.grant_id)
+                if not error.details.get("outcome_unknown"):
+                    # NOTE: when STS may have minted anyway (the answer was lost) the intent stays open:
+                    # reconciliation logs that possible session as an orphan and revokes it.
+                    repo.resolve_intent(row.grant_id)
                 repo.append_event(self._event("failed", row, actor=actor, now=now, reason_code=error.code))
         except BrokerError:
             log.error("could not record the failure of request %s", row.id)
