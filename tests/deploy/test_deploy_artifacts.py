@@ -522,10 +522,13 @@ def test_broker_role_may_only_assume_and_revoke_on_target_roles() -> None:
         allowed_actions |= set(as_list(statement["Action"]))
     assert allowed_actions == {
         "sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity",
-        "iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:GetRolePolicy",
+        "iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:GetRolePolicy", "iam:ListRolePolicies",
     }
-    iam_statements = [s for s in allows if any(a.startswith("iam:") for a in as_list(s["Action"]))]
-    for statement in iam_statements:
+    # Writes only on roles capped by the session boundary.
+    writes = {"iam:PutRolePolicy", "iam:DeleteRolePolicy"}
+    write_statements = [s for s in allows if writes & set(as_list(s["Action"]))]
+    assert write_statements
+    for statement in write_statements:
         boundary = statement["Condition"]["StringEquals"]["iam:PermissionsBoundary"]
         assert boundary == {"Ref": "SessionBoundary"}
 
