@@ -99,6 +99,15 @@ def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
     return container, aws, keys
 
 
+def _broker_command() -> str:
+    """How to call `broker` from another shell (the venv's script, when not on PATH)."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).parent / "broker"
+    return "broker" if shutil.which("broker") == str(script) else str(script)
+
+
 def run_dev(args: argparse.Namespace) -> int:
     from broker.devmode import self_check
 
@@ -118,7 +127,7 @@ def run_dev(args: argparse.Namespace) -> int:
         "",
         "  try:  export BROKER_URL=" + url + " BROKER_TOKEN=$(python3 -c \"import json;print(json.load(open('"
         + str(state / "dev-keys.json") + "'))['agent:demo'])\")",
-        "        broker demo        # the seed incident, replayed against this broker",
+        f"        {_broker_command()} demo        # the seed incident, replayed against this broker",
     ])
 
     def check() -> None:
