@@ -17,7 +17,6 @@ a value and the policy.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySe
 from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
 from broker.domain.templates import PLACEHOLDER, ScopeTemplate, parse_template, template_from_mapping
 from broker.errors import InvalidParameter
-from tests.conftest import TEST_SCOPES, _fresh_pg_database, build_harness, moto_sts_sessions
+from tests.conftest import moto_sts_sessions
 from tests.security.attack_tally import record
 
 SCOPES = Path(__file__).parent / "scopes"
@@ -184,24 +183,9 @@ def test_property_any_value_is_refused_or_contained(value):
 
 
 # ----------------------------------------------------------------------------- HTTP API
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def injection_broker(request, moto_server, tmp_path_factory):
-    """A broker (per database, shared by this module) whose catalog adds ``sec-open-path``."""
-    root = tmp_path_factory.mktemp(f"injection-{request.param}")
-    scopes = root / "scopes"
-    shutil.copytree(TEST_SCOPES, scopes)
-    shutil.copy(SCOPES / "sec-open-path.yaml", scopes)
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{root / 'broker.db'}"
-    else:
-        url, drop = _fresh_pg_database(request.getfixturevalue("pg_admin_url"))
-    harness = build_harness(db_url=url, scopes=scopes, aws_endpoint=moto_server.endpoint_url,
-                            state_dir=root / "state")
-    yield harness
-    harness.container.database.engine.dispose()
-    if drop is not None:
-        drop()
+@pytest.fixture
+def injection_broker(security_broker):
+    return security_broker
 
 
 def _footprint(harness) -> tuple[int, int, int]:
