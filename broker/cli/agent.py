@@ -51,8 +51,10 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
                         help="command printing an OIDC token (env BROKER_TOKEN_COMMAND)")
 
 
-def add_scope_options(parser: argparse.ArgumentParser, *, reason_required: bool = False) -> None:
-    parser.add_argument("template", help="scope template name")
+def add_scope_options(parser: argparse.ArgumentParser, *, reason_required: bool = False,
+                      with_template: bool = True) -> None:
+    if with_template:
+        parser.add_argument("template", help="scope template name")
     parser.add_argument("-p", "--param", dest="params", action="append", type=key_value, default=[],
                         metavar="KEY=VALUE", help="template parameter (repeatable)")
     parser.add_argument("--reason", required=reason_required, default=None,
@@ -114,10 +116,33 @@ def child_environment(issued: IssuedCredentials, base: Mapping[str, str] | None 
     return env
 
 
+def exec_options_parser() -> argparse.ArgumentParser:
+    """Options given after TEMPLATE (argparse's REMAINDER swallows them; they are parsed here)."""
+    parser = argparse.ArgumentParser(prog="broker exec TEMPLATE", add_help=False)
+    add_scope_options(parser, with_template=False)
+    parser.add_argument("--region", default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    return parser
+
+
+def split_exec_command(args: argparse.Namespace) -> list[str]:
+    """Parse the options in ``args.command`` up to ``--`` into ``args``; return the command after it."""
+    rest = list(args.command)
+    if "--" not in rest:
+        return []
+    cut = rest.index("--")
+    head, command = rest[:cut], rest[cut + 1:]
+    if head:
+        defaults = exec_options_parser().parse_args([])
+        parsed = exec_options_parser().parse_args(head)
+        for name, value in vars(parsed).items():
+            if value != getattr(defaults, name):
+                setattr(args, name, value + getattr(args, name) if name == "params" else value)
+    return command
+
+
 def run_exec(args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = split_exec_command(args)
     if not command:
         print("error: give the command after --, e.g. broker exec TEMPLATE -- aws s3 ls", file=sys.stderr)
         return 2

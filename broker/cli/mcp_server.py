@@ -133,7 +133,7 @@ def _text(value: bytes | str | None) -> str:
 def build_server(tools: BrokerTools):
     from mcp.server.mcpserver import MCPServer
 
-    server = MCPServer("agent-broker", instructions=(
+    server = MCPServer("agent-broker", log_level="WARNING", instructions=(
         "Short-lived, least-privilege AWS access through the credential broker. list_scopes shows what you may "
         "ask for; request_scope asks (always give a real reason; production scopes wait for two humans); "
         "check_request follows a pending request; run_with_scope runs a command with the scope's credentials. "
