@@ -4,6 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import broker.storage.models  # noqa: F401  - registers the tables
+import broker.storage.ui_sessions  # noqa: F401  - approver web sessions
 
 target_metadata = SQLModel.metadata
 engine = context.config.attributes.get("engine")

@@ -1,0 +1,11 @@
+"""Approvers' web pages, server-rendered, mounted at ``/ui/``.
+
+Sign-in exchanges an approver key (dev mode) for a server-side session; the pending list;
+one request with its agent, accountable human, reason, blast radius, exact session policy
+and TTL; approve or deny with a reason; sign-out.  Every form carries a per-session CSRF
+token; every page is sent with a strict Content-Security-Policy and ``no-store``.
+"""
+
+from broker.api.ui.pages import router
+
+__all__ = ["router"]
