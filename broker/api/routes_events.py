@@ -14,6 +14,9 @@ from broker.domain import log as issuance_log
 from broker.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERROR_RESPONSES)
+# Log sequence numbers are 32-bit integer columns (PostgreSQL INTEGER): a larger after_seq
+# is refused as input (422) instead of overflowing the database driver (500/503).
+MAX_SEQ = 2**31 - 1
 
 
 def _time(value: str | None, name: str, now: datetime) -> datetime | None:
@@ -29,7 +32,7 @@ def _time(value: str | None, name: str, now: datetime) -> datetime | None:
 def list_events(container: ContainerDep, principal: CurrentPrincipal, agent: str | None = None,
                 human: str | None = None, template: str | None = None, type: str | None = None,
                 request_id: str | None = None, access_key_id: str | None = None, grant_id: str | None = None,
-                since: str | None = None, until: str | None = None, after_seq: int = Query(0, ge=0),
+                since: str | None = None, until: str | None = None, after_seq: int = Query(0, ge=0, le=MAX_SEQ),
                 limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     now = container.clock.now()
     filters = {"agent": agent, "human": human, "template": template, "type": type, "request_id": request_id,
@@ -38,7 +41,8 @@ def list_events(container: ContainerDep, principal: CurrentPrincipal, agent: str
                                            since=_time(since, "since", now), until=_time(until, "until", now))
 
 
-@router.get("/export")
+@router.get("/export", response_class=StreamingResponse, responses={
+    200: {"description": "The log as JSON lines, oldest first.", "content": {"application/x-ndjson": {}}}})
 def export_events(container: ContainerDep, principal: CurrentPrincipal, since: str | None = None) -> StreamingResponse:
     since_at = _time(since, "since", container.clock.now())
     lines = container.extras["audit"].export(principal=principal, since=since_at)
@@ -46,7 +50,8 @@ def export_events(container: ContainerDep, principal: CurrentPrincipal, since: s
     return StreamingResponse(iter([first, *lines]), media_type="application/x-ndjson")
 
 
-@router.get("/public-key", response_class=PlainTextResponse)
+@router.get("/public-key", response_class=PlainTextResponse, responses={
+    200: {"description": "The checkpoint public key (PEM).", "content": {"application/x-pem-file": {}}}})
 def public_key(container: ContainerDep) -> PlainTextResponse:
     """The Ed25519 public key that verifies checkpoints (PEM).  Public on purpose."""
     return PlainTextResponse(issuance_log.public_key_pem(container.signer.public_key).decode(),

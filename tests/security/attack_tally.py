@@ -38,6 +38,6 @@ def summary_lines() -> list[str]:
     lines = []
     for name in sorted(TALLY):
         c = TALLY[name]
-        extra = f", {c.contained} accepted and proven contained" if c.contained else ""
+        extra = f", accepted {c.contained} (each checked: contained, or schema-valid)" if c.contained else ""
         lines.append(f"{name:<52} tried {c.tried:>4}  refused {c.refused:>4}{extra}")
     return lines
