@@ -93,7 +93,7 @@ def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
 
 
 def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
-                    notifier: Notifier | None = None, run_migrations: bool = True) -> Container:
+                    notifier: Notifier | None = None, run_migrations: bool = True, revoker=None) -> Container:
     database = Database(build_engine(settings.database_url))
     if run_migrations:
         migrate(database.engine)
@@ -103,21 +103,26 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     if minter is None:
         from broker.aws.sts import StsMinter
         minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    from broker.revocation import start_up, wire_revocation
+    revocations, minter, gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
+                                                 minter=minter, revoker=revoker)
     if notifier is None and settings.webhook_url:
         from broker.notify import WebhookNotifier
         notifier = WebhookNotifier(settings.webhook_url)
     service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
                             rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
-                            public_url=settings.public_url.rstrip("/"), blast_radius=blast)
+                            public_url=settings.public_url.rstrip("/"), blast_radius=blast, gates=gates)
     directory = DirectoryAdapter(database)
     authenticator = Authenticator(api_keys=directory, principals=directory,
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))
     signer = load_signer(settings)
     from broker.audit import AuditLog
 
+    start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock,
-                     extras={"audit": AuditLog(database=database, signer=signer, clock=clock)})
+                     extras={"audit": AuditLog(database=database, signer=signer, clock=clock),
+                             "revocations": revocations})
 
 
 def get_container(request: Request) -> Container:

@@ -15,7 +15,7 @@ from datetime import UTC
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionClosedError, ReadTimeoutError
 
 from broker.errors import StsUnavailable
 from broker.ports import MintedCredentials, MintOrder
@@ -23,6 +23,8 @@ from broker.ports import MintedCredentials, MintOrder
 log = logging.getLogger("broker.aws.sts")
 
 THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"})
+# The request reached STS but no answer came back: STS may have issued credentials we never saw.
+OUTCOME_UNKNOWN = (ReadTimeoutError, ConnectionClosedError)
 
 
 def aws_client(service: str, *, endpoint_url: str | None, region: str, connect_timeout: float = 2.0,
@@ -67,6 +69,12 @@ class StsMinter:
                 kind = "throttled" if code in THROTTLING_CODES else "refused the request"
                 raise StsUnavailable(f"AWS STS {kind}; no credentials were issued",
                                      code="sts_throttled" if code in THROTTLING_CODES else "sts_error") from exc
+            except OUTCOME_UNKNOWN as exc:
+                # NOTE: not retried (a retry could mint twice) and not "resolved": the service keeps the
+                # mint intent open so reconciliation logs the possible session as an orphan and revokes it.
+                log.warning("sts answer lost: %s attempt=%d", exc.__class__.__name__, attempt)
+                raise StsUnavailable("AWS STS did not answer in time; no credentials were issued",
+                                     code="sts_timeout", details={"outcome_unknown": True}) from exc
             except BotoCoreError as exc:
                 log.warning("sts unreachable: %s attempt=%d", exc.__class__.__name__, attempt)
                 raise StsUnavailable("AWS STS could not be reached; no credentials were issued") from exc

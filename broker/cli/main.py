@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "broker.cli.requests",   # requests pending/show, approve, deny, revoke
     "broker.cli.audit",      # audit query/export/verify/report
     "broker.cli.agent",      # credential-process, exec, profile, mcp, demo
+    "broker.cli.admin",      # revoke, revoke-all, lockdown, lockdown-lift, lockdown-status
 )
 
 

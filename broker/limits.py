@@ -1,0 +1,132 @@
+"""Rate limits and budgets, as issuance gates.
+
+A gate runs inside unit of work A of an issuance (see :mod:`broker.service`) and raises
+:class:`~broker.errors.RateLimited` (429) to refuse; the service then logs a ``refused``
+entry whose ``reason_code`` is the limit's code.  Counts come from the database, so the
+limits hold across broker replicas:
+
+* ``agent_requests_per_minute``: requests an agent made in the last 60 s (``rate_limited``);
+* ``template_requests_per_minute``: requests for one template in the last 60 s, all agents
+  together (``template_rate_limited``): this bounds what the broker as a whole can ask STS
+  for, so no single agent exhausts the account's AssumeRole quota;
+* ``agent_max_live_grants``: unexpired, unrevoked grants an agent holds (``too_many_live_grants``).
+
+Refused requests are not stored, so they do not count: a flooding agent gets its quota and
+429s, never a lockout.  ``0`` disables a limit.  On PostgreSQL the gate first takes the lock
+every log append takes anyway (the log head row), so concurrent requests are counted one at
+a time and a limit is exact, not "roughly".  On SQLite every unit of work is ``BEGIN
+IMMEDIATE``, which serializes them already.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import select
+
+from broker.domain.principals import Principal
+from broker.domain.templates import ScopeTemplate
+from broker.errors import RateLimited
+from broker.storage.models import LogHeadRow
+from broker.storage.repository import Repository
+
+WINDOW = timedelta(seconds=60)
+
+
+def lock_issuance(repo: Repository) -> None:
+    """Serialize with every other issuance and log append (PostgreSQL; SQLite already is)."""
+    if repo._postgres:  # noqa: SLF001 - the repository knows its dialect; this is the same lock append_event takes
+        repo.session.exec(select(LogHeadRow).where(LogHeadRow.id == 1).with_for_update()).first()
+
+
+def _aware(moment: datetime) -> datetime:
+    from datetime import UTC
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((_aware(moment) - now).total_seconds()))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit: a name, its configured maximum, how to count, when a slot frees up."""
+
+    code: str
+    maximum: int
+    count: Callable[[Repository, Principal, ScopeTemplate, datetime], int]
+    retry_after: Callable[[Repository, Principal, ScopeTemplate, datetime], int]
+    message: str
+
+
+def _agent_requests(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
+    return repo.count_requests_since(since=now - WINDOW, requester=principal.id)
+
+
+def _template_requests(repo: Repository, _p: Principal, template: ScopeTemplate, now: datetime) -> int:
+    return repo.count_requests_since(since=now - WINDOW, template=template.name)
+
+
+def _live_grants(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
+    return repo.count_live_grants(agent=principal.id, now=now)
+
+
+def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
+    def retry_after(repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> int:
+        # The maximum-th newest request in the window leaves it first among those that matter.
+        rows = repo.list_requests(requester=None if by_template else principal.id, limit=maximum * 2 + 10)
+        if by_template:
+            rows = [r for r in rows if r.template == template.name]
+        recent = [r for r in rows if _aware(r.created_at) >= now - WINDOW][:maximum]
+        if len(recent) < maximum:
+            return int(WINDOW.total_seconds())
+        return _seconds_until(recent[-1].created_at + WINDOW, now)
+    return retry_after
+
+
+def _grant_retry(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
+    live = repo.find_grants(agent=principal.id, live_at=now, revoked=False)
+    return _seconds_until(min(g.expiration for g in live), now) if live else 1
+
+
+@dataclass(frozen=True)
+class RateLimitGate:
+    """The gate (``IssuanceGate``): checks every configured limit in one loop."""
+
+    limits: tuple[Limit, ...]
+
+    @classmethod
+    def from_settings(cls, *, agent_requests_per_minute: int, template_requests_per_minute: int,
+                      agent_max_live_grants: int) -> "RateLimitGate":
+        table = (
+            Limit("rate_limited", agent_requests_per_minute, _agent_requests,
+                  _window_retry(agent_requests_per_minute, by_template=False),
+                  "this agent made {count} requests in the last minute (limit {maximum})"),
+            Limit("template_rate_limited", template_requests_per_minute, _template_requests,
+                  _window_retry(template_requests_per_minute, by_template=True),
+                  "this scope template was requested {count} times in the last minute (limit {maximum})"),
+            Limit("too_many_live_grants", agent_max_live_grants, _live_grants, _grant_retry,
+                  "this agent holds {count} live grants (limit {maximum}); revoke or let some expire"),
+        )
+        for limit in table:
+            if limit.maximum < 0:
+                raise ValueError(f"limit {limit.code} must be >= 0 (0 disables it)")
+        return cls(limits=tuple(limit for limit in table if limit.maximum > 0))
+
+    def __call__(self, repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
+        if not self.limits:
+            return  # every limit was disabled on purpose by configuration
+        lock_issuance(repo)
+        for limit in self.limits:
+            count = limit.count(repo, principal, template, now)
+            if count >= limit.maximum:
+                retry = limit.retry_after(repo, principal, template, now)
+                raise RateLimited(limit.message.format(count=count, maximum=limit.maximum) + f"; retry in {retry}s",
+                                  code=limit.code,
+                                  details={"retry_after": retry, "limit": limit.maximum, "count": count})
+
+
+__all__ = ["Limit", "RateLimitGate", "lock_issuance"]

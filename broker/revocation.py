@@ -1,0 +1,490 @@
+"""Use cases: revoke a grant, revoke everything (agent / template / role), lockdown, orphans.
+
+Who may do what (decided here, enforced here):
+
+=====================  =========================================================================
+action                 allowed
+=====================  =========================================================================
+revoke one grant       an admin; the human the grant's agent acts for; the agent itself (giving
+                       up its own credentials only ever reduces access)
+revoke-all --agent     an admin; the human that agent acts for
+revoke-all --template  an admin
+revoke-all --role      an admin
+lockdown / lift        admins only; lifting needs two *different* admins (request, then confirm)
+read lockdown state    any authenticated principal (agents learn why they are refused)
+=====================  =========================================================================
+
+Reviewers and approvers read; they do not revoke (unless they are the accountable human).
+
+How it reaches AWS: the record of what is revoked lives in the database (``broker_settings``
+key ``revocations``, plus ``grants.revoked_at``); each target role carries the deny policy
+:func:`broker.domain.revocation.build_revocation_policy` derives from it.  Every change is one
+unit of work: the record, the log entry and the IAM write happen together, and if IAM refuses
+the write the unit of work rolls back, a ``revocation_failed`` entry is logged and the caller
+gets 503 (``revocation_unavailable``) or 422 (``revocation_policy_too_large``): a revocation
+is never reported done unless AWS has the deny.  :meth:`RevocationService.sync` prunes entries
+whose credentials have expired and rewrites the policies; it runs at start-up and after every
+revocation action.
+
+Orphans: a mint intent still unresolved ``orphan_grace_seconds`` after it was written means
+STS may have issued credentials the broker never recorded (a crash or a failed log write
+between STS and unit of work B, or an STS call whose outcome is unknown).  At start-up, the
+orphan is logged (``orphaned``), its request marked failed and its session denied by the
+grant-id tag the broker set on ``AssumeRole``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from broker.domain import log as issuance_log
+from broker.domain import revocation as rules
+from broker.domain.principals import Principal, Role
+from broker.domain.requests import RequestStatus
+from broker.domain.sts_rules import TAG_TEMPLATE, source_identity_for
+from broker.domain.templates import STS_MAX_DURATION, Environment, ScopeTemplate
+from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFound, PolicyTooLarge,
+                           StorageUnavailable, Unavailable)
+from broker.limits import lock_issuance
+from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, SessionRevoker, TemplateSource
+from broker.service import _clean_reason as clean_reason
+from broker.service import grant_view
+from broker.storage.engine import Database
+from broker.storage.models import GrantRow
+from broker.storage.repository import Repository
+
+log = logging.getLogger("broker.revocation")
+
+REVOCATIONS_KEY = "revocations"
+LOCKDOWN_KEY = "lockdown:{scope}"
+LIFT_KEY = "lockdown-lift:{scope}"
+# A lockdown covers one environment, or every environment at once.
+ALL_ENVIRONMENTS = "all"
+LOCKDOWN_SCOPES = (*(e.value for e in Environment), ALL_ENVIRONMENTS)
+
+
+class DenyPolicyStore(SessionRevoker, Protocol):
+    """The revoker, plus how much room IAM leaves on the role for our policy."""
+
+    def deny_policy_room(self, *, role_arn: str) -> int: ...
+
+
+@dataclass
+class Change:
+    """What one revocation action did: roles whose policy must be rewritten, log entries, a view."""
+
+    roles: set[str]
+    events: list[dict[str, Any]]
+    view: dict[str, Any]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else issuance_log.log_time(_aware(moment))
+
+
+def _event(kind: str, *, now: datetime, actor: str, acts_for: str | None = None, source_ip: str | None = None,
+           grant: GrantRow | None = None, reason_code: str | None = None, **details: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()), "time": issuance_log.log_time(now), "type": kind, "request_id": None,
+        "grant_id": None, "actor": actor, "acts_for": acts_for, "template": None, "template_digest": None,
+        "parameters": None, "policy_digest": None, "access_key_id": None, "expiration": None,
+        "source_ip": source_ip, "approvals": None, "reason_code": reason_code, "details": details,
+    }
+    if grant is not None:
+        body.update(request_id=grant.request_id, grant_id=grant.id, template=grant.template,
+                    policy_digest=grant.policy_digest, access_key_id=grant.access_key_id,
+                    expiration=_iso(grant.expiration))
+    return body
+
+
+@dataclass
+class RevocationService:
+    database: Database
+    catalog: TemplateSource
+    revoker: DenyPolicyStore
+    clock: Clock
+    orphan_grace_seconds: int = 60
+    lift_request_seconds: int = 3600
+
+    # ------------------------------------------------------------------ the unit of work
+    def _apply(self, *, principal_id: str, source_ip: str | None, action: str,
+               mutate: Callable[[Repository, list[rules.RevocationEntry], datetime], Change]) -> dict[str, Any]:
+        now = self.clock.now()
+        try:
+            with self.database.transaction() as repo:
+                lock_issuance(repo)
+                entries = self._load(repo)
+                change = mutate(repo, entries, now)
+                entries = rules.merge_revoke_all(rules.live_entries(entries, now=now))
+                # Build every policy first: if one cannot fit, nothing is written anywhere.
+                policies = [rules.build_revocation_policy(role, entries, now=now,
+                                                          room=self.revoker.deny_policy_room(role_arn=role))
+                            for role in sorted(change.roles)]
+                summary = [{"role_arn": p.role_arn, "chars": p.size, "sessions": p.sessions,
+                            "revoke_all": p.revoke_all, "compacted": p.compacted} for p in policies]
+                for body in change.events:
+                    body["details"]["policies"] = summary
+                    repo.append_event(body)
+                self._store(repo, entries, now)
+                for policy in policies:
+                    self.revoker.write_deny_policy(role_arn=policy.role_arn, policy_json=policy.json)
+        except StorageUnavailable:
+            raise
+        except Forbidden as exc:
+            self._log_failure("refused", principal_id=principal_id, source_ip=source_ip, action=action, error=exc)
+            raise
+        except (Unavailable, PolicyTooLarge) as exc:
+            self._log_failure("revocation_failed", principal_id=principal_id, source_ip=source_ip, action=action,
+                              error=exc)
+            raise
+        change.view["policies"] = summary
+        return change.view
+
+    def _log_failure(self, kind: str, *, principal_id: str, source_ip: str | None, action: str,
+                     error: BrokerError) -> None:
+        body = _event(kind, now=self.clock.now(), actor=principal_id, source_ip=source_ip, reason_code=error.code,
+                      action=action, message=error.message[:300])
+        # NOTE: if even this cannot be written the caller gets 503: nothing unlogged succeeds.
+        with self.database.transaction() as repo:
+            repo.append_event(body)
+
+    @staticmethod
+    def _load(repo: Repository) -> list[rules.RevocationEntry]:
+        raw = repo.get_setting(REVOCATIONS_KEY)
+        if raw is None:
+            return []
+        try:
+            stored = json.loads(raw)["entries"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput("the stored revocation list is malformed", code="revocation_state_invalid") from exc
+        return [rules.entry_from_dict(item) for item in stored]
+
+    @staticmethod
+    def _store(repo: Repository, entries: Sequence[rules.RevocationEntry], now: datetime) -> None:
+        value = json.dumps({"entries": [e.to_dict() for e in entries]}, sort_keys=True) if entries else None
+        repo.set_setting(REVOCATIONS_KEY, value, now=now)
+
+    def _expiry_for_role(self, role_arn: str, cutoff: datetime) -> datetime:
+        """A revoke-all entry lives as long as the longest session the role can have."""
+        longest = [t.role_max_session for t in self.catalog.all() if t.role == role_arn]
+        return cutoff + timedelta(seconds=max(longest) if longest else STS_MAX_DURATION)
+
+    # ------------------------------------------------------------------ revoke one grant
+    def revoke_grant(self, *, principal: Principal, grant_id: str, reason: str,
+                     source_ip: str | None = None) -> dict[str, Any]:
+        reason = clean_reason(reason)
+
+        def mutate(repo: Repository, entries: list[rules.RevocationEntry], now: datetime) -> Change:
+            grant = repo.get_grant(str(grant_id)[:64])
+            self._authorize_grant(principal, grant)
+            assert grant is not None
+            if grant.revoked_at is not None:
+                raise Conflict("this grant is already revoked", code="grant_already_revoked")
+            if _aware(grant.expiration) <= now:
+                raise Conflict("this grant's credentials have already expired", code="grant_expired")
+            grant.revoked_at, grant.revoked_by = now, principal.id
+            repo.add_grant(grant)
+            entries.append(rules.RevokedSession(role_arn=grant.role_arn, grant_id=grant.id,
+                                                session_name=grant.session_name,
+                                                expires_at=_aware(grant.expiration)))
+            event = _event("revoked", now=now, actor=principal.id, acts_for=principal.acts_for, source_ip=source_ip,
+                           grant=grant, reason=reason, agent=grant.agent, on_behalf_of=grant.acts_for,
+                           role_arn=grant.role_arn, session_name=grant.session_name)
+            request = repo.get_request(grant.request_id)
+            ttl = request.ttl_seconds if request is not None else 0
+            return Change(roles={grant.role_arn}, events=[event],
+                          view={"grant": grant_view(grant, ttl_seconds=ttl), "status": "revoked", "reason": reason})
+
+        return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke", mutate=mutate)
+
+    @staticmethod
+    def _authorize_grant(principal: Principal, grant: GrantRow | None) -> None:
+        may = grant is not None and (principal.has_role(Role.ADMIN) or principal.id in (grant.agent, grant.acts_for))
+        if may:
+            return
+        if grant is not None and (principal.has_role(Role.REVIEWER) or principal.has_role(Role.APPROVER)):
+            raise Forbidden("only an admin, or the human the agent acts for, may revoke this grant",
+                            code="not_allowed_to_revoke")
+        # NOTE: same answer for "absent" and "not yours": grant ids are not an oracle.
+        raise NotFound("no such grant", code="grant_not_found", field="id")
+
+    # ------------------------------------------------------------------ revoke everything
+    def revoke_all(self, *, principal: Principal, reason: str, agent: str | None = None, template: str | None = None,
+                   role_arn: str | None = None, source_ip: str | None = None) -> dict[str, Any]:
+        reason = clean_reason(reason)
+        chosen = {k: v for k, v in {"agent": agent, "template": template, "role_arn": role_arn}.items() if v}
+        if len(chosen) != 1:
+            raise InvalidInput("name exactly one of agent, template or role_arn", code="invalid_revoke_target")
+        (target, value), = chosen.items()
+        value = str(value)[:2048]
+
+        def mutate(repo: Repository, entries: list[rules.RevocationEntry], now: datetime) -> Change:
+            self._authorize_revoke_all(repo, principal, target, value)
+            cutoff = rules.revoke_all_cutoff(now)
+            grants = repo.find_grants(live_at=now, revoked=False, **{target: value})
+            # Every role where a matching session may still be live (revoked grants' roles included).
+            roles = ({g.role_arn for g in repo.find_grants(live_at=now, **{target: value})}
+                     | self._intent_roles(repo, target, value))
+            if target == "template":
+                roles |= self._static_roles(value)
+                scope, narrowed = rules.RevokeScope.TEMPLATE, value
+            elif target == "agent":
+                scope, narrowed = rules.RevokeScope.AGENT, source_identity_for(value)
+            else:
+                roles.add(value)
+                scope, narrowed = rules.RevokeScope.ROLE, None
+            for role in roles:
+                entries.append(rules.RevokeAll(role_arn=role, scope=scope, value=narrowed, cutoff=cutoff,
+                                               expires_at=self._expiry_for_role(role, cutoff)))
+            for grant in grants:
+                if _aware(grant.issued_at) < cutoff:
+                    grant.revoked_at, grant.revoked_by = now, principal.id
+                    repo.add_grant(grant)
+            event = _event("revoked_all", now=now, actor=principal.id, acts_for=principal.acts_for,
+                           source_ip=source_ip, reason=reason, target=target, value=value,
+                           issued_before=rules.iam_time(cutoff), roles=sorted(roles), grants=[g.id for g in grants])
+            if target == "template":
+                event["template"] = value
+            return Change(roles=roles, events=[event], view={
+                "status": "revoked", "target": target, "value": value, "issued_before": rules.iam_time(cutoff),
+                "roles": sorted(roles), "grants_revoked": [g.id for g in grants], "reason": reason})
+
+        return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke_all", mutate=mutate)
+
+    def _authorize_revoke_all(self, repo: Repository, principal: Principal, target: str, value: str) -> None:
+        if principal.has_role(Role.ADMIN):
+            if target == "role_arn" and not self._role_is_managed(repo, value):
+                raise NotFound("the broker does not manage this role", code="role_not_managed", field="role_arn")
+            return
+        if target == "agent":
+            agent = repo.get_principal(value)
+            if agent is not None and agent.acts_for == principal.id:
+                return
+        raise Forbidden("revoking everything needs an admin (or, for an agent, the human it acts for)",
+                        code="not_allowed_to_revoke")
+
+    def _role_is_managed(self, repo: Repository, role_arn: str) -> bool:
+        return role_arn in self._static_roles(None) or bool(repo.find_grants(role_arn=role_arn))
+
+    def _static_roles(self, template_name: str | None) -> set[str]:
+        templates: list[ScopeTemplate] = self.catalog.all()
+        return {t.role for t in templates if (template_name is None or t.name == template_name)
+                and not t.role_parameters()}
+
+    @staticmethod
+    def _intent_roles(repo: Repository, target: str, value: str) -> set[str]:
+        field_of = {"agent": "requester", "template": "template", "role_arn": "role_arn"}[target]
+        roles = set()
+        for intent in repo.unresolved_intents():
+            request = repo.get_request(intent.request_id)
+            if request is not None and getattr(request, field_of) == value:
+                roles.add(intent.role_arn)
+        return roles
+
+    # ------------------------------------------------------------------ expiry and orphans
+    def sync(self) -> dict[str, Any]:
+        """Drop entries whose credentials have expired; rewrite every affected role's policy."""
+
+        def mutate(repo: Repository, entries: list[rules.RevocationEntry], now: datetime) -> Change:
+            live = rules.live_entries(entries, now=now)
+            dropped = len(entries) - len(live)
+            roles = {e.role_arn for e in entries}
+            events = []
+            if dropped:
+                events.append(_event("revocations_expired", now=now, actor="broker", dropped=dropped,
+                                     roles=sorted(roles)))
+            return Change(roles=roles, events=events, view={"dropped": dropped, "roles": sorted(roles)})
+
+        return self._apply(principal_id="broker", source_ip=None, action="sync", mutate=mutate)
+
+    def reconcile_orphans(self) -> list[str]:
+        """Log, fail and revoke every mint intent left unresolved for longer than the grace period."""
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            stale = [i.grant_id for i in repo.unresolved_intents()
+                     if _aware(i.created_at) <= now - timedelta(seconds=self.orphan_grace_seconds)]
+        done = []
+        for grant_id in stale:
+            try:
+                self._apply(principal_id="broker", source_ip=None, action="reconcile",
+                            mutate=lambda repo, entries, at, gid=grant_id: self._orphan(repo, entries, at, gid))
+                done.append(grant_id)
+            except BrokerError as exc:
+                # NOTE: the intent stays unresolved, so the next start-up tries again.
+                log.error("orphaned mint intent %s could not be reconciled: %s", grant_id, exc.code)
+        return done
+
+    @staticmethod
+    def _orphan(repo: Repository, entries: list[rules.RevocationEntry], now: datetime, grant_id: str) -> Change:
+        intent = next((i for i in repo.unresolved_intents() if i.grant_id == grant_id), None)
+        if intent is None:
+            return Change(roles=set(), events=[], view={})   # another replica got there first
+        request = repo.get_request(intent.request_id)
+        ttl = request.ttl_seconds if request is not None else STS_MAX_DURATION
+        session_name = request.session_name if request is not None else intent.grant_id
+        entries.append(rules.RevokedSession(role_arn=intent.role_arn, grant_id=intent.grant_id,
+                                            session_name=session_name,
+                                            expires_at=_aware(intent.created_at) + timedelta(seconds=ttl)))
+        if request is not None:
+            repo.transition_request(request.id, from_statuses=[RequestStatus.ISSUING.value],
+                                    to_status=RequestStatus.FAILED.value, updated_at=now, decided_reason="orphaned")
+        repo.resolve_intent(intent.grant_id)
+        event = _event("orphaned", now=now, actor="broker", reason_code="orphaned_mint",
+                       role_arn=intent.role_arn, session_name=session_name, revoked=True,
+                       intent_created_at=_iso(intent.created_at),
+                       requester=request.requester if request is not None else None)
+        event.update(request_id=intent.request_id, grant_id=intent.grant_id,
+                     template=request.template if request is not None else None)
+        return Change(roles={intent.role_arn}, events=[event], view={"grant_id": intent.grant_id})
+
+    # ------------------------------------------------------------------ lockdown
+    def lockdown(self, *, principal: Principal, environment: str, reason: str,
+                 source_ip: str | None = None) -> dict[str, Any]:
+        reason = clean_reason(reason)
+        scope = self._admin_scope(principal, environment, source_ip=source_ip, action="lockdown")
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            lock_issuance(repo)
+            if repo.get_setting(LOCKDOWN_KEY.format(scope=scope)) is not None:
+                raise Conflict(f"'{scope}' is already locked down", code="already_locked_down")
+            state = {"environment": scope, "by": principal.id, "reason": reason, "at": _iso(now)}
+            repo.set_setting(LOCKDOWN_KEY.format(scope=scope), json.dumps(state), now=now)
+            repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
+            repo.append_event(_event("lockdown", now=now, actor=principal.id, source_ip=source_ip,
+                                     environment=scope, reason=reason))
+        return {**state, "status": "locked"}
+
+    def lift_lockdown(self, *, principal: Principal, environment: str, reason: str,
+                      source_ip: str | None = None) -> dict[str, Any]:
+        """First admin: requests the lift.  A *different* admin: confirms it, and the lockdown ends."""
+        reason = clean_reason(reason)
+        scope = self._admin_scope(principal, environment, source_ip=source_ip, action="lockdown_lift")
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            lock_issuance(repo)
+            locked = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
+            if locked is None:
+                raise Conflict(f"'{scope}' is not locked down", code="not_locked_down")
+            pending = self._pending_lift(repo, scope, now)
+            if pending is None:
+                lift = {"environment": scope, "requested_by": principal.id, "reason": reason, "at": _iso(now),
+                        "expires_at": _iso(now + timedelta(seconds=self.lift_request_seconds))}
+                repo.set_setting(LIFT_KEY.format(scope=scope), json.dumps(lift), now=now)
+                repo.append_event(_event("lockdown_lift_requested", now=now, actor=principal.id, source_ip=source_ip,
+                                         environment=scope, reason=reason))
+                return {**lift, "status": "lift_requested"}
+            if pending["requested_by"] == principal.id:
+                raise Conflict("a second, different admin must confirm the lift", code="second_admin_required")
+            repo.set_setting(LOCKDOWN_KEY.format(scope=scope), None, now=now)
+            repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
+            repo.append_event(_event("lockdown_lifted", now=now, actor=principal.id, source_ip=source_ip,
+                                     environment=scope, requested_by=pending["requested_by"],
+                                     request_reason=pending["reason"], confirmed_by=principal.id, reason=reason,
+                                     lockdown=json.loads(locked)))
+        return {"environment": scope, "status": "lifted", "requested_by": pending["requested_by"],
+                "confirmed_by": principal.id}
+
+    def _pending_lift(self, repo: Repository, scope: str, now: datetime) -> dict[str, Any] | None:
+        raw = repo.get_setting(LIFT_KEY.format(scope=scope))
+        if raw is None:
+            return None
+        pending = json.loads(raw)
+        expires = datetime.fromisoformat(pending["expires_at"].replace("Z", "+00:00"))
+        return pending if expires > now else None
+
+    def _admin_scope(self, principal: Principal, environment: str, *, source_ip: str | None, action: str) -> str:
+        if not principal.has_role(Role.ADMIN):
+            error = Forbidden("only admins may lock down or lift a lockdown", code="admin_required")
+            self._log_failure("refused", principal_id=principal.id, source_ip=source_ip, action=action, error=error)
+            raise error
+        if environment not in LOCKDOWN_SCOPES:
+            raise InvalidInput(f"environment must be one of {', '.join(LOCKDOWN_SCOPES)}",
+                               code="invalid_environment", field="environment")
+        return environment
+
+    def lockdowns(self) -> list[dict[str, Any]]:
+        now = self.clock.now()
+        with self.database.transaction() as repo:
+            states = []
+            for scope in LOCKDOWN_SCOPES:
+                raw = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
+                if raw is not None:
+                    states.append({**json.loads(raw), "lift_request": self._pending_lift(repo, scope, now)})
+            return states
+
+    # ------------------------------------------------------------------ the gate
+    @staticmethod
+    def check_lockdown(repo: Repository, environment: str) -> None:
+        for scope in (environment, ALL_ENVIRONMENTS):
+            raw = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
+            if raw is not None:
+                raise Forbidden(f"new credentials for '{environment}' are locked down by an administrator",
+                                code="environment_locked", details={"environment": scope})
+
+    def lockdown_gate(self, repo: Repository, principal: Principal, template: ScopeTemplate,  # noqa: ARG002
+                      now: datetime) -> None:  # noqa: ARG002
+        """``IssuanceGate``: refuses every new request for a locked-down environment."""
+        self.check_lockdown(repo, template.environment.value)
+
+
+@dataclass
+class LockdownGuardedMinter:
+    """Checks the lockdown again right before STS, so no path (redeem included) mints while locked."""
+
+    inner: CredentialMinter
+    database: Database
+    catalog: TemplateSource
+    # Tags name the template; the template names its environment.
+    template_tag: str = field(default=TAG_TEMPLATE)
+
+    def mint(self, order: MintOrder) -> MintedCredentials:
+        names = [t["Value"] for t in order.tags if t.get("Key") == self.template_tag]
+        if len(names) != 1:
+            # NOTE: fail closed: an order that does not say its template cannot be checked.
+            raise Forbidden("the mint order does not name its scope template", code="environment_locked")
+        environment = self.catalog.get(names[0]).environment.value
+        with self.database.transaction() as repo:
+            RevocationService.check_lockdown(repo, environment)
+        return self.inner.mint(order)
+
+
+__all__ = ["DenyPolicyStore", "LockdownGuardedMinter", "RevocationService"]
+
+
+def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSource, clock: Clock,
+                    minter: CredentialMinter, revoker: DenyPolicyStore | None = None,
+                    ) -> tuple[RevocationService, CredentialMinter, list[Callable[..., None]]]:
+    """For the composition root: the revocation service, the lockdown-guarded minter, the gates."""
+    from broker.limits import RateLimitGate
+
+    if revoker is None:
+        from broker.aws.revocation import IamRevoker
+        revoker = IamRevoker(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    revocations = RevocationService(database=database, catalog=catalog, revoker=revoker, clock=clock)
+    limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
+                                         template_requests_per_minute=settings.template_requests_per_minute,
+                                         agent_max_live_grants=settings.agent_max_live_grants)
+    guarded = LockdownGuardedMinter(inner=minter, database=database, catalog=catalog)
+    return revocations, guarded, [revocations.lockdown_gate, limits]
+
+
+def start_up(revocations: RevocationService) -> None:
+    """Start-up: reconcile orphaned mint intents, then prune expired revocations.  Never fatal:
+    a broker that cannot reach IAM still starts (and says so loudly); the intents stay open."""
+    try:
+        orphans = revocations.reconcile_orphans()
+        if orphans:
+            log.warning("reconciled %d orphaned mint intent(s): logged and revoked", len(orphans))
+        revocations.sync()
+    except BrokerError as exc:
+        log.error("start-up revocation sync failed: %s", exc.code)
