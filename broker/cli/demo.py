@@ -300,16 +300,26 @@ class SeedIncident:
             raise DemoFailure("the exported log did not verify")
 
 
+DEV_KEYS_FILE = Path(".broker") / "dev-keys.json"   # where `broker dev` run in this directory writes its keys
+
+
 def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    url = args.url or (os.environ.get("BROKER_URL") if args.keys else None)
+    url = args.url or os.environ.get("BROKER_URL")
+    keys = args.keys or (DEV_KEYS_FILE if DEV_KEYS_FILE.exists() else None)
+    use_running = bool(args.url or args.keys or (url and keys))
     try:
-        if url:
-            if not args.keys:
-                raise DemoFailure("against a running broker, pass --keys FILE (its dev-keys.json)")
-            context = existing_broker(url, args.keys, args.aws_endpoint or os.environ.get("AWS_ENDPOINT_URL"))
+        if use_running:
+            if not url or not keys:
+                raise DemoFailure("against a running broker, give --url (or BROKER_URL) and --keys FILE "
+                                  "(its dev-keys.json)")
+            aws = args.aws_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+            if not aws:
+                raise DemoFailure("against a running broker, give --aws-endpoint (or AWS_ENDPOINT_URL): the fake "
+                                  "AWS that `broker dev` printed")
+            context = existing_broker(url, keys, aws)
         else:
             context = started_dev_broker(args.scopes or default_scopes(), say)
         with context as broker:

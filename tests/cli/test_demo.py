@@ -51,6 +51,14 @@ def test_demo_deny_path_against_a_running_broker(live_repo_broker, capsys, monke
     assert json.loads(keys.read_text())["agent:demo"]
 
 
-def test_demo_against_a_running_broker_needs_keys(capsys):
+def test_demo_against_a_running_broker_needs_keys_and_the_fake_aws(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)                       # no ./.broker/dev-keys.json here
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     assert main(["demo", "--url", "http://127.0.0.1:9"]) == 1
     assert "--keys" in capsys.readouterr().err
+    keys = tmp_path / ".broker" / "dev-keys.json"
+    keys.parent.mkdir()
+    keys.write_text("{}")
+    monkeypatch.setenv("BROKER_URL", "http://127.0.0.1:9")
+    assert main(["demo"]) == 1                        # BROKER_URL + ./.broker keys: the running broker
+    assert "--aws-endpoint" in capsys.readouterr().err
