@@ -1,0 +1,107 @@
+"""Redemption is exactly-once: 50 concurrent redeemers of one approved request on PostgreSQL.
+
+Two broker replicas (separate containers and connection pools) share one database, and the
+redeemers arrive both through the service and through real HTTP (uvicorn), released together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import httpx
+import pytest
+
+from broker.errors import BrokerError
+from tests.conftest import TEST_SCOPES, build_harness, moto_sts_sessions
+from tests.live_server import serve
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
+
+REDEEMERS = 50
+PROD = {"template": "test-prod-ecs", "parameters": {"service": "billing"}, "reason": "hotfix billing"}
+
+
+@pytest.fixture
+def replicas(pg_url, moto_server, tmp_path):
+    first = build_harness(db_url=pg_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                          state_dir=tmp_path / "state")
+    second = build_harness(db_url=pg_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                           state_dir=tmp_path / "state")
+    assert first.container.database.is_postgres
+    yield first, second
+    for harness in (first, second):
+        harness.container.database.engine.dispose()
+
+
+def approved_request(harness) -> str:
+    rid = harness.post("/v1/requests", "agent:demo", json=PROD).json()["id"]
+    for who in ("human:bob", "human:carol"):
+        harness.post(f"/v1/requests/{rid}/approvals", who, json={"decision": "approve", "reason": "ok"})
+    assert harness.get(f"/v1/requests/{rid}", "agent:demo").json()["status"] == "approved"
+    return rid
+
+
+def test_fifty_concurrent_redemptions_issue_exactly_one_credential(replicas):
+    first, second = replicas
+    rid = approved_request(first)
+    with first.container.database.transaction() as repo:
+        agent = repo.get_principal("agent:demo")
+    token = first.keys["agent:demo"]
+    start = threading.Barrier(REDEEMERS)
+    outcomes: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    with serve(second.client.app) as server:
+        def through_service(harness) -> tuple[int, str]:
+            try:
+                outcome = harness.container.service.redeem(principal=agent, request_id=rid)
+                return 201, outcome.credentials.access_key_id
+            except BrokerError as exc:
+                return exc.status, exc.code
+
+        def through_http() -> tuple[int, str]:
+            response = httpx.post(f"{server.url}/v1/requests/{rid}/credentials",
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=120)
+            body = response.json()
+            return response.status_code, (body["credentials"]["access_key_id"] if response.status_code == 201
+                                          else body["error"]["code"])
+
+        def redeemer(index: int) -> None:
+            path = ("service-1", "service-2", "http")[index % 3]
+            start.wait()
+            status, detail = (through_service(first) if path == "service-1" else
+                              through_service(second) if path == "service-2" else through_http())
+            with lock:
+                outcomes.append((path, status, detail))
+
+        threads = [threading.Thread(target=redeemer, args=(i,)) for i in range(REDEEMERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(240)
+
+    assert len(outcomes) == REDEEMERS
+    statuses = Counter(status for _, status, _ in outcomes)
+    assert statuses == {201: 1, 409: REDEEMERS - 1}, outcomes
+    codes = {detail for _, status, detail in outcomes if status == 409}
+    assert codes <= {"request_already_redeemed", "request_issuing", "request_issued"}, codes
+    # Some redeemers read "approved" and lost only at the conditional update: the race really happened.
+    assert "request_already_redeemed" in codes, codes
+    access_key_id = next(detail for _, status, detail in outcomes if status == 201)
+
+    events = [e for e in first.events() if e["request_id"] == rid]
+    kinds = Counter(e["type"] for e in events)
+    assert kinds["issued"] == 1 and kinds["redeeming"] == 1
+    assert kinds["refused"] == REDEEMERS - 1
+    assert next(e for e in events if e["type"] == "issued")["access_key_id"] == access_key_id
+    with first.container.database.transaction() as repo:
+        grants = repo.find_grants(agent="agent:demo")
+    assert [g.access_key_id for g in grants if g.request_id == rid] == [access_key_id]
+    view = first.get(f"/v1/requests/{rid}", "agent:demo").json()
+    assert view["status"] == "issued"
+    # AWS (moto) saw exactly one AssumeRole for this request's session.
+    sessions = [s for s in moto_sts_sessions(first.aws_endpoint) if s["access_key_id"] == access_key_id]
+    assert len(sessions) == 1
+    assert sum(1 for s in moto_sts_sessions(first.aws_endpoint)
+               if s["session_name"] == view["grant"]["session_name"]) == 1
