@@ -1,0 +1,79 @@
+"""Rate limits and budgets (broker/limits.py): 429 with a stable code, Retry-After, a log entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TEST_SCOPES, build_harness
+from tests.revocation.conftest import S3_REQUEST
+
+LOGS_REQUEST = {"template": "test-logs", "parameters": {"log_group": "/aws/lambda/checkout"}, "reason": "read logs"}
+
+
+@pytest.fixture
+def limited(moto_server, tmp_path, request):
+    limits = request.param
+    harness = build_harness(db_url=f"sqlite:///{tmp_path / 'b.db'}", scopes=TEST_SCOPES,
+                            aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "state", **limits)
+    yield harness
+    harness.container.database.engine.dispose()
+
+
+def _refusal(response, code: str) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == code
+    assert "credentials" not in response.json()
+    assert int(response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("limited", [{"agent_requests_per_minute": 3}], indirect=True)
+def test_agent_rate_limit_refuses_the_flooder_only(limited):
+    for _ in range(3):
+        assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201
+    before = limited.request_count()
+    over = limited.post("/v1/requests", "agent:demo", json=S3_REQUEST)
+    _refusal(over, "rate_limited")
+    assert 1 <= int(over.headers["retry-after"]) <= 60
+    assert limited.request_count() == before
+    last = limited.events()[-1]
+    assert (last["type"], last["reason_code"], last["actor"]) == ("refused", "rate_limited", "agent:demo")
+    # Another agent is not affected.
+    assert limited.post("/v1/requests", "agent:other", json=S3_REQUEST).status_code == 201
+    # A minute later the window has moved on.
+    limited.clock.advance(61)
+    assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201
+
+
+@pytest.mark.parametrize("limited", [{"template_requests_per_minute": 2}], indirect=True)
+def test_template_rate_limit_counts_all_agents(limited):
+    assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201
+    assert limited.post("/v1/requests", "agent:other", json=S3_REQUEST).status_code == 201
+    _refusal(limited.post("/v1/requests", "agent:other", json=S3_REQUEST), "template_rate_limited")
+    assert limited.post("/v1/requests", "agent:demo", json=LOGS_REQUEST).status_code == 201
+
+
+@pytest.mark.parametrize("limited", [{"agent_max_live_grants": 2}], indirect=True)
+def test_live_grant_budget_frees_up_on_expiry_and_revocation(limited):
+    first = limited.post("/v1/requests", "agent:demo", json={**S3_REQUEST, "ttl_seconds": 900}).json()
+    limited.post("/v1/requests", "agent:demo", json={**S3_REQUEST, "ttl_seconds": 1800})
+    over = limited.post("/v1/requests", "agent:demo", json=S3_REQUEST)
+    _refusal(over, "too_many_live_grants")
+    assert int(over.headers["retry-after"]) > 60         # until the first grant expires
+    revoked = limited.post(f"/v1/grants/{first['grant']['id']}/revoke", "agent:demo", json={"reason": "done"})
+    assert revoked.status_code == 200, revoked.text
+    assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201
+
+
+@pytest.mark.parametrize("limited", [{"agent_requests_per_minute": 0, "template_requests_per_minute": 0,
+                                      "agent_max_live_grants": 0}], indirect=True)
+def test_zero_disables_a_limit(limited):
+    for _ in range(4):
+        assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201
+
+
+def test_negative_limits_are_configuration_errors():
+    from broker.limits import RateLimitGate
+
+    with pytest.raises(ValueError):
+        RateLimitGate.from_settings(agent_requests_per_minute=-1, template_requests_per_minute=1,
+                                    agent_max_live_grants=1)
