@@ -20,7 +20,6 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest
 from broker.sdk.credential_process import CredentialCache, ScopeCredentials

@@ -20,7 +20,7 @@ import pytest
 from broker.cli.agent import write_profile
 from broker.cli.main import main
 from tests.conftest import moto_sts_sessions
-from tests.sdk.conftest import live_broker, live_repo_broker  # noqa: F401 - fixtures
+from tests.sdk.conftest import live_broker  # noqa: F401 - fixture
 
 CLI = [sys.executable, "-m", "broker.cli.main"]
 REASON = "read the cost reports for bug 42"
