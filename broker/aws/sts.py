@@ -22,6 +22,22 @@ from broker.ports import MintedCredentials, MintOrder
 
 log = logging.getLogger("broker.aws.sts")
 
+
+class DropResponseBodies(logging.Filter):
+    """Drop botocore's DEBUG dump of raw HTTP response bodies.
+
+    An AssumeRole response body carries the secret access key and the session token; with
+    DEBUG logging on (an operator chasing a bug), botocore would write them to the log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Response body")
+
+
+# NOTE: a filter, not a level: it holds even when every logger is set to DEBUG.  Logger
+# filters apply to records made at that logger, so it sits on the one that dumps bodies.
+logging.getLogger("botocore.parsers").addFilter(DropResponseBodies())
+
 THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"})
 # The request reached STS but no answer came back: STS may have issued credentials we never saw.
 OUTCOME_UNKNOWN = (ReadTimeoutError, ConnectionClosedError)
