@@ -89,6 +89,19 @@ MAY_ACCEPT: dict[str, str] = {
     "nested": "reports/2024/q1", "dash": "-", "safe_punctuation": "a=b,c+d@e_f", "max_length": "r" * 128,
     "dot_segment": "/./", "trailing_dot": "reports.",
 }
+# Whole parameter objects: extra keys, look-alike names, the role-ARN parameter pushed off its list.
+SMUGGLED: dict[str, dict[str, object]] = {
+    "unknown_key": {"path": "reports", "bucket": "*"},
+    "case_variant_key": {"Path": "*"},
+    "key_with_space": {"path ": "*", "path": "reports"},
+    "key_with_nul": {"path\x00": "*", "path": "reports"},
+    "unicode_key": {"pаth": "*", "path": "reports"},                  # Cyrillic a
+    "account_off_the_list": {"path": "reports", "account": "999999999999"},
+    "account_wildcard": {"path": "reports", "account": "*"},
+    "account_with_role": {"path": "reports", "account": "123456789012:role/admin"},
+    "account_integer": {"path": "reports", "account": 123456789012},
+    "path_missing": {},
+}
 ALL_REFUSALS = [(cls, case, value) for cls, cases in MUST_REFUSE.items() for case, value in cases.items()]
 REFUSAL_IDS = [f"{cls.replace(' ', '_')}-{case}" for cls, case, _ in ALL_REFUSALS]
 REFUSED_CODES = {"invalid_parameter", "missing_parameter"}
@@ -151,6 +164,14 @@ def test_renderer_refuses_hostile_value(template, attack_class, case, value):
     if isinstance(value, str) and len(value) >= 6:
         assert value not in caught.value.message          # hostile text is never echoed
     record(f"injection/renderer: {attack_class}", refused=True)
+
+
+@pytest.mark.parametrize("parameters", SMUGGLED.values(), ids=SMUGGLED.keys())
+def test_renderer_refuses_smuggled_parameters(parameters):
+    with pytest.raises(InvalidParameter) as caught:
+        render_policy(OPEN_PATH, validate_parameters(OPEN_PATH, parameters))
+    assert caught.value.code in REFUSED_CODES and caught.value.field.startswith("parameters.")
+    record("injection/renderer: parameter smuggling", refused=True)
 
 
 @pytest.mark.parametrize(("case", "value"), MAY_ACCEPT.items(), ids=MAY_ACCEPT.keys())
@@ -218,6 +239,17 @@ def test_api_refuses_hostile_value_and_writes_nothing(injection_broker, attack_c
     refusal = injection_broker.events()[-1]
     assert refusal["type"] == "refused" and refusal["reason_code"] == error["code"]
     record(f"injection/API: {attack_class}", refused=True)
+
+
+@pytest.mark.parametrize("parameters", SMUGGLED.values(), ids=SMUGGLED.keys())
+def test_api_refuses_smuggled_parameters_and_writes_nothing(injection_broker, parameters):
+    before = _footprint(injection_broker)
+    response = injection_broker.post("/v1/requests", "agent:demo", json={
+        "template": "sec-open-path", "parameters": parameters, "reason": "security suite: smuggling"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] in REFUSED_CODES
+    assert _footprint(injection_broker) == before
+    record("injection/API: parameter smuggling", refused=True)
 
 
 @pytest.mark.parametrize(("case", "value"), MAY_ACCEPT.items(), ids=MAY_ACCEPT.keys())
