@@ -115,4 +115,7 @@ def create_app(container: Container) -> FastAPI:
             continue
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, limit=container.settings.max_body_bytes)
+    from broker.metrics import instrument
+
+    instrument(app, container)  # outermost: the latency histogram sees every response, 413s included
     return app

@@ -16,6 +16,7 @@ from broker.domain.principals import Principal, Role
 from broker.errors import BrokerError, Forbidden, InvalidInput
 from broker.identity.authenticator import Authenticator
 from broker.identity.oidc import OidcIssuerConfig, OidcVerifier
+from broker.log_observers import CheckpointEvery, ObservedDatabase
 from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
 from broker.service import BrokerService
 from broker.settings import BrokerSettings
@@ -94,7 +95,8 @@ def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
 
 def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
                     notifier: Notifier | None = None, run_migrations: bool = True, revoker=None) -> Container:
-    database = Database(build_engine(settings.database_url))
+    # Observed: metrics and periodic checkpoints see each committed unit of work's log entries.
+    database = ObservedDatabase(build_engine(settings.database_url))
     if run_migrations:
         migrate(database.engine)
     template_check, rendered_check, blast = template_checks()
@@ -118,11 +120,13 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     signer = load_signer(settings)
     from broker.audit import AuditLog
 
+    audit = AuditLog(database=database, signer=signer, clock=clock)
+    if settings.checkpoint_every > 0:
+        database.observers.append(CheckpointEvery(audit.checkpoint, every=settings.checkpoint_every))
     start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock,
-                     extras={"audit": AuditLog(database=database, signer=signer, clock=clock),
-                             "revocations": revocations})
+                     extras={"audit": audit, "revocations": revocations})
 
 
 def get_container(request: Request) -> Container:

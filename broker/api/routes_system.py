@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from broker.api.deps import ContainerDep
 from broker.errors import BrokerError
@@ -26,3 +26,15 @@ def readyz(container: ContainerDep) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "error": {"code": exc.code, "message": exc.message}},
                             status_code=503)
     return JSONResponse({"status": "ready", "templates": len(container.catalog)})
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(container: ContainerDep) -> Response:
+    """Prometheus exposition of this process's metrics (no secrets, no identities beyond template names).
+
+    Unauthenticated like /healthz, for the scraper; keep it on the internal network.
+    """
+    from broker.metrics import metrics_for
+
+    body, content_type = metrics_for(container).exposition()
+    return Response(content=body, media_type=content_type)

@@ -1,0 +1,190 @@
+"""Prometheus metrics, served at ``GET /metrics``.
+
+Each container has its own ``CollectorRegistry`` (never the process-global one), so that
+every app a test builds starts from zero.  Nothing here touches the use cases:
+
+* counters are fed by a log observer (``broker.log_observers``): one increment per entry of
+  a *committed* unit of work, so a count is never ahead of the log;
+* the HTTP histogram is an ASGI middleware, labelled by route template, never by raw path;
+* the STS histogram wraps the ``CredentialMinter``.
+
+Counters are per process; sum them over replicas.  Label values are bounded: a template
+label is a catalog name or ``other`` (a refused request may name any template), a reason
+code is a snake_case error code or ``other``.
+
+Metric names (all prefixed ``broker_``) are listed in ``METRIC_NAMES``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from broker.log_observers import ObservedDatabase
+from broker.ports import CredentialMinter, MintedCredentials, MintOrder
+
+OTHER = "other"
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class EventCounter:
+    """One counter fed by log entries of one type."""
+
+    name: str
+    help: str
+    by_reason: bool = False
+
+
+# Log entry type -> the counter it increments (labels: template, plus reason_code where set).
+EVENT_COUNTERS: Mapping[str, EventCounter] = {
+    "issued": EventCounter("broker_credentials_issued_total", "Credentials issued (issued entry committed)."),
+    "refused": EventCounter("broker_requests_refused_total", "Requests refused before anything was issued.",
+                            by_reason=True),
+    "pending": EventCounter("broker_requests_pending_total", "Requests opened to wait for co-signers."),
+    "approved": EventCounter("broker_requests_approved_total", "Requests that reached their co-signatures."),
+    "denied": EventCounter("broker_requests_denied_total", "Requests denied by a co-signer."),
+    "failed": EventCounter("broker_issuance_failed_total", "Issuances that failed (STS); nothing was returned.",
+                           by_reason=True),
+    "revoked": EventCounter("broker_grants_revoked_total", "Grants revoked."),
+    "expired": EventCounter("broker_requests_expired_total", "Requests that expired unapproved or unredeemed."),
+    "cancelled": EventCounter("broker_requests_cancelled_total", "Requests cancelled."),
+}
+LOG_ENTRIES = "broker_log_entries_total"
+LOG_LAST_SEQ = "broker_log_last_seq"
+HTTP_DURATION = "broker_http_request_duration_seconds"
+STS_DURATION = "broker_sts_assume_role_duration_seconds"
+METRIC_NAMES = (*(c.name for c in EVENT_COUNTERS.values()), LOG_ENTRIES, LOG_LAST_SEQ, HTTP_DURATION, STS_DURATION)
+
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BrokerMetrics:
+    """The broker's metrics on a registry of its own."""
+
+    def __init__(self, *, known_template: Callable[[str], bool]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._known_template = known_template
+        self._counters = {
+            kind: Counter(spec.name.removesuffix("_total"), spec.help,
+                          ("template", "reason_code") if spec.by_reason else ("template",), registry=self.registry)
+            for kind, spec in EVENT_COUNTERS.items()
+        }
+        self.log_entries = Counter(LOG_ENTRIES.removesuffix("_total"), "Issuance log entries appended by this "
+                                   "process, by type.", ("type",), registry=self.registry)
+        self.log_last_seq = Gauge(LOG_LAST_SEQ, "Highest log seq this process appended.", registry=self.registry)
+        self.http_duration = Histogram(HTTP_DURATION, "HTTP request latency by route template.",
+                                       ("method", "route", "status"), buckets=HTTP_BUCKETS, registry=self.registry)
+        self._last_seq = 0
+        self._seq_lock = threading.Lock()
+        self.sts_duration = Histogram(STS_DURATION, "AWS STS AssumeRole latency (with retries).", ("outcome",),
+                                      buckets=STS_BUCKETS, registry=self.registry)
+
+    # --- fed by the log observer -------------------------------------------------------------
+    def observe_entries(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        for entry in entries:
+            kind = str(entry.get("type"))
+            self.log_entries.labels(type=_code_label(kind)).inc()
+            counter = self._counters.get(kind)
+            if counter is not None:
+                labels = {"template": self._template_label(entry.get("template"))}
+                if EVENT_COUNTERS[kind].by_reason:
+                    labels["reason_code"] = _code_label(entry.get("reason_code"))
+                counter.labels(**labels).inc()
+        with self._seq_lock:  # request threads observe concurrently; the gauge only moves up
+            self._last_seq = max(self._last_seq, *(int(entry["seq"]) for entry in entries))
+            self.log_last_seq.set(self._last_seq)
+
+    def _template_label(self, name: object) -> str:
+        if isinstance(name, str) and self._known_template(name):
+            return name
+        return OTHER
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _code_label(code: object) -> str:
+    """An entry type or error code as a label value; anything unexpected becomes ``other``."""
+    return code if isinstance(code, str) and _CODE.match(code) else OTHER
+
+
+class TimedMinter:
+    """A ``CredentialMinter`` that times each AssumeRole into ``broker_sts_assume_role_duration_seconds``."""
+
+    def __init__(self, inner: CredentialMinter, histogram: Histogram) -> None:
+        self.inner = inner
+        self._histogram = histogram
+
+    def mint(self, order: MintOrder) -> MintedCredentials:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            minted = self.inner.mint(order)
+            outcome = "ok"
+            return minted
+        finally:
+            self._histogram.labels(outcome=outcome).observe(time.perf_counter() - started)
+
+
+class HttpLatency:
+    """Pure ASGI middleware: request latency by method, route template and status."""
+
+    def __init__(self, app, metrics: BrokerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.http_duration.labels(method=scope.get("method", "?"), route=route,
+                                              status=str(status)).observe(time.perf_counter() - started)
+
+
+def metrics_for(container) -> BrokerMetrics:
+    """The container's metrics, created (and wired to its log and minter) on first use."""
+    metrics = container.extras.get("metrics")
+    if metrics is not None:
+        return metrics
+
+    def known_template(name: str) -> bool:
+        try:
+            container.catalog.get(name)
+        except Exception:  # noqa: BLE001 - any miss means "not a catalog name"
+            return False
+        return True
+
+    metrics = BrokerMetrics(known_template=known_template)
+    container.extras["metrics"] = metrics
+    database = container.service.database
+    if isinstance(database, ObservedDatabase):
+        database.observers.append(metrics.observe_entries)
+    container.service.minter = TimedMinter(container.service.minter, metrics.sts_duration)
+    return metrics
+
+
+def instrument(app, container) -> BrokerMetrics:
+    """Add the latency middleware to ``app`` and return the container's metrics."""
+    metrics = metrics_for(container)
+    app.add_middleware(HttpLatency, metrics=metrics)
+    return metrics
