@@ -358,3 +358,21 @@ def test_pending_list_is_for_approvers(broker):
     assert entry["requester"] == "agent:demo" and entry["acts_for"] == "human:alice"
     assert entry["blast_radius"]
     assert broker.get("/v1/requests", "agent:demo").status_code == 403
+
+
+def test_approving_a_request_whose_template_changed_is_refused(db_url, moto_server, tmp_path, editable_scopes):
+    harness = build_harness(db_url=db_url, scopes=editable_scopes, aws_endpoint=moto_server.endpoint_url,
+                            state_dir=tmp_path / "state")
+    rid = open_pending(harness)["id"]
+    harness.container.database.engine.dispose()
+    path = editable_scopes / "prod-ecs.yaml"
+    path.write_text(path.read_text().replace("ttl: {default: 900, max: 900}", "ttl: {default: 900, max: 1800}"))
+    rebuilt = build_harness(db_url=db_url, scopes=editable_scopes, aws_endpoint=moto_server.endpoint_url,
+                            state_dir=tmp_path / "state")
+    try:
+        response = approve(rebuilt, rid, "human:bob")
+        assert response.status_code == 409
+        assert error_code(response) == "template_changed"
+        assert rebuilt.get(f"/v1/requests/{rid}", "human:bob").json()["approvals"] == []
+    finally:
+        rebuilt.container.database.engine.dispose()
