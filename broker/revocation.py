@@ -22,9 +22,11 @@ key ``revocations``, plus ``grants.revoked_at``); each target role carries the d
 unit of work: the record, the log entry and the IAM write happen together, and if IAM refuses
 the write the unit of work rolls back, a ``revocation_failed`` entry is logged and the caller
 gets 503 (``revocation_unavailable``) or 422 (``revocation_policy_too_large``): a revocation
-is never reported done unless AWS has the deny.  :meth:`RevocationService.sync` prunes entries
-whose credentials have expired and rewrites the policies; it runs at start-up and after every
-revocation action.
+is never reported done unless AWS has the deny.  (If the commit itself fails after the IAM
+write, AWS denies a little more than the record says until the next sync: fail closed.)
+:meth:`RevocationService.sync` prunes entries whose credentials have expired and rewrites every
+role's policy; it runs at start-up and on ``POST /v1/revocations/sync`` (admin; run it from
+cron).  Every revocation action also prunes the stored list and rewrites the roles it touches.
 
 Orphans: a mint intent still unresolved ``orphan_grace_seconds`` after it was written means
 STS may have issued credentials the broker never recorded (a crash or a failed log write
