@@ -11,7 +11,7 @@ from typing import Any
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
-from broker.errors import Forbidden, InvalidInput, NotFound
+from broker.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
 from broker.ports import Clock
 from broker.storage.engine import Database
 
@@ -43,7 +43,17 @@ class AuditLog:
         return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None}
 
     def checkpoint(self) -> issuance_log.Checkpoint:
-        """Sign the current head (idempotent for an unchanged head)."""
+        """Sign the current head (idempotent for an unchanged head).
+
+        Two replicas may sign the same head at once; the loser's insert conflicts, and the
+        second attempt finds the winner's checkpoint.
+        """
+        try:
+            return self._checkpoint_once()
+        except StorageUnavailable:
+            return self._checkpoint_once()
+
+    def _checkpoint_once(self) -> issuance_log.Checkpoint:
         with self.database.transaction() as repo:
             seq, head = repo.log_head()
             latest = repo.latest_checkpoint()

@@ -26,7 +26,7 @@ from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
 from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus,
-                                    counted_approvals, may_approve, require_status)
+                                    counted_approvals, may_approve, may_deny, require_status)
 from broker.domain.sts_rules import resolve_ttl, role_session_name, session_tags, source_identity_for
 from broker.domain.templates import ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
@@ -223,8 +223,8 @@ class BrokerService:
                 if not expired:
                     template = self.catalog.get(row.template)
                     require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
-                    may_approve(template.approval, PendingFacts(row.requester, row.acts_for, row.binding_digest),
-                                principal)
+                    check = may_deny if choice is Decision.DENY else may_approve
+                    check(template.approval, PendingFacts(row.requester, row.acts_for, row.binding_digest), principal)
                     if template.version_digest != row.template_digest:
                         raise Conflict("the scope template changed since the request was made; the agent must "
                                        "make a new request", code="template_changed")
@@ -318,6 +318,8 @@ class BrokerService:
             if row.status == RequestStatus.PENDING.value:
                 raise Conflict("the request is still waiting for approvals", code="approval_pending",
                                details={"approvals_required": row.approvals_required})
+            if row.status in (RequestStatus.ISSUING.value, RequestStatus.ISSUED.value):
+                raise Conflict("the request was already redeemed", code="request_already_redeemed")
             require_status(RequestStatus(row.status), [RequestStatus.APPROVED], action="redeem")
             template = self.catalog.get(row.template)
             # Re-check everything the approvals were bound to against the current template.

@@ -118,6 +118,17 @@ def may_approve(rule: ApprovalRule, facts: PendingFacts, approver: Principal) ->
         raise Forbidden("you are not an approver for this template", code="not_an_approver")
 
 
+def may_deny(rule: ApprovalRule, facts: PendingFacts, principal: Principal) -> None:
+    """Raise ``Forbidden`` unless ``principal`` may refuse this request.
+
+    Refusing only ever stops credentials, so it is open to every eligible co-signer *and* to the
+    human the agent acts for (their veto over their own agent).  The agent itself cancels instead.
+    """
+    if facts.acts_for is not None and principal.id == facts.acts_for and principal.acts_for is None:
+        return
+    may_approve(rule, facts, principal)
+
+
 def counted_approvals(signatures: Iterable[CoSignature], *, binding_digest: str,
                       still_allowed: Mapping[str, bool]) -> set[str]:
     """Distinct humans whose approval of *this exact binding* still stands.

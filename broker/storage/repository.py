@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from broker.domain import log as issuance_log
@@ -183,14 +185,16 @@ class Repository:
 
     # --- the issuance log -----------------------------------------------------------------
     def _lock_head(self) -> LogHeadRow:
+        # The head row must exist before it can be locked: create it idempotently, so the first
+        # appends of two replicas on a fresh database wait on each other instead of colliding.
+        insert = pg_insert if self._postgres else sqlite_insert
+        self.session.execute(insert(LogHeadRow).values(id=1, seq=0, hash=issuance_log.GENESIS_HASH)
+                             .on_conflict_do_nothing(index_elements=["id"]))
         statement = select(LogHeadRow).where(LogHeadRow.id == 1)
         if self._postgres:
             # NOTE: serializes appends across broker replicas; held until this unit of work commits.
             statement = statement.with_for_update()
-        head = self.session.exec(statement).first()
-        if head is None:
-            head = LogHeadRow(id=1, seq=0, hash=issuance_log.GENESIS_HASH)
-        return head
+        return self.session.exec(statement).one()
 
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal and append one entry in this unit of work (committed with the state change)."""

@@ -80,7 +80,7 @@ def test_acceptance_sequence(broker):
 
     twice = redeem(broker, rid)
     assert twice.status_code == 409
-    assert error_code(twice) == "request_issued"
+    assert error_code(twice) == "request_already_redeemed"
 
     steps = [(e["type"], e["actor"], e.get("reason_code")) for e in request_events(broker, rid)]
     assert steps == [
@@ -94,7 +94,7 @@ def test_acceptance_sequence(broker):
         ("approved", "human:carol", None),
         ("redeeming", "agent:demo", None),
         ("issued", "agent:demo", None),
-        ("refused", "agent:demo", "request_issued"),
+        ("refused", "agent:demo", "request_already_redeemed"),
     ]
     approved = next(e for e in request_events(broker, rid) if e["type"] == "approved")
     assert [a["approver"] for a in approved["approvals"]] == ["human:bob", "human:carol"]
@@ -161,6 +161,23 @@ def test_deny_with_reason_ends_the_request(broker):
     event = next(e for e in request_events(broker, rid) if e["type"] == "denied")
     assert event["actor"] == "human:carol"
     assert event["details"]["reason"] == "not during the freeze"
+
+
+def test_the_agents_own_human_may_veto_but_not_approve(broker):
+    rid = open_pending(broker)["id"]
+    assert error_code(approve(broker, rid, "human:alice")) == "approver_is_principal_human"
+    vetoed = approve(broker, rid, "human:alice", reason="absolutely not", decision="deny")
+    assert vetoed.status_code == 200, vetoed.text
+    assert vetoed.json()["status"] == "denied"
+    assert error_code(approve(broker, rid, "human:bob")) == "request_denied"
+    assert error_code(redeem(broker, rid)) == "request_denied"
+    denied = [e for e in request_events(broker, rid) if e["type"] == "denied"]
+    assert len(denied) == 1 and denied[0]["actor"] == "human:alice"
+
+
+def test_the_requesting_agent_cannot_deny_it_cancels(broker):
+    rid = open_pending(broker)["id"]
+    assert approve(broker, rid, "agent:demo", decision="deny").status_code == 403
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 1001, "bad\x00byte"])
