@@ -84,7 +84,12 @@ def load_oidc_verifiers(path: Path | None) -> list[OidcVerifier]:
 
 def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
     if settings.signing_key_file is None:
-        log.warning("BROKER_SIGNING_KEY_FILE is not set: checkpoints are signed with an EPHEMERAL key")
+        if not settings.dev_mode:
+            # NOTE: an ephemeral key would make every checkpoint unverifiable after a restart, and
+            # different on each replica: refuse to start instead.
+            raise InvalidInput("BROKER_SIGNING_KEY_FILE must name the Ed25519 key that signs log checkpoints",
+                               code="config_invalid", field="signing_key_file")
+        log.warning("BROKER_SIGNING_KEY_FILE is not set: dev mode signs checkpoints with an EPHEMERAL key")
         return issuance_log.CheckpointSigner(issuance_log.generate_signing_key())
     try:
         pem = settings.signing_key_file.read_bytes()
