@@ -37,6 +37,17 @@ class BrokerSettings(BaseSettings):
     dev_mode: bool = False
     state_dir: Path | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    # Approver pages: sign-in with OpenID Connect (authorization code + PKCE).  Off while the issuer is unset.
+    ui_oidc_issuer: str | None = None
+    ui_oidc_client_id: str | None = None
+    # The client secret is read from this file (never set inline); unset means a public client (PKCE only).
+    ui_oidc_client_secret_file: Path | None = None
+    ui_oidc_authorization_endpoint: str | None = None
+    ui_oidc_token_endpoint: str | None = None
+    ui_oidc_jwks_url: str | None = None
+    # The ID-token claim naming the approver: principal id = "human:" + its value.
+    ui_oidc_principal_claim: str = "preferred_username"
+    ui_oidc_scopes: str = "openid profile email"
 
 
 def load_settings(**overrides: Any) -> BrokerSettings:

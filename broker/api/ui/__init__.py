@@ -6,6 +6,9 @@ and TTL; approve or deny with a reason; sign-out.  Every form carries a per-sess
 token; every page is sent with a strict Content-Security-Policy and ``no-store``.
 """
 
+from broker.api.ui.oidc import router as oidc_router
 from broker.api.ui.pages import router
+
+router.include_router(oidc_router)  # OIDC sign-in: /ui/login/oidc, /ui/oidc/callback
 
 __all__ = ["router"]

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -88,7 +89,8 @@ def sign_in_page(request: Request, container: Container, *, error: str | None = 
                  next_path: str | None = None) -> Response:
     token = new_csrf_token()
     response = render("sign_in.html", status_code=status_code, error=error, csrf_token=token, principal=None,
-                      next_path=safe_next(next_path), enabled=key_sign_in_enabled(container))
+                      next_path=safe_next(next_path), enabled=key_sign_in_enabled(container),
+                      oidc_host=urlsplit(container.settings.ui_oidc_issuer or "").hostname)
     set_cookie(response, SIGN_IN_CSRF_COOKIE, token, secure=uses_https(request, container.settings.public_url),
                max_age=1800)
     return response

@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 
 import broker.storage.models  # noqa: F401  - registers the tables
 import broker.storage.ui_sessions  # noqa: F401  - approver web sessions
+import broker.storage.ui_oidc_flows  # noqa: F401  - approver sign-in with OIDC: pending flows
 
 target_metadata = SQLModel.metadata
 engine = context.config.attributes.get("engine")
