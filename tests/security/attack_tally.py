@@ -40,4 +40,6 @@ def summary_lines() -> list[str]:
         c = TALLY[name]
         extra = f", accepted {c.contained} (each checked: contained, or schema-valid)" if c.contained else ""
         lines.append(f"{name:<52} tried {c.tried:>4}  refused {c.refused:>4}{extra}")
+    tried, refused = sum(c.tried for c in TALLY.values()), sum(c.refused for c in TALLY.values())
+    lines.append(f"{'total':<52} tried {tried:>4}  refused {refused:>4}, accepted {tried - refused} (all checked)")
     return lines
