@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,18 +28,32 @@ log = logging.getLogger("broker.api")
 
 
 class DirectoryAdapter:
-    """Principal directory and API-key store for the authenticator: one short unit of work per lookup."""
+    """Principal directory and API-key store for the authenticator.
+
+    An API-key lookup reads the key *and* its principal in one unit of work; the principal is
+    handed to the very next ``get_principal`` call for that id on the same thread (the
+    authenticator asks for it right after), so one authentication is one database round trip.
+    """
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._just_loaded = threading.local()
 
     def get_principal(self, principal_id: str) -> Principal | None:
+        loaded = getattr(self._just_loaded, "principal", None)
+        self._just_loaded.principal = None
+        if loaded is not None and loaded[0] == principal_id:
+            return loaded[1]
         with self._database.transaction() as repo:
             return repo.get_principal(principal_id)
 
     def find_api_key(self, key_id: str):
+        self._just_loaded.principal = None
         with self._database.transaction() as repo:
-            return repo.find_api_key(key_id)
+            record = repo.find_api_key(key_id)
+            if record is not None:
+                self._just_loaded.principal = (record.principal_id, repo.get_principal(record.principal_id))
+            return record
 
 
 @dataclass
