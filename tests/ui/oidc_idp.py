@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import secrets
 import threading
@@ -61,6 +62,9 @@ class FakeIdp:
     # Answer the next authorization request with this error instead of a code.
     error: str | None = None
     send_iss: bool = True
+    # Show a page with a "Continue" link instead of redirecting at once, like a real provider's login
+    # page: the way back is then a navigation begun on the provider's site (cross-site for the broker).
+    interactive: bool = False
     codes: dict[str, AuthorizationRequest] = field(default_factory=dict)
     token_requests: list[TokenRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -124,7 +128,11 @@ class FakeIdp:
                     code_challenge=query.get("code_challenge"),
                     code_challenge_method=query.get("code_challenge_method"), user=dict(self.user))
             back["code"] = code
-        return 302, {"Location": f"{self.redirect_uri}?{urlencode(back)}"}, b""
+        location = f"{self.redirect_uri}?{urlencode(back)}"
+        if self.interactive:
+            page = f'<!doctype html><title>Fake IdP</title><a id="idp-continue" href="{html.escape(location)}">Continue</a>'
+            return 200, {"Content-Type": "text/html; charset=utf-8"}, page.encode()
+        return 302, {"Location": location}, b""
 
     def token(self, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], bytes]:
         refusal = self._client_refusal(form, authorization)

@@ -443,3 +443,58 @@ def test_concurrent_callbacks_with_one_state_consume_it_once(idp, db_url, moto_s
     assert len(winners) == 1 and winners[0].bound_to("b" * 43) and not winners[0].bound_to("c" * 43)
     assert flow_rows(site) == []
     site.container.database.engine.dispose()
+
+
+# --- a real browser ----------------------------------------------------------------------------
+
+from tests.ui.test_approver_browser import chromium  # noqa: E402,F401 - the module-scoped browser fixture
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(180)
+def test_browser_signs_in_with_oidc_and_approves(chromium, moto_server, tmp_path):  # noqa: F811
+    """Chromium: the sign-in page -> the provider (another site: localhost vs 127.0.0.1) -> back -> approve."""
+    from tests.live_server import LiveServer
+
+    with running_idp(browser_host="localhost") as idp:
+        idp.interactive = True
+        harness = make_site(idp, db_url=f"sqlite:///{tmp_path / 'ui.db'}", moto_server=moto_server,
+                            tmp_path=tmp_path)
+        server = LiveServer(harness.client.app)
+        # The redirect_uri is the broker's public URL: the live server's, known once its port is bound.
+        harness.container.settings.public_url = server.url
+        idp.redirect_uri = server.url + CALLBACK_PATH
+        server.start()
+        context = chromium.new_context(base_url=server.url)
+        try:
+            rid = harness.post("/v1/requests", "agent:demo", json=PROD).json()["id"]
+            page = context.new_page()
+            violations: list[str] = []
+            page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(f"/ui/requests/{rid}")
+            assert "/ui/sign-in" in page.url
+            assert page.locator("#key").count() == 0  # not a dev broker: single sign-on only
+            with page.expect_navigation(url=re.compile(r"^http://localhost:\d+/authorize\?")):
+                page.click("#oidc-sign-in")
+            with page.expect_navigation(url=re.compile(rf".*/ui/requests/{rid}$")):
+                page.click("#idp-continue")
+            assert page.inner_text("header .who") == "Signed in as human:bob"
+            assert [t.outcome for t in idp.token_requests] == ["ok"]
+            assert not violations, violations  # the "Signed in" page moves on without any script
+            # The flow cookie is gone; the session cookie is HttpOnly and Strict.
+            cookies = {c["name"]: c for c in context.cookies()}
+            assert FLOW_COOKIE not in cookies
+            assert cookies["broker_ui_session"]["httpOnly"] and cookies["broker_ui_session"]["sameSite"] == "Strict"
+
+            page.fill("#decision-reason", "checked via single sign-on")
+            with page.expect_navigation():
+                page.click("#approve")
+            assert "Your approval was recorded." in page.inner_text("main")
+            assert page.inner_text("#counted") == "1"
+            view = harness.get(f"/v1/requests/{rid}", "human:carol").json()
+            assert [(a["approver"], a["reason"]) for a in view["approvals"]] == [
+                ("human:bob", "checked via single sign-on")]
+        finally:
+            context.close()
+            server.stop()
+            harness.container.database.engine.dispose()
