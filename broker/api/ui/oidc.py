@@ -26,7 +26,6 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 import httpx
@@ -39,8 +38,8 @@ from broker.api.ui.security import (SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, clear_c
                                     set_cookie, uses_https)
 from broker.domain.principals import Principal, Role
 from broker.errors import BrokerError, Forbidden, IdentityProviderUnavailable, Unauthenticated, Unavailable
-from broker.identity.oidc import (SAFE_IDENTIFIER, HttpxJwksFetcher, JwksCache, OidcIssuerConfig, OidcVerifier,
-                                  ClaimCheck, _is_loopback)
+from broker.identity.oidc import (SAFE_IDENTIFIER, ClaimCheck, HttpxJwksFetcher, JwksCache, OidcIssuerConfig,
+                                  OidcVerifier, _is_loopback)
 from broker.settings import BrokerSettings
 from broker.storage.ui_oidc_flows import FLOW_LIFETIME, UiOidcFlowStore
 from broker.storage.ui_sessions import SESSION_LIFETIME, UiSessionStore
