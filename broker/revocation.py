@@ -427,9 +427,10 @@ class RevocationService:
     # ------------------------------------------------------------------ the gate
     @staticmethod
     def check_lockdown(repo: Repository, environment: str) -> None:
-        for scope in (environment, ALL_ENVIRONMENTS):
-            raw = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
-            if raw is not None:
+        keys = {LOCKDOWN_KEY.format(scope=scope): scope for scope in (environment, ALL_ENVIRONMENTS)}
+        locked = repo.get_settings(list(keys))  # one query for both switches
+        for key, scope in keys.items():
+            if key in locked:
                 raise Forbidden(f"new credentials for '{environment}' are locked down by an administrator",
                                 code="environment_locked", details={"environment": scope})
 

@@ -29,10 +29,14 @@ def register(subparsers) -> None:
 
 def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60.0) -> None:
     audit = container.extras["audit"]
+    revocations = container.extras["revocations"]
     while not stop.wait(every_seconds):
         try:
             audit.checkpoint()
             container.service.expire_stale()
+            # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
+            revocations.reconcile_orphans()
+            revocations.sync()
         except Exception:  # noqa: BLE001 - a background sweep must not die
             logging.getLogger("broker").warning("periodic checkpoint/expiry sweep failed", exc_info=True)
 

@@ -172,6 +172,11 @@ class Repository:
         row = self.session.get(SettingRow, key)
         return None if row is None else row.value
 
+    def get_settings(self, keys: Sequence[str]) -> dict[str, str]:
+        """Several settings in one query (absent keys are left out)."""
+        rows = self.session.exec(select(SettingRow).where(col(SettingRow.key).in_(list(keys))))
+        return {row.key: row.value for row in rows}
+
     def set_setting(self, key: str, value: str | None, *, now: datetime) -> None:
         row = self.session.get(SettingRow, key)
         if value is None:
