@@ -41,7 +41,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -49,12 +49,12 @@ from broker.domain import log as issuance_log
 from broker.domain import revocation as rules
 from broker.domain.principals import Principal, Role
 from broker.domain.requests import RequestStatus
-from broker.domain.sts_rules import TAG_TEMPLATE, source_identity_for
+from broker.domain.sts_rules import source_identity_for
 from broker.domain.templates import STS_MAX_DURATION, Environment, ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFound, PolicyTooLarge,
                            StorageUnavailable, Unavailable)
 from broker.limits import lock_issuance
-from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, SessionRevoker, TemplateSource
+from broker.ports import Clock, SessionRevoker, TemplateSource
 from broker.service import _clean_reason as clean_reason
 from broker.service import grant_view
 from broker.storage.engine import Database
@@ -440,34 +440,17 @@ class RevocationService:
         self.check_lockdown(repo, template.environment.value)
 
 
-@dataclass
-class LockdownGuardedMinter:
-    """Checks the lockdown again right before STS, so no path (redeem included) mints while locked."""
-
-    inner: CredentialMinter
-    database: Database
-    catalog: TemplateSource
-    # Tags name the template; the template names its environment.
-    template_tag: str = field(default=TAG_TEMPLATE)
-
-    def mint(self, order: MintOrder) -> MintedCredentials:
-        names = [t["Value"] for t in order.tags if t.get("Key") == self.template_tag]
-        if len(names) != 1:
-            # NOTE: fail closed: an order that does not say its template cannot be checked.
-            raise Forbidden("the mint order does not name its scope template", code="environment_locked")
-        environment = self.catalog.get(names[0]).environment.value
-        with self.database.transaction() as repo:
-            RevocationService.check_lockdown(repo, environment)
-        return self.inner.mint(order)
-
-
-__all__ = ["DenyPolicyStore", "LockdownGuardedMinter", "RevocationService"]
+__all__ = ["DenyPolicyStore", "RevocationService"]
 
 
 def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSource, clock: Clock,
-                    minter: CredentialMinter, revoker: DenyPolicyStore | None = None,
-                    ) -> tuple[RevocationService, CredentialMinter, list[Callable[..., None]]]:
-    """For the composition root: the revocation service, the lockdown-guarded minter, the gates."""
+                    revoker: DenyPolicyStore | None = None,
+                    ) -> tuple[RevocationService, list[Callable[..., None]], list[Callable[..., None]]]:
+    """For the composition root: the revocation service, the gates on new requests, the gates on redemption.
+
+    The lockdown gates both paths that mint (a new request, and redeeming an approved one), inside the
+    unit of work that commits to minting, so no path mints while an environment is locked down.
+    """
     from broker.limits import RateLimitGate
 
     if revoker is None:
@@ -477,8 +460,7 @@ def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSourc
     limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
                                          template_requests_per_minute=settings.template_requests_per_minute,
                                          agent_max_live_grants=settings.agent_max_live_grants)
-    guarded = LockdownGuardedMinter(inner=minter, database=database, catalog=catalog)
-    return revocations, guarded, [revocations.lockdown_gate, limits]
+    return revocations, [revocations.lockdown_gate, limits], [revocations.lockdown_gate]
 
 
 def start_up(revocations: RevocationService) -> None:

@@ -60,6 +60,8 @@ class BrokerService:
     clock: Clock
     rendered_checks: Sequence[RenderedCheck] = ()
     gates: Sequence[IssuanceGate] = ()
+    # Gates run when an approved request is redeemed (the lockdown): the other path that mints.
+    redeem_gates: Sequence[IssuanceGate] = ()
     notifier: Notifier = field(default_factory=NullNotifier)
     public_url: str = "http://127.0.0.1:8080"
     blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
@@ -331,6 +333,8 @@ class BrokerService:
                 raise Conflict("the policy changed since approval; a new request is needed", code="approval_void")
             self._check_rendered(template, rendered)
             with self.database.transaction() as repo:
+                for gate in self.redeem_gates:
+                    gate(repo, principal, template, now)
                 if len(self._counted(repo, row, template)) < template.approval.approvals:
                     raise Conflict("the approvals no longer stand (an approver was removed)", code="approval_void")
                 # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.

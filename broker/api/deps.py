@@ -126,14 +126,15 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
         from broker.aws.sts import StsMinter
         minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
     from broker.revocation import start_up, wire_revocation
-    revocations, minter, gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
-                                                 minter=minter, revoker=revoker)
+    revocations, gates, redeem_gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
+                                                       revoker=revoker)
     if notifier is None and settings.webhook_url:
         from broker.notify import WebhookNotifier
         notifier = WebhookNotifier(settings.webhook_url)
     service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
                             rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
-                            public_url=settings.public_url.rstrip("/"), blast_radius=blast, gates=gates)
+                            public_url=settings.public_url.rstrip("/"), blast_radius=blast, gates=gates,
+                            redeem_gates=redeem_gates)
     directory = DirectoryAdapter(database)
     authenticator = Authenticator(api_keys=directory, principals=directory,
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from datetime import UTC
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionClosedError, ReadTimeoutError
 
@@ -52,7 +54,13 @@ def aws_client(service: str, *, endpoint_url: str | None, region: str, connect_t
         # NOTE: botocore's own retries are off; we retry throttling only, ourselves.
         retries={"total_max_attempts": 1, "mode": "standard"},
     )
-    return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=config)
+    core = botocore.session.get_session()
+    # One data loader for the process: service models are parsed once, not for every client.
+    core.register_component("data_loader", _SHARED_LOADER)
+    return boto3.session.Session(botocore_session=core).client(service, endpoint_url=endpoint_url, config=config)
+
+
+_SHARED_LOADER = botocore.loaders.create_loader()
 
 
 class StsMinter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -17,6 +18,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from broker.errors import BrokerError, StorageUnavailable
+
+if TYPE_CHECKING:
+    from broker.storage.repository import Repository
 
 
 def normalise_url(url: str) -> str:

@@ -8,8 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from broker.domain import log as issuance_log
@@ -116,10 +114,8 @@ class Repository:
         self.session.add(row)
 
     def resolve_intent(self, grant_id: str) -> None:
-        row = self.session.get(MintIntentRow, grant_id)
-        if row is not None:
-            row.resolved = True
-            self.session.add(row)
+        self.session.execute(update(MintIntentRow).where(col(MintIntentRow.grant_id) == grant_id)
+                             .values(resolved=True).execution_options(synchronize_session=False))
 
     def unresolved_intents(self) -> list[MintIntentRow]:
         return list(self.session.exec(select(MintIntentRow).where(MintIntentRow.resolved == False)))  # noqa: E712
@@ -190,11 +186,7 @@ class Repository:
 
     # --- the issuance log -----------------------------------------------------------------
     def _lock_head(self) -> LogHeadRow:
-        # The head row must exist before it can be locked: create it idempotently, so the first
-        # appends of two replicas on a fresh database wait on each other instead of colliding.
-        insert = pg_insert if self._postgres else sqlite_insert
-        self.session.execute(insert(LogHeadRow).values(id=1, seq=0, hash=issuance_log.GENESIS_HASH)
-                             .on_conflict_do_nothing(index_elements=["id"]))
+        # The head row is created by migration 0004; a database without it is not migrated: fail closed.
         statement = select(LogHeadRow).where(LogHeadRow.id == 1)
         if self._postgres:
             # NOTE: serializes appends across broker replicas; held until this unit of work commits.

@@ -1,8 +1,9 @@
 """Benchmark: issuance through POST /v1/requests for a no-approval template.
 
-Prints (a) end to end: issuances/s and p50/p99 latency over real HTTP (uvicorn in a
-subprocess-free thread, httpx client) against moto's server, and (b) the broker's own
-overhead: the same requests in-process with the STS call timed separately and subtracted.
+Prints, over real HTTP (uvicorn in a thread, one httpx client) against moto's server:
+issuances/s and p50/p99 latency as the client sees them; the time the broker's ASGI app
+spent on each request (server side); the STS call, timed separately; and the broker's own
+overhead = app time - STS time.  Also the in-process figures through Starlette's TestClient.
 
     .venv/bin/python -m tests.bench.bench_issue [--requests 500] [--db sqlite|postgres]
 
@@ -85,24 +86,39 @@ def run(requests: int, db: str) -> None:
         print(f"== in-process ({db}), {requests} issuances")
         print(f"  total     p50 {ms(percentile(totals, .5))}  p99 {ms(percentile(totals, .99))}")
         print(f"  STS call  p50 {ms(percentile(sts, .5))}  p99 {ms(percentile(sts, .99))}  (moto over HTTP)")
-        print(f"  broker overhead (total - STS)  p50 {ms(percentile(overhead, .5))}  "
+        print(f"  TestClient total - STS  p50 {ms(percentile(overhead, .5))}  "
               f"p99 {ms(percentile(overhead, .99))}  mean {ms(statistics.mean(overhead))}")
 
-        # (a) real HTTP: uvicorn in a thread, one client.
+        # (a) real HTTP: uvicorn in a thread, one client; the app's own time measured server side.
         import httpx
         import uvicorn
 
         from broker.api.app import create_app
         from broker.devmode import free_port
 
+        app_times: list[float] = []
+        inner_app = create_app(harness.container)
+
+        async def timed_app(scope, receive, send):
+            start = time.perf_counter()
+            try:
+                await inner_app(scope, receive, send)
+            finally:
+                if scope["type"] == "http":
+                    app_times.append(time.perf_counter() - start)
+
         port = free_port(0)
-        server = uvicorn.Server(uvicorn.Config(create_app(harness.container), host="127.0.0.1", port=port,
+        server = uvicorn.Server(uvicorn.Config(timed_app, host="127.0.0.1", port=port,
                                                log_level="warning", access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
             time.sleep(0.05)
         latencies: list[float] = []
+        for _ in range(20):
+            httpx.post(f"http://127.0.0.1:{port}/v1/requests", json=body, headers=headers)
+        minter.samples.clear()
+        app_times.clear()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
             wall = time.perf_counter()
             for _ in range(requests):
@@ -115,7 +131,13 @@ def run(requests: int, db: str) -> None:
         thread.join(5)
         print(f"== over HTTP (uvicorn, one client, {db}), {requests} issuances")
         print(f"  throughput {requests / wall:.1f} issuances/s")
-        print(f"  latency    p50 {ms(percentile(latencies, .5))}  p99 {ms(percentile(latencies, .99))}")
+        print(f"  latency    p50 {ms(percentile(latencies, .5))}  p99 {ms(percentile(latencies, .99))}  (client side)")
+        sts = list(minter.samples)
+        own = [a - s for a, s in zip(app_times, sts, strict=True)]
+        print(f"  app time   p50 {ms(percentile(app_times, .5))}  p99 {ms(percentile(app_times, .99))}  (server side)")
+        print(f"  STS call   p50 {ms(percentile(sts, .5))}  p99 {ms(percentile(sts, .99))}")
+        print(f"  broker's own overhead (app - STS)  p50 {ms(percentile(own, .5))}  p99 {ms(percentile(own, .99))}  "
+              f"mean {ms(statistics.mean(own))}")
         harness.container.database.engine.dispose()
     if drop:
         drop()

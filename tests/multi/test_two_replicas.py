@@ -9,7 +9,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 import sqlalchemy
 
 from broker.domain import log as issuance_log
