@@ -29,6 +29,11 @@ class ApiKeyRow(SQLModel, table=True):
 
 class RequestRow(SQLModel, table=True):
     __tablename__ = "requests"
+    # Rate limits count an agent's (and a template's) requests in the last minute.
+    __table_args__ = (
+        Index("ix_requests_requester_created", "requester", "created_at"),
+        Index("ix_requests_template_created", "template", "created_at"),
+    )
     id: str = Field(primary_key=True, max_length=64)
     template: str = Field(index=True, max_length=100)
     template_digest: str = Field(max_length=100)
@@ -72,6 +77,8 @@ class ApprovalRow(SQLModel, table=True):
 
 class GrantRow(SQLModel, table=True):
     __tablename__ = "grants"
+    # The live-grant budget counts an agent's unexpired grants.
+    __table_args__ = (Index("ix_grants_agent_expiration", "agent", "expiration"),)
     id: str = Field(primary_key=True, max_length=64)
     request_id: str = Field(index=True, max_length=64, unique=True)
     template: str = Field(index=True, max_length=100)
