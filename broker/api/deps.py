@@ -47,6 +47,10 @@ class DirectoryAdapter:
         with self._database.transaction() as repo:
             return repo.get_principal(principal_id)
 
+    def is_disabled(self, principal_id: str) -> bool:
+        with self._database.transaction() as repo:
+            return repo.is_principal_disabled(principal_id)
+
     def find_api_key(self, key_id: str):
         self._just_loaded.principal = None
         with self._database.transaction() as repo:

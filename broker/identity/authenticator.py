@@ -39,6 +39,10 @@ class ApiKeyStore(Protocol):
 class PrincipalDirectory(Protocol):
     def get_principal(self, principal_id: str) -> Principal | None: ...
 
+    def is_disabled(self, principal_id: str) -> bool:
+        """True if the directory holds this id but an admin disabled it (``get_principal`` says None)."""
+        ...
+
 
 # RFC 7235: the auth-scheme is case-insensitive; exactly one space-separated token follows.
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(?P<token>[^\s]+)$")
@@ -129,6 +133,10 @@ class Authenticator:
         """
         record = self._principals.get_principal(from_token.id)
         if record is None:
+            # NOTE: "disabled" is not "unknown": a disabled principal must not fall back to the
+            # issuer's default roles, or disabling a compromised workload would not stop it.
+            if self._principals.is_disabled(from_token.id):
+                raise Unauthenticated("This principal has been disabled.", code="principal_disabled")
             return from_token
         if from_token.acts_for and record.acts_for and from_token.acts_for != record.acts_for:
             raise Unauthenticated("The token's accountable human does not match the directory.",

@@ -30,6 +30,10 @@ class Repository:
         return Principal(id=row.id, roles=frozenset(Role(r) for r in json.loads(row.roles)),
                          acts_for=row.acts_for, groups=frozenset(json.loads(row.groups)))
 
+    def is_principal_disabled(self, principal_id: str) -> bool:
+        row = self.session.get(PrincipalRow, principal_id)
+        return row is not None and bool(row.disabled)
+
     def upsert_principal(self, *, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
                          acts_for: str | None = None, now: datetime) -> None:
         row = self.session.get(PrincipalRow, principal_id)

@@ -28,6 +28,9 @@ class InMemoryPrincipals:
     def get_principal(self, principal_id: str) -> Principal | None:
         return self.principals.get(principal_id)
 
+    def is_disabled(self, principal_id: str) -> bool:  # noqa: ARG002 - this directory disables no one
+        return False
+
 
 ALICE = Principal(id="human:alice", roles=frozenset({Role.APPROVER}), groups=frozenset({"sre"}))
 

@@ -247,6 +247,9 @@ class _Directory:
     def get_principal(self, principal_id: str) -> Principal | None:
         return self.principals.get(principal_id)
 
+    def is_disabled(self, principal_id: str) -> bool:  # noqa: ARG002 - this directory disables no one
+        return False
+
 
 @pytest.fixture(scope="module")
 def attacker_key() -> SigningKey:
