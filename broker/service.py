@@ -199,7 +199,9 @@ class BrokerService:
     def _log_refusal(self, *, principal: Principal, template_name: str, error: BrokerError, source_ip: str | None,
                      now: datetime) -> None:
         body = _base_event("refused", now)
-        body.update(actor=principal.id, acts_for=principal.acts_for, template=str(template_name)[:100],
+        # NOTE: the name is the caller's; a NUL (which PostgreSQL cannot store) must not stop the refusal's entry.
+        body.update(actor=principal.id, acts_for=principal.acts_for,
+                    template=str(template_name)[:100].replace("\x00", "\ufffd"),
                     source_ip=source_ip, reason_code=error.code,
                     details={"message": error.message[:300], **({"field": error.field} if error.field else {})})
         # NOTE: if the refusal cannot be logged the caller gets 503 instead: nothing unlogged.

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
-from broker.errors import BrokerError, StorageUnavailable
+from broker.errors import BrokerError, InvalidInput, StorageUnavailable
 
 if TYPE_CHECKING:
     from broker.storage.repository import Repository
@@ -83,6 +83,11 @@ class Database:
                     raise
         except BrokerError:
             raise
+        except DataError as exc:
+            # NOTE: the database is up; a value it was given cannot be stored or compared (PostgreSQL
+            # refuses NUL characters in text).  That is the caller's input, not an outage (no 503).
+            raise InvalidInput("the request holds a value the broker cannot store or search for (such as a "
+                               "NUL character); nothing was issued", code="unstorable_value") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StorageUnavailable("the broker's database is unavailable; nothing was issued") from exc
 
