@@ -26,19 +26,33 @@ log = logging.getLogger("broker.aws.sts")
 
 
 class DropResponseBodies(logging.Filter):
-    """Drop botocore's DEBUG dump of raw HTTP response bodies.
+    """Drop botocore's DEBUG records that carry AWS secrets (see ``SECRET_BEARING_RECORDS``).
 
-    An AssumeRole response body carries the secret access key and the session token; with
-    DEBUG logging on (an operator chasing a bug), botocore would write them to the log.
+    An AssumeRole response body carries the minted secret access key and session token; the
+    prepared request and the SigV4 canonical request carry the broker's *own* session token
+    (``X-Amz-Security-Token``, when the broker runs on an instance or task role).  With DEBUG
+    logging on (an operator chasing a bug), botocore would write them to the log.
     """
 
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Response body")
+        return not str(record.msg).startswith(self._prefixes)
 
 
-# NOTE: a filter, not a level: it holds even when every logger is set to DEBUG.  Logger
-# filters apply to records made at that logger, so it sits on the one that dumps bodies.
-logging.getLogger("botocore.parsers").addFilter(DropResponseBodies())
+# Logger -> message prefixes of the DEBUG records it makes that carry a secret.
+SECRET_BEARING_RECORDS: dict[str, tuple[str, ...]] = {
+    "botocore.parsers": ("Response body",),                     # minted credentials
+    "botocore.endpoint": ("Sending http request",),             # headers: the broker's own session token
+    "botocore.auth": ("CanonicalRequest", "StringToSign", "Signature"),  # signed headers: the same token
+}
+
+# NOTE: filters, not levels: they hold even when every logger is set to DEBUG.  Logger
+# filters apply to records made at that logger, so each sits on the one that makes them.
+for _logger_name, _prefixes in SECRET_BEARING_RECORDS.items():
+    logging.getLogger(_logger_name).addFilter(DropResponseBodies(_prefixes))
 
 THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"})
 # The request reached STS but no answer came back: STS may have issued credentials we never saw.

@@ -111,8 +111,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              r"if FORBIDDEN_HEADERS & header\.keys\(\):", "if False:", "refusal of jku/x5u/jwk/x5c headers"),
     # --- secrets and API
     Mutation("secrets-botocore-body-filter", "broker/aws/sts.py",
-             r'logging\.getLogger\("botocore\.parsers"\)\.addFilter\(DropResponseBodies\(\)\)', "pass",
-             "botocore's DEBUG response bodies (AssumeRole secrets) kept out of the log"),
+             r"logging\.getLogger\(_logger_name\)\.addFilter\(DropResponseBodies\(_prefixes\)\)", "pass",
+             "botocore's DEBUG records with secrets (AssumeRole answers, the broker's own token) kept out of the log"),
     Mutation("api-after-seq-bound", "broker/api/routes_events.py",
              r"Query\(0, ge=0, le=MAX_SEQ\)", "Query(0, ge=0)", "after_seq bounded to the column's range"),
 )
