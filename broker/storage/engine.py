@@ -7,6 +7,9 @@ appends with ``SELECT ... FOR UPDATE`` on the log head row.
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +24,8 @@ from broker.errors import BrokerError, InvalidInput, StorageUnavailable
 
 if TYPE_CHECKING:
     from broker.storage.repository import Repository
+
+log = logging.getLogger("broker.storage")
 
 
 def normalise_url(url: str) -> str:
@@ -47,15 +52,52 @@ def build_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # NOTE: no checkpoint (and its fsync) inside a request's commit; WalCheckpointer does it.
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection):  # pragma: no cover - driver hook
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+        WalCheckpointer.start(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
                          connect_args={"connect_timeout": 5})
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite WAL from a background thread, off the request path.
+
+    SQLite's automatic checkpoint runs inside whichever commit crosses the threshold and fsyncs
+    the database file there: a multi-millisecond stall for that one request.  Here a daemon thread
+    runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval`` seconds instead (PASSIVE never
+    blocks writers).  It holds the engine weakly and stops once the engine is disposed or gone.
+    (On the last connection's close SQLite checkpoints by itself, so nothing is left behind.)
+    """
+
+    @classmethod
+    def start(cls, engine: Engine, interval: float = 1.0) -> None:
+        engine_ref = weakref.ref(engine)
+        stopped = threading.Event()
+        event.listen(engine, "engine_disposed", lambda _engine: stopped.set())
+
+        def run() -> None:
+            while not stopped.wait(interval):
+                current = engine_ref()
+                if current is None:
+                    return
+                try:
+                    raw = current.raw_connection()
+                    try:
+                        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    finally:
+                        raw.close()
+                except Exception:  # noqa: BLE001 - a failed checkpoint is retried on the next tick
+                    log.debug("WAL checkpoint skipped", exc_info=True)
+                del current
+
+        threading.Thread(target=run, name="sqlite-wal-checkpoint", daemon=True).start()
 
 
 class Database:
