@@ -33,6 +33,9 @@ OTHER = "other"
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
 @dataclass(frozen=True)
 class EventCounter:
     """One counter fed by log entries of one type."""
@@ -157,7 +160,10 @@ class HttpLatency:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.http_duration.labels(method=scope.get("method", "?"), route=route,
+            method = scope.get("method", "")
+            # NOTE: the method comes from the caller, unauthenticated: a fixed set of labels only.
+            method = method if method in KNOWN_METHODS else "other"
+            self.metrics.http_duration.labels(method=method, route=route,
                                               status=str(status)).observe(time.perf_counter() - started)
 
 

@@ -219,11 +219,12 @@ class BrokerService:
         reason = _clean_reason(reason)
         now = self.clock.now()
         notify: str | None = None
+        outbox: list[tuple[str, dict[str, Any]]] = []
         try:
             with self.database.transaction() as repo:
                 row = self._visible_request(repo, principal, request_id, for_update=True)
                 # NOTE: an expiry found here is committed (nothing is raised inside this unit of work).
-                expired = self._expire_if_stale(repo, row, now)
+                expired = self._expire_if_stale(repo, row, now, outbox)
                 if not expired:
                     template = self.catalog.get(row.template)
                     require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
@@ -237,6 +238,7 @@ class BrokerService:
                                        code="already_decided")
                     notify, view = self._record_decision(repo, row, template, principal=principal, choice=choice,
                                                          reason=reason, now=now, source_ip=source_ip)
+            self._send(outbox)
             if expired:
                 raise Conflict("the request expired before it was decided", code="request_expired")
         except (Forbidden, Conflict) as exc:
@@ -311,12 +313,14 @@ class BrokerService:
 
     def redeem(self, *, principal: Principal, request_id: str) -> RequestOutcome:
         now = self.clock.now()
+        outbox: list[tuple[str, dict[str, Any]]] = []
         try:
             with self.database.transaction() as repo:
                 row = self._visible_request(repo, principal, request_id)
                 if row.requester != principal.id:
                     raise Forbidden("only the agent that made the request can redeem it", code="not_requester")
-                self._expire_if_stale(repo, row, now)
+                self._expire_if_stale(repo, row, now, outbox)
+            self._send(outbox)
             if row.status == RequestStatus.EXPIRED.value:
                 raise Conflict("the request expired", code="request_expired")
             if row.status == RequestStatus.PENDING.value:
@@ -354,12 +358,13 @@ class BrokerService:
 
     def cancel(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
         now = self.clock.now()
+        outbox: list[tuple[str, dict[str, Any]]] = []
         with self.database.transaction() as repo:
             row = self._visible_request(repo, principal, request_id, for_update=True)
             if principal.id != row.requester and not principal.has_role(Role.ADMIN):
                 raise Forbidden("only the requester can cancel a request", code="not_requester")
             # NOTE: an expiry found here is committed; the refusal is raised after the unit of work.
-            expired = self._expire_if_stale(repo, row, now)
+            expired = self._expire_if_stale(repo, row, now, outbox)
             if not expired:
                 require_status(RequestStatus(row.status), [RequestStatus.PENDING, RequestStatus.APPROVED],
                                action="cancel")
@@ -369,11 +374,14 @@ class BrokerService:
                 row.status = RequestStatus.CANCELLED.value
                 repo.append_event(self._event("cancelled", row, actor=principal.id, now=now))
                 view = self.request_view(row, approvals=self._approval_list(repo, row.id))
+        self._send(outbox)
         if expired:
             raise Conflict("the request expired", code="request_expired")
         return view
 
-    def _expire_if_stale(self, repo: Repository, row: RequestRow, now: datetime) -> bool:
+    def _expire_if_stale(self, repo: Repository, row: RequestRow, now: datetime,
+                         outbox: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit."""
         deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
                     RequestStatus.APPROVED.value: row.redeem_by}.get(row.status)
         if deadline is None or _aware(deadline) > now:
@@ -383,26 +391,36 @@ class BrokerService:
             previous = row.status
             row.status = RequestStatus.EXPIRED.value
             repo.append_event(self._event("expired", row, actor="broker", now=now, details={"was": previous}))
-            self.notifier.notify(event="expired", request=self.request_view(row))
+            outbox.append(("expired", self.request_view(row)))
         return True
+
+    def _send(self, outbox: list[tuple[str, dict[str, Any]]]) -> None:
+        """Notifications for committed changes only (call after the unit of work)."""
+        for event, view in outbox:
+            self.notifier.notify(event=event, request=view)
 
     def expire_stale(self) -> int:
         """Sweep: expire pending requests past their wait and approved ones not redeemed in time."""
         now = self.clock.now()
+        outbox: list[tuple[str, dict[str, Any]]] = []
         with self.database.transaction() as repo:
-            return sum(self._expire_if_stale(repo, row, now) for row in repo.stale_requests(now=now))
+            expired = sum(self._expire_if_stale(repo, row, now, outbox) for row in repo.stale_requests(now=now))
+        self._send(outbox)
+        return expired
 
     # ------------------------------------------------------------------ reads
     def get_request(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
         now = self.clock.now()
+        outbox: list[tuple[str, dict[str, Any]]] = []
         with self.database.transaction() as repo:
             row = self._visible_request(repo, principal, request_id)
-            self._expire_if_stale(repo, row, now)
+            self._expire_if_stale(repo, row, now, outbox)
             grant = repo.grant_for_request(row.id)
             view = self.request_view(row, approvals=self._approval_list(repo, row.id))
             if grant is not None:
                 view["grant"] = grant_view(grant, ttl_seconds=row.ttl_seconds)
-            return view
+        self._send(outbox)
+        return view
 
     def list_pending(self, *, principal: Principal) -> list[dict[str, Any]]:
         if not (principal.has_role(Role.APPROVER) or principal.has_role(Role.ADMIN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,10 +40,15 @@ class DirectoryAdapter:
         self._database = database
         self._just_loaded = threading.local()
 
+    # A principal read with its key is handed on only this soon after (a failed key check leaves it
+    # behind: it must not answer a later, unrelated lookup on the same thread).
+    HANDOFF_SECONDS = 0.5
+
     def get_principal(self, principal_id: str) -> Principal | None:
         loaded = getattr(self._just_loaded, "principal", None)
         self._just_loaded.principal = None
-        if loaded is not None and loaded[0] == principal_id:
+        if (loaded is not None and loaded[0] == principal_id
+                and time.monotonic() - loaded[2] < self.HANDOFF_SECONDS):
             return loaded[1]
         with self._database.transaction() as repo:
             return repo.get_principal(principal_id)
@@ -56,7 +62,8 @@ class DirectoryAdapter:
         with self._database.transaction() as repo:
             record = repo.find_api_key(key_id)
             if record is not None:
-                self._just_loaded.principal = (record.principal_id, repo.get_principal(record.principal_id))
+                self._just_loaded.principal = (record.principal_id, repo.get_principal(record.principal_id),
+                                               time.monotonic())
             return record
 
 

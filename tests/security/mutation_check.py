@@ -86,7 +86,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("approval-one-vote-per-human", "broker/service.py",
              r"if repo\.has_decided\(row\.id, principal\.id\):", "if False:", "one human counts once"),
     Mutation("approval-expiry-on-decide", "broker/service.py",
-             r"expired = self\._expire_if_stale\(repo, row, now\)", "expired = False",
+             r"expired = self\._expire_if_stale\(repo, row, now, outbox\)", "expired = False",
              "no approval after the wait expired"),
     # --- redemption
     Mutation("redeem-conditional-update", "broker/service.py",
