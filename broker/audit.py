@@ -53,6 +53,15 @@ class AuditLog:
         except StorageUnavailable:
             return self._checkpoint_once()
 
+    def latest_checkpoint(self, *, principal: Principal) -> issuance_log.Checkpoint:
+        """The newest signed checkpoint, as stored (reading takes none)."""
+        require_reviewer(principal)
+        with self.database.transaction() as repo:
+            latest = repo.latest_checkpoint()
+        if latest is None:
+            raise NotFound("no checkpoint has been signed yet", code="checkpoint_not_found")
+        return latest
+
     def _checkpoint_once(self) -> issuance_log.Checkpoint:
         with self.database.transaction() as repo:
             seq, head = repo.log_head()

@@ -68,10 +68,7 @@ def take_checkpoint(container: ContainerDep, principal: CurrentPrincipal) -> dic
 
 @router.get("/checkpoints/latest")
 def latest_checkpoint(container: ContainerDep, principal: CurrentPrincipal) -> dict[str, Any]:
-    from broker.audit import require_reviewer
-
-    require_reviewer(principal)
-    return container.extras["audit"].checkpoint().to_dict()
+    return container.extras["audit"].latest_checkpoint(principal=principal).to_dict()
 
 
 @router.get("/correlate")

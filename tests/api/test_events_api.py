@@ -372,3 +372,10 @@ def test_dev_mode_writes_the_served_public_key(tmp_path):
     finally:
         aws.stop()
         container.database.engine.dispose()
+
+
+def test_latest_checkpoint_is_read_not_taken(broker):
+    assert broker.get("/v1/events/checkpoints/latest", "human:rita").json()["error"]["code"] == "checkpoint_not_found"
+    assert broker.get("/v1/events/checkpoints/latest", "agent:demo").status_code == 403
+    taken = broker.post("/v1/events/checkpoints", "human:rita").json()
+    assert broker.get("/v1/events/checkpoints/latest", "human:rita").json() == taken
