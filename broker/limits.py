@@ -116,6 +116,14 @@ class RateLimitGate:
                 raise ValueError(f"limit {limit.code} must be >= 0 (0 disables it)")
         return cls(limits=tuple(limit for limit in table if limit.maximum > 0))
 
+    def for_redemption(self) -> "RateLimitGate":
+        """The limits that also bind when an approved request is redeemed: the live-grant budget.
+
+        (The per-minute limits counted the request when it was made; counting it again would refuse
+        a redemption for requests made since.)
+        """
+        return RateLimitGate(limits=tuple(limit for limit in self.limits if limit.code == "too_many_live_grants"))
+
     def __call__(self, repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
         if not self.limits:
             return  # every limit was disabled on purpose by configuration

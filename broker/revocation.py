@@ -460,7 +460,7 @@ def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSourc
     limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
                                          template_requests_per_minute=settings.template_requests_per_minute,
                                          agent_max_live_grants=settings.agent_max_live_grants)
-    return revocations, [revocations.lockdown_gate, limits], [revocations.lockdown_gate]
+    return revocations, [revocations.lockdown_gate, limits], [revocations.lockdown_gate, limits.for_redemption()]
 
 
 def start_up(revocations: RevocationService) -> None:

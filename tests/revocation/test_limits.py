@@ -77,3 +77,25 @@ def test_negative_limits_are_configuration_errors():
     with pytest.raises(ValueError):
         RateLimitGate.from_settings(agent_requests_per_minute=-1, template_requests_per_minute=1,
                                     agent_max_live_grants=1)
+
+
+PROD_REQUEST = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "deploy"}
+
+
+@pytest.mark.parametrize("limited", [{"agent_max_live_grants": 1}], indirect=True)
+def test_live_grant_budget_binds_at_redemption_too(limited):
+    pending = limited.post("/v1/requests", "agent:demo", json=PROD_REQUEST)
+    assert pending.status_code == 202, pending.text
+    rid = pending.json()["id"]
+    for who in ("human:bob", "human:carol"):
+        assert limited.post(f"/v1/requests/{rid}/approvals", who,
+                            json={"decision": "approve", "reason": "ok"}).status_code == 200
+    # Meanwhile the agent spends its budget on a dev grant.
+    dev = limited.post("/v1/requests", "agent:demo", json=S3_REQUEST)
+    assert dev.status_code == 201, dev.text
+    _refusal(limited.post(f"/v1/requests/{rid}/credentials", "agent:demo"), "too_many_live_grants")
+    # The approval still stands; with the budget freed (the dev grant revoked), the redemption goes through.
+    revoked = limited.post(f"/v1/grants/{dev.json()['grant']['id']}/revoke", "agent:demo", json={"reason": "done"})
+    assert revoked.status_code == 200, revoked.text
+    redeemed = limited.post(f"/v1/requests/{rid}/credentials", "agent:demo")
+    assert redeemed.status_code == 201, redeemed.text
