@@ -64,6 +64,9 @@ def run(requests: int, db: str) -> None:
 
         harness = build_harness(db_url=url, scopes=TEST_SCOPES, aws_endpoint=aws.endpoint_url,
                                 state_dir=Path(tmp) / "state", minter=minter, clock=SystemClock(),
+                                # Rate limits off: one agent issuing at full speed would hit them.  (With
+                                # limits on, the gate adds three indexed COUNTs, each bounded by its limit,
+                                # since refused requests are not stored.)
                                 agent_requests_per_minute=0, template_requests_per_minute=0,
                                 agent_max_live_grants=0)
         body = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
