@@ -22,6 +22,44 @@ from pathlib import Path
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database, build_harness
 
 
+class MotoProcess:
+    """moto's server as a separate process (``moto_server``), on a free loopback port."""
+
+    def __init__(self, process, endpoint_url: str) -> None:
+        self.process = process
+        self.endpoint_url = endpoint_url
+
+    @classmethod
+    def start(cls) -> "MotoProcess":
+        import os
+        import subprocess
+        import sys
+        import urllib.request
+
+        from broker.devmode import free_port
+
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "fake-broker-secret")
+        port = free_port(0)
+        server = Path(sys.executable).parent / "moto_server"
+        process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + "/moto-api/data.json", timeout=1).read()
+                return cls(process, url)
+            except OSError:
+                time.sleep(0.1)
+        process.kill()
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
 class TimedMinter:
     """Wraps the real STS minter and records how long each AssumeRole took."""
 
@@ -48,10 +86,11 @@ def ms(value: float) -> str:
 
 def run(requests: int, db: str) -> None:
     from broker.aws.sts import StsMinter
-    from broker.devmode import start_fake_aws, seed_aws
+    from broker.devmode import seed_aws
     from broker.catalog import load_catalog
 
-    aws = start_fake_aws(0)
+    # FAKE AWS in its own process, as STS is in production: its threads must not share this GIL.
+    aws = MotoProcess.start()
     seed_aws(aws.endpoint_url, load_catalog(TEST_SCOPES))
     drop = None
     with tempfile.TemporaryDirectory() as tmp:
