@@ -161,7 +161,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                      extras={"audit": audit, "revocations": revocations})
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     return request.app.state.container
 
 
