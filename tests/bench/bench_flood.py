@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tests.bench.bench_issue import ms, percentile
+from tests.live_server import LiveServer
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database, build_harness
 
 BODY = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
@@ -56,11 +57,10 @@ def _code(response) -> str:
 
 def run(seconds: float, flooders: int, db: str, per_minute: int) -> None:
     import httpx
-    import uvicorn
 
     from broker.api.app import create_app
     from broker.catalog import load_catalog
-    from broker.devmode import free_port, seed_aws, start_fake_aws
+    from broker.devmode import seed_aws, start_fake_aws
     from broker.ports import SystemClock
 
     aws = start_fake_aws(0)
@@ -75,16 +75,8 @@ def run(seconds: float, flooders: int, db: str, per_minute: int) -> None:
                                 state_dir=Path(tmp) / "state", clock=SystemClock(),
                                 agent_requests_per_minute=per_minute, template_requests_per_minute=10 * per_minute,
                                 agent_max_live_grants=10 * per_minute)
-        port = free_port(0)
-        server = uvicorn.Server(uvicorn.Config(create_app(harness.container), host="127.0.0.1", port=port,
-                                               log_level="warning", access_log=False))
-        threading.Thread(target=server.run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
-        # One request first: on a fresh database the log head row does not exist yet, and concurrent
-        # *first* appends collide (one wins, the others get 503) - a start-up artefact, not the flood.
-        assert harness.post("/v1/requests", "agent:other", json=BODY).status_code == 201
+        server = LiveServer(create_app(harness.container)).start()
+        base = server.url
         flood, steady = Tally(), Tally()
         deadline = time.monotonic() + seconds
 
@@ -106,7 +98,7 @@ def run(seconds: float, flooders: int, db: str, per_minute: int) -> None:
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - wall
-        server.should_exit = True
+        server.stop()
         print(f"== flood ({db}): {flooders} threads of agent:demo vs 1 of agent:other, "
               f"limit {per_minute}/min per agent")
         flood.report("agent:demo (flooding)", wall)

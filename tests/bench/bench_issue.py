@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from tests.live_server import LiveServer
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database, build_harness
 
 
@@ -133,10 +133,8 @@ def run(requests: int, db: str) -> None:
 
         # (a) real HTTP: uvicorn in a thread, one client; the app's own time measured server side.
         import httpx
-        import uvicorn
 
         from broker.api.app import create_app
-        from broker.devmode import free_port
 
         app_times: list[float] = []
         inner_app = create_app(harness.container)
@@ -149,19 +147,13 @@ def run(requests: int, db: str) -> None:
                 if scope["type"] == "http":
                     app_times.append(time.perf_counter() - start)
 
-        port = free_port(0)
-        server = uvicorn.Server(uvicorn.Config(timed_app, host="127.0.0.1", port=port,
-                                               log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
+        server = LiveServer(timed_app).start()
         latencies: list[float] = []
         for _ in range(20):
-            httpx.post(f"http://127.0.0.1:{port}/v1/requests", json=body, headers=headers)
+            httpx.post(f"{server.url}/v1/requests", json=body, headers=headers)
         minter.samples.clear()
         app_times.clear()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+        with httpx.Client(base_url=server.url, headers=headers) as client:
             wall = time.perf_counter()
             for _ in range(requests):
                 start = time.perf_counter()
@@ -169,8 +161,7 @@ def run(requests: int, db: str) -> None:
                 latencies.append(time.perf_counter() - start)
                 assert response.status_code == 201, response.text
             wall = time.perf_counter() - wall
-        server.should_exit = True
-        thread.join(5)
+        server.stop()
         print(f"== over HTTP (uvicorn, one client, {db}), {requests} issuances")
         print(f"  throughput {requests / wall:.1f} issuances/s")
         print(f"  latency    p50 {ms(percentile(latencies, .5))}  p99 {ms(percentile(latencies, .99))}  (client side)")
