@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from broker.domain.actions import ActionInfo, ActionKnowledge, Risk
-from broker.domain.evaluator import OPERATORS, SET_QUALIFIERS
+from broker.domain.evaluator import OPERATORS, SET_QUALIFIERS, arn_matches
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy, render_policy
 from broker.domain.templates import PLACEHOLDER, Environment, ScopeTemplate
 from broker.errors import PolicyTooLarge, TemplateError
@@ -198,6 +198,28 @@ def _type_prefixes(granted: Iterable[ActionInfo]) -> set[str]:
     return prefixes
 
 
+# Resource names no template names: a pattern that matches all of them, in AWS's ARN shape of a resource
+# type, covers every resource of that type ("log-gr*", "t*", "r*" put the wildcard in the type itself).
+PROBE_NAMES = ("zq9-broker-probe", "A0.Other_name/9")
+_ARN_VARIABLE = re.compile(r"\$\{[^}]*\}")
+
+
+def _covers_any_name(resource: str, granted: Iterable[ActionInfo]) -> str | None:
+    """The resource type name if ``resource`` matches a resource of that type whatever its name."""
+    partition, service, region, account, _rest = resource.split(":", 5)[1:]
+    for info in granted:
+        for rt in info.resource_types:
+            parts = rt.arn_pattern.split(":", 5)
+            if len(parts) != 6 or parts[2] != service:
+                continue
+            head = ["arn", partition, service, region if "${" in parts[3] else parts[3],
+                    account if "${" in parts[4] else parts[4]]
+            if all(arn_matches(resource, ":".join([*head, _ARN_VARIABLE.sub(name, parts[5])]))
+                   for name in PROBE_NAMES):
+                return rt.name
+    return None
+
+
 def _rule_resources(subject: Subject) -> None:
     """``*`` only for actions without resource-level permissions; ARNs name something specific."""
     for s in subject.statements:
@@ -225,6 +247,10 @@ def _rule_resources(subject: Subject) -> None:
                         subject.add("resource_all_of_type", where,
                                     f"{resource!r} covers every {prefix.rstrip(':/') or 'resource'} in the account; "
                                     f"name the one needed (use a parameter)")
+                    elif (type_name := _covers_any_name(resource, s.granted)) is not None:
+                        subject.add("resource_all_of_type", where,
+                                    f"{resource!r} matches every {type_name} whatever its name (a wildcard in the "
+                                    f"resource type); name the one needed (use a parameter)")
                     break
 
 
