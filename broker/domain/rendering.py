@@ -23,8 +23,9 @@ from broker.errors import InvalidParameter, PolicyTooLarge
 SESSION_POLICY_MAX_CHARS = 2048
 POLICY_VERSION = "2012-10-17"
 
-ACCOUNT_ID = re.compile(r"^\d{12}$")
-REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+# NOTE: [0-9], not \d: \d matches every Unicode digit ("\u0661"), which must never reach an ARN.
+ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$")
 # Characters a parameter value may contain at all: those IAM ARNs use for names and paths.
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.\-/+=,@]+$")
 
@@ -115,7 +116,7 @@ def _validate_integer(name: str, spec: ParameterSpec, raw: Any) -> str:
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         raise _reject(name, "must be an integer")
     if isinstance(raw, str):
-        if not re.fullmatch(r"-?\d{1,18}", raw):
+        if not re.fullmatch(r"-?[0-9]{1,18}", raw):
             raise _reject(name, "must be an integer")
         raw = int(raw)
     if spec.min is not None and raw < spec.min:
