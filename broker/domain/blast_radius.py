@@ -103,12 +103,14 @@ class BlastRadius:
     def to_dict(self) -> dict[str, Any]:
         by_level: dict[str, list[str]] = {}
         for granted in self.actions:
-            by_level.setdefault(granted.access_level.value, []).append(granted.action)
+            names = by_level.setdefault(granted.access_level.value, [])
+            if granted.action not in names:
+                names.append(granted.action)
         return {
             "template": self.template, "environment": self.environment, "role": self.role,
             "concrete": self.concrete,
-            "destructive": [a.action for a in self.destructive],
-            "permission_changing": [a.action for a in self.permission_changing],
+            "destructive": list(dict.fromkeys(a.action for a in self.destructive)),
+            "permission_changing": list(dict.fromkeys(a.action for a in self.permission_changing)),
             "by_access_level": by_level,
             "actions": [a.to_dict() for a in self.actions],
             "resources": list(self.resources),
@@ -209,7 +211,9 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
     """The blast radius of a template, or of one request when ``rendered`` is given."""
     document = rendered.document if rendered is not None else _template_document(template)
     session = PolicySet.of(PolicyKind.SESSION, document, name="session")
-    granted: dict[str, GrantedAction] = {}
+    # One entry per (action, conditions): a grant that holds only under conditions is never merged with
+    # one that holds always, or the co-signer would read one as the other.
+    granted: dict[tuple[str, tuple[str, ...]], GrantedAction] = {}
     for statement in document["Statement"]:
         patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = tuple(statement["Resource"] if isinstance(statement["Resource"], list)
@@ -222,16 +226,16 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             # The evaluator decides whether the grant holds for any request or only some.
             decisions = [evaluate([session], AccessRequest(info.key, r)) for r in resources]
             conditional = any(d.outcome is Outcome.UNDECIDABLE for d in decisions)
-            previous = granted.get(info.lower)
+            conditions = _condition_phrases(statement) if conditional else ()
+            previous = granted.get((info.lower, conditions))
             merged = tuple(dict.fromkeys((previous.resources if previous else ()) + resources))
-            granted[info.lower] = GrantedAction(
+            granted[(info.lower, conditions)] = GrantedAction(
                 action=info.key, access_level=info.access_level,
-                risks=tuple(sorted(info.risks)), resources=merged,
-                conditions=_condition_phrases(statement) if conditional else (previous.conditions if previous else ()),
+                risks=tuple(sorted(info.risks)), resources=merged, conditions=conditions,
                 description=info.description)
     ordered = sorted(granted.values(), key=lambda g: (Risk.DESTRUCTIVE not in g.risks,
                                                       Risk.PERMISSION_CHANGING not in g.risks,
-                                                      LEVEL_ORDER.index(g.access_level), g.action))
+                                                      LEVEL_ORDER.index(g.access_level), g.action, g.conditions))
     return BlastRadius(
         template=template.name, environment=template.environment.value,
         role=rendered.role_arn if rendered is not None else template.role,
