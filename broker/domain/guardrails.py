@@ -350,8 +350,21 @@ def _passes_any_role(s: StatementView) -> bool:
     return any(r == "*" or re.sub(r"[*?/]", "", r.split(":role", 1)[-1]) == "" for r in s.resources)
 
 
+# Operators that bind iam:PassedToService to the services they name (no negation, no IfExists, no wildcard).
+PASSED_TO_SERVICE_BINDING = frozenset({"StringEquals", "StringEqualsIgnoreCase", "StringLike",
+                                       "ForAnyValue:StringEquals", "ForAnyValue:StringEqualsIgnoreCase",
+                                       "ForAnyValue:StringLike"})
+
+
 def _passrole_unbound(s: StatementView) -> bool:
-    return "iam:passedtoservice" not in s.condition_keys()
+    for operator, by_key in s.conditions.items():
+        if operator not in PASSED_TO_SERVICE_BINDING:
+            continue
+        for key, values in by_key.items():
+            if key.lower() == "iam:passedtoservice" and _as_list(values) and not any(
+                    c in value for value in _as_list(values) for c in "*?$"):
+                return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -371,8 +384,9 @@ ESCALATION_RULES: tuple[EscalationRule, ...] = (
                    ROLE_SWITCHERS),
     EscalationRule("passrole_any_role", "iam:PassRole on every role lets the session hand the most powerful role "
                    "in the account to a service", PASS_ROLE, statement_test=_passes_any_role),
-    EscalationRule("passrole_without_service", "iam:PassRole without an iam:PassedToService condition lets the "
-                   "role be passed to any service", PASS_ROLE, statement_test=_passrole_unbound),
+    EscalationRule("passrole_without_service", "iam:PassRole without an iam:PassedToService condition that names "
+                   "the services (StringEquals, no wildcard) lets the role be passed to any service", PASS_ROLE,
+                   statement_test=_passrole_unbound),
     EscalationRule("passrole_and_run_code", "iam:PassRole together with a service that runs code lets that code "
                    "act as the passed role", PASS_ROLE, together_with=CODE_RUNNERS),
 )
