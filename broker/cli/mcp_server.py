@@ -2,14 +2,21 @@
 
 Tools: ``list_scopes``, ``request_scope``, ``check_request``, ``run_with_scope``.
 
-Credentials never enter the model's context.  ``request_scope`` answers with a status; issued
-credentials go to the private credential cache (the same one ``broker credential-process``
-uses).  ``run_with_scope`` puts them in the environment of the command it runs and returns
-the exit code and output, with the secret access key and session token scrubbed from it.
+No tool result carries credentials.  ``request_scope`` answers with a status; issued credentials go
+to the private credential cache (the same one ``broker credential-process`` uses).
+``run_with_scope`` puts them in the environment of the command it runs and returns the exit code
+and output, scrubbed of every cached secret access key and session token in their plain, URL-,
+base64- and reversed forms.
+
+Scrubbing is best effort, not a boundary: the command runs with the keys in its environment, so a
+command that *transforms* them some other way before printing (or sends them elsewhere) defeats it.
+The command is as trusted as the agent that chose it; the scope's session policy and short TTL are
+what limit the damage.
 """
 
 from __future__ import annotations
 
+import base64
 import shlex
 import subprocess
 import urllib.parse
@@ -32,7 +39,10 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if not secret:
             continue
-        for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}:
+        encoded = base64.b64encode(secret.encode()).decode()
+        forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret), secret[::-1],
+                 encoded, encoded.rstrip("=")}
+        for form in forms:
             text = text.replace(form, REDACTED)
     return text
 
@@ -118,7 +128,8 @@ class BrokerTools:
         except OSError as exc:
             return {"status": "error", "code": "command_not_runnable",
                     "message": f"cannot run {argv[0]!r}: {exc.strerror}"}
-        output = scrub(output, answer.secrets())
+        # This scope's secrets, and every other scope's in the cache (a command could read the cache files).
+        output = scrub(output, {*answer.secrets(), *self.cache.all_secrets()})
         truncated = len(output) > MAX_OUTPUT_CHARS
         return {"status": "ran", "ran": True, "exit_code": exit_code, "output": output[-MAX_OUTPUT_CHARS:],
                 "truncated": truncated, "request_id": answer.request_id, "access_key_id": answer.access_key_id}

@@ -104,6 +104,16 @@ class CredentialCache:
     def remember_pending(self, key: str, request_id: str) -> None:
         self._write(self._path(key, "pending"), {"request_id": request_id})
 
+    def all_secrets(self) -> set[str]:
+        """Every secret access key and session token in the cache (for scrubbing command output)."""
+        found: set[str] = set()
+        if not self.directory.is_dir():
+            return found
+        for path in self.directory.glob("*.credentials.json"):
+            body = self._read(path) or {}
+            found.update(str(body[k]) for k in ("SecretAccessKey", "SessionToken") if body.get(k))
+        return found
+
     def forget(self, key: str) -> None:
         for kind in ("credentials", "pending"):
             self._path(key, kind).unlink(missing_ok=True)

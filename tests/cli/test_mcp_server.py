@@ -102,3 +102,44 @@ def test_mcp_tools_answer_with_status_never_credentials(live_broker, tmp_path): 
 ])
 def test_scrub(text, secrets, expected):
     assert scrub(text, secrets) == expected
+
+
+def test_scrub_covers_reversed_and_base64_forms():
+    import base64
+
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    leaked = f"{secret[::-1]} {base64.b64encode(secret.encode()).decode()}"
+    assert secret[:12] not in scrub(leaked, [secret])
+    assert secret[::-1][:12] not in scrub(leaked, [secret])
+
+
+def test_run_with_scope_scrubs_every_cached_scopes_secrets(tmp_path):
+    """A command that prints another cached scope's file does not hand its keys to the model."""
+    from datetime import UTC, datetime, timedelta
+
+    from broker.cli.mcp_server import BrokerTools
+    from broker.sdk.client import IssuedCredentials
+    from broker.sdk.credential_process import CredentialCache
+
+    cache = CredentialCache(tmp_path / "cache")
+    other = IssuedCredentials(access_key_id="ASIAOTHER", secret_access_key="other-secret-key-0123456789",
+                              session_token="other-session-token-0123456789",
+                              expiration=datetime.now(UTC) + timedelta(hours=1), request_id="r", template="prod",
+                              environment="production")
+    cache.store("other-scope", other)
+    assert cache.all_secrets() == {"other-secret-key-0123456789", "other-session-token-0123456789"}
+    tools = BrokerTools(client=None, cache=cache)
+    mine = IssuedCredentials(access_key_id="ASIAMINE", secret_access_key="mine-secret-0123456789",
+                             session_token="mine-token-0123456789", expiration=datetime.now(UTC) + timedelta(hours=1),
+                             request_id="r2", template="dev", environment="dev")
+
+    class _Scope:
+        def obtain(self):
+            return mine
+
+    tools._scope = lambda *args, **kwargs: _Scope()  # the broker call is not what this test is about
+    files = " ".join(str(p) for p in (tmp_path / "cache").glob("*.credentials.json"))
+    result = tools.run_with_scope("dev", {}, "read", f"cat {files}")
+    assert result["exit_code"] == 0
+    for secret in ("other-secret-key-0123456789", "other-session-token-0123456789"):
+        assert secret not in result["output"]
