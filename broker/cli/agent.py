@@ -90,14 +90,22 @@ def obtain(args: argparse.Namespace) -> IssuedCredentials | PendingRequest:
         return scope_from(args, client).obtain(wait_seconds=args.wait)
 
 
-# ----------------------------------------------------------------------------- credential-process
-def run_credential_process(args: argparse.Namespace) -> int:
+def obtain_or_exit_code(args: argparse.Namespace) -> IssuedCredentials | int:
+    """Issued credentials, or the exit code after reporting a refusal or a pending approval."""
     try:
         answer = obtain(args)
     except BrokerAPIError as exc:
         return report_error(exc)
     if isinstance(answer, PendingRequest):
         return report_pending(answer)
+    return answer
+
+
+# ----------------------------------------------------------------------------- credential-process
+def run_credential_process(args: argparse.Namespace) -> int:
+    answer = obtain_or_exit_code(args)
+    if isinstance(answer, int):
+        return answer
     sys.stdout.write(json.dumps(answer.as_credential_process()) + "\n")
     return 0
 
@@ -145,12 +153,9 @@ def run_exec(args: argparse.Namespace) -> int:
     if not command:
         print("error: give the command after --, e.g. broker exec TEMPLATE -- aws s3 ls", file=sys.stderr)
         return 2
-    try:
-        answer = obtain(args)
-    except BrokerAPIError as exc:
-        return report_error(exc)
-    if isinstance(answer, PendingRequest):
-        return report_pending(answer)
+    answer = obtain_or_exit_code(args)
+    if isinstance(answer, int):
+        return answer
     try:
         # NOTE: the keys go to the child's environment only; this process's environment is untouched.
         return subprocess.call(command, env=child_environment(answer, region=args.region))

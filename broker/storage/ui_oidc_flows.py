@@ -10,7 +10,6 @@ an HttpOnly cookie, of which the row keeps only the SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Field, SQLModel, col, delete
 
 from broker.storage.repository import Repository
+from broker.storage.ui_sessions import token_digest
 
 FLOW_LIFETIME = timedelta(minutes=10)
 
@@ -33,10 +33,6 @@ class UiOidcFlowRow(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
-def flow_digest(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class UiOidcFlow:
     """A flow taken out of the store (consumed): what the callback checks the answer against."""
@@ -49,7 +45,7 @@ class UiOidcFlow:
     def bound_to(self, browser_token: str | None) -> bool:
         """Was this flow begun by the browser that holds ``browser_token``?"""
         return (isinstance(browser_token, str) and 0 < len(browser_token) <= 200
-                and hmac.compare_digest(flow_digest(browser_token), self.browser_digest))
+                and hmac.compare_digest(token_digest(browser_token), self.browser_digest))
 
 
 class UiOidcFlowStore:
@@ -60,7 +56,7 @@ class UiOidcFlowStore:
 
     def begin(self, *, state: str, browser_token: str, nonce: str, code_verifier: str, next_path: str,
               now: datetime) -> None:
-        self._session.add(UiOidcFlowRow(id=flow_digest(state), browser_digest=flow_digest(browser_token),
+        self._session.add(UiOidcFlowRow(id=token_digest(state), browser_digest=token_digest(browser_token),
                                         nonce=nonce, code_verifier=code_verifier, next_path=next_path,
                                         created_at=now, expires_at=now + FLOW_LIFETIME))
 
@@ -68,7 +64,7 @@ class UiOidcFlowStore:
         """Consume the flow named by ``state``: None if unknown, already used or expired."""
         if not state or len(state) > 200:
             return None
-        key = flow_digest(state)
+        key = token_digest(state)
         row = self._session.get(UiOidcFlowRow, key)
         if row is None:
             return None
