@@ -6,7 +6,10 @@ every app a test builds starts from zero.  Nothing here touches the use cases:
 * counters are fed by a log observer (``broker.log_observers``): one increment per entry of
   a *committed* unit of work, so a count is never ahead of the log;
 * the HTTP histogram is an ASGI middleware, labelled by route template, never by raw path;
-* the STS histogram wraps the ``CredentialMinter``.
+* the STS histogram wraps the ``CredentialMinter``;
+* with ``server_timing`` set, every response carries ``Server-Timing: app;dur=..., sts;dur=...``
+  (milliseconds): the time the app took up to the response's start, and the part of it spent
+  in AssumeRole calls.  ``app - sts`` is the broker's own overhead, measured from outside.
 
 Counters are per process; sum them over replicas.  Label values are bounded: a template
 label is a catalog name or ``other`` (a refused request may name any template), a reason
@@ -17,6 +20,7 @@ Metric names (all prefixed ``broker_``) are listed in ``METRIC_NAMES``.
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
 import time
@@ -34,6 +38,11 @@ _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+# The STS seconds of the HTTP request being served (a list the middleware owns; threads the
+# request runs on share it, as starlette copies the context into its worker threads).
+_STS_SECONDS: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("broker_sts_seconds",
+                                                                                  default=None)
 
 
 @dataclass(frozen=True)
@@ -134,31 +143,43 @@ class TimedMinter:
             outcome = "ok"
             return minted
         finally:
-            self._histogram.labels(outcome=outcome).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._histogram.labels(outcome=outcome).observe(elapsed)
+            request_sts = _STS_SECONDS.get()
+            if request_sts is not None:
+                request_sts.append(elapsed)
 
 
 class HttpLatency:
     """Pure ASGI middleware: request latency by method, route template and status."""
 
-    def __init__(self, app, metrics: BrokerMetrics) -> None:
+    def __init__(self, app, metrics: BrokerMetrics, server_timing: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.server_timing = server_timing
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        sts_seconds: list[float] = []
+        token = _STS_SECONDS.set(sts_seconds)
 
         async def send_with_status(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.server_timing:
+                    app_ms = (time.perf_counter() - started) * 1000
+                    timing = f"app;dur={app_ms:.3f}, sts;dur={sum(sts_seconds) * 1000:.3f}".encode()
+                    message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", timing)]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            _STS_SECONDS.reset(token)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
             # NOTE: the method comes from the caller, unauthenticated: a fixed set of labels only.
@@ -192,5 +213,5 @@ def metrics_for(container) -> BrokerMetrics:
 def instrument(app, container) -> BrokerMetrics:
     """Add the latency middleware to ``app`` and return the container's metrics."""
     metrics = metrics_for(container)
-    app.add_middleware(HttpLatency, metrics=metrics)
+    app.add_middleware(HttpLatency, metrics=metrics, server_timing=container.settings.server_timing)
     return metrics

@@ -195,7 +195,7 @@ class RevocationService:
             if _aware(grant.expiration) <= now:
                 raise Conflict("this grant's credentials have already expired", code="grant_expired")
             grant.revoked_at, grant.revoked_by = now, principal.id
-            repo.add_grant(grant)
+            repo.save_grant(grant)
             entries.append(rules.RevokedSession(role_arn=grant.role_arn, grant_id=grant.id,
                                                 session_name=grant.session_name,
                                                 expires_at=_aware(grant.expiration)))
@@ -251,7 +251,7 @@ class RevocationService:
             for grant in grants:
                 if _aware(grant.issued_at) < cutoff:
                     grant.revoked_at, grant.revoked_by = now, principal.id
-                    repo.add_grant(grant)
+                    repo.save_grant(grant)
             event = _event("revoked_all", now=now, actor=principal.id, acts_for=principal.acts_for,
                            source_ip=source_ip, reason=reason, target=target, value=value,
                            issued_before=rules.iam_time(cutoff), roles=sorted(roles), grants=[g.id for g in grants])

@@ -29,6 +29,9 @@ class BrokerSettings(BaseSettings):
     port: int = 8080
     max_body_bytes: int = 64 * 1024
     checkpoint_every: int = 100
+    # Add a Server-Timing header (the app's own time and the STS call's) to every response: for
+    # measuring the broker's overhead from outside.  Off by default: callers need not see timings.
+    server_timing: bool = False
     # Rate limits (per agent / per template); 0 disables that limit.
     agent_requests_per_minute: int = 60
     template_requests_per_minute: int = 300

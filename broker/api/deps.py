@@ -60,11 +60,12 @@ class DirectoryAdapter:
     def find_api_key(self, key_id: str):
         self._just_loaded.principal = None
         with self._database.transaction() as repo:
-            record = repo.find_api_key(key_id)
-            if record is not None:
-                self._just_loaded.principal = (record.principal_id, repo.get_principal(record.principal_id),
-                                               time.monotonic())
-            return record
+            found = repo.find_api_key_with_principal(key_id)
+        if found is None:
+            return None
+        record, principal = found
+        self._just_loaded.principal = (record.principal_id, principal, time.monotonic())
+        return record
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import operator
 import re
@@ -174,6 +175,7 @@ class Decision:
 # ---------------------------------------------------------------------------------------------
 # Wildcards and policy variables
 
+@functools.lru_cache(maxsize=4096)  # a pure function of its strings; policies repeat their patterns
 def _glob_regex(pattern: str, *, ignore_case: bool = False, cross: str = "") -> re.Pattern[str]:
     """``*`` any run and ``?`` one character; neither may match a character in ``cross``."""
     any_char = f"[^{re.escape(cross)}]" if cross else "."

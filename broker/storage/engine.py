@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from broker.errors import BrokerError, InvalidInput, StorageUnavailable
@@ -62,8 +63,40 @@ def build_engine(url: str) -> Engine:
 
         WalCheckpointer.start(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                         connect_args={"connect_timeout": 5})
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
+    ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection idle longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Pessimistic disconnect handling for connections that sat idle, not for busy ones.
+
+    ``pool_pre_ping`` costs a round trip on every checkout (three per issuance).  Here only a
+    connection idle for ``idle_seconds`` is pinged; a dead one raises ``DisconnectionError`` and the
+    pool replaces it (and, SQLAlchemy's disconnect handling, every connection older than it).  A
+    connection that dies within a second of its last use fails its first statement instead: that
+    unit of work rolls back and the caller gets 503 ``storage_unavailable``, as for any outage.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):  # pragma: no cover - pool hook
+        if record is not None:
+            record.info["broker_checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):  # pragma: no cover - pool hook
+        last = record.info.get("broker_checked_in")
+        if last is None or time.monotonic() - last < idle_seconds:
+            return  # brand new (just connected) or in use a moment ago
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - any failure means "do not hand this one out"
+            raise DisconnectionError("a pooled connection failed its liveness ping") from exc
 
 
 class WalCheckpointer:

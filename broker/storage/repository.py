@@ -1,4 +1,11 @@
-"""Repository: every query the use cases need.  It never commits (the unit of work does)."""
+"""Repository: every query the use cases need.  It never commits (the unit of work does).
+
+The statements on the issuance path (authentication, the request, intent and grant rows, the
+log append) are SQLAlchemy Core on the unit of work's connection, not ORM unit-of-work
+flushes: the same tables and column types, a tenth of the Python per statement.  Rows written
+that way are not in the session's identity map; a later ORM read in the same unit of work
+loads them from the database like any other row.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, bindparam, func, insert, update
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, SQLModel, col, select
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
@@ -17,18 +26,61 @@ from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventR
                                    MintIntentRow, PrincipalRow, RequestRow, SettingRow)
 
 
+_PRINCIPALS: Table = PrincipalRow.__table__  # type: ignore[attr-defined]
+_API_KEYS: Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
+_REQUESTS: Table = RequestRow.__table__  # type: ignore[attr-defined]
+_GRANTS: Table = GrantRow.__table__  # type: ignore[attr-defined]
+_INTENTS: Table = MintIntentRow.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
+_LOG_HEAD: Table = LogHeadRow.__table__  # type: ignore[attr-defined]
+_SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
+
+# Built once: SQLAlchemy caches their compiled form by identity.
+_KEY_WITH_PRINCIPAL = (
+    core_select(_API_KEYS.c.key_id, _API_KEYS.c.token_hash, _API_KEYS.c.principal_id, _API_KEYS.c.revoked,
+                _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled)
+    .select_from(_API_KEYS.outerjoin(_PRINCIPALS, _PRINCIPALS.c.id == _API_KEYS.c.principal_id))
+    .where(_API_KEYS.c.key_id == bindparam("key_id"))
+)
+_HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_SET_HEAD = update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
+_INSERT_EVENT = insert(_EVENTS)
+
+
+def _row_values(table: Table, row: SQLModel) -> dict[str, Any]:
+    """The column values of a table model instance (its Python defaults already applied)."""
+    values = {column.name: getattr(row, column.name) for column in table.columns}
+    for column in table.primary_key.columns:
+        if values.get(column.name) is None:
+            values.pop(column.name, None)  # an autoincrement key: the database assigns it
+    return values
+
+
+def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None) -> Principal:
+    return Principal(id=principal_id, roles=frozenset(Role(r) for r in json.loads(roles)), acts_for=acts_for,
+                     groups=frozenset(json.loads(groups)))
+
+
 class Repository:
     def __init__(self, session: Session, *, postgres: bool) -> None:
         self.session = session
         self._postgres = postgres
+        self._connection: Connection | None = None
+
+    @property
+    def _core(self) -> Connection:
+        """The unit of work's connection, for Core statements (same transaction as the session)."""
+        if self._connection is None:
+            self._connection = self.session.connection()
+        return self._connection
 
     # --- principals and keys ------------------------------------------------------------
     def get_principal(self, principal_id: str) -> Principal | None:
         row = self.session.get(PrincipalRow, principal_id)
         if row is None or row.disabled:
             return None
-        return Principal(id=row.id, roles=frozenset(Role(r) for r in json.loads(row.roles)),
-                         acts_for=row.acts_for, groups=frozenset(json.loads(row.groups)))
+        return _principal(row.id, row.roles, row.groups, row.acts_for)
 
     def is_principal_disabled(self, principal_id: str) -> bool:
         row = self.session.get(PrincipalRow, principal_id)
@@ -57,15 +109,23 @@ class Repository:
         self.session.add(ApiKeyRow(key_id=key_id, token_hash=token_hash, principal_id=principal_id, created_at=now))
 
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        row = self.session.get(ApiKeyRow, key_id)
+        found = self.find_api_key_with_principal(key_id)
+        return None if found is None else found[0]
+
+    def find_api_key_with_principal(self, key_id: str) -> tuple[ApiKeyRecord, Principal | None] | None:
+        """An API key and its principal (None if missing or disabled), in one query."""
+        row = self._core.execute(_KEY_WITH_PRINCIPAL, {"key_id": key_id}).first()
         if row is None:
             return None
-        return ApiKeyRecord(key_id=row.key_id, token_hash=row.token_hash, principal_id=row.principal_id,
-                            revoked=row.revoked)
+        record = ApiKeyRecord(key_id=row.key_id, token_hash=row.token_hash, principal_id=row.principal_id,
+                              revoked=bool(row.revoked))
+        if row.roles is None or row.disabled:
+            return record, None
+        return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for)
 
     # --- requests -------------------------------------------------------------------------
     def add_request(self, row: RequestRow) -> None:
-        self.session.add(row)
+        self._core.execute(insert(_REQUESTS), _row_values(_REQUESTS, row))
 
     def get_request(self, request_id: str, *, for_update: bool = False) -> RequestRow | None:
         statement = select(RequestRow).where(RequestRow.id == request_id)
@@ -79,11 +139,12 @@ class Repository:
 
         Exactly one of many concurrent callers wins (the database decides, not a read-then-write).
         """
-        result = self.session.execute(
-            update(RequestRow)
-            .where(col(RequestRow.id) == request_id, col(RequestRow.status).in_(list(from_statuses)))
+        # NOTE: Core, not an ORM bulk update: a request object loaded in this session keeps the values
+        # it was read with (as with synchronize_session=False before); callers re-read when they need to.
+        result = self._core.execute(
+            update(_REQUESTS)
+            .where(_REQUESTS.c.id == request_id, _REQUESTS.c.status.in_(list(from_statuses)))
             .values(status=to_status, **values)
-            .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
 
@@ -115,16 +176,20 @@ class Repository:
 
     # --- grants and mint intents ----------------------------------------------------------
     def add_intent(self, row: MintIntentRow) -> None:
-        self.session.add(row)
+        self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
 
     def resolve_intent(self, grant_id: str) -> None:
-        self.session.execute(update(MintIntentRow).where(col(MintIntentRow.grant_id) == grant_id)
-                             .values(resolved=True).execution_options(synchronize_session=False))
+        self._core.execute(update(_INTENTS).where(_INTENTS.c.grant_id == grant_id).values(resolved=True))
 
     def unresolved_intents(self) -> list[MintIntentRow]:
         return list(self.session.exec(select(MintIntentRow).where(MintIntentRow.resolved == False)))  # noqa: E712
 
     def add_grant(self, row: GrantRow) -> None:
+        """A new grant (an INSERT now; a grant loaded from this unit of work is saved with ``save_grant``)."""
+        self._core.execute(insert(_GRANTS), _row_values(_GRANTS, row))
+
+    def save_grant(self, row: GrantRow) -> None:
+        """A grant loaded in this unit of work and changed: written when the unit of work commits."""
         self.session.add(row)
 
     def get_grant(self, grant_id: str) -> GrantRow | None:
@@ -174,7 +239,8 @@ class Repository:
 
     def get_settings(self, keys: Sequence[str]) -> dict[str, str]:
         """Several settings in one query (absent keys are left out)."""
-        rows = self.session.exec(select(SettingRow).where(col(SettingRow.key).in_(list(keys))))
+        rows = self._core.execute(core_select(_SETTINGS.c.key, _SETTINGS.c.value)
+                                  .where(_SETTINGS.c.key.in_(list(keys))))
         return {row.key: row.value for row in rows}
 
     def set_setting(self, key: str, value: str | None, *, now: datetime) -> None:
@@ -189,29 +255,21 @@ class Repository:
         self.session.add(row)
 
     # --- the issuance log -----------------------------------------------------------------
-    def _lock_head(self) -> LogHeadRow:
-        # The head row is created by migration 0004; a database without it is not migrated: fail closed.
-        statement = select(LogHeadRow).where(LogHeadRow.id == 1)
-        if self._postgres:
-            # NOTE: serializes appends across broker replicas; held until this unit of work commits.
-            statement = statement.with_for_update()
-        return self.session.exec(statement).one()
-
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal and append one entry in this unit of work (committed with the state change)."""
-        head = self._lock_head()
+        # NOTE: on PostgreSQL the row lock serializes appends across broker replicas until this unit of
+        # work commits; SQLite units of work are BEGIN IMMEDIATE (one writer at a time).  The head row is
+        # created by migration 0004; a database without it is not migrated: .one() fails closed.
+        head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
         entry = issuance_log.seal_entry(body, seq=head.seq + 1, prev_hash=head.hash)
-        self.session.add(EventRow(
-            seq=entry["seq"], event_id=entry["event_id"], time=_parse_time(entry["time"]), type=entry["type"],
-            request_id=entry.get("request_id"), grant_id=entry.get("grant_id"), actor=entry.get("actor"),
-            acts_for=entry.get("acts_for"), template=entry.get("template"),
-            access_key_id=entry.get("access_key_id"),
-            body=issuance_log.entry_line(entry).decode("utf-8"), prev_hash=entry["prev_hash"], hash=entry["hash"],
-        ))
-        head.seq, head.hash = entry["seq"], entry["hash"]
-        self.session.add(head)
-        # Flush now so a conflicting head insert (two first appends) fails inside this unit of work.
-        self.session.flush()
+        self._core.execute(_INSERT_EVENT, {
+            "seq": entry["seq"], "event_id": entry["event_id"], "time": _parse_time(entry["time"]),
+            "type": entry["type"], "request_id": entry.get("request_id"), "grant_id": entry.get("grant_id"),
+            "actor": entry.get("actor"), "acts_for": entry.get("acts_for"), "template": entry.get("template"),
+            "access_key_id": entry.get("access_key_id"), "body": issuance_log.entry_line(entry).decode("utf-8"),
+            "prev_hash": entry["prev_hash"], "hash": entry["hash"],
+        })
+        self._core.execute(_SET_HEAD.values(seq=entry["seq"], hash=entry["hash"]))
         return entry
 
     def log_head(self) -> tuple[int, str]:

@@ -1,11 +1,17 @@
 """Benchmark: issuance through POST /v1/requests for a no-approval template.
 
-Prints, over real HTTP (uvicorn in a thread, one httpx client) against moto's server:
-issuances/s and p50/p99 latency as the client sees them; the time the broker's ASGI app
-spent on each request (server side); the STS call, timed separately; and the broker's own
-overhead = app time - STS time.  Also the in-process figures through Starlette's TestClient.
+Runs everything as it runs in production, each in its own process:
 
-    .venv/bin/python -m tests.bench.bench_issue [--requests 500] [--db sqlite|postgres]
+* moto's server (``moto_server``) as the AWS endpoint;
+* the broker as ``broker serve`` (configured by ``BROKER_*``; ``BROKER_SERVER_TIMING=true``, rate
+  limits off), after ``broker keys create`` made the agent's key;
+* this process as the client: one keep-alive ``httpx`` connection, one request at a time.
+
+It prints issuances/s, the client's p50/p99 latency, and from each response's ``Server-Timing``
+header the broker's app time, the STS call's time inside it, and the broker's own overhead
+(app - STS) at p50/p99/p99.9/max.
+
+    .venv/bin/python -m tests.bench.bench_issue [--requests 1000] [--db sqlite|postgres|both]
 
 Not collected by pytest (file name bench_*.py); figures, not assertions.
 """
@@ -13,66 +19,46 @@ Not collected by pytest (file name bench_*.py); figures, not assertions.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.live_server import LiveServer
-from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database, build_harness
+import httpx
+
+from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database
+
+BIN = Path(sys.executable).parent
 
 
-class MotoProcess:
-    """moto's server as a separate process (``moto_server``), on a free loopback port."""
+class Process:
+    """A child process serving HTTP on a free loopback port."""
 
-    def __init__(self, process, endpoint_url: str) -> None:
-        self.process = process
-        self.endpoint_url = endpoint_url
-
-    @classmethod
-    def start(cls) -> "MotoProcess":
-        import os
-        import subprocess
-        import sys
-        import urllib.request
-
-        from broker.devmode import free_port
-
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "fake-broker-secret")
-        port = free_port(0)
-        server = Path(sys.executable).parent / "moto_server"
-        process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+    def __init__(self, argv: list[str], url: str, ready_path: str, env: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited: {self.process.stderr.read().decode()[-2000:]}")
             try:
-                urllib.request.urlopen(url + "/moto-api/data.json", timeout=1).read()
-                return cls(process, url)
-            except OSError:
-                time.sleep(0.1)
-        process.kill()
-        raise RuntimeError("moto_server did not start")
+                if httpx.get(url + ready_path, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{argv[0]} did not start")
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(10)
-
-
-class TimedMinter:
-    """Wraps the real STS minter and records how long each AssumeRole took."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.samples: list[float] = []
-
-    def mint(self, order):
-        start = time.perf_counter()
         try:
-            return self.inner.mint(order)
-        finally:
-            self.samples.append(time.perf_counter() - start)
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,110 +66,96 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def ms(value: float) -> str:
-    return f"{value * 1000:.2f} ms"
+def describe(values: list[float]) -> str:
+    return (f"p50 {percentile(values, .5):6.2f}  p99 {percentile(values, .99):6.2f}  "
+            f"p99.9 {percentile(values, .999):6.2f}  max {max(values):6.2f}  mean {statistics.mean(values):6.2f} ms")
 
 
-def run(requests: int, db: str) -> None:
-    from broker.aws.sts import StsMinter
-    from broker.devmode import seed_aws
+def server_timing(header: str) -> dict[str, float]:
+    parts = (item.strip().split(";dur=") for item in header.split(","))
+    return {name: float(value) for name, value in parts}
+
+
+def run(requests: int, db: str, warmup: int) -> None:
     from broker.catalog import load_catalog
+    from broker.devmode import ensure_signing_key, free_port, seed_aws
 
-    # FAKE AWS in its own process, as STS is in production: its threads must not share this GIL.
-    aws = MotoProcess.start()
-    seed_aws(aws.endpoint_url, load_catalog(TEST_SCOPES))
+    # FAKE credentials for the FAKE AWS endpoint (this process seeds it; the broker signs its calls).
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "fake-broker-secret")
+    env = dict(os.environ)
+    aws_port = free_port(0)
+    aws = Process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(aws_port)], f"http://127.0.0.1:{aws_port}",
+                  "/moto-api/data.json", env=env)
     drop = None
-    with tempfile.TemporaryDirectory() as tmp:
-        if db == "postgres":
-            url, drop = _fresh_pg_database(PG_ADMIN_URL)
-        else:
-            url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        minter = TimedMinter(StsMinter(endpoint_url=aws.endpoint_url, region="us-east-1"))
-        from broker.ports import SystemClock
+    try:
+        seed_aws(aws.url, load_catalog(TEST_SCOPES))
+        with tempfile.TemporaryDirectory() as tmp:
+            if db == "postgres":
+                url, drop = _fresh_pg_database(PG_ADMIN_URL)
+            else:
+                url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+            (Path(tmp) / "state").mkdir()
+            private, _ = ensure_signing_key(Path(tmp) / "state")
+            env.update({
+                "BROKER_DATABASE_URL": url, "BROKER_SCOPES_DIR": str(TEST_SCOPES),
+                "BROKER_AWS_ENDPOINT_URL": aws.url, "BROKER_SIGNING_KEY_FILE": str(private),
+                "BROKER_SERVER_TIMING": "true",
+                # Rate limits off: one agent issuing at full speed would hit them.
+                "BROKER_AGENT_REQUESTS_PER_MINUTE": "0", "BROKER_TEMPLATE_REQUESTS_PER_MINUTE": "0",
+                "BROKER_AGENT_MAX_LIVE_GRANTS": "0",
+            })
+            key = subprocess.run([str(BIN / "broker"), "keys", "create", "--principal", "agent:demo", "--role", "agent",
+                                  "--acts-for", "human:alice"], env=env, check=True, capture_output=True,
+                                 text=True).stdout.strip()
+            port = free_port(0)
+            broker = Process([str(BIN / "broker"), "serve", "--port", str(port)], f"http://127.0.0.1:{port}",
+                             "/readyz", env=env)
+            try:
+                measure(broker.url, key, requests, warmup, db)
+            finally:
+                broker.stop()
+    finally:
+        if drop:
+            drop()
+        aws.stop()
 
-        harness = build_harness(db_url=url, scopes=TEST_SCOPES, aws_endpoint=aws.endpoint_url,
-                                state_dir=Path(tmp) / "state", minter=minter, clock=SystemClock(),
-                                # Rate limits off: one agent issuing at full speed would hit them.  (With
-                                # limits on, the gate adds three indexed COUNTs, each bounded by its limit,
-                                # since refused requests are not stored.)
-                                agent_requests_per_minute=0, template_requests_per_minute=0,
-                                agent_max_live_grants=0)
-        body = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
-        headers = harness.auth("agent:demo")
 
-        # Warm-up (imports, first connections, the action database).
-        for _ in range(20):
-            assert harness.client.post("/v1/requests", json=body, headers=headers).status_code == 201
-        minter.samples.clear()
-
-        # (b) in-process: total per request, STS timed separately.
-        totals: list[float] = []
+def measure(url: str, key: str, requests: int, warmup: int, db: str) -> None:
+    body = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
+    latencies: list[float] = []
+    app: list[float] = []
+    sts: list[float] = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        for _ in range(warmup):
+            assert client.post("/v1/requests", json=body).status_code == 201
+        wall = time.perf_counter()
         for _ in range(requests):
             start = time.perf_counter()
-            response = harness.client.post("/v1/requests", json=body, headers=headers)
-            totals.append(time.perf_counter() - start)
+            response = client.post("/v1/requests", json=body)
+            latencies.append((time.perf_counter() - start) * 1000)
             assert response.status_code == 201, response.text
-        sts = list(minter.samples)
-        overhead = [t - s for t, s in zip(totals, sts, strict=True)]
-        print(f"== in-process ({db}), {requests} issuances")
-        print(f"  total     p50 {ms(percentile(totals, .5))}  p99 {ms(percentile(totals, .99))}")
-        print(f"  STS call  p50 {ms(percentile(sts, .5))}  p99 {ms(percentile(sts, .99))}  (moto over HTTP)")
-        print(f"  TestClient total - STS  p50 {ms(percentile(overhead, .5))}  "
-              f"p99 {ms(percentile(overhead, .99))}  mean {ms(statistics.mean(overhead))}")
-
-        # (a) real HTTP: uvicorn in a thread, one client; the app's own time measured server side.
-        import httpx
-
-        from broker.api.app import create_app
-
-        app_times: list[float] = []
-        inner_app = create_app(harness.container)
-
-        async def timed_app(scope, receive, send):
-            start = time.perf_counter()
-            try:
-                await inner_app(scope, receive, send)
-            finally:
-                if scope["type"] == "http":
-                    app_times.append(time.perf_counter() - start)
-
-        server = LiveServer(timed_app).start()
-        latencies: list[float] = []
-        for _ in range(20):
-            httpx.post(f"{server.url}/v1/requests", json=body, headers=headers)
-        minter.samples.clear()
-        app_times.clear()
-        with httpx.Client(base_url=server.url, headers=headers) as client:
-            wall = time.perf_counter()
-            for _ in range(requests):
-                start = time.perf_counter()
-                response = client.post("/v1/requests", json=body)
-                latencies.append(time.perf_counter() - start)
-                assert response.status_code == 201, response.text
-            wall = time.perf_counter() - wall
-        server.stop()
-        print(f"== over HTTP (uvicorn, one client, {db}), {requests} issuances")
-        print(f"  throughput {requests / wall:.1f} issuances/s")
-        print(f"  latency    p50 {ms(percentile(latencies, .5))}  p99 {ms(percentile(latencies, .99))}  (client side)")
-        sts = list(minter.samples)
-        own = [a - s for a, s in zip(app_times, sts, strict=True)]
-        print(f"  app time   p50 {ms(percentile(app_times, .5))}  p99 {ms(percentile(app_times, .99))}  (server side)")
-        print(f"  STS call   p50 {ms(percentile(sts, .5))}  p99 {ms(percentile(sts, .99))}")
-        print(f"  broker's own overhead (app - STS)  p50 {ms(percentile(own, .5))}  p99 {ms(percentile(own, .99))}  "
-              f"mean {ms(statistics.mean(own))}")
-        harness.container.database.engine.dispose()
-    if drop:
-        drop()
-    aws.stop()
+            timing = server_timing(response.headers["server-timing"])
+            app.append(timing["app"])
+            sts.append(timing["sts"])
+        wall = time.perf_counter() - wall
+    own = [a - s for a, s in zip(app, sts, strict=True)]
+    print(f"== {db}: {requests} issuances over HTTP, broker serve / moto_server / client in three processes")
+    print(f"  throughput {requests / wall:.1f} issuances/s")
+    print(f"  client latency           {describe(latencies)}")
+    print(f"  app time (server side)   {describe(app)}")
+    print(f"  STS call (moto)          {describe(sts)}")
+    print(f"  broker's own overhead    {describe(own)}   (app - STS; target p99 < 5 ms)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
     for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
-        run(args.requests, db)
+        run(args.requests, db, args.warmup)
 
 
 if __name__ == "__main__":
