@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from broker.errors import InvalidInput
-from broker.log_observers import CheckpointEvery, ObservedDatabase
+from broker.log_observers import CheckpointEvery, InBackground, ObservedDatabase
 from broker.storage.engine import build_engine
 from broker.storage.migrations import migrate
 from tests.conftest import TEST_SCOPES, build_harness
@@ -82,8 +85,10 @@ def test_the_broker_checkpoints_every_n_entries(moto_server, tmp_path):
                             aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "s", checkpoint_every=3)
     with harness.container.database.transaction() as repo:
         assert repo.latest_checkpoint() is None
+    checkpointer = harness.container.extras["checkpointer"]
     for _ in range(4):  # 8 entries: requested + issued each
         assert harness.post("/v1/requests", "agent:demo", json=S3).status_code == 201
+        assert checkpointer.drain()  # it is signed in the background, right after the boundary's commit
     with harness.container.database.transaction() as repo:
         latest = repo.latest_checkpoint()
         head_seq, head_hash = repo.log_head()
@@ -91,3 +96,47 @@ def test_the_broker_checkpoints_every_n_entries(moto_server, tmp_path):
     assert latest is not None and latest.seq == 6
     assert latest.key_id == harness.container.signer.key_id
     harness.container.database.engine.dispose()
+
+
+def test_in_background_runs_off_the_callers_thread_and_coalesces():
+    started, release = threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    def task() -> None:
+        runs.append(threading.current_thread().name)
+        started.set()
+        release.wait(5)
+
+    background = InBackground(task, name="test-task")
+    background()
+    assert started.wait(5)
+    # Three calls while a run is under way: one more run, not three.
+    for _ in range(3):
+        background()
+    release.set()
+    assert background.drain(5)
+    assert runs == ["test-task", "test-task"]
+    assert threading.current_thread().name not in runs
+
+
+def test_in_background_survives_a_failing_run_and_restarts_after_idling(caplog):
+    outcomes = iter([RuntimeError("database down"), None])
+    runs: list[int] = []
+
+    def task() -> None:
+        runs.append(1)
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    background = InBackground(task, name="flaky", idle_seconds=0.05)
+    background()
+    assert background.drain(5)
+    assert "background flaky failed" in caplog.text
+    deadline = time.monotonic() + 5
+    while background._thread is not None and time.monotonic() < deadline:  # idle: the thread ends
+        time.sleep(0.01)
+    assert background._thread is None
+    background()  # a new thread takes the next call
+    assert background.drain(5)
+    assert len(runs) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -61,6 +62,11 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
                 after_start()
 
         threading.Thread(target=_when_started, daemon=True).start()
+    # NOTE: what start-up loaded (the IAM action database alone is ~150,000 objects) lives as long as
+    # the process: freeze it out of the cyclic GC, whose full collections would otherwise walk it
+    # all (tens of milliseconds) in the middle of some request.
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:

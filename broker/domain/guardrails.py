@@ -16,6 +16,8 @@ action is List/Read and ``approval.read_only_single_approver: true`` says so.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -522,6 +524,35 @@ def check_template(template: ScopeTemplate, *, actions: ActionKnowledge) -> list
 def check_rendered(template: ScopeTemplate, rendered: RenderedPolicy, *, actions: ActionKnowledge) -> list[Finding]:
     """Re-check the exact session policy about to be sent to STS (errors refuse minting)."""
     return _run(RENDERED_RULES, Subject(template, _rendered_views(rendered, actions), actions, rendered=rendered))
+
+
+class RenderedChecks:
+    """``check_rendered``, remembered for the most recent distinct inputs.
+
+    The key is (template version digest, role ARN, policy digest): the two digests are sha256 of
+    canonical forms, so an equal key means the same template and the same exact session policy
+    for the same role, and the same findings.  Findings are frozen; the list handed out is a copy.
+    """
+
+    def __init__(self, actions: ActionKnowledge, *, maxsize: int = 1024) -> None:
+        self._actions = actions
+        self._maxsize = maxsize
+        self._seen: OrderedDict[tuple[str, str, str], tuple[Finding, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, template: ScopeTemplate, rendered: RenderedPolicy) -> list[Finding]:
+        key = (template.version_digest, rendered.role_arn, rendered.digest)
+        with self._lock:
+            findings = self._seen.get(key)
+            if findings is not None:
+                self._seen.move_to_end(key)
+                return list(findings)
+        findings = tuple(check_rendered(template, rendered, actions=self._actions))
+        with self._lock:
+            self._seen[key] = findings
+            while len(self._seen) > self._maxsize:
+                self._seen.popitem(last=False)
+        return list(findings)
 
 
 def template_error_findings(exc: TemplateError, *, source: str) -> list[Finding]:

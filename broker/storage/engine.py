@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, SQLAlchemyError
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 from broker.errors import BrokerError, InvalidInput, StorageUnavailable
 
@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from broker.storage.repository import Repository
 
 log = logging.getLogger("broker.storage")
+
+
+# Set on the connections of ``Database.read()``; the SQLite begin hook leaves them in autocommit.
+READ_ONLY_OPTION = "broker_read_only"
+_READ_ONLY_OPTIONS = {
+    "sqlite": {READ_ONLY_OPTION: True},
+    "postgresql": {READ_ONLY_OPTION: True, "isolation_level": "AUTOCOMMIT"},
+}
 
 
 def normalise_url(url: str) -> str:
@@ -43,7 +51,8 @@ def build_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # NOTE: LIFO: the connection used last is handed out next, with its page cache still valid.
+        engine = create_engine(url, pool_use_lifo=True, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
@@ -59,7 +68,10 @@ def build_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection):  # pragma: no cover - driver hook
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            if not connection.get_execution_options().get(READ_ONLY_OPTION):
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # NOTE: a read-only unit of work begins nothing: pysqlite (isolation_level None) then runs
+            # each statement in autocommit, and its COMMIT is a no-op.
 
         WalCheckpointer.start(engine)
         return engine
@@ -145,17 +157,43 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator["Repository"]:
+        """One unit of work: everything done through the repository commits together, or not at all.
+
+        A Core connection in a transaction (SQLite: ``BEGIN IMMEDIATE``); the ORM session is made
+        only if the repository needs one, joins that transaction, and is flushed before the commit.
+        """
         from broker.storage.repository import Repository
 
+        with self._storage_errors(), self.engine.connect() as connection, connection.begin():
+            repo = Repository(connection, postgres=self.is_postgres)
+            try:
+                yield repo
+                repo.flush()
+            finally:
+                repo.close()
+
+    @contextmanager
+    def read(self) -> Iterator["Repository"]:
+        """A unit of work that only reads, for single-statement lookups on the request path.
+
+        It takes no write lock on SQLite (no ``BEGIN IMMEDIATE``) and costs no ``BEGIN``/``COMMIT``
+        round trips on PostgreSQL (autocommit): each statement sees its own snapshot.  Writing in
+        it is a bug: nothing would be rolled back.
+        """
+        from broker.storage.repository import Repository
+
+        with self._storage_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(**_READ_ONLY_OPTIONS[self.engine.dialect.name])
+            repo = Repository(connection, postgres=self.is_postgres)
+            try:
+                yield repo
+            finally:
+                repo.close()
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
         try:
-            with Session(self.engine, expire_on_commit=False) as session:
-                repo = Repository(session, postgres=self.is_postgres)
-                try:
-                    yield repo
-                    session.commit()
-                except BaseException:
-                    session.rollback()
-                    raise
+            yield
         except BrokerError:
             raise
         except DataError as exc:

@@ -42,6 +42,12 @@ _KEY_WITH_PRINCIPAL = (
     .select_from(_API_KEYS.outerjoin(_PRINCIPALS, _PRINCIPALS.c.id == _API_KEYS.c.principal_id))
     .where(_API_KEYS.c.key_id == bindparam("key_id"))
 )
+# The SET clause comes from the execute() parameters' keys (compiled once per set of keys).
+_TRANSITION = update(_REQUESTS).where(_REQUESTS.c.id == bindparam("match_id"),
+                                      _REQUESTS.c.status.in_(bindparam("match_statuses", expanding=True)))
+_RESOLVE_INTENT = update(_INTENTS).where(_INTENTS.c.grant_id == bindparam("match_grant_id")).values(resolved=True)
+_SETTINGS_IN = core_select(_SETTINGS.c.key, _SETTINGS.c.value).where(
+    _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True)))
 _HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _SET_HEAD = update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
@@ -63,17 +69,31 @@ def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None)
 
 
 class Repository:
-    def __init__(self, session: Session, *, postgres: bool) -> None:
-        self.session = session
+    """The queries of one unit of work, on its connection (``Database.transaction`` / ``read``)."""
+
+    def __init__(self, connection: Connection, *, postgres: bool) -> None:
+        self._core = connection
         self._postgres = postgres
-        self._connection: Connection | None = None
+        self._session: Session | None = None
 
     @property
-    def _core(self) -> Connection:
-        """The unit of work's connection, for Core statements (same transaction as the session)."""
-        if self._connection is None:
-            self._connection = self.session.connection()
-        return self._connection
+    def session(self) -> Session:
+        """An ORM session in the unit of work's transaction, made on first use (the issuance path needs none)."""
+        if self._session is None:
+            # NOTE: joins the connection's transaction; the unit of work, not the session, commits it.
+            self._session = Session(bind=self._core, expire_on_commit=False,
+                                    join_transaction_mode="rollback_only")
+        return self._session
+
+    def flush(self) -> None:
+        """Send the session's pending ORM changes (the unit of work commits right after)."""
+        if self._session is not None:
+            self._session.flush()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     # --- principals and keys ------------------------------------------------------------
     def get_principal(self, principal_id: str) -> Principal | None:
@@ -140,12 +160,10 @@ class Repository:
         Exactly one of many concurrent callers wins (the database decides, not a read-then-write).
         """
         # NOTE: Core, not an ORM bulk update: a request object loaded in this session keeps the values
-        # it was read with (as with synchronize_session=False before); callers re-read when they need to.
-        result = self._core.execute(
-            update(_REQUESTS)
-            .where(_REQUESTS.c.id == request_id, _REQUESTS.c.status.in_(list(from_statuses)))
-            .values(status=to_status, **values)
-        )
+        # it was read with; callers re-read when they need to.  The SET columns are the parameters' keys.
+        self.flush()
+        result = self._core.execute(_TRANSITION, {"match_id": request_id, "match_statuses": list(from_statuses),
+                                                  "status": to_status, **values})
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
@@ -179,7 +197,7 @@ class Repository:
         self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
 
     def resolve_intent(self, grant_id: str) -> None:
-        self._core.execute(update(_INTENTS).where(_INTENTS.c.grant_id == grant_id).values(resolved=True))
+        self._core.execute(_RESOLVE_INTENT, {"match_grant_id": grant_id})
 
     def unresolved_intents(self) -> list[MintIntentRow]:
         return list(self.session.exec(select(MintIntentRow).where(MintIntentRow.resolved == False)))  # noqa: E712
@@ -239,8 +257,7 @@ class Repository:
 
     def get_settings(self, keys: Sequence[str]) -> dict[str, str]:
         """Several settings in one query (absent keys are left out)."""
-        rows = self._core.execute(core_select(_SETTINGS.c.key, _SETTINGS.c.value)
-                                  .where(_SETTINGS.c.key.in_(list(keys))))
+        rows = self._core.execute(_SETTINGS_IN, {"match_keys": list(keys)})
         return {row.key: row.value for row in rows}
 
     def set_setting(self, key: str, value: str | None, *, now: datetime) -> None:

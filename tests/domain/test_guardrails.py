@@ -12,7 +12,7 @@ from broker.actiondb import default_action_knowledge
 from broker.catalog import load_catalog, template_files
 from broker.domain import guardrails
 from broker.domain.actions import AccessLevel, ActionInfo, ResourceType, Risk, StaticActionKnowledge, classify
-from broker.domain.guardrails import Finding, check_rendered, check_template
+from broker.domain.guardrails import Finding, RenderedChecks, check_rendered, check_template
 from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
 from broker.domain.templates import template_from_mapping
 from broker.errors import TemplateError
@@ -273,6 +273,26 @@ def test_rendered_role_is_rechecked(actions, clean):
     rendered = render_policy(clean, validate_parameters(clean, {"group": "/aws/lambda/api"}))
     tampered = RenderedPolicy("arn:aws:iam::123456789012:role/admin", rendered.document, rendered.json, rendered.digest)
     assert "role_not_target" in {f.code for f in check_rendered(clean, tampered, actions=actions)}
+
+
+def test_remembered_rendered_checks_key_on_template_role_and_policy(actions, clean):
+    checks = RenderedChecks(actions, maxsize=2)
+    rendered = render_policy(clean, validate_parameters(clean, {"group": "/aws/lambda/api"}))
+    assert checks(clean, rendered) == [] and checks(clean, rendered) == []
+    # Same policy digest, another role: not the remembered answer.
+    other_role = RenderedPolicy("arn:aws:iam::123456789012:role/admin", rendered.document, rendered.json,
+                                rendered.digest)
+    assert "role_not_target" in {f.code for f in checks(clean, other_role)}
+    # Another policy (its own digest): checked, and refused.
+    widened = _rendered(clean, {"Version": "2012-10-17", "Statement": [TAMPERED[4][1]]})
+    widened = RenderedPolicy(widened.role_arn, widened.document, widened.json, "sha256:other")
+    assert "policy_widened" in {f.code for f in checks(clean, widened)}
+    # A changed template (another version digest) is checked again, not answered from memory.
+    stricter = template_from_mapping({**base(), "description": "changed"}, source="t.yaml")
+    assert stricter.version_digest != clean.version_digest
+    assert checks(stricter, other_role) == check_rendered(stricter, other_role, actions=actions)
+    # Bounded: the oldest entries go.
+    assert len(checks._seen) == 2
 
 
 # ----------------------------------------------------------------------------- shipped templates
