@@ -33,12 +33,14 @@ from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation,
                            StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
 from broker.storage.engine import Database
-from broker.storage.models import ApprovalRow, GrantRow, MintIntentRow, RequestRow
+from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
 from broker.storage.repository import Repository
 
 log = logging.getLogger("broker.service")
 
 MAX_REASON = 1000
+# A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
+AnyRequest = RequestRow | NewRequest
 # A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
 RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
 # Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
@@ -86,7 +88,7 @@ class BrokerService:
         request_id, grant_id = str(uuid.uuid4()), str(uuid.uuid4())
         tags = session_tags(request_id=request_id, template=template, agent=principal.id, human=principal.human,
                             grant_id=grant_id)
-        row = RequestRow(
+        row = NewRequest(
             id=request_id, template=template.name, template_digest=template.version_digest,
             environment=template.environment.value, parameters=json.dumps(values, sort_keys=True),
             role_arn=rendered.role_arn, policy=rendered.json, policy_digest=rendered.digest, ttl_seconds=ttl,
@@ -112,7 +114,7 @@ class BrokerService:
         for gate in self.gates:
             gate(repo, principal, template, now)
 
-    def _open_pending(self, row: RequestRow, template: ScopeTemplate, principal: Principal,
+    def _open_pending(self, row: NewRequest, template: ScopeTemplate, principal: Principal,
                       now: datetime) -> RequestOutcome:
         row.pending_expires_at = now + timedelta(seconds=template.approval.expires_after)
         try:
@@ -131,14 +133,14 @@ class BrokerService:
         self.notifier.notify(event="pending", request=view)
         return RequestOutcome(request=view)
 
-    def _issue_now(self, row: RequestRow, template: ScopeTemplate, principal: Principal,
+    def _issue_now(self, row: NewRequest, template: ScopeTemplate, principal: Principal,
                    now: datetime) -> RequestOutcome:
         row.status = RequestStatus.ISSUING.value
         try:
             with self.database.transaction() as repo:
                 self._run_gates(repo, principal, template, now)
                 repo.add_request(row)
-                repo.add_intent(MintIntentRow(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                repo.add_intent(NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
                                               source_identity=row.source_identity, created_at=now))
                 repo.append_event(self._event("requested", row, actor=principal.id, now=now))
         except BrokerError as exc:
@@ -148,7 +150,7 @@ class BrokerService:
             raise
         return self._mint_and_record(row, template, actor=principal.id)
 
-    def _mint_and_record(self, row: RequestRow, template: ScopeTemplate, *, actor: str) -> RequestOutcome:
+    def _mint_and_record(self, row: AnyRequest, template: ScopeTemplate, *, actor: str) -> RequestOutcome:
         order = MintOrder(role_arn=row.role_arn, session_name=row.session_name, policy_json=row.policy,
                           duration_seconds=row.ttl_seconds, source_identity=row.source_identity,
                           tags=[{"Key": k, "Value": v} for k, v in json.loads(row.session_tags)])
@@ -158,7 +160,7 @@ class BrokerService:
             self._record_failure(row, actor=actor, error=exc)
             raise
         now = self.clock.now()
-        grant = GrantRow(id=row.grant_id, request_id=row.id, template=row.template, agent=row.requester,
+        grant = NewGrant(id=row.grant_id, request_id=row.id, template=row.template, agent=row.requester,
                          acts_for=row.acts_for, role_arn=row.role_arn, access_key_id=minted.access_key_id,
                          source_identity=row.source_identity, session_name=row.session_name,
                          policy_digest=row.policy_digest, environment=row.environment, issued_at=now,
@@ -181,7 +183,7 @@ class BrokerService:
         return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
 
-    def _record_failure(self, row: RequestRow, *, actor: str, error: BrokerError) -> None:
+    def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError) -> None:
         now = self.clock.now()
         try:
             with self.database.transaction() as repo:
@@ -347,7 +349,7 @@ class BrokerService:
                 if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
                                                to_status=RequestStatus.ISSUING.value, updated_at=now):
                     raise Conflict("the request was already redeemed", code="request_already_redeemed")
-                repo.add_intent(MintIntentRow(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                repo.add_intent(NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
                                               source_identity=row.source_identity, created_at=now))
                 repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
         except (Forbidden, Conflict, GuardrailViolation) as exc:
@@ -443,7 +445,7 @@ class BrokerService:
             raise RequestNotFound("no such request", field="id")
         return row
 
-    def request_view(self, row: RequestRow, *, template: ScopeTemplate | None = None,
+    def request_view(self, row: AnyRequest, *, template: ScopeTemplate | None = None,
                      approvals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         view: dict[str, Any] = {
             "id": row.id, "status": row.status, "template": row.template, "template_digest": row.template_digest,
@@ -479,7 +481,7 @@ class BrokerService:
         return view
 
     # ------------------------------------------------------------------ events
-    def _event(self, kind: str, row: RequestRow, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
+    def _event(self, kind: str, row: AnyRequest, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
         body = _base_event(kind, now)
         body.update(request_id=row.id, grant_id=row.grant_id, actor=actor,
                     acts_for=row.acts_for if actor == row.requester else None, template=row.template,
@@ -494,7 +496,7 @@ class BrokerService:
         return body
 
 
-def binding_of(row: RequestRow) -> BindingFacts:
+def binding_of(row: AnyRequest) -> BindingFacts:
     return BindingFacts(request_id=row.id, template=row.template, template_digest=row.template_digest,
                         parameters=json.loads(row.parameters), role_arn=row.role_arn, policy_digest=row.policy_digest,
                         ttl_seconds=row.ttl_seconds,
@@ -502,7 +504,7 @@ def binding_of(row: RequestRow) -> BindingFacts:
                         source_identity=row.source_identity)
 
 
-def grant_view(grant: GrantRow, *, ttl_seconds: int) -> dict[str, Any]:
+def grant_view(grant: GrantRow | NewGrant, *, ttl_seconds: int) -> dict[str, Any]:
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
             "expiration": _iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
             "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
@@ -35,7 +36,7 @@ class RequestRow(SQLModel, table=True):
         Index("ix_requests_template_created", "template", "created_at"),
     )
     id: str = Field(primary_key=True, max_length=64)
-    template: str = Field(index=True, max_length=100)
+    template: str = Field(max_length=100)  # indexed by ix_requests_template_created
     template_digest: str = Field(max_length=100)
     environment: str = Field(max_length=20)
     parameters: str = Field(sa_column=Column(Text, nullable=False))  # JSON object (validated values)
@@ -48,7 +49,7 @@ class RequestRow(SQLModel, table=True):
     session_name: str = Field(max_length=64)
     grant_id: str = Field(max_length=64)
     binding_digest: str = Field(max_length=100)
-    requester: str = Field(index=True, max_length=200)
+    requester: str = Field(max_length=200)  # indexed by ix_requests_requester_created
     acts_for: str | None = Field(default=None, max_length=200)
     reason: str = Field(sa_column=Column(Text, nullable=False))
     source_ip: str | None = Field(default=None, max_length=64)
@@ -82,7 +83,7 @@ class GrantRow(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     request_id: str = Field(index=True, max_length=64, unique=True)
     template: str = Field(index=True, max_length=100)
-    agent: str = Field(index=True, max_length=200)
+    agent: str = Field(max_length=200)  # indexed by ix_grants_agent_expiration
     acts_for: str | None = Field(default=None, max_length=200)
     role_arn: str = Field(max_length=2048)
     access_key_id: str = Field(index=True, max_length=128)
@@ -156,3 +157,70 @@ class SettingRow(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=100)
     value: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: datetime
+
+
+# --- new rows on the issuance path ------------------------------------------------------------
+# Plain values of a row about to be inserted, with the table model's column names.  Building a
+# table model instance costs ~50 us (SQLAlchemy instrumentation on every field); the issuance path
+# builds these instead and the repository inserts them with Core.  Code that reads a request or a
+# grant takes either (the same attributes).
+
+
+@dataclass(kw_only=True, slots=True)
+class NewRequest:
+    id: str
+    template: str
+    template_digest: str
+    environment: str
+    parameters: str
+    role_arn: str
+    policy: str
+    policy_digest: str
+    ttl_seconds: int
+    session_tags: str
+    source_identity: str
+    session_name: str
+    grant_id: str
+    binding_digest: str
+    requester: str
+    acts_for: str | None
+    reason: str
+    source_ip: str | None
+    status: str
+    approvals_required: int
+    created_at: datetime
+    updated_at: datetime
+    pending_expires_at: datetime | None = None
+    approved_at: datetime | None = None
+    redeem_by: datetime | None = None
+    issued_at: datetime | None = None
+    decided_reason: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class NewGrant:
+    id: str
+    request_id: str
+    template: str
+    agent: str
+    acts_for: str | None
+    role_arn: str
+    access_key_id: str
+    source_identity: str
+    session_name: str
+    policy_digest: str
+    environment: str
+    issued_at: datetime
+    expiration: datetime
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class NewMintIntent:
+    grant_id: str
+    request_id: str
+    role_arn: str
+    source_identity: str
+    created_at: datetime
+    resolved: bool = False

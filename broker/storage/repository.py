@@ -23,7 +23,8 @@ from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.identity.authenticator import ApiKeyRecord
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
-                                   MintIntentRow, PrincipalRow, RequestRow, SettingRow)
+                                   MintIntentRow, NewGrant, NewMintIntent, NewRequest, PrincipalRow, RequestRow,
+                                   SettingRow)
 
 
 _PRINCIPALS: Table = PrincipalRow.__table__  # type: ignore[attr-defined]
@@ -54,8 +55,8 @@ _SET_HEAD = update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
 _INSERT_EVENT = insert(_EVENTS)
 
 
-def _row_values(table: Table, row: SQLModel) -> dict[str, Any]:
-    """The column values of a table model instance (its Python defaults already applied)."""
+def _row_values(table: Table, row: SQLModel | NewRequest | NewGrant | NewMintIntent) -> dict[str, Any]:
+    """The column values of a new row (a table model instance or its plain ``New...`` values)."""
     values = {column.name: getattr(row, column.name) for column in table.columns}
     for column in table.primary_key.columns:
         if values.get(column.name) is None:
@@ -144,7 +145,7 @@ class Repository:
         return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for)
 
     # --- requests -------------------------------------------------------------------------
-    def add_request(self, row: RequestRow) -> None:
+    def add_request(self, row: RequestRow | NewRequest) -> None:
         self._core.execute(insert(_REQUESTS), _row_values(_REQUESTS, row))
 
     def get_request(self, request_id: str, *, for_update: bool = False) -> RequestRow | None:
@@ -193,7 +194,7 @@ class Repository:
         return self.session.exec(statement).first() is not None
 
     # --- grants and mint intents ----------------------------------------------------------
-    def add_intent(self, row: MintIntentRow) -> None:
+    def add_intent(self, row: MintIntentRow | NewMintIntent) -> None:
         self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
 
     def resolve_intent(self, grant_id: str) -> None:
@@ -202,7 +203,7 @@ class Repository:
     def unresolved_intents(self) -> list[MintIntentRow]:
         return list(self.session.exec(select(MintIntentRow).where(MintIntentRow.resolved == False)))  # noqa: E712
 
-    def add_grant(self, row: GrantRow) -> None:
+    def add_grant(self, row: GrantRow | NewGrant) -> None:
         """A new grant (an INSERT now; a grant loaded from this unit of work is saved with ``save_grant``)."""
         self._core.execute(insert(_GRANTS), _row_values(_GRANTS, row))
 
