@@ -64,6 +64,7 @@ def build_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             # NOTE: no checkpoint (and its fsync) inside a request's commit; WalCheckpointer does it.
             cursor.execute("PRAGMA wal_autocheckpoint=0")
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -75,10 +76,15 @@ def build_engine(url: str) -> Engine:
 
         WalCheckpointer.start(engine)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
+    # NOTE: LIFO: the connection used last (its server backend warm) is handed out next.
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True,
+                           connect_args={"connect_timeout": 5})
     ping_idle_connections(engine)
     return engine
 
+
+# After a checkpoint, SQLite truncates a WAL file larger than this (bytes).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # A pooled connection idle longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_SECONDS = 1.0
@@ -119,10 +125,15 @@ class WalCheckpointer:
     runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval`` seconds instead (PASSIVE never
     blocks writers).  It holds the engine weakly and stops once the engine is disposed or gone.
     (On the last connection's close SQLite checkpoints by itself, so nothing is left behind.)
+
+    Every 5 s, not every second: a checkpoint copies each page changed since the last one once,
+    so fewer checkpoints copy less (an issuance dirties ~40 pages, mostly the same index pages),
+    and measured at full speed the per-second checkpoint cost ~0.5 ms at p99.  At 100 issuances/s
+    the WAL grows ~80 MB between checkpoints; ``journal_size_limit`` truncates it back afterwards.
     """
 
     @classmethod
-    def start(cls, engine: Engine, interval: float = 1.0) -> None:
+    def start(cls, engine: Engine, interval: float = 5.0) -> None:
         engine_ref = weakref.ref(engine)
         stopped = threading.Event()
         event.listen(engine, "engine_disposed", lambda _engine: stopped.set())

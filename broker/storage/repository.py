@@ -21,6 +21,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
+from broker.errors import StorageUnavailable
 from broker.identity.authenticator import ApiKeyRecord
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
                                    MintIntentRow, NewGrant, NewMintIntent, NewRequest, PrincipalRow, RequestRow,
@@ -51,8 +52,14 @@ _SETTINGS_IN = core_select(_SETTINGS.c.key, _SETTINGS.c.value).where(
     _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True)))
 _HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
-_SET_HEAD = update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
+_SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
+             .values(seq=bindparam("head_seq"), hash=bindparam("head_hash")))
 _INSERT_EVENT = insert(_EVENTS)
+# PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
+# instead of two (both run, or neither: one statement).
+_APPEND_PG = _SET_HEAD.add_cte(
+    insert(_EVENTS).values({c.name: bindparam(f"entry_{c.name}", type_=c.type) for c in _EVENTS.columns})
+    .cte("appended_entry"))
 
 
 def _row_values(table: Table, row: SQLModel | NewRequest | NewGrant | NewMintIntent) -> dict[str, Any]:
@@ -280,14 +287,21 @@ class Repository:
         # created by migration 0004; a database without it is not migrated: .one() fails closed.
         head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
         entry = issuance_log.seal_entry(body, seq=head.seq + 1, prev_hash=head.hash)
-        self._core.execute(_INSERT_EVENT, {
+        row = {
             "seq": entry["seq"], "event_id": entry["event_id"], "time": _parse_time(entry["time"]),
             "type": entry["type"], "request_id": entry.get("request_id"), "grant_id": entry.get("grant_id"),
             "actor": entry.get("actor"), "acts_for": entry.get("acts_for"), "template": entry.get("template"),
             "access_key_id": entry.get("access_key_id"), "body": issuance_log.entry_line(entry).decode("utf-8"),
             "prev_hash": entry["prev_hash"], "hash": entry["hash"],
-        })
-        self._core.execute(_SET_HEAD.values(seq=entry["seq"], hash=entry["hash"]))
+        }
+        head_values = {"head_seq": entry["seq"], "head_hash": entry["hash"]}
+        if self._postgres:
+            result = self._core.execute(_APPEND_PG, {**{f"entry_{k}": v for k, v in row.items()}, **head_values})
+        else:
+            self._core.execute(_INSERT_EVENT, row)
+            result = self._core.execute(_SET_HEAD, head_values)
+        if result.rowcount != 1:  # the head row vanished mid-append: fail closed, nothing commits
+            raise StorageUnavailable("the issuance log head is missing; nothing was written")
         return entry
 
     def log_head(self) -> tuple[int, str]:
