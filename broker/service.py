@@ -139,9 +139,9 @@ class BrokerService:
         try:
             with self.database.transaction() as repo:
                 self._run_gates(repo, principal, template, now)
-                repo.add_request(row)
-                repo.add_intent(NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
-                                              source_identity=row.source_identity, created_at=now))
+                repo.add_request_and_intent(row, NewMintIntent(
+                    grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                    source_identity=row.source_identity, created_at=now))
                 repo.append_event(self._event("requested", row, actor=principal.id, now=now))
         except BrokerError as exc:
             if not isinstance(exc, Unavailable):
@@ -167,11 +167,9 @@ class BrokerService:
                          expiration=minted.expiration)
         try:
             with self.database.transaction() as repo:
-                if not repo.transition_request(row.id, from_statuses=[RequestStatus.ISSUING.value],
-                                               to_status=RequestStatus.ISSUED.value, issued_at=now, updated_at=now):
+                if not repo.record_issued(row.id, from_statuses=[RequestStatus.ISSUING.value],
+                                          to_status=RequestStatus.ISSUED.value, grant=grant, now=now):
                     raise Conflict("the request changed while credentials were minted", code="request_changed")
-                repo.add_grant(grant)
-                repo.resolve_intent(row.grant_id)
                 repo.append_event(self._event("issued", row, actor=actor, now=now, access_key_id=minted.access_key_id,
                                               expiration=issuance_log.log_time(minted.expiration)))
         except BrokerError:

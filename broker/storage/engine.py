@@ -113,6 +113,9 @@ def ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_
         try:
             with dbapi_connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
+            # NOTE: the driver began a transaction for the ping; end it, or the connection is handed out
+            # "in transaction" (and, for one, cannot be switched to autocommit by Database.read()).
+            dbapi_connection.rollback()
         except Exception as exc:  # noqa: BLE001 - any failure means "do not hand this one out"
             raise DisconnectionError("a pooled connection failed its liveness ping") from exc
 
@@ -214,6 +217,14 @@ class Database:
                                "NUL character); nothing was issued", code="unstorable_value") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StorageUnavailable("the broker's database is unavailable; nothing was issued") from exc
+        except self._driver_error as exc:
+            # NOTE: a driver error SQLAlchemy did not wrap (raised from dialect code, such as a failed switch to
+            # autocommit): still the database's, never a 500.
+            raise StorageUnavailable("the broker's database is unavailable; nothing was issued") from exc
+
+    @property
+    def _driver_error(self) -> type[Exception]:
+        return getattr(self.engine.dialect.loaded_dbapi, "Error", DBAPIError)
 
     def ping(self) -> None:
         try:

@@ -50,6 +50,33 @@ _TRANSITION = update(_REQUESTS).where(_REQUESTS.c.id == bindparam("match_id"),
 _RESOLVE_INTENT = update(_INTENTS).where(_INTENTS.c.grant_id == bindparam("match_grant_id")).values(resolved=True)
 _SETTINGS_IN = core_select(_SETTINGS.c.key, _SETTINGS.c.value).where(
     _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True)))
+
+
+def _values_of(table: Table, prefix: str) -> dict[str, Any]:
+    """Every column of ``table`` as a bind parameter named ``prefix + column``, typed as the column.
+
+    NOTE: a parameter named like a column (``grant_id``, ``request_id``) would become a SET value of
+    an UPDATE in the same statement: prefixes end in a double underscore, which no column has."""
+    return {c.name: bindparam(prefix + c.name, type_=c.type) for c in table.columns}
+
+
+# PostgreSQL: the issuance path's writes as single statements with data-modifying CTEs (one round
+# trip each instead of two or three; all of a statement's parts run, or none).
+_ADD_REQUEST_AND_INTENT_PG = insert(_INTENTS).values(_values_of(_INTENTS, "intent__")).add_cte(
+    insert(_REQUESTS).values(_values_of(_REQUESTS, "request__")).cte("added_request"))
+_MOVED_TO_ISSUED_PG = (
+    update(_REQUESTS)
+    .where(_REQUESTS.c.id == bindparam("match_id"),
+           _REQUESTS.c.status.in_(bindparam("match_statuses", expanding=True)))
+    .values(status=bindparam("to_status"), issued_at=bindparam("to_issued_at"),
+            updated_at=bindparam("to_updated_at"))
+    .returning(_REQUESTS.c.id)
+    .cte("moved_request"))
+_RECORD_ISSUED_PG = (
+    core_select(func.count()).select_from(_MOVED_TO_ISSUED_PG)
+    .add_cte(insert(_GRANTS).values(_values_of(_GRANTS, "grant__")).cte("added_grant"))
+    .add_cte(update(_INTENTS).where(_INTENTS.c.grant_id == bindparam("match_grant_id"))
+             .values(resolved=True).cte("resolved_intent")))
 _HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
@@ -58,7 +85,7 @@ _INSERT_EVENT = insert(_EVENTS)
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
 _APPEND_PG = _SET_HEAD.add_cte(
-    insert(_EVENTS).values({c.name: bindparam(f"entry_{c.name}", type_=c.type) for c in _EVENTS.columns})
+    insert(_EVENTS).values({c.name: bindparam(f"entry__{c.name}", type_=c.type) for c in _EVENTS.columns})
     .cte("appended_entry"))
 
 
@@ -201,6 +228,34 @@ class Repository:
         return self.session.exec(statement).first() is not None
 
     # --- grants and mint intents ----------------------------------------------------------
+    def add_request_and_intent(self, row: NewRequest, intent: NewMintIntent) -> None:
+        """A request about to be minted and its mint intent (PostgreSQL: one statement)."""
+        if not self._postgres:
+            self.add_request(row)
+            self.add_intent(intent)
+            return
+        params = {f"request__{k}": v for k, v in _row_values(_REQUESTS, row).items()}
+        params.update({f"intent__{k}": v for k, v in _row_values(_INTENTS, intent).items()})
+        self._core.execute(_ADD_REQUEST_AND_INTENT_PG, params)
+
+    def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: NewGrant,
+                      now: datetime) -> bool:
+        """Move the request to ``to_status`` if it is still in ``from_statuses``, add its grant and resolve its
+        mint intent.  False when the request had moved on: the caller must refuse (its unit of work then
+        rolls back the grant and the intent too).  PostgreSQL: one statement."""
+        if not self._postgres:
+            if not self.transition_request(request_id, from_statuses=from_statuses, to_status=to_status,
+                                           issued_at=now, updated_at=now):
+                return False
+            self.add_grant(grant)
+            self.resolve_intent(grant.id)
+            return True
+        self.flush()
+        params = {f"grant__{k}": v for k, v in _row_values(_GRANTS, grant).items()}
+        params.update(match_id=request_id, match_statuses=list(from_statuses), to_status=to_status,
+                      to_issued_at=now, to_updated_at=now, match_grant_id=grant.id)
+        return self._core.execute(_RECORD_ISSUED_PG, params).scalar_one() == 1
+
     def add_intent(self, row: MintIntentRow | NewMintIntent) -> None:
         self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
 
@@ -296,7 +351,7 @@ class Repository:
         }
         head_values = {"head_seq": entry["seq"], "head_hash": entry["hash"]}
         if self._postgres:
-            result = self._core.execute(_APPEND_PG, {**{f"entry_{k}": v for k, v in row.items()}, **head_values})
+            result = self._core.execute(_APPEND_PG, {**{f"entry__{k}": v for k, v in row.items()}, **head_values})
         else:
             self._core.execute(_INSERT_EVENT, row)
             result = self._core.execute(_SET_HEAD, head_values)

@@ -7,7 +7,8 @@ import time
 import pytest
 import sqlalchemy
 
-from broker.storage.engine import PING_AFTER_IDLE_SECONDS, build_engine
+from broker.storage.engine import PING_AFTER_IDLE_SECONDS, Database, build_engine
+from broker.storage.migrations import migrate
 
 pytestmark = pytest.mark.postgres
 
@@ -43,4 +44,18 @@ def test_a_connection_used_a_moment_ago_is_not_pinged(pg_admin_url, pg_url):
         _backend_pid(engine)
     # The pool then replaces it: the next checkout works.
     assert _backend_pid(engine) != dead
+    engine.dispose()
+
+
+def test_a_pinged_connection_is_handed_out_outside_a_transaction(pg_url):
+    """Found by the two-replica test: the ping left the connection "in transaction", and the next
+    ``Database.read()`` could not switch it to autocommit (a 500 then, a 503 now, neither right)."""
+    engine = build_engine(pg_url)
+    migrate(engine)
+    database = Database(engine)
+    with database.read() as repo:
+        assert repo.find_api_key_with_principal("nope") is None
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+    with database.read() as repo:  # the same pooled connection: pinged, then switched to autocommit
+        assert repo.find_api_key_with_principal("nope") is None
     engine.dispose()
