@@ -9,7 +9,8 @@ Runs everything as it runs in production, each in its own process:
 
 It prints issuances/s, the client's p50/p99 latency, and from each response's ``Server-Timing``
 header the broker's app time, the STS call's time inside it, and the broker's own overhead
-(app - STS) at p50/p99/p99.9/max.
+(app - STS) at p50/p99/p99.9/max; and the broker process's CPU time per issuance (steadier than
+latency on a shared machine, whose neighbours move every latency figure by tens of percent).
 
     .venv/bin/python -m tests.bench.bench_issue [--requests 1000] [--db sqlite|postgres|both]
 
@@ -112,7 +113,7 @@ def run(requests: int, db: str, warmup: int) -> None:
             broker = Process([str(BIN / "broker"), "serve", "--port", str(port)], f"http://127.0.0.1:{port}",
                              "/readyz", env=env)
             try:
-                measure(broker.url, key, requests, warmup, db)
+                measure(broker.url, key, requests, warmup, db, broker.process.pid)
             finally:
                 broker.stop()
     finally:
@@ -121,7 +122,13 @@ def run(requests: int, db: str, warmup: int) -> None:
         aws.stop()
 
 
-def measure(url: str, key: str, requests: int, warmup: int, db: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, key: str, requests: int, warmup: int, db: str, pid: int) -> None:
     body = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
     latencies: list[float] = []
     app: list[float] = []
@@ -129,7 +136,7 @@ def measure(url: str, key: str, requests: int, warmup: int, db: str) -> None:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
         for _ in range(warmup):
             assert client.post("/v1/requests", json=body).status_code == 201
-        wall = time.perf_counter()
+        wall, cpu = time.perf_counter(), cpu_seconds(pid)
         for _ in range(requests):
             start = time.perf_counter()
             response = client.post("/v1/requests", json=body)
@@ -138,7 +145,7 @@ def measure(url: str, key: str, requests: int, warmup: int, db: str) -> None:
             timing = server_timing(response.headers["server-timing"])
             app.append(timing["app"])
             sts.append(timing["sts"])
-        wall = time.perf_counter() - wall
+        wall, cpu = time.perf_counter() - wall, cpu_seconds(pid) - cpu
     own = [a - s for a, s in zip(app, sts, strict=True)]
     print(f"== {db}: {requests} issuances over HTTP, broker serve / moto_server / client in three processes")
     print(f"  throughput {requests / wall:.1f} issuances/s")
@@ -146,6 +153,7 @@ def measure(url: str, key: str, requests: int, warmup: int, db: str) -> None:
     print(f"  app time (server side)   {describe(app)}")
     print(f"  STS call (moto)          {describe(sts)}")
     print(f"  broker's own overhead    {describe(own)}   (app - STS; target p99 < 5 ms)")
+    print(f"  broker process CPU       {cpu / requests * 1000:.2f} ms per issuance (all threads, STS client included)")
 
 
 def main() -> None:
