@@ -8,9 +8,10 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from broker.api.deps import Container, ContainerDep, CurrentPrincipal, client_ip, current_principal
 from broker.api.schemas import ERROR_RESPONSES, CreateRequestBody, DecisionBody, RequestOut
@@ -45,7 +46,11 @@ async def create_request(request: Request, container: ContainerDep) -> JSONRespo
     # NOTE: the hot path.  Authentication, the body and the use case run in one worker-thread hop (a
     # sync dependency plus a sync endpoint would be two, each a thread hand-off there and back).  The
     # caller is authenticated before anything of the body is judged, malformed JSON included.
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        # The caller went away mid-body: nothing was judged, nothing is answered (as FastAPI does).
+        return Response(status_code=400)
     return await run_in_threadpool(_create_request, request, container, raw)
 
 
@@ -74,7 +79,7 @@ def parse_json_body(model: type[BodyModel], raw: bytes, content_type: str | None
                 subtype == "json" or subtype.endswith("+json")):
             try:
                 value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep, huge integer
                 raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(exc, "pos", 0)),
                                                "msg": "JSON decode error", "input": {}}]) from None
     try:

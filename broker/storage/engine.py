@@ -51,8 +51,11 @@ def build_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        # NOTE: LIFO: the connection used last is handed out next, with its page cache still valid.
-        engine = create_engine(url, pool_use_lifo=True, connect_args={"check_same_thread": False, "timeout": 30})
+        in_memory = parsed.database in (None, "", ":memory:")
+        # NOTE: LIFO: the connection used last is handed out next, with its page cache still valid (file
+        # databases: a queue pool; an in-memory one has a single-connection pool and takes no such option).
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               **({} if in_memory else {"pool_use_lifo": True}))
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
@@ -95,9 +98,11 @@ def ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_
 
     ``pool_pre_ping`` costs a round trip on every checkout (three per issuance).  Here only a
     connection idle for ``idle_seconds`` is pinged; a dead one raises ``DisconnectionError`` and the
-    pool replaces it (and, SQLAlchemy's disconnect handling, every connection older than it).  A
-    connection that dies within a second of its last use fails its first statement instead: that
-    unit of work rolls back and the caller gets 503 ``storage_unavailable``, as for any outage.
+    pool replaces that connection.  A connection that dies within a second of its last use fails its
+    first statement instead (SQLAlchemy then invalidates the pool's older connections too): that unit
+    of work rolls back and the caller gets 503 ``storage_unavailable``, as for any outage.  If that is
+    the unit of work after STS, the minted session is withheld and revoked as an orphan: fail-closed,
+    at the price of one wasted session.
     """
 
     @event.listens_for(engine, "checkin")

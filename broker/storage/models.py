@@ -170,8 +170,13 @@ def plain_values_of(model: type[SQLModel]) -> type:
     """A keyword-only, slotted dataclass ``New<Model>`` with the fields (and defaults) of ``model``."""
     fields = []
     for name, info in model.model_fields.items():
-        default = dataclasses.MISSING if info.is_required() else info.get_default(call_default_factory=True)
-        fields.append((name, info.annotation, dataclasses.field(default=default)))
+        if info.is_required():
+            spec = dataclasses.field()
+        elif info.default_factory is not None:
+            spec = dataclasses.field(default_factory=info.default_factory)  # called per row, not once here
+        else:
+            spec = dataclasses.field(default=info.default)
+        fields.append((name, info.annotation, spec))
     plain = dataclasses.make_dataclass("New" + model.__name__.removesuffix("Row"), fields, kw_only=True, slots=True)
     plain.__module__ = __name__
     return plain

@@ -24,6 +24,8 @@ CASES = [
     pytest.param({"content-type": "application/vnd.broker+json"}, json.dumps(GOOD), 201, None, None, id="plus-json"),
     pytest.param(JSON, "", 422, "invalid_request", None, id="empty"),
     pytest.param(JSON, "{bad", 400, "malformed_json", None, id="malformed"),
+    pytest.param(JSON, "[" * 3000 + "]" * 3000, 400, "malformed_json", None, id="nested-too-deep"),
+    pytest.param(JSON, '{"ttl_seconds": ' + "1" * 5000 + "}", 400, "malformed_json", None, id="integer-too-long"),
     pytest.param(JSON, "[1]", 422, "invalid_request", None, id="array"),
     pytest.param(JSON, "null", 422, "invalid_request", None, id="null"),
     pytest.param(JSON, json.dumps({**GOOD, "x": 1}), 422, "unknown_field", "x", id="unknown-field"),
@@ -68,3 +70,30 @@ def test_the_body_schema_is_documented(sqlite_broker):
     assert set(schema["properties"]) == {"template", "parameters", "ttl_seconds", "reason"}
     assert set(schema["required"]) == {"template", "reason"}
     assert operation["requestBody"]["required"] is True
+
+
+def test_a_caller_that_disconnects_mid_body_is_not_an_error(sqlite_broker, caplog):
+    """Found in review: the body read outside FastAPI's handling let ClientDisconnect become a 500."""
+    import asyncio
+
+    from broker.api.app import create_app
+
+    app = create_app(sqlite_broker.container)
+    statuses: list[int] = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    headers = {**sqlite_broker.auth("agent:demo"), **JSON, "content-length": "10"}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/requests", "raw_path": b"/v1/requests", "query_string": b"",
+             "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    assert statuses == [400]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert sqlite_broker.request_count() == 0

@@ -73,3 +73,60 @@ def test_a_request_that_moved_on_is_not_issued_and_nothing_is_kept(database):
         intents = list(repo.session.exec(select(MintIntentRow)))
         assert [(i.grant_id, i.resolved) for i in intents] == [("g2", False)]
         assert [r.id for r in repo.session.exec(select(RequestRow))] == ["r2"]
+
+
+@pytest.mark.parametrize(("statement", "updated"), [
+    ("_RECORD_ISSUED_PG", {"requests": {"status", "updated_at", "issued_at"}, "mint_intents": {"resolved"}}),
+    ("_APPEND_PG", {"log_head": {"seq", "hash"}}),
+    ("_ADD_REQUEST_AND_INTENT_PG", {}),
+])
+def test_postgresql_statements_set_only_what_they_mean_to(statement, updated):
+    """A bind parameter named like a column silently becomes a SET value of an UPDATE in the same
+    statement (it happened once: ``grant_id``).  Compile each with the parameters the repository
+    passes and read back every UPDATE's SET columns."""
+    import re
+
+    from sqlalchemy.dialects import postgresql
+
+    from broker.storage import repository
+
+    keys = {
+        "_RECORD_ISSUED_PG": [f"grant__{c.name}" for c in GrantRow.__table__.columns]
+        + ["match_id", "match_statuses", "to_status", "to_issued_at", "to_updated_at", "match_grant_id"],
+        "_APPEND_PG": [f"entry__{c}" for c in ("seq", "event_id", "time", "type", "request_id", "grant_id", "actor",
+                                               "acts_for", "template", "access_key_id", "body", "prev_hash", "hash")]
+        + ["head_seq", "head_hash"],
+        "_ADD_REQUEST_AND_INTENT_PG": [f"request__{c.name}" for c in RequestRow.__table__.columns]
+        + [f"intent__{c.name}" for c in MintIntentRow.__table__.columns],
+    }[statement]
+    sql = str(getattr(repository, statement).compile(dialect=postgresql.dialect(), column_keys=keys))
+    found = {table: {column.split("=")[0].strip() for column in re.split(r",\s*(?=\w+=)", sets)}
+             for table, sets in re.findall(r"UPDATE (\w+) SET (.*?) WHERE", sql, flags=re.S)}
+    assert found == updated, sql
+
+
+def test_an_in_memory_sqlite_database_still_starts():
+    """Found in review: the LIFO pool option broke ``sqlite://`` (its pool takes no such option)."""
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        engine = build_engine(url)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT 1").scalar_one() == 1
+        engine.dispose()
+
+
+def test_plain_values_call_default_factories_per_row():
+    from sqlmodel import Field, SQLModel
+
+    from broker.storage.models import plain_values_of
+
+    class Sample(SQLModel):
+        name: str
+        tags: list[str] = Field(default_factory=list)
+        count: int = 3
+
+    New = plain_values_of(Sample)
+    first, second = New(name="a"), New(name="b")
+    first.tags.append("x")
+    assert second.tags == [] and first.count == second.count == 3
+    with pytest.raises(TypeError):
+        New()  # a required field stays required
