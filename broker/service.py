@@ -139,9 +139,7 @@ class BrokerService:
         try:
             with self.database.transaction() as repo:
                 self._run_gates(repo, principal, template, now)
-                repo.add_request_and_intent(row, NewMintIntent(
-                    grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
-                    source_identity=row.source_identity, created_at=now))
+                repo.add_request_and_intent(row, mint_intent_for(row, now))
                 repo.append_event(self._event("requested", row, actor=principal.id, now=now))
         except BrokerError as exc:
             if not isinstance(exc, Unavailable):
@@ -347,8 +345,7 @@ class BrokerService:
                 if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
                                                to_status=RequestStatus.ISSUING.value, updated_at=now):
                     raise Conflict("the request was already redeemed", code="request_already_redeemed")
-                repo.add_intent(NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
-                                              source_identity=row.source_identity, created_at=now))
+                repo.add_intent(mint_intent_for(row, now))
                 repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
         except (Forbidden, Conflict, GuardrailViolation) as exc:
             self._log_request_refusal(request_id=request_id, principal=principal, error=exc, source_ip=None)
@@ -492,6 +489,12 @@ class BrokerService:
         body["details"] = details
         body.update(extra)
         return body
+
+
+def mint_intent_for(row: AnyRequest, now: datetime) -> NewMintIntent:
+    """The intent written before STS is called for ``row`` (an open one at start-up is an orphan)."""
+    return NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+                         source_identity=row.source_identity, created_at=now)
 
 
 def binding_of(row: AnyRequest) -> BindingFacts:

@@ -60,23 +60,24 @@ def _values_of(table: Table, prefix: str) -> dict[str, Any]:
     return {c.name: bindparam(prefix + c.name, type_=c.type) for c in table.columns}
 
 
+def _prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` keyed as the bind parameters ``_values_of(table, prefix)`` names."""
+    return {prefix + name: value for name, value in values.items()}
+
+
 # PostgreSQL: the issuance path's writes as single statements with data-modifying CTEs (one round
 # trip each instead of two or three; all of a statement's parts run, or none).
 _ADD_REQUEST_AND_INTENT_PG = insert(_INTENTS).values(_values_of(_INTENTS, "intent__")).add_cte(
     insert(_REQUESTS).values(_values_of(_REQUESTS, "request__")).cte("added_request"))
 _MOVED_TO_ISSUED_PG = (
-    update(_REQUESTS)
-    .where(_REQUESTS.c.id == bindparam("match_id"),
-           _REQUESTS.c.status.in_(bindparam("match_statuses", expanding=True)))
-    .values(status=bindparam("to_status"), issued_at=bindparam("to_issued_at"),
-            updated_at=bindparam("to_updated_at"))
+    _TRANSITION.values(status=bindparam("to_status"), issued_at=bindparam("to_issued_at"),
+                       updated_at=bindparam("to_updated_at"))
     .returning(_REQUESTS.c.id)
     .cte("moved_request"))
 _RECORD_ISSUED_PG = (
     core_select(func.count()).select_from(_MOVED_TO_ISSUED_PG)
     .add_cte(insert(_GRANTS).values(_values_of(_GRANTS, "grant__")).cte("added_grant"))
-    .add_cte(update(_INTENTS).where(_INTENTS.c.grant_id == bindparam("match_grant_id"))
-             .values(resolved=True).cte("resolved_intent")))
+    .add_cte(_RESOLVE_INTENT.cte("resolved_intent")))
 _HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
@@ -84,9 +85,7 @@ _SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
 _INSERT_EVENT = insert(_EVENTS)
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
-_APPEND_PG = _SET_HEAD.add_cte(
-    insert(_EVENTS).values({c.name: bindparam(f"entry__{c.name}", type_=c.type) for c in _EVENTS.columns})
-    .cte("appended_entry"))
+_APPEND_PG = _SET_HEAD.add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry"))
 
 
 def _row_values(table: Table, row: SQLModel | NewRequest | NewGrant | NewMintIntent) -> dict[str, Any]:
@@ -234,8 +233,8 @@ class Repository:
             self.add_request(row)
             self.add_intent(intent)
             return
-        params = {f"request__{k}": v for k, v in _row_values(_REQUESTS, row).items()}
-        params.update({f"intent__{k}": v for k, v in _row_values(_INTENTS, intent).items()})
+        params = {**_prefixed("request__", _row_values(_REQUESTS, row)),
+                  **_prefixed("intent__", _row_values(_INTENTS, intent))}
         self._core.execute(_ADD_REQUEST_AND_INTENT_PG, params)
 
     def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: NewGrant,
@@ -251,7 +250,7 @@ class Repository:
             self.resolve_intent(grant.id)
             return True
         self.flush()
-        params = {f"grant__{k}": v for k, v in _row_values(_GRANTS, grant).items()}
+        params = _prefixed("grant__", _row_values(_GRANTS, grant))
         params.update(match_id=request_id, match_statuses=list(from_statuses), to_status=to_status,
                       to_issued_at=now, to_updated_at=now, match_grant_id=grant.id)
         return self._core.execute(_RECORD_ISSUED_PG, params).scalar_one() == 1
@@ -351,7 +350,7 @@ class Repository:
         }
         head_values = {"head_seq": entry["seq"], "head_hash": entry["hash"]}
         if self._postgres:
-            result = self._core.execute(_APPEND_PG, {**{f"entry__{k}": v for k, v in row.items()}, **head_values})
+            result = self._core.execute(_APPEND_PG, {**_prefixed("entry__", row), **head_values})
         else:
             self._core.execute(_INSERT_EVENT, row)
             result = self._core.execute(_SET_HEAD, head_values)

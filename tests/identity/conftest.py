@@ -1,9 +1,0 @@
-from tests.identity.jwt_factory import (  # noqa: F401 (fixtures)
-    attacker_server,
-    clock,
-    ec_signer,
-    ed_signer,
-    jwks_server,
-    rsa_signer,
-    verifier,
-)
