@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# The JWT signers, JWKS servers and verifier fixtures, for every test folder that needs them.
+pytest_plugins = ("tests.identity.jwt_factory",)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_SCOPES = FIXTURES / "scopes"
 REPO_SCOPES = Path(__file__).parent.parent / "scopes"

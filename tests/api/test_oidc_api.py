@@ -8,8 +8,7 @@ import time
 import pytest
 
 from tests.conftest import TEST_SCOPES, build_harness
-from tests.identity.jwt_factory import (AUDIENCE, ISSUER, b64url, jwks_server, rsa_key,  # noqa: F401 (fixture)
-                                        standard_claims, unsigned_token)
+from tests.identity.jwt_factory import AUDIENCE, ISSUER, b64url, rsa_key, standard_claims, unsigned_token
 
 REQUEST = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "ci job 77"}
 

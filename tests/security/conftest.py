@@ -1,25 +1,14 @@
-from tests.identity.jwt_factory import (  # noqa: F401 (fixtures)
-    attacker_server,
-    clock,
-    ec_signer,
-    ed_signer,
-    jwks_server,
-    rsa_signer,
-    verifier,
-)
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
+
+from broker.devmode import DEV_PRINCIPALS
+from broker.identity.apikeys import generate_api_key
+from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES, _fresh_pg_database, build_harness
 
 # ----------------------------------------------------------------------------- a shared broker
-import shutil  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from broker.devmode import DEV_PRINCIPALS  # noqa: E402
-from broker.identity.apikeys import generate_api_key  # noqa: E402
-from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES, _fresh_pg_database, build_harness  # noqa: E402
-
 SECURITY_SCOPES = Path(__file__).parent / "scopes"
 # Principals beyond the harness's, each made to probe one approval rule:
 EXTRA_PRINCIPALS = {
