@@ -136,6 +136,16 @@ class JwksServer:
         return len(self.hits) if path is None else self.hits.count(path)
 
 
+
+def write_response(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes) -> None:
+    """Answer an ``http.server`` request: status, headers, Content-Length, body."""
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
 def _start_server() -> JwksServer:
     holder: dict[str, JwksServer] = {}
 
@@ -144,12 +154,7 @@ def _start_server() -> JwksServer:
             state = holder["state"]
             state.hits.append(self.path)
             status, body, headers = state.routes.get(self.path, (404, b"not found", {}))
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            write_response(self, status, headers, body)
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
-from tests.identity.jwt_factory import SigningKey, b64url, rsa_key
+from tests.identity.jwt_factory import SigningKey, b64url, rsa_key, write_response
 
 CLIENT_ID = "broker-approver-pages"
 CLIENT_SECRET = "idp-client-secret-for-tests-only"  # noqa: S105 - a test fixture's secret
@@ -191,12 +191,7 @@ def running_idp(*, browser_host: str = "127.0.0.1", client_secret: str | None = 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self, answer: tuple[int, dict[str, str], bytes]) -> None:
             status, headers, body = answer
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            write_response(self, status, headers, body)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             idp = holder["idp"]
