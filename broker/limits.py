@@ -25,21 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import select
-
 from broker.domain.principals import Principal
 from broker.domain.templates import ScopeTemplate
 from broker.errors import RateLimited
-from broker.storage.models import LogHeadRow
 from broker.storage.repository import Repository
 
 WINDOW = timedelta(seconds=60)
 
 
 def lock_issuance(repo: Repository) -> None:
-    """Serialize with every other issuance and log append (PostgreSQL; SQLite already is)."""
-    if repo._postgres:  # noqa: SLF001 - the repository knows its dialect; this is the same lock append_event takes
-        repo.session.exec(select(LogHeadRow).where(LogHeadRow.id == 1).with_for_update()).first()
+    """Serialize with every other issuance and log append: take the log head's lock (see
+    :meth:`Repository.lock_log_head`; a no-op if this unit of work holds it already)."""
+    repo.lock_log_head()
 
 
 def _aware(moment: datetime) -> datetime:
@@ -53,25 +50,13 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 
 @dataclass(frozen=True)
 class Limit:
-    """One limit: a name, its configured maximum, how to count, when a slot frees up."""
+    """One limit: a name, its configured maximum, which count it bounds, when a slot frees up."""
 
     code: str
     maximum: int
-    count: Callable[[Repository, Principal, ScopeTemplate, datetime], int]
+    counted: str  # a key of Repository.issuance_counts
     retry_after: Callable[[Repository, Principal, ScopeTemplate, datetime], int]
     message: str
-
-
-def _agent_requests(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
-    return repo.count_requests_since(since=now - WINDOW, requester=principal.id)
-
-
-def _template_requests(repo: Repository, _p: Principal, template: ScopeTemplate, now: datetime) -> int:
-    return repo.count_requests_since(since=now - WINDOW, template=template.name)
-
-
-def _live_grants(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
-    return repo.count_live_grants(agent=principal.id, now=now)
 
 
 def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
@@ -102,13 +87,13 @@ class RateLimitGate:
     def from_settings(cls, *, agent_requests_per_minute: int, template_requests_per_minute: int,
                       agent_max_live_grants: int) -> "RateLimitGate":
         table = (
-            Limit("rate_limited", agent_requests_per_minute, _agent_requests,
+            Limit("rate_limited", agent_requests_per_minute, "agent_requests",
                   _window_retry(agent_requests_per_minute, by_template=False),
                   "this agent made {count} requests in the last minute (limit {maximum})"),
-            Limit("template_rate_limited", template_requests_per_minute, _template_requests,
+            Limit("template_rate_limited", template_requests_per_minute, "template_requests",
                   _window_retry(template_requests_per_minute, by_template=True),
                   "this scope template was requested {count} times in the last minute (limit {maximum})"),
-            Limit("too_many_live_grants", agent_max_live_grants, _live_grants, _grant_retry,
+            Limit("too_many_live_grants", agent_max_live_grants, "agent_live_grants", _grant_retry,
                   "this agent holds {count} live grants (limit {maximum}); revoke or let some expire"),
         )
         for limit in table:
@@ -128,8 +113,9 @@ class RateLimitGate:
         if not self.limits:
             return  # every limit was disabled on purpose by configuration
         lock_issuance(repo)
+        counts = repo.issuance_counts(agent=principal.id, template=template.name, since=now - WINDOW, now=now)
         for limit in self.limits:
-            count = limit.count(repo, principal, template, now)
+            count = counts[limit.counted]
             if count >= limit.maximum:
                 retry = limit.retry_after(repo, principal, template, now)
                 raise RateLimited(limit.message.format(count=count, maximum=limit.maximum) + f"; retry in {retry}s",

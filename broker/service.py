@@ -110,8 +110,13 @@ class BrokerService:
                 raise GuardrailViolation(f"the rendered policy fails a guardrail: {blocking[0]}",
                                          details={"findings": [str(f) for f in blocking]})
 
-    def _run_gates(self, repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
-        for gate in self.gates:
+    @staticmethod
+    def _run_gates(gates: Sequence[IssuanceGate], repo: Repository, principal: Principal, template: ScopeTemplate,
+                   now: datetime) -> None:
+        # NOTE: the log's lock first, so the gates decide on a serialized view: a lockdown (which takes the
+        # same lock) commits either before they read (and refuses this request) or after this request.
+        repo.lock_log_head()
+        for gate in gates:
             gate(repo, principal, template, now)
 
     def _open_pending(self, row: NewRequest, template: ScopeTemplate, principal: Principal,
@@ -119,7 +124,7 @@ class BrokerService:
         row.pending_expires_at = now + timedelta(seconds=template.approval.expires_after)
         try:
             with self.database.transaction() as repo:
-                self._run_gates(repo, principal, template, now)
+                self._run_gates(self.gates, repo, principal, template, now)
                 repo.add_request(row)
                 repo.append_event(self._event("requested", row, actor=principal.id, now=now))
                 repo.append_event(self._event("pending", row, actor=principal.id, now=now, details={
@@ -138,7 +143,7 @@ class BrokerService:
         row.status = RequestStatus.ISSUING.value
         try:
             with self.database.transaction() as repo:
-                self._run_gates(repo, principal, template, now)
+                self._run_gates(self.gates, repo, principal, template, now)
                 repo.add_request_and_intent(row, mint_intent_for(row, now))
                 repo.append_event(self._event("requested", row, actor=principal.id, now=now))
         except BrokerError as exc:
@@ -337,8 +342,7 @@ class BrokerService:
                 raise Conflict("the policy changed since approval; a new request is needed", code="approval_void")
             self._check_rendered(template, rendered)
             with self.database.transaction() as repo:
-                for gate in self.redeem_gates:
-                    gate(repo, principal, template, now)
+                self._run_gates(self.redeem_gates, repo, principal, template, now)
                 if len(self._counted(repo, row, template)) < template.approval.approvals:
                     raise Conflict("the approvals no longer stand (an approver was removed)", code="approval_void")
                 # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.

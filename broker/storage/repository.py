@@ -83,6 +83,22 @@ _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
              .values(seq=bindparam("head_seq"), hash=bindparam("head_hash")))
 _INSERT_EVENT = insert(_EVENTS)
+# What the rate-limit gate counts, in one statement: an agent's and a template's requests since a
+# moment, and an agent's live (unexpired, unrevoked) grants.  Each is served by a composite index.
+_SINCE = bindparam("since", type_=_REQUESTS.c.created_at.type)
+_ISSUANCE_COUNTS = core_select(
+    core_select(func.count()).select_from(_REQUESTS)
+    .where(_REQUESTS.c.requester == bindparam("agent"), _REQUESTS.c.created_at >= _SINCE)
+    .scalar_subquery().label("agent_requests"),
+    core_select(func.count()).select_from(_REQUESTS)
+    .where(_REQUESTS.c.template == bindparam("template"), _REQUESTS.c.created_at >= _SINCE)
+    .scalar_subquery().label("template_requests"),
+    core_select(func.count()).select_from(_GRANTS)
+    .where(_GRANTS.c.agent == bindparam("agent"),
+           _GRANTS.c.expiration > bindparam("now", type_=_GRANTS.c.expiration.type),
+           _GRANTS.c.revoked_at.is_(None))
+    .scalar_subquery().label("agent_live_grants"),
+)
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
 _APPEND_PG = _SET_HEAD.add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry"))
@@ -109,6 +125,10 @@ class Repository:
         self._core = connection
         self._postgres = postgres
         self._session: Session | None = None
+        # The log head (seq, hash) as this unit of work holds it: set by lock_log_head, advanced by
+        # append_event.  Valid only while the transaction that read it is open (the repository lives
+        # exactly that long).
+        self._head: tuple[int, str] | None = None
 
     @property
     def session(self) -> Session:
@@ -334,13 +354,32 @@ class Repository:
         self.session.add(row)
 
     # --- the issuance log -----------------------------------------------------------------
+    def lock_log_head(self) -> tuple[int, str]:
+        """Take the issuance log's lock for the rest of this unit of work; return the head (seq, hash).
+
+        Every log append takes it, so a unit of work that takes it first decides on a serialized view:
+        nothing another unit of work appends (a lockdown, a request that counts against a limit) can
+        commit between what this one reads and what it writes.
+        """
+        if self._head is None:
+            # NOTE: on PostgreSQL the row lock serializes appends across broker replicas until this unit
+            # of work commits; SQLite units of work are BEGIN IMMEDIATE (one writer at a time), so the
+            # head cannot move under us either.  The head row is created by migration 0004; a database
+            # without it is not migrated: .one() fails closed.
+            head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
+            self._head = (head.seq, head.hash)
+        return self._head
+
+    def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:
+        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` at ``now``."""
+        row = self._core.execute(_ISSUANCE_COUNTS, {"agent": agent, "template": template, "since": since,
+                                                    "now": now}).one()
+        return {name: int(value) for name, value in row._mapping.items()}
+
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal and append one entry in this unit of work (committed with the state change)."""
-        # NOTE: on PostgreSQL the row lock serializes appends across broker replicas until this unit of
-        # work commits; SQLite units of work are BEGIN IMMEDIATE (one writer at a time).  The head row is
-        # created by migration 0004; a database without it is not migrated: .one() fails closed.
-        head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
-        entry = issuance_log.seal_entry(body, seq=head.seq + 1, prev_hash=head.hash)
+        seq, prev_hash = self.lock_log_head()
+        entry = issuance_log.seal_entry(body, seq=seq + 1, prev_hash=prev_hash)
         row = {
             "seq": entry["seq"], "event_id": entry["event_id"], "time": _parse_time(entry["time"]),
             "type": entry["type"], "request_id": entry.get("request_id"), "grant_id": entry.get("grant_id"),
@@ -356,6 +395,7 @@ class Repository:
             result = self._core.execute(_SET_HEAD, head_values)
         if result.rowcount != 1:  # the head row vanished mid-append: fail closed, nothing commits
             raise StorageUnavailable("the issuance log head is missing; nothing was written")
+        self._head = (entry["seq"], entry["hash"])
         return entry
 
     def log_head(self) -> tuple[int, str]:

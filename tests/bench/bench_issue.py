@@ -13,6 +13,7 @@ header the broker's app time, the STS call's time inside it, and the broker's ow
 latency on a shared machine, whose neighbours move every latency figure by tens of percent).
 
     .venv/bin/python -m tests.bench.bench_issue [--requests 1000] [--db sqlite|postgres|both]
+                                               [--limits off|unreachable|both]
 
 Not collected by pytest (file name bench_*.py); figures, not assertions.
 """
@@ -33,6 +34,9 @@ import httpx
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database
 
 BIN = Path(sys.executable).parent
+# "unreachable" counts every request of the run (all inside the 60 s window, every grant live): more rows
+# than production, where the limits themselves keep the counts at or under 60 / 300 / 20.
+LIMITS = {"off": "0", "unreachable": "1000000000"}
 
 
 class Process:
@@ -85,7 +89,7 @@ def server_timing(header: str) -> dict[str, float]:
     return {name: float(value) for name, value in parts}
 
 
-def run(requests: int, db: str, warmup: int) -> None:
+def run(requests: int, db: str, warmup: int, limits: str) -> None:
     from broker.catalog import load_catalog
     from broker.devmode import ensure_signing_key, free_port, seed_aws
 
@@ -110,9 +114,11 @@ def run(requests: int, db: str, warmup: int) -> None:
                 "BROKER_DATABASE_URL": url, "BROKER_SCOPES_DIR": str(TEST_SCOPES),
                 "BROKER_AWS_ENDPOINT_URL": aws.url, "BROKER_SIGNING_KEY_FILE": str(private),
                 "BROKER_SERVER_TIMING": "true",
-                # Rate limits off: one agent issuing at full speed would hit them.
-                "BROKER_AGENT_REQUESTS_PER_MINUTE": "0", "BROKER_TEMPLATE_REQUESTS_PER_MINUTE": "0",
-                "BROKER_AGENT_MAX_LIVE_GRANTS": "0",
+                # One agent issuing at full speed would hit the default limits: either off, or so high
+                # that the gate runs (locks, counts) and never refuses.
+                **{name: LIMITS[limits] for name in ("BROKER_AGENT_REQUESTS_PER_MINUTE",
+                                                     "BROKER_TEMPLATE_REQUESTS_PER_MINUTE",
+                                                     "BROKER_AGENT_MAX_LIVE_GRANTS")},
             })
             key = subprocess.run([str(BIN / "broker"), "keys", "create", "--principal", "agent:demo", "--role", "agent",
                                   "--acts-for", "human:alice"], env=env, check=True, capture_output=True,
@@ -121,7 +127,7 @@ def run(requests: int, db: str, warmup: int) -> None:
             broker = Process([str(BIN / "broker"), "serve", "--port", str(port)], f"http://127.0.0.1:{port}",
                              "/readyz", env=env)
             try:
-                measure(broker.url, key, requests, warmup, db, broker.process.pid)
+                measure(broker.url, key, requests, warmup, f"{db}, rate limits {limits}", broker.process.pid)
             finally:
                 broker.stop()
     finally:
@@ -173,9 +179,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--limits", choices=[*LIMITS, "both"], default="both",
+                        help="rate-limit gate off, or on with limits never reached (default: both)")
     args = parser.parse_args()
-    for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
-        run(args.requests, db, args.warmup)
+    for limits in ([*LIMITS] if args.limits == "both" else [args.limits]):
+        for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
+            run(args.requests, db, args.warmup, limits)
 
 
 if __name__ == "__main__":

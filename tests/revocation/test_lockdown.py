@@ -114,3 +114,45 @@ def test_lockdown_refusals(sqlite_broker, who, path, body, status, code):
     if code == "admin_required":
         last = sqlite_broker.events()[-1]
         assert (last["type"], last["actor"], last["reason_code"]) == ("refused", who, "admin_required")
+
+
+def _waiting_on_a_lock(engine) -> bool:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return bool(connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar())
+
+
+def test_a_request_racing_a_lockdown_is_refused_once_the_lockdown_commits(broker):
+    """The issuance takes the log's lock before its gates read: a lockdown that is committing while
+    the request runs is seen, never read-before-commit and then issued past."""
+    import json
+    import threading
+    import time
+
+    from broker.revocation import LOCKDOWN_KEY
+
+    database = broker.container.database
+    sessions_before = len(moto_sts_sessions(broker.aws_endpoint))
+    answers = []
+    with database.transaction() as repo:  # an administrator's lockdown, caught mid-commit
+        repo.lock_log_head()
+        repo.set_setting(LOCKDOWN_KEY.format(scope="dev"), json.dumps({"environment": "dev"}), now=broker.clock.now())
+        racer = threading.Thread(target=lambda: answers.append(broker.post("/v1/requests", "agent:demo",
+                                                                           json=S3_REQUEST)))
+        racer.start()
+        deadline = time.monotonic() + 10
+        if database.is_postgres:  # wait until the request is blocked on the lock we hold
+            while not _waiting_on_a_lock(database.engine) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _waiting_on_a_lock(database.engine), "the request never waited for the log's lock"
+        else:
+            time.sleep(0.3)  # SQLite: its BEGIN IMMEDIATE waits for this write transaction
+        assert racer.is_alive() and not answers
+    racer.join(10)
+    (refused,) = answers
+    assert refused.status_code == 403, refused.json().get("error")  # never print an issued credential
+    assert refused.json()["error"]["code"] == "environment_locked"
+    assert len(moto_sts_sessions(broker.aws_endpoint)) == sessions_before

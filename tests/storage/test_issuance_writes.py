@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
+from broker.domain import log as issuance_log
 from broker.errors import Conflict
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import migrate
@@ -130,3 +131,51 @@ def test_plain_values_call_default_factories_per_row():
     assert second.tags == [] and first.count == second.count == 3
     with pytest.raises(TypeError):
         New()  # a required field stays required
+
+
+def _add_request(database: Database, request_id: str, *, requester: str, template: str, created_at: datetime) -> None:
+    row = _request(request_id, "g-" + request_id)
+    row.requester, row.template, row.created_at = requester, template, created_at
+    with database.transaction() as repo:
+        repo.add_request(row)
+
+
+def _add_grant(database: Database, grant_id: str, *, agent: str, expiration: datetime, revoked: bool = False) -> None:
+    grant = _grant("r-" + grant_id, grant_id)
+    grant.agent, grant.expiration = agent, expiration
+    grant.access_key_id = "ASIA" + grant_id.upper()
+    with database.transaction() as repo:
+        repo.save_grant(GrantRow(**{**{c: getattr(grant, c) for c in GrantRow.model_fields},
+                                    "revoked_at": NOW if revoked else None}))
+
+
+def test_issuance_counts_count_what_each_limit_bounds(database):
+    since = NOW - timedelta(seconds=60)
+    # Requests: the window's edge counts, a moment before it does not; other agents and templates apart.
+    _add_request(database, "q1", requester="agent:a", template="t", created_at=since)
+    _add_request(database, "q2", requester="agent:a", template="t", created_at=NOW)
+    _add_request(database, "q3", requester="agent:a", template="other", created_at=NOW)
+    _add_request(database, "q4", requester="agent:b", template="t", created_at=NOW)
+    _add_request(database, "q5", requester="agent:a", template="t", created_at=since - timedelta(microseconds=1))
+    # Grants: live ones only (expiring after now, not revoked), this agent's only.
+    _add_grant(database, "g1", agent="agent:a", expiration=NOW + timedelta(seconds=1))
+    _add_grant(database, "g2", agent="agent:a", expiration=NOW)
+    _add_grant(database, "g3", agent="agent:a", expiration=NOW + timedelta(seconds=900), revoked=True)
+    _add_grant(database, "g4", agent="agent:b", expiration=NOW + timedelta(seconds=900))
+    with database.transaction() as repo:
+        assert repo.issuance_counts(agent="agent:a", template="t", since=since, now=NOW) == {
+            "agent_requests": 3, "template_requests": 3, "agent_live_grants": 1}
+        assert repo.issuance_counts(agent="agent:c", template="none", since=since, now=NOW) == {
+            "agent_requests": 0, "template_requests": 0, "agent_live_grants": 0}
+
+
+def test_the_log_head_a_unit_of_work_holds_advances_with_each_append(database):
+    with database.transaction() as repo:
+        assert repo.lock_log_head() == (0, issuance_log.GENESIS_HASH)
+        first = repo.append_event({"type": "test", "time": "2026-01-02T03:04:05.000000Z", "event_id": "e1"})
+        second = repo.append_event({"type": "test", "time": "2026-01-02T03:04:05.000000Z", "event_id": "e2"})
+        assert (second["seq"], second["prev_hash"]) == (first["seq"] + 1, first["hash"])
+        assert repo.lock_log_head() == (second["seq"], second["hash"])
+    with database.transaction() as repo:  # a new unit of work reads the committed head
+        assert repo.lock_log_head() == (second["seq"], second["hash"])
+        assert repo.log_head() == (second["seq"], second["hash"])
