@@ -44,8 +44,8 @@ class Process:
 
     def __init__(self, argv: list[str], url: str, ready_path: str, env: dict[str, str] | None = None) -> None:
         self.url = url
-        # NOTE: stderr goes to a file, not a pipe nobody reads: the broker's access log would fill a pipe's
-        # 64 KiB after ~1,000 requests and block the server mid-run.
+        # NOTE: stderr goes to a file, not a pipe nobody reads: moto_server's access log (a line per STS
+        # call) filled a pipe's 64 KiB after ~1,000 requests and blocked it mid-run.
         self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=self.stderr)
         deadline = time.monotonic() + 60
