@@ -118,6 +118,14 @@ class StorageUnavailable(Unavailable):
     code = "storage_unavailable"
 
 
+class StorageDisconnected(StorageUnavailable):
+    """The database connection was lost mid unit of work (a restart, a failover, a cut connection).
+
+    The unit of work did not commit, unless the loss hit its COMMIT: then its outcome is unknown.
+    A fresh connection may well work; the caller-facing answer is the same as any outage.
+    """
+
+
 class IdentityProviderUnavailable(Unavailable):
     code = "identity_provider_unavailable"
 

@@ -30,7 +30,7 @@ from broker.domain.requests import (BindingFacts, CoSignature, Decision, Pending
 from broker.domain.sts_rules import resolve_ttl, role_session_name, session_tags, source_identity_for
 from broker.domain.templates import ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
-                           StorageUnavailable, Unavailable)
+                           StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
@@ -169,12 +169,13 @@ class BrokerService:
                          policy_digest=row.policy_digest, environment=row.environment, issued_at=now,
                          expiration=minted.expiration)
         try:
-            with self.database.transaction() as repo:
-                if not repo.record_issued(row.id, from_statuses=[RequestStatus.ISSUING.value],
-                                          to_status=RequestStatus.ISSUED.value, grant=grant, now=now):
-                    raise Conflict("the request changed while credentials were minted", code="request_changed")
-                repo.append_event(self._event("issued", row, actor=actor, now=now, access_key_id=minted.access_key_id,
-                                              expiration=issuance_log.log_time(minted.expiration)))
+            try:
+                self._record_issued(row, grant, actor=actor)
+            except StorageDisconnected:
+                # NOTE: the connection died while STS minted (a database restart, a failover): once more, on a
+                # fresh connection, rather than throw away a session the caller is waiting for.
+                log.warning("database connection lost recording request %s; retrying once", row.id)
+                self._record_issued(row, grant, actor=actor, retry=True)
         except BrokerError:
             # NOTE: the credentials exist at AWS but are withheld; the open intent makes start-up
             # reconciliation log and revoke them.  Nothing reaches the caller.
@@ -183,6 +184,24 @@ class BrokerService:
         row.status, row.issued_at = RequestStatus.ISSUED.value, now
         return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
+
+    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, retry: bool = False) -> None:
+        """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
+        with self.database.transaction() as repo:
+            if retry:
+                # NOTE: the connection may have been lost at COMMIT, after that commit landed: then this exact
+                # grant is recorded and logged already, and nothing is written twice.
+                recorded = repo.get_grant(grant.id)
+                if recorded is not None:
+                    if recorded.access_key_id == grant.access_key_id:
+                        return
+                    raise Conflict("the request changed while credentials were minted", code="request_changed")
+            if not repo.record_issued(row.id, from_statuses=[RequestStatus.ISSUING.value],
+                                      to_status=RequestStatus.ISSUED.value, grant=grant, now=grant.issued_at):
+                raise Conflict("the request changed while credentials were minted", code="request_changed")
+            repo.append_event(self._event("issued", row, actor=actor, now=grant.issued_at,
+                                          access_key_id=grant.access_key_id,
+                                          expiration=issuance_log.log_time(grant.expiration)))
 
     def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError) -> None:
         now = self.clock.now()

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlmodel import create_engine
 
-from broker.errors import BrokerError, InvalidInput, StorageUnavailable
+from broker.errors import BrokerError, InvalidInput, StorageDisconnected, StorageUnavailable
 
 if TYPE_CHECKING:
     from broker.storage.repository import Repository
@@ -100,9 +100,10 @@ def ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_
     connection idle for ``idle_seconds`` is pinged; a dead one raises ``DisconnectionError`` and the
     pool replaces that connection.  A connection that dies within a second of its last use fails its
     first statement instead (SQLAlchemy then invalidates the pool's older connections too): that unit
-    of work rolls back and the caller gets 503 ``storage_unavailable``, as for any outage.  If that is
-    the unit of work after STS, the minted session is withheld and revoked as an orphan: fail-closed,
-    at the price of one wasted session.
+    of work rolls back and the caller gets 503 ``storage_unavailable``, as for any outage.  The unit of
+    work after STS is the exception: it is tried once more on a fresh connection (see
+    ``BrokerService._mint_and_record``); if that fails too, the minted session is withheld and revoked
+    as an orphan: fail-closed, at the price of one wasted session.
     """
 
     @event.listens_for(engine, "checkin")
@@ -221,7 +222,10 @@ class Database:
             raise InvalidInput("the request holds a value the broker cannot store or search for (such as a "
                                "NUL character); nothing was issued", code="unstorable_value") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
-            raise StorageUnavailable("the broker's database is unavailable; nothing was issued") from exc
+            # NOTE: SQLAlchemy marks the errors that mean "this connection is gone" (and has dropped it from the
+            # pool); the use case may try once more on a fresh one.
+            error = StorageDisconnected if getattr(exc, "connection_invalidated", False) else StorageUnavailable
+            raise error("the broker's database is unavailable; nothing was issued") from exc
         except self._driver_error as exc:
             # NOTE: a driver error SQLAlchemy did not wrap (raised from dialect code, such as a failed switch to
             # autocommit): still the database's, never a 500.

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 
 from broker.api.app import create_app
 from broker.api.deps import build_container
 from broker.aws.sts import StsMinter
 from broker.domain.revocation import session_is_named
+from broker.errors import Conflict
 from broker.ports import MintedCredentials, MintOrder
 from broker.settings import BrokerSettings
 from tests.conftest import TEST_SCOPES, build_harness, moto_sts_sessions
@@ -131,3 +133,51 @@ def test_log_write_failing_after_sts_withholds_credentials_and_start_up_revokes_
     session = next(s for s in moto_sts_sessions(moto_server.endpoint_url) if s["access_key_id"] == minted[0])
     assert session["role_arn"].endswith("role/broker-target-s3-read")
     restarted.container.database.engine.dispose()
+
+
+def test_a_connection_lost_while_sts_mints_is_retried_once_and_the_credentials_are_delivered(
+        pg_admin_url, pg_url, moto_server, tmp_path):
+    """A database restart (every connection cut, new ones welcome) between the two units of work: the
+    record of the issuance is written on a fresh connection, and the caller gets the credentials."""
+    minted: list[str] = []
+
+    def restart_database() -> None:
+        cut_database(pg_admin_url, pg_url, allow=False)
+        cut_database(pg_admin_url, pg_url, allow=True)
+
+    minter = FaultAfterMint(StsMinter(endpoint_url=moto_server.endpoint_url, region="us-east-1"),
+                            fault=restart_database, minted=minted)
+    broker = build_harness(db_url=pg_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                           state_dir=tmp_path / "state", minter=minter)
+    try:
+        response = broker.post("/v1/requests", "agent:demo", json=S3_REQUEST)
+        assert response.status_code == 201, response.json().get("error")
+        assert response.json()["credentials"]["access_key_id"] == minted[0]
+        events = broker.events()
+        assert [e["type"] for e in events] == ["requested", "issued"]
+        assert events[-1]["access_key_id"] == minted[0]
+        with broker.container.database.transaction() as repo:
+            assert repo.unresolved_intents() == []  # nothing for reconciliation to revoke
+    finally:
+        broker.container.database.engine.dispose()
+
+
+def test_a_retry_finds_the_issuance_already_recorded_and_writes_nothing_twice(broker):
+    """The connection was lost at COMMIT and the commit had landed: the retry sees this exact grant
+    recorded and logged, and neither refuses nor logs it again."""
+    from broker.storage.models import NewGrant
+
+    issued = broker.post("/v1/requests", "agent:demo", json=S3_REQUEST).json()
+    service = broker.container.service
+    with service.database.transaction() as repo:
+        row = repo.get_request(issued["id"])
+        recorded = repo.get_grant(issued["grant"]["id"])
+    again = NewGrant(**{name: getattr(recorded, name) for name in NewGrant.__dataclass_fields__})
+    before = broker.events()
+    service._record_issued(row, again, actor="agent:demo", retry=True)  # noqa: SLF001 - the retry's own step
+    assert broker.events() == before
+    # A different grant for the same request is a conflict, not a silent success.
+    again.access_key_id = "ASIAOTHERKEY00000000"
+    with pytest.raises(Conflict):
+        service._record_issued(row, again, actor="agent:demo", retry=True)  # noqa: SLF001
+    assert broker.events() == before
