@@ -18,11 +18,15 @@ import threading
 import time
 from pathlib import Path
 
-from tests.bench.bench_issue import ms, percentile
+from tests.bench.bench_issue import percentile
 from tests.live_server import LiveServer
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database, build_harness
 
 BODY = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
 
 
 class Tally:
