@@ -48,9 +48,17 @@ class BrokerSettings(BaseSettings):
     ui_oidc_authorization_endpoint: str | None = None
     ui_oidc_token_endpoint: str | None = None
     ui_oidc_jwks_url: str | None = None
-    # The ID-token claim naming the approver: principal id = "human:" + its value.
+    # The ID-token claim naming the approver: principal id = "human:" + its value, never rewritten.
+    # The default, preferred_username, is editable at many providers: prefer sub, or a verified email
+    # pinned to your domains below (`broker serve` warns about an unpinned preferred_username).
     ui_oidc_principal_claim: str = "preferred_username"
     ui_oidc_scopes: str = "openid profile email"
+    # Comma- or space-separated domains; when set, the principal claim must be local@domain (ASCII,
+    # domain exactly one of these, any case) with email_verified true.  Empty: no domain pinning.
+    ui_oidc_allowed_domains: str = ""
+    # Comma- or space-separated name=value pairs (e.g. "hd=example.com" for Google, "tid=<tenant id>"
+    # for Entra ID): every named claim must be present and be exactly that string.  Empty: none.
+    ui_oidc_required_claims: str = ""
 
 
 def load_settings(**overrides: Any) -> BrokerSettings:

@@ -8,7 +8,7 @@ import logging
 import threading
 from pathlib import Path
 
-from broker.settings import load_settings
+from broker.settings import BrokerSettings, load_settings
 
 
 def register(subparsers) -> None:
@@ -83,7 +83,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     container = build_container(settings)
+    warn_about_sign_in(settings)
     return _run(container, args.host or settings.host, args.port or settings.port)
+
+
+def warn_about_sign_in(settings: BrokerSettings) -> None:
+    """Say at start-up, as a warning, what is weak or broken in the approver pages' single sign-on."""
+    from broker.api.ui.oidc import sign_in_warnings
+
+    for warning in sign_in_warnings(settings):
+        logging.getLogger("broker.ui.oidc").warning(warning)
 
 
 def run_migrate(_args: argparse.Namespace) -> int:

@@ -539,6 +539,10 @@ class OidcVerifier:
     # -- verification --------------------------------------------------------
 
     def verify(self, token: str) -> Principal:
+        return self._principal(self.verified_claims(token))
+
+    def verified_claims(self, token: str) -> dict[str, Any]:
+        """The token's claims once its header, signature and every claim check have passed."""
         cfg = self.config
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             raise _invalid("The token is empty or too large.")
@@ -591,7 +595,7 @@ class OidcVerifier:
             raise _invalid("The token failed verification.") from exc
 
         self._check_claims(claims)
-        return self._principal(claims)
+        return claims
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         for name, check in self._required_claims.items():

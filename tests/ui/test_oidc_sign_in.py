@@ -7,6 +7,7 @@ clear page and no session.  One real-browser test signs in through the provider 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -168,11 +169,83 @@ def test_reviewer_may_sign_in_read_only(site, idp):
 
 def test_principal_claim_is_configurable(idp, moto_server, tmp_path):
     harness = make_site(idp, db_url=f"sqlite:///{tmp_path / 'ui.db'}", moto_server=moto_server, tmp_path=tmp_path,
-                        ui_oidc_principal_claim="email")
+                        ui_oidc_principal_claim="sub")
     try:
-        idp.user = {"sub": "u-1", "preferred_username": "bob", "email": "carol"}
+        idp.user = {"sub": "carol", "preferred_username": "bob"}
         assert sign_in(harness, idp).status_code == 200
         assert [s.principal_id for s in session_rows(harness)] == ["human:carol"]
+    finally:
+        harness.container.database.engine.dispose()
+
+
+# --- who the provider's account is: verified email, allowed domains, pinned claims ----------------------
+
+PINNED_SETTINGS = {"ui_oidc_principal_claim": "email", "ui_oidc_allowed_domains": "example.com, example.org"}
+
+
+@pytest.fixture
+def pinned_site(idp, moto_server, tmp_path):
+    """Approvers named by a verified email in example.com or example.org; human:bob@example.com approves."""
+    harness = make_site(idp, db_url=f"sqlite:///{tmp_path / 'ui.db'}", moto_server=moto_server, tmp_path=tmp_path,
+                        **PINNED_SETTINGS, ui_oidc_required_claims="hd=example.com")
+    with harness.container.database.transaction() as repo:
+        for principal_id in ("human:bob@example.com", "human:bob@example.com.evil.com", "human:bob"):
+            repo.upsert_principal(principal_id=principal_id, roles=("approver",), now=harness.clock.now())
+    yield harness
+    harness.container.database.engine.dispose()
+
+
+def test_pinned_domain_sign_in(pinned_site, idp):
+    idp.user = {"sub": "u-1", "preferred_username": "carol", "email": "bob@example.com", "email_verified": True,
+                "hd": "example.com"}
+    response = sign_in(pinned_site, idp)
+    assert response.status_code == 200, response.text
+    assert "broker_ui_session=" in response.headers["set-cookie"]
+    # The whole address names the principal, never its local part (human:bob is someone else).
+    assert [s.principal_id for s in session_rows(pinned_site)] == ["human:bob@example.com"]
+
+
+VERIFIED = {"sub": "u-1", "email_verified": True, "hd": "example.com"}
+ACCOUNT_REFUSALS = {
+    "another domain": ({**VERIFIED, "email": "bob@example.com.evil.com"}, "oidc_email_domain_not_allowed"),
+    "two addresses in one": ({**VERIFIED, "email": "bob@evil.com@example.com"}, "oidc_email_domain_not_allowed"),
+    "a subdomain": ({**VERIFIED, "email": "bob@eu.example.com"}, "oidc_email_domain_not_allowed"),
+    "no address": ({**VERIFIED, "email": "bob"}, "oidc_email_domain_not_allowed"),
+    "unverified": ({**VERIFIED, "email": "bob@example.com", "email_verified": False}, "oidc_email_unverified"),
+    "verification unknown": ({"sub": "u-1", "email": "bob@example.com", "hd": "example.com"},
+                             "oidc_email_unverified"),
+    'verified as the string "true"': ({**VERIFIED, "email": "bob@example.com", "email_verified": "true"},
+                                      "oidc_email_unverified"),
+    "another Workspace (hd)": ({**VERIFIED, "email": "bob@example.com", "hd": "evil.com"}, "oidc_claim_mismatch"),
+    "a consumer account (no hd)": ({"sub": "u-1", "email": "bob@example.com", "email_verified": True},
+                                   "oidc_claim_mismatch"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCOUNT_REFUSALS))
+def test_account_outside_the_pinning_is_refused(pinned_site, idp, caplog, case):
+    idp.user, code = ACCOUNT_REFUSALS[case]
+    with caplog.at_level(logging.INFO, logger="broker.ui.oidc"):
+        response = sign_in(pinned_site, idp)
+    assert_refused(pinned_site, response, 403, code)
+    # Logged like every other refused sign-in: the code and the client address.
+    assert f"approver OIDC sign-in refused ({code})" in caplog.text
+    assert "broker_ui_session" not in response.headers.get("set-cookie", "")
+    assert "bob" not in response.text  # the account's claims are not echoed back
+
+
+def test_unverified_email_is_refused_without_pinning(idp, moto_server, tmp_path):
+    """A deployment that already named approvers by email: an address the provider has not verified is refused."""
+    harness = make_site(idp, db_url=f"sqlite:///{tmp_path / 'ui.db'}", moto_server=moto_server, tmp_path=tmp_path,
+                        ui_oidc_principal_claim="email")
+    try:
+        with harness.container.database.transaction() as repo:
+            repo.upsert_principal(principal_id="human:bob@example.com", roles=("approver",), now=harness.clock.now())
+        idp.user = {"sub": "u-1", "email": "bob@example.com"}
+        assert_refused(harness, sign_in(harness, idp), 403, "oidc_email_unverified")
+        idp.user = {"sub": "u-1", "email": "bob@example.com", "email_verified": True}
+        assert sign_in(harness, idp).status_code == 200
+        assert [s.principal_id for s in session_rows(harness)] == ["human:bob@example.com"]
     finally:
         harness.container.database.engine.dispose()
 
@@ -391,6 +464,21 @@ def test_misconfigured_oidc_fails_closed(idp, moto_server, tmp_path):
         harness.container.database.engine.dispose()
 
 
+@pytest.mark.parametrize(("setting", "value"), [
+    ("ui_oidc_allowed_domains", "example.com."), ("ui_oidc_allowed_domains", "*.example.com"),
+    ("ui_oidc_allowed_domains", "ex\u0430mple.com"), ("ui_oidc_required_claims", "hd"),
+])
+def test_misconfigured_pinning_fails_closed(idp, moto_server, tmp_path, setting, value):
+    harness = make_site(idp, db_url=f"sqlite:///{tmp_path / 'ui.db'}", moto_server=moto_server, tmp_path=tmp_path,
+                        **{setting: value})
+    try:
+        response = harness.client.get("/ui/login/oidc", follow_redirects=False)
+        assert response.status_code == 503 and "location" not in response.headers
+        assert setting.removeprefix("ui_oidc_") in response.text and flow_rows(harness) == []
+    finally:
+        harness.container.database.engine.dispose()
+
+
 GOOD_CONFIG = {"issuer": "https://idp.example", "client_id": "broker", "authorization_endpoint": "https://idp.example/a",
                "token_endpoint": "https://idp.example/t", "jwks_url": "https://idp.example/k",
                "redirect_uri": "https://broker.example/ui/oidc/callback"}
@@ -402,6 +490,9 @@ GOOD_CONFIG = {"issuer": "https://idp.example", "client_id": "broker", "authoriz
     ("token_endpoint", "ftp://idp.example/t"), ("jwks_url", "idp.example/k"),
     ("redirect_uri", "https://broker.example/elsewhere"), ("principal_claim", ""),
     ("scopes", ("profile", "email")), ("scopes", ()), ("client_secret", "  "),
+    ("allowed_domains", frozenset({"Example.com"})), ("allowed_domains", ("example.com",)),
+    ("allowed_domains", frozenset({"example.com."})), ("required_claims", (("hd", ""),)),
+    ("required_claims", (("hd", "a"), ("hd", "b"))), ("required_claims", ("hd=example.com",)),
 ])
 def test_invalid_configuration_is_refused(name, value):
     with pytest.raises(ValueError, match=name):

@@ -4,8 +4,10 @@
 ``GET /ui/oidc/callback`` finishes it: the code is exchanged at the token endpoint, the ID token is
 verified by :class:`broker.identity.oidc.OidcVerifier` (JWKS cache, algorithm allow-list, exact
 issuer, audience = our client id, exp/iat/nbf) plus our own ``nonce`` and ``azp`` checks, the token
-names a principal (``"human:" + <configured claim>``), and only an existing, enabled principal
-with the approver or reviewer role gets the same server-side session as key sign-in gives.
+names a principal (``"human:" + <configured claim>``) once the claim rules of
+:mod:`broker.identity.claim_rules` accept it (a verified email, the allowed domains, pinned claims
+such as ``hd`` or ``tid``), and only an existing, enabled principal with the approver or reviewer role
+gets the same server-side session as key sign-in gives.
 
 Where the flow's secrets live (see :mod:`broker.storage.ui_oidc_flows`): server-side, in the
 database, keyed by the SHA-256 of ``state``.  The PKCE verifier and the nonce never reach the
@@ -38,6 +40,8 @@ from broker.api.ui.security import (SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, clear_c
                                     set_cookie, uses_https)
 from broker.domain.principals import Principal, Role
 from broker.errors import BrokerError, Forbidden, IdentityProviderUnavailable, Unauthenticated, Unavailable
+from broker.identity.claim_rules import (CLAIM_NAME, DOMAIN_NAME, PINNED_VALUE, ApproverIdentity,
+                                         parse_allowed_domains, parse_required_claims)
 from broker.identity.oidc import (SAFE_IDENTIFIER, ClaimCheck, HttpxJwksFetcher, JwksCache, OidcIssuerConfig,
                                   OidcVerifier, _is_loopback)
 from broker.settings import BrokerSettings
@@ -104,6 +108,10 @@ class UiOidcConfig:
     principal_claim: str = "preferred_username"
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     client_secret: str | None = field(default=None, repr=False)
+    # Lower-case domains the principal claim's address must be in; empty: no domain pinning.
+    allowed_domains: frozenset[str] = frozenset()
+    # (claim, exact string value) pairs every ID token must carry; empty: none.
+    required_claims: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         checks: dict[str, tuple[bool, str]] = {
@@ -125,6 +133,16 @@ class UiOidcConfig:
             "client_secret": (self.client_secret is None or (isinstance(self.client_secret, str)
                                                             and bool(self.client_secret.strip())),
                               "file must not be empty"),
+            "allowed_domains": (isinstance(self.allowed_domains, frozenset)
+                                and all(isinstance(d, str) and bool(DOMAIN_NAME.fullmatch(d))
+                                        for d in self.allowed_domains),
+                                "must be lower-case domain names"),
+            "required_claims": (isinstance(self.required_claims, tuple)
+                                and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                        and isinstance(p[1], str) and bool(CLAIM_NAME.fullmatch(p[0]))
+                                        and bool(PINNED_VALUE.fullmatch(p[1])) for p in self.required_claims)
+                                and len({p[0] for p in self.required_claims}) == len(self.required_claims),
+                                "must be name=value pairs, each name once"),
         }
         for name, (ok, requirement) in checks.items():
             if not ok:
@@ -133,6 +151,13 @@ class UiOidcConfig:
     @property
     def issuer_host(self) -> str:
         return urlsplit(self.issuer).hostname or self.issuer
+
+    @property
+    def identity(self) -> ApproverIdentity:
+        """The claim rules an ID token's account must pass before it names a principal."""
+        return ApproverIdentity.configured(principal_claim=self.principal_claim,
+                                           allowed_domains=self.allowed_domains,
+                                           required_claims=self.required_claims)
 
 
 def oidc_configured(settings: BrokerSettings) -> bool:
@@ -157,9 +182,19 @@ def load_ui_oidc_config(settings: BrokerSettings) -> UiOidcConfig | None:
             token_endpoint=settings.ui_oidc_token_endpoint or "", jwks_url=settings.ui_oidc_jwks_url or "",
             redirect_uri=settings.public_url.rstrip("/") + CALLBACK_PATH,
             principal_claim=settings.ui_oidc_principal_claim, scopes=tuple(settings.ui_oidc_scopes.split()),
-            client_secret=secret)
+            client_secret=secret, allowed_domains=parse_allowed_domains(settings.ui_oidc_allowed_domains),
+            required_claims=parse_required_claims(settings.ui_oidc_required_claims))
     except ValueError as exc:
         raise Unavailable(f"Single sign-on is misconfigured: {exc}.", code="ui_oidc_config_invalid") from exc
+
+
+def sign_in_warnings(settings: BrokerSettings) -> list[str]:
+    """What ``broker serve`` should say out loud at start-up about approver single sign-on."""
+    try:
+        config = load_ui_oidc_config(settings)
+    except BrokerError as exc:
+        return [f"approver single sign-on will refuse every sign-in: {exc.diagnostics()}"]
+    return [] if config is None else config.identity.weaknesses()
 
 
 # --- ID token verification -----------------------------------------------------------------------
@@ -191,6 +226,7 @@ class UiOidcClient:
 
     def __init__(self, config: UiOidcConfig, *, clock: Callable[[], float]) -> None:
         self.config = config
+        self.identity = config.identity
         self._clock = clock
         self._issuer_config = OidcIssuerConfig(
             issuer=config.issuer, audience=config.client_id, jwks_url=config.jwks_url,
@@ -260,10 +296,11 @@ class UiOidcClient:
                                               code="oidc_token_response_invalid")
         return id_token
 
-    def verify_id_token(self, id_token: str, *, nonce: str) -> Principal:
+    def principal_id(self, id_token: str, *, nonce: str) -> str:
+        """Verify the ID token, then the account it speaks for (claim rules); the principal id it names."""
         verifier = IdTokenVerifier(self._issuer_config, expected_nonce=nonce, jwks_cache=self._jwks,
                                    clock=self._clock)
-        return verifier.verify(id_token)
+        return self.identity.principal_id(verifier.verified_claims(id_token))
 
 
 _CLIENTS_LOCK = threading.Lock()
@@ -339,8 +376,8 @@ def _finish(request: Request, container: Container, client: UiOidcClient) -> tup
     if not code:
         raise Unauthenticated("The sign-in answer held no authorization code.", code="oidc_callback_malformed")
     id_token = client.redeem(code=code, code_verifier=flow.code_verifier)
-    claimed = client.verify_id_token(id_token, nonce=flow.nonce)
-    return _allowed_principal(container, claimed.id), flow.next_path
+    principal_id = client.principal_id(id_token, nonce=flow.nonce)
+    return _allowed_principal(container, principal_id), flow.next_path
 
 
 @router.get("/login/oidc")  # under the pages' /ui prefix
@@ -398,4 +435,4 @@ def finish_oidc_sign_in(request: Request, container: ContainerDep) -> Response:
 
 
 __all__ = ["IdTokenVerifier", "UiOidcClient", "UiOidcConfig", "load_ui_oidc_config", "pkce_challenge",
-           "router", "ui_oidc_client"]
+           "router", "sign_in_warnings", "ui_oidc_client"]

@@ -1,0 +1,43 @@
+"""`broker serve` says at start-up, as a warning, what is weak or broken in approver single sign-on."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pytest
+
+import broker.api.deps
+from broker.cli import server
+
+SSO = {"BROKER_UI_OIDC_ISSUER": "https://idp.example", "BROKER_UI_OIDC_CLIENT_ID": "broker",
+       "BROKER_UI_OIDC_AUTHORIZATION_ENDPOINT": "https://idp.example/authorize",
+       "BROKER_UI_OIDC_TOKEN_ENDPOINT": "https://idp.example/token",
+       "BROKER_UI_OIDC_JWKS_URL": "https://idp.example/jwks"}
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, None),  # single sign-on off: nothing to say
+    (SSO, "'preferred_username' claim with no domain or claim pinning"),
+    ({**SSO, "BROKER_UI_OIDC_PRINCIPAL_CLAIM": "email"}, "'email' claim with no domain or claim pinning"),
+    ({**SSO, "BROKER_UI_OIDC_ALLOWED_DOMAINS": "example.com"}, None),
+    ({**SSO, "BROKER_UI_OIDC_REQUIRED_CLAIMS": "hd=example.com"}, None),
+    ({**SSO, "BROKER_UI_OIDC_PRINCIPAL_CLAIM": "sub"}, None),
+    ({**SSO, "BROKER_UI_OIDC_ALLOWED_DOMAINS": "example.com."}, "will refuse every sign-in"),
+])
+def test_serve_warns_about_single_sign_on(monkeypatch, caplog, env, expected):
+    for name in ("BROKER_CONFIG_FILE", *SSO, "BROKER_UI_OIDC_PRINCIPAL_CLAIM", "BROKER_UI_OIDC_ALLOWED_DOMAINS",
+                 "BROKER_UI_OIDC_REQUIRED_CLAIMS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # Only start-up is under test: no container, no server.
+    monkeypatch.setattr(broker.api.deps, "build_container", lambda settings: object())
+    monkeypatch.setattr(server, "_run", lambda container, host, port: 0)
+    with caplog.at_level(logging.WARNING, logger="broker.ui.oidc"):
+        assert server.run_serve(argparse.Namespace(host=None, port=None)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "broker.ui.oidc" and r.levelno == logging.WARNING]
+    if expected is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and expected in warnings[0]
