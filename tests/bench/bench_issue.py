@@ -13,7 +13,7 @@ header the broker's app time, the STS call's time inside it, and the broker's ow
 latency on a shared machine, whose neighbours move every latency figure by tens of percent).
 
     .venv/bin/python -m tests.bench.bench_issue [--requests 1000] [--db sqlite|postgres|both]
-                                               [--limits off|unreachable|both]
+                                               [--limits off|default|unreachable|all]
 
 Not collected by pytest (file name bench_*.py); figures, not assertions.
 """
@@ -34,9 +34,18 @@ import httpx
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database
 
 BIN = Path(sys.executable).parent
-# "unreachable" counts every request of the run (all inside the 60 s window, every grant live): more rows
-# than production, where the limits themselves keep the counts at or under 60 / 300 / 20.
-LIMITS = {"off": "0", "unreachable": "1000000000"}
+# How the rate-limit gate is set (BROKER_AGENT_REQUESTS_PER_MINUTE, _TEMPLATE_REQUESTS_PER_MINUTE,
+# _AGENT_MAX_LIVE_GRANTS):
+# * "off": all three 0, the gate skipped;
+# * "default": the broker's defaults (60, 300, 20), the load spread over enough agents and copies of the
+#   template that none is reached, each count as large as that allows (production's shape);
+# * "unreachable": one agent, one template, limits of 10^9: every request of the run is counted (all in
+#   the 60 s window, every grant live), more rows than the defaults would ever let through.
+LIMITS: dict[str, str | None] = {"off": "0", "default": None, "unreachable": "1000000000"}
+LIMIT_SETTINGS = ("BROKER_AGENT_REQUESTS_PER_MINUTE", "BROKER_TEMPLATE_REQUESTS_PER_MINUTE",
+                  "BROKER_AGENT_MAX_LIVE_GRANTS")
+PER_AGENT, PER_TEMPLATE = 15, 250  # under the default 20 live grants and 300 requests a minute
+BENCH_TEMPLATE = TEST_SCOPES / "s3-read.yaml"
 
 
 class Process:
@@ -89,6 +98,33 @@ def server_timing(header: str) -> dict[str, float]:
     return {name: float(value) for name, value in parts}
 
 
+def spread_load(limits: str, total: int, tmp: Path) -> tuple[Path, list[str], list[str]]:
+    """The scopes folder, the agents and the template names the run cycles through."""
+    if limits != "default":
+        return TEST_SCOPES, ["agent:demo"], ["test-s3-read"]
+    scopes = tmp / "scopes"
+    scopes.mkdir()
+    source = BENCH_TEMPLATE.read_text()
+    templates = [f"test-s3-read-{n}" for n in range(-(-total // PER_TEMPLATE))]
+    for name in templates:  # the same scope under several names: each counts its own requests
+        (scopes / f"{name}.yaml").write_text(source.replace("name: test-s3-read", f"name: {name}", 1))
+    return scopes, [f"agent:bench-{n}" for n in range(-(-total // PER_AGENT))], templates
+
+
+def agent_keys(env: dict[str, str], url: str, agents: list[str], keys_file: Path) -> list[str]:
+    """Migrate the database (as ``broker migrate`` does) and give each agent a key."""
+    from broker.devmode import seed_principals
+    from broker.storage.engine import Database, build_engine
+
+    subprocess.run([str(BIN / "broker"), "migrate"], env=env, check=True, capture_output=True)
+    database = Database(build_engine(url))
+    try:
+        keys = seed_principals(database, keys_file, {agent: (("agent",), (), "human:alice") for agent in agents})
+    finally:
+        database.engine.dispose()
+    return [keys[agent] for agent in agents]
+
+
 def run(requests: int, db: str, warmup: int, limits: str) -> None:
     from broker.catalog import load_catalog
     from broker.devmode import ensure_signing_key, free_port, seed_aws
@@ -110,24 +146,23 @@ def run(requests: int, db: str, warmup: int, limits: str) -> None:
                 url = f"sqlite:///{Path(tmp) / 'bench.db'}"
             (Path(tmp) / "state").mkdir()
             private, _ = ensure_signing_key(Path(tmp) / "state")
+            scopes, agents, templates = spread_load(limits, warmup + requests, Path(tmp))
             env.update({
-                "BROKER_DATABASE_URL": url, "BROKER_SCOPES_DIR": str(TEST_SCOPES),
+                "BROKER_DATABASE_URL": url, "BROKER_SCOPES_DIR": str(scopes),
                 "BROKER_AWS_ENDPOINT_URL": aws.url, "BROKER_SIGNING_KEY_FILE": str(private),
                 "BROKER_SERVER_TIMING": "true",
-                # One agent issuing at full speed would hit the default limits: either off, or so high
-                # that the gate runs (locks, counts) and never refuses.
-                **{name: LIMITS[limits] for name in ("BROKER_AGENT_REQUESTS_PER_MINUTE",
-                                                     "BROKER_TEMPLATE_REQUESTS_PER_MINUTE",
-                                                     "BROKER_AGENT_MAX_LIVE_GRANTS")},
             })
-            key = subprocess.run([str(BIN / "broker"), "keys", "create", "--principal", "agent:demo", "--role", "agent",
-                                  "--acts-for", "human:alice"], env=env, check=True, capture_output=True,
-                                 text=True).stdout.strip()
+            for name in LIMIT_SETTINGS:
+                env.pop(name, None)
+                if LIMITS[limits] is not None:
+                    env[name] = LIMITS[limits]
+            keys = agent_keys(env, url, agents, Path(tmp) / "state" / "keys.json")
             port = free_port(0)
             broker = Process([str(BIN / "broker"), "serve", "--port", str(port)], f"http://127.0.0.1:{port}",
                              "/readyz", env=env)
             try:
-                measure(broker.url, key, requests, warmup, f"{db}, rate limits {limits}", broker.process.pid)
+                label = (f"{db}, rate limits {limits}: {len(agents)} agent(s) x {len(templates)} template(s)")
+                measure(broker.url, keys, templates, requests, warmup, label, broker.process.pid)
             finally:
                 broker.stop()
     finally:
@@ -142,18 +177,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(url: str, key: str, requests: int, warmup: int, db: str, pid: int) -> None:
-    body = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "benchmark"}
+def measure(url: str, keys: list[str], templates: list[str], requests: int, warmup: int, label: str,
+            pid: int) -> None:
+    bodies = [{"template": name, "parameters": {"prefix": "reports"}, "reason": "benchmark"} for name in templates]
+    headers = [{"Authorization": f"Bearer {key}"} for key in keys]
+    turns = ((headers[n % len(headers)], bodies[n % len(bodies)]) for n in range(warmup + requests))
     latencies: list[float] = []
     app: list[float] = []
     sts: list[float] = []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+    with httpx.Client(base_url=url) as client:
         for _ in range(warmup):
-            assert client.post("/v1/requests", json=body).status_code == 201
+            auth, body = next(turns)
+            assert client.post("/v1/requests", json=body, headers=auth).status_code == 201
         wall, cpu = time.perf_counter(), cpu_seconds(pid)
         for _ in range(requests):
+            auth, body = next(turns)
             start = time.perf_counter()
-            response = client.post("/v1/requests", json=body)
+            response = client.post("/v1/requests", json=body, headers=auth)
             latencies.append((time.perf_counter() - start) * 1000)
             assert response.status_code == 201, response.text
             timing = server_timing(response.headers["server-timing"])
@@ -164,7 +204,7 @@ def measure(url: str, key: str, requests: int, warmup: int, db: str, pid: int) -
     # An upper bound the server cannot flatter: everything but STS, as the client saw it (uvicorn's HTTP
     # parsing and writing, loopback, and this client's own httpx time included).
     outside = [c - s for c, s in zip(latencies, sts, strict=True)]
-    print(f"== {db}: {requests} issuances over HTTP, broker serve / moto_server / client in three processes")
+    print(f"== {label}; {requests} issuances over HTTP, broker serve / moto_server / client in three processes")
     print(f"  throughput {requests / wall:.1f} issuances/s")
     print(f"  client latency           {describe(latencies)}")
     print(f"  app time (server side)   {describe(app)}")
@@ -179,10 +219,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument("--limits", choices=[*LIMITS, "both"], default="both",
-                        help="rate-limit gate off, or on with limits never reached (default: both)")
+    parser.add_argument("--limits", choices=[*LIMITS, "all"], default="all",
+                        help="the rate-limit gate: off, the defaults with the load spread, or on with limits "
+                             "never reached (default: all three)")
     args = parser.parse_args()
-    for limits in ([*LIMITS] if args.limits == "both" else [args.limits]):
+    for limits in ([*LIMITS] if args.limits == "all" else [args.limits]):
         for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
             run(args.requests, db, args.warmup, limits)
 
