@@ -45,6 +45,9 @@ AnyRequest = RequestRow | NewRequest
 RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
 # Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
 IssuanceGate = Callable[[Repository, Principal, ScopeTemplate, datetime], None]
+# Check run inside unit of work B, after STS minted and before the credentials are released (the
+# lockdown): given the environment, raises a BrokerError to withhold them.
+ReleaseGate = Callable[[Repository, str], None]
 
 
 @dataclass
@@ -64,6 +67,8 @@ class BrokerService:
     gates: Sequence[IssuanceGate] = ()
     # Gates run when an approved request is redeemed (the lockdown): the other path that mints.
     redeem_gates: Sequence[IssuanceGate] = ()
+    # Checks run when minted credentials are about to be released (a lockdown committed while STS minted).
+    release_gates: Sequence[ReleaseGate] = ()
     notifier: Notifier = field(default_factory=NullNotifier)
     public_url: str = "http://127.0.0.1:8080"
     blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
@@ -160,7 +165,10 @@ class BrokerService:
         try:
             minted = self.minter.mint(order)
         except BrokerError as exc:
-            self._record_failure(row, actor=actor, error=exc)
+            # NOTE: when STS may have minted anyway (the answer was lost) the intent stays open:
+            # reconciliation logs that possible session as an orphan and revokes it.
+            self._record_failure(row, actor=actor, error=exc,
+                                 session_may_exist=bool(exc.details.get("outcome_unknown")))
             raise
         now = self.clock.now()
         grant = NewGrant(id=row.grant_id, request_id=row.id, template=row.template, agent=row.requester,
@@ -176,10 +184,17 @@ class BrokerService:
                 # fresh connection, rather than throw away a session the caller is waiting for.
                 log.warning("database connection lost recording request %s; retrying once", row.id)
                 self._record_issued(row, grant, actor=actor, retry=True)
-        except BrokerError:
-            # NOTE: the credentials exist at AWS but are withheld; the open intent makes start-up
-            # reconciliation log and revoke them.  Nothing reaches the caller.
-            log.error("issued event could not be written for request %s; credentials withheld", row.id)
+        except Unavailable:
+            # NOTE: the credentials exist at AWS but are withheld; the open intent makes reconciliation log
+            # and revoke them.  Nothing reaches the caller.  (Should the lost connection have hidden a COMMIT
+            # that landed, the log says issued and the intent is resolved: this line names what to revoke.)
+            log.error("issued event could not be written for request %s; credentials withheld (grant %s, access "
+                      "key id %s)", row.id, grant.id, grant.access_key_id)
+            raise
+        except BrokerError as exc:
+            # A release gate refused (a lockdown committed while STS minted), or the request moved on: the
+            # session exists but is withheld; it is logged as failed and its open intent revoked.
+            self._record_failure(row, actor=actor, error=exc, session_may_exist=True)
             raise
         row.status, row.issued_at = RequestStatus.ISSUED.value, now
         return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
@@ -188,6 +203,9 @@ class BrokerService:
     def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
         with self.database.transaction() as repo:
+            repo.lock_log_head()  # first: a lockdown commits before this unit of work or after it
+            for gate in self.release_gates:
+                gate(repo, row.environment)
             if retry:
                 # NOTE: the connection may have been lost at COMMIT, after that commit landed: then this exact
                 # grant is recorded and logged already, and nothing is written twice.
@@ -203,16 +221,16 @@ class BrokerService:
                                           access_key_id=grant.access_key_id,
                                           expiration=issuance_log.log_time(grant.expiration)))
 
-    def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError) -> None:
+    def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError, session_may_exist: bool) -> None:
         now = self.clock.now()
         try:
             with self.database.transaction() as repo:
                 repo.transition_request(row.id, from_statuses=[RequestStatus.ISSUING.value],
                                         to_status=RequestStatus.FAILED.value, updated_at=now,
                                         decided_reason=error.code)
-                if not error.details.get("outcome_unknown"):
-                    # NOTE: when STS may have minted anyway (the answer was lost) the intent stays open:
-                    # reconciliation logs that possible session as an orphan and revokes it.
+                if not session_may_exist:
+                    # NOTE: otherwise the intent stays open: reconciliation logs that (possible) session as an
+                    # orphan and revokes it.
                     repo.resolve_intent(row.grant_id)
                 repo.append_event(self._event("failed", row, actor=actor, now=now, reason_code=error.code))
         except BrokerError:

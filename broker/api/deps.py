@@ -146,7 +146,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
                             rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
                             public_url=settings.public_url.rstrip("/"), blast_radius=blast, gates=gates,
-                            redeem_gates=redeem_gates)
+                            redeem_gates=redeem_gates, release_gates=[revocations.check_lockdown])
     directory = DirectoryAdapter(database)
     authenticator = Authenticator(api_keys=directory, principals=directory,
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))

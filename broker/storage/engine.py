@@ -204,7 +204,7 @@ class Database:
 
         with self._storage_errors(), self.engine.connect() as connection:
             connection = connection.execution_options(**_READ_ONLY_OPTIONS[self.engine.dialect.name])
-            repo = Repository(connection, postgres=self.is_postgres)
+            repo = Repository(connection, postgres=self.is_postgres, read_only=True)
             try:
                 yield repo
             finally:

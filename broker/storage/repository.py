@@ -5,6 +5,11 @@ log append) are SQLAlchemy Core on the unit of work's connection, not ORM unit-o
 flushes: the same tables and column types, a tenth of the Python per statement.  Rows written
 that way are not in the session's identity map; a later ORM read in the same unit of work
 loads them from the database like any other row.
+
+Lock order: a unit of work that appends to the log and also locks rows it did not create takes the
+log head's lock first (see :meth:`Repository.lock_log_head`).  The methods that lock an existing row
+(``get_request(for_update=True)``, ``transition_request``, ``record_issued``, ``resolve_intent``) take
+it themselves, so on PostgreSQL no two units of work can wait on each other in a cycle.
 """
 
 from __future__ import annotations
@@ -80,11 +85,14 @@ _RECORD_ISSUED_PG = (
     .add_cte(_RESOLVE_INTENT.cte("resolved_intent")))
 _HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
-_SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1)
+# Compare-and-set: the head moves only from the (seq, hash) the entry was chained to.
+_SET_HEAD = (update(_LOG_HEAD).where(_LOG_HEAD.c.id == 1, _LOG_HEAD.c.seq == bindparam("prev_head_seq"),
+                                     _LOG_HEAD.c.hash == bindparam("prev_head_hash"))
              .values(seq=bindparam("head_seq"), hash=bindparam("head_hash")))
 _INSERT_EVENT = insert(_EVENTS)
 # What the rate-limit gate counts, in one statement: an agent's and a template's requests since a
-# moment, and an agent's live (unexpired, unrevoked) grants.  Each is served by a composite index.
+# moment, and an agent's live grants: unexpired and unrevoked, plus its issuances in flight (past
+# their gate, their grant not yet recorded), which would otherwise slip past the limit together.
 _SINCE = bindparam("since", type_=_REQUESTS.c.created_at.type)
 _ISSUANCE_COUNTS = core_select(
     core_select(func.count()).select_from(_REQUESTS)
@@ -93,11 +101,15 @@ _ISSUANCE_COUNTS = core_select(
     core_select(func.count()).select_from(_REQUESTS)
     .where(_REQUESTS.c.template == bindparam("template"), _REQUESTS.c.created_at >= _SINCE)
     .scalar_subquery().label("template_requests"),
-    core_select(func.count()).select_from(_GRANTS)
-    .where(_GRANTS.c.agent == bindparam("agent"),
+    (core_select(func.count()).select_from(_GRANTS)
+     .where(_GRANTS.c.agent == bindparam("agent"),
            _GRANTS.c.expiration > bindparam("now", type_=_GRANTS.c.expiration.type),
            _GRANTS.c.revoked_at.is_(None))
-    .scalar_subquery().label("agent_live_grants"),
+    .scalar_subquery()
+    + core_select(func.count()).select_from(_REQUESTS)
+    .where(_REQUESTS.c.status == "issuing", _REQUESTS.c.requester == bindparam("agent"))
+    .scalar_subquery()
+).label("agent_live_grants"),
 )
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
@@ -121,9 +133,10 @@ def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None)
 class Repository:
     """The queries of one unit of work, on its connection (``Database.transaction`` / ``read``)."""
 
-    def __init__(self, connection: Connection, *, postgres: bool) -> None:
+    def __init__(self, connection: Connection, *, postgres: bool, read_only: bool = False) -> None:
         self._core = connection
         self._postgres = postgres
+        self._read_only = read_only
         self._session: Session | None = None
         # The log head (seq, hash) as this unit of work holds it: set by lock_log_head, advanced by
         # append_event.  Valid only while the transaction that read it is open (the repository lives
@@ -203,8 +216,10 @@ class Repository:
 
     def get_request(self, request_id: str, *, for_update: bool = False) -> RequestRow | None:
         statement = select(RequestRow).where(RequestRow.id == request_id)
-        if for_update and self._postgres:
-            statement = statement.with_for_update()
+        if for_update:
+            self.lock_log_head()  # the lock order: the log head, then rows
+            if self._postgres:
+                statement = statement.with_for_update()
         return self.session.exec(statement).first()
 
     def transition_request(self, request_id: str, *, from_statuses: Sequence[str], to_status: str,
@@ -215,6 +230,7 @@ class Repository:
         """
         # NOTE: Core, not an ORM bulk update: a request object loaded in this session keeps the values
         # it was read with; callers re-read when they need to.  The SET columns are the parameters' keys.
+        self.lock_log_head()  # the lock order: the log head, then rows
         self.flush()
         result = self._core.execute(_TRANSITION, {"match_id": request_id, "match_statuses": list(from_statuses),
                                                   "status": to_status, **values})
@@ -262,6 +278,7 @@ class Repository:
         """Move the request to ``to_status`` if it is still in ``from_statuses``, add its grant and resolve its
         mint intent.  False when the request had moved on: the caller must refuse (its unit of work then
         rolls back the grant and the intent too).  PostgreSQL: one statement."""
+        self.lock_log_head()  # the lock order: the log head, then rows
         if not self._postgres:
             if not self.transition_request(request_id, from_statuses=from_statuses, to_status=to_status,
                                            issued_at=now, updated_at=now):
@@ -279,6 +296,7 @@ class Repository:
         self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
 
     def resolve_intent(self, grant_id: str) -> None:
+        self.lock_log_head()  # the lock order: the log head, then rows
         self._core.execute(_RESOLVE_INTENT, {"match_grant_id": grant_id})
 
     def unresolved_intents(self) -> list[MintIntentRow]:
@@ -314,24 +332,6 @@ class Repository:
                                         else col(GrantRow.revoked_at).is_(None))
         return list(self.session.exec(statement))
 
-    def count_live_grants(self, *, agent: str | None = None, template: str | None = None, now: datetime) -> int:
-        statement = select(func.count()).select_from(GrantRow).where(col(GrantRow.expiration) > now,
-                                                                     col(GrantRow.revoked_at).is_(None))
-        if agent is not None:
-            statement = statement.where(GrantRow.agent == agent)
-        if template is not None:
-            statement = statement.where(GrantRow.template == template)
-        return int(self.session.exec(statement).one())
-
-    def count_requests_since(self, *, since: datetime, requester: str | None = None,
-                             template: str | None = None) -> int:
-        statement = select(func.count()).select_from(RequestRow).where(col(RequestRow.created_at) >= since)
-        if requester is not None:
-            statement = statement.where(RequestRow.requester == requester)
-        if template is not None:
-            statement = statement.where(RequestRow.template == template)
-        return int(self.session.exec(statement).one())
-
     # --- settings (lockdown) --------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
         row = self.session.get(SettingRow, key)
@@ -361,6 +361,8 @@ class Repository:
         nothing another unit of work appends (a lockdown, a request that counts against a limit) can
         commit between what this one reads and what it writes.
         """
+        if self._read_only:
+            raise RuntimeError("the log's lock is taken in a unit of work (Database.transaction), not a read")
         if self._head is None:
             # NOTE: on PostgreSQL the row lock serializes appends across broker replicas until this unit
             # of work commits; SQLite units of work are BEGIN IMMEDIATE (one writer at a time), so the
@@ -387,14 +389,18 @@ class Repository:
             "access_key_id": entry.get("access_key_id"), "body": issuance_log.entry_line(entry).decode("utf-8"),
             "prev_hash": entry["prev_hash"], "hash": entry["hash"],
         }
-        head_values = {"head_seq": entry["seq"], "head_hash": entry["hash"]}
+        head_values = {"head_seq": entry["seq"], "head_hash": entry["hash"], "prev_head_seq": seq,
+                       "prev_head_hash": prev_hash}
+        self._head = None  # until this append is known to have moved the head
         if self._postgres:
             result = self._core.execute(_APPEND_PG, {**_prefixed("entry__", row), **head_values})
         else:
             self._core.execute(_INSERT_EVENT, row)
             result = self._core.execute(_SET_HEAD, head_values)
-        if result.rowcount != 1:  # the head row vanished mid-append: fail closed, nothing commits
-            raise StorageUnavailable("the issuance log head is missing; nothing was written")
+        if result.rowcount != 1:
+            # NOTE: the head is missing or is not the one this entry was chained to: fail closed, and the
+            # unit of work rolls back the entry with everything else.
+            raise StorageUnavailable("the issuance log head moved or is missing; nothing was written")
         self._head = (entry["seq"], entry["hash"])
         return entry
 

@@ -105,3 +105,61 @@ def test_fifty_concurrent_redemptions_issue_exactly_one_credential(replicas):
     assert len(sessions) == 1
     assert sum(1 for s in moto_sts_sessions(first.aws_endpoint)
                if s["session_name"] == view["grant"]["session_name"]) == 1
+
+
+def _deadlocks(engine) -> int:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return int(connection.execute(text(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")).scalar())
+
+
+def _lock_waiters(engine) -> int:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return int(connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar())
+
+
+def test_redeem_and_cancel_at_once_wait_in_one_lock_order_and_never_deadlock(replicas):
+    """Redeem holds the log head and is about to move the request; cancel wants that request's row.
+    Both take the log head first, so cancel waits for redeem (no deadlock, no 503) and then sees
+    the request already redeemed."""
+    import time
+
+    broker, _ = replicas
+    rid = approved_request(broker)
+    service = broker.container.service
+    holds_head, go = threading.Event(), threading.Event()
+    counted = service._counted  # noqa: SLF001 - a pause inside redeem's unit of work, after its gates
+
+    def pause_then_count(repo, row, template):
+        holds_head.set()
+        assert go.wait(20)
+        return counted(repo, row, template)
+
+    service._counted = pause_then_count  # noqa: SLF001
+    answers: dict = {}
+    before = _deadlocks(broker.container.database.engine)
+    redeemer = threading.Thread(target=lambda: answers.__setitem__(
+        "redeem", broker.post(f"/v1/requests/{rid}/credentials", "agent:demo")))
+    redeemer.start()
+    try:
+        assert holds_head.wait(20)
+        canceller = threading.Thread(target=lambda: answers.__setitem__(
+            "cancel", broker.post(f"/v1/requests/{rid}/cancel", "agent:demo")))
+        canceller.start()
+        deadline = time.monotonic() + 10
+        while _lock_waiters(broker.container.database.engine) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _lock_waiters(broker.container.database.engine) == 1  # cancel waits, on the log head
+    finally:
+        go.set()
+    redeemer.join(20)
+    canceller.join(20)
+    assert answers["redeem"].status_code == 201, answers["redeem"].json().get("error")
+    assert answers["cancel"].status_code == 409, answers["cancel"].json()
+    assert _deadlocks(broker.container.database.engine) == before

@@ -136,7 +136,7 @@ def test_log_write_failing_after_sts_withholds_credentials_and_start_up_revokes_
 
 
 def test_a_connection_lost_while_sts_mints_is_retried_once_and_the_credentials_are_delivered(
-        pg_admin_url, pg_url, moto_server, tmp_path):
+        pg_admin_url, pg_url, moto_server, tmp_path, caplog):
     """A database restart (every connection cut, new ones welcome) between the two units of work: the
     record of the issuance is written on a fresh connection, and the caller gets the credentials."""
     minted: list[str] = []
@@ -153,6 +153,8 @@ def test_a_connection_lost_while_sts_mints_is_retried_once_and_the_credentials_a
         response = broker.post("/v1/requests", "agent:demo", json=S3_REQUEST)
         assert response.status_code == 201, response.json().get("error")
         assert response.json()["credentials"]["access_key_id"] == minted[0]
+        # The loss was seen (not hidden by a ping at checkout) and the retry is what delivered them.
+        assert "retrying once" in caplog.text
         events = broker.events()
         assert [e["type"] for e in events] == ["requested", "issued"]
         assert events[-1]["access_key_id"] == minted[0]

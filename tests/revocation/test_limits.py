@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tests.conftest import TEST_SCOPES, build_harness
@@ -99,3 +101,41 @@ def test_live_grant_budget_binds_at_redemption_too(limited):
     assert revoked.status_code == 200, revoked.text
     redeemed = limited.post(f"/v1/requests/{rid}/credentials", "agent:demo")
     assert redeemed.status_code == 201, redeemed.text
+
+
+class HeldMinter:
+    """Holds the first issuance between its two units of work (STS minting) until told to go on."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.in_flight, self.go = inner, threading.Event(), threading.Event()
+
+    def mint(self, order):
+        if not self.in_flight.is_set():
+            self.in_flight.set()
+            assert self.go.wait(20)
+        return self.inner.mint(order)
+
+
+def test_the_live_grant_budget_counts_issuances_in_flight(db_url, moto_server, tmp_path):
+    """Two requests at once with a budget of one live grant: the second sees the first in flight (past
+    its gate, its grant not yet recorded) and is refused; it does not slip past the limit."""
+    from broker.aws.sts import StsMinter
+
+    minter = HeldMinter(StsMinter(endpoint_url=moto_server.endpoint_url, region="us-east-1"))
+    broker = build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                           state_dir=tmp_path / "state", minter=minter, agent_max_live_grants=1)
+    try:
+        first: list = []
+        racer = threading.Thread(target=lambda: first.append(broker.post("/v1/requests", "agent:demo",
+                                                                          json=S3_REQUEST)))
+        racer.start()
+        assert minter.in_flight.wait(20)
+        _refusal(broker.post("/v1/requests", "agent:demo", json=S3_REQUEST), "too_many_live_grants")
+        minter.go.set()
+        racer.join(20)
+        assert first[0].status_code == 201, first[0].json().get("error")
+        with broker.container.database.transaction() as repo:
+            assert len(repo.find_grants(agent="agent:demo", revoked=False)) == 1
+    finally:
+        minter.go.set()
+        broker.container.database.engine.dispose()

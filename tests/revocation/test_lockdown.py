@@ -125,9 +125,21 @@ def _waiting_on_a_lock(engine) -> bool:
         )).scalar())
 
 
-def test_a_request_racing_a_lockdown_is_refused_once_the_lockdown_commits(broker):
+def test_a_request_racing_a_lockdown_is_refused_once_the_lockdown_commits(pg_url, moto_server, tmp_path):
     """The issuance takes the log's lock before its gates read: a lockdown that is committing while
-    the request runs is seen, never read-before-commit and then issued past."""
+    the request runs is seen, never read-before-commit and then issued past.  PostgreSQL only: on
+    SQLite every unit of work is BEGIN IMMEDIATE, which serializes them whole (that cannot race)."""
+    from tests.conftest import TEST_SCOPES, build_harness
+
+    broker = build_harness(db_url=pg_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                           state_dir=tmp_path / "state")
+    try:
+        _race_a_lockdown(broker)
+    finally:
+        broker.container.database.engine.dispose()
+
+
+def _race_a_lockdown(broker) -> None:
     import json
     import threading
     import time
@@ -144,15 +156,55 @@ def test_a_request_racing_a_lockdown_is_refused_once_the_lockdown_commits(broker
                                                                            json=S3_REQUEST)))
         racer.start()
         deadline = time.monotonic() + 10
-        if database.is_postgres:  # wait until the request is blocked on the lock we hold
-            while not _waiting_on_a_lock(database.engine) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert _waiting_on_a_lock(database.engine), "the request never waited for the log's lock"
-        else:
-            time.sleep(0.3)  # SQLite: its BEGIN IMMEDIATE waits for this write transaction
+        while not _waiting_on_a_lock(database.engine) and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the request is blocked on the lock we hold
+        assert _waiting_on_a_lock(database.engine), "the request never waited for the log's lock"
         assert racer.is_alive() and not answers
     racer.join(10)
     (refused,) = answers
     assert refused.status_code == 403, refused.json().get("error")  # never print an issued credential
     assert refused.json()["error"]["code"] == "environment_locked"
     assert len(moto_sts_sessions(broker.aws_endpoint)) == sessions_before
+
+
+class LockdownWhileMinting:
+    """STS answers, and meanwhile an administrator's lockdown commits (after unit of work A, before B)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.broker, self.minted = inner, None, []
+
+    def mint(self, order):
+        credentials = self.inner.mint(order)
+        self.minted.append(credentials.access_key_id)
+        assert _lock(self.broker).status_code == 201
+        return credentials
+
+
+def test_a_lockdown_that_commits_while_sts_mints_withholds_the_credentials(db_url, moto_server, tmp_path):
+    from broker.aws.sts import StsMinter
+    from broker.domain.revocation import session_is_named
+    from tests.conftest import TEST_SCOPES, build_harness
+    from tests.revocation.conftest import clear_deny_policy, read_deny_policy
+
+    clear_deny_policy(moto_server.endpoint_url)
+    minter = LockdownWhileMinting(StsMinter(endpoint_url=moto_server.endpoint_url, region="us-east-1"))
+    broker = build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                           state_dir=tmp_path / "state", minter=minter)
+    minter.broker = broker
+    try:
+        refused = broker.post("/v1/requests", "agent:demo", json=S3_REQUEST)
+        assert refused.status_code == 403, refused.json().get("error")
+        assert refused.json()["error"]["code"] == "environment_locked"
+        assert "credentials" not in refused.json() and minter.minted[0] not in refused.text
+        events = broker.events()
+        assert [e["type"] for e in events] == ["requested", "lockdown", "failed"]
+        assert events[-1]["reason_code"] == "environment_locked"
+        request_id = events[0]["request_id"]
+        assert broker.get(f"/v1/requests/{request_id}", "agent:demo").json()["status"] == "failed"
+        # The session STS minted is nobody's: reconciliation logs it as an orphan and denies it at AWS.
+        broker.clock.advance(61)
+        assert broker.container.extras["revocations"].reconcile_orphans() == [events[0]["grant_id"]]
+        assert broker.events()[-1]["type"] == "orphaned"
+        assert session_is_named(read_deny_policy(moto_server.endpoint_url), grant_id=events[0]["grant_id"])
+    finally:
+        broker.container.database.engine.dispose()

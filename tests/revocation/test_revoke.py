@@ -103,7 +103,9 @@ def test_revoke_all_writes_the_token_issue_time_deny(broker, body, narrowing):
     assert event["actor"] == "human:root" and event["details"]["issued_before"] == result["issued_before"]
     # Live grants are now revoked: the agent's live-grant budget is free again.
     with broker.container.database.transaction() as repo:
-        assert repo.count_live_grants(agent="agent:demo", now=broker.clock.now()) == 0
+        now = broker.clock.now()
+        assert repo.issuance_counts(agent="agent:demo", template="test-s3-read", since=now,
+                                    now=now)["agent_live_grants"] == 0
 
 
 @pytest.mark.parametrize(("principal", "body", "status", "code"), [

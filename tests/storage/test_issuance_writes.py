@@ -133,9 +133,10 @@ def test_plain_values_call_default_factories_per_row():
         New()  # a required field stays required
 
 
-def _add_request(database: Database, request_id: str, *, requester: str, template: str, created_at: datetime) -> None:
+def _add_request(database: Database, request_id: str, *, requester: str, template: str, created_at: datetime,
+                 status: str = "issued") -> None:
     row = _request(request_id, "g-" + request_id)
-    row.requester, row.template, row.created_at = requester, template, created_at
+    row.requester, row.template, row.created_at, row.status = requester, template, created_at, status
     with database.transaction() as repo:
         repo.add_request(row)
 
@@ -157,14 +158,18 @@ def test_issuance_counts_count_what_each_limit_bounds(database):
     _add_request(database, "q3", requester="agent:a", template="other", created_at=NOW)
     _add_request(database, "q4", requester="agent:b", template="t", created_at=NOW)
     _add_request(database, "q5", requester="agent:a", template="t", created_at=since - timedelta(microseconds=1))
-    # Grants: live ones only (expiring after now, not revoked), this agent's only.
+    # In flight (past its gate, no grant yet): a live grant in all but name.  Another agent's does not count.
+    _add_request(database, "q6", requester="agent:a", template="old", created_at=since - timedelta(hours=1),
+                 status="issuing")
+    _add_request(database, "q7", requester="agent:b", template="old", created_at=NOW, status="issuing")
+    # Grants: live ones only (expiring after now, not revoked), this agent's only; plus the one in flight.
     _add_grant(database, "g1", agent="agent:a", expiration=NOW + timedelta(seconds=1))
     _add_grant(database, "g2", agent="agent:a", expiration=NOW)
     _add_grant(database, "g3", agent="agent:a", expiration=NOW + timedelta(seconds=900), revoked=True)
     _add_grant(database, "g4", agent="agent:b", expiration=NOW + timedelta(seconds=900))
     with database.transaction() as repo:
         assert repo.issuance_counts(agent="agent:a", template="t", since=since, now=NOW) == {
-            "agent_requests": 3, "template_requests": 3, "agent_live_grants": 1}
+            "agent_requests": 3, "template_requests": 3, "agent_live_grants": 2}
         assert repo.issuance_counts(agent="agent:c", template="none", since=since, now=NOW) == {
             "agent_requests": 0, "template_requests": 0, "agent_live_grants": 0}
 
@@ -179,3 +184,25 @@ def test_the_log_head_a_unit_of_work_holds_advances_with_each_append(database):
     with database.transaction() as repo:  # a new unit of work reads the committed head
         assert repo.lock_log_head() == (second["seq"], second["hash"])
         assert repo.log_head() == (second["seq"], second["hash"])
+
+
+def test_an_append_chained_to_a_head_that_moved_fails_closed(database):
+    """The head moves only from the (seq, hash) an entry was chained to: a unit of work whose idea of
+    the head went stale (here: a savepoint rolled back under it) cannot commit a gap or a fork."""
+    from broker.errors import StorageUnavailable
+
+    body = {"type": "test", "time": "2026-01-02T03:04:05.000000Z"}
+    with pytest.raises(StorageUnavailable), database.transaction() as repo:
+        repo.append_event({**body, "event_id": "e1"})
+        savepoint = repo._core.begin_nested()  # noqa: SLF001 - no use case takes savepoints
+        repo.append_event({**body, "event_id": "e2"})
+        savepoint.rollback()  # entry 2 is gone; the unit of work still remembers it as the head
+        repo.append_event({**body, "event_id": "e3"})
+    with database.transaction() as repo:
+        assert repo.query_events(filters={}) == []
+        assert repo.log_head() == (0, issuance_log.GENESIS_HASH)
+
+
+def test_a_read_only_unit_of_work_cannot_take_the_logs_lock(database):
+    with database.read() as repo, pytest.raises(RuntimeError):
+        repo.lock_log_head()
