@@ -61,20 +61,22 @@ class Limit:
 
 def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
     def retry_after(repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> int:
-        # The maximum-th newest request in the window leaves it first among those that matter.
-        rows = repo.list_requests(requester=None if by_template else principal.id, limit=maximum * 2 + 10)
-        if by_template:
-            rows = [r for r in rows if r.template == template.name]
-        recent = [r for r in rows if _aware(r.created_at) >= now - WINDOW][:maximum]
-        if len(recent) < maximum:
+        # The maximum-th newest request in the window is the one whose leaving brings the count under the limit.
+        edge = repo.nth_newest_request_since(nth=maximum, since=now - WINDOW,
+                                             template=template.name if by_template else None,
+                                             requester=None if by_template else principal.id)
+        if edge is None:
             return int(WINDOW.total_seconds())
-        return _seconds_until(recent[-1].created_at + WINDOW, now)
+        # NOTE: the window includes its start (created_at >= now - 60 s): that request still counts at exactly
+        # edge + 60 s, so the first whole second after it.
+        return max(1, math.floor((_aware(edge) + WINDOW - now).total_seconds()) + 1)
     return retry_after
 
 
 def _grant_retry(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
-    live = repo.find_grants(agent=principal.id, live_at=now, revoked=False)
-    return _seconds_until(min(g.expiration for g in live), now) if live else 1
+    # NOTE: none expiring means the budget is taken by issuances in flight: they settle within seconds.
+    expiry = repo.earliest_live_grant_expiry(agent=principal.id, now=now)
+    return 1 if expiry is None else _seconds_until(expiry, now)
 
 
 @dataclass(frozen=True)

@@ -378,6 +378,24 @@ class Repository:
                                                     "now": now}).one()
         return {name: int(value) for name, value in row._mapping.items()}
 
+    def nth_newest_request_since(self, *, nth: int, since: datetime, requester: str | None = None,
+                                 template: str | None = None) -> datetime | None:
+        """When the ``nth`` newest request (of one agent or one template) since ``since`` was made, if any:
+        the request whose leaving the window brings the count under ``nth``."""
+        statement = core_select(_REQUESTS.c.created_at).where(_REQUESTS.c.created_at >= since)
+        if requester is not None:
+            statement = statement.where(_REQUESTS.c.requester == requester)
+        if template is not None:
+            statement = statement.where(_REQUESTS.c.template == template)
+        statement = statement.order_by(_REQUESTS.c.created_at.desc()).limit(1).offset(nth - 1)
+        return self._core.execute(statement).scalar_one_or_none()
+
+    def earliest_live_grant_expiry(self, *, agent: str, now: datetime) -> datetime | None:
+        return self._core.execute(
+            core_select(func.min(_GRANTS.c.expiration))
+            .where(_GRANTS.c.agent == agent, _GRANTS.c.expiration > now, _GRANTS.c.revoked_at.is_(None))
+        ).scalar_one_or_none()
+
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal and append one entry in this unit of work (committed with the state change)."""
         seq, prev_hash = self.lock_log_head()

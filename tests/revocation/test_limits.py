@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+from datetime import datetime
 
 import pytest
 
@@ -35,7 +37,7 @@ def test_agent_rate_limit_refuses_the_flooder_only(limited):
     before = limited.request_count()
     over = limited.post("/v1/requests", "agent:demo", json=S3_REQUEST)
     _refusal(over, "rate_limited")
-    assert 1 <= int(over.headers["retry-after"]) <= 60
+    assert int(over.headers["retry-after"]) == 61  # all three at this instant: they count until 60 s on, inclusive
     assert limited.request_count() == before
     last = limited.events()[-1]
     assert (last["type"], last["reason_code"], last["actor"]) == ("refused", "rate_limited", "agent:demo")
@@ -139,3 +141,33 @@ def test_the_live_grant_budget_counts_issuances_in_flight(db_url, moto_server, t
     finally:
         minter.go.set()
         broker.container.database.engine.dispose()
+
+
+@pytest.mark.parametrize("limited", [{"template_requests_per_minute": 2, "agent_max_live_grants": 0}],
+                         indirect=True)
+def test_retry_after_is_when_the_window_frees_a_slot(limited):
+    assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201   # t
+    limited.clock.advance(5)
+    assert limited.post("/v1/requests", "agent:other", json=S3_REQUEST).status_code == 201  # t + 5
+    for _ in range(2):  # newer requests for another template are not this template's
+        assert limited.post("/v1/requests", "agent:demo", json=LOGS_REQUEST).status_code == 201
+    limited.clock.advance(10)
+    over = limited.post("/v1/requests", "agent:demo", json=S3_REQUEST)                       # t + 15
+    _refusal(over, "template_rate_limited")
+    assert int(over.headers["retry-after"]) == 46  # the request made at t counts until t + 60 inclusive
+    limited.clock.advance(45)
+    _refusal(limited.post("/v1/requests", "agent:demo", json=S3_REQUEST), "template_rate_limited")
+    limited.clock.advance(1)
+    assert limited.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 201
+
+
+@pytest.mark.parametrize("limited", [{"agent_max_live_grants": 1}], indirect=True)
+def test_retry_after_for_the_live_grant_budget_is_the_first_expiry(limited):
+    first = limited.post("/v1/requests", "agent:demo", json={**S3_REQUEST, "ttl_seconds": 900})
+    assert first.status_code == 201
+    limited.clock.advance(100)
+    over = limited.post("/v1/requests", "agent:demo", json=S3_REQUEST)
+    _refusal(over, "too_many_live_grants")
+    expiration = datetime.fromisoformat(first.json()["grant"]["expiration"].replace("Z", "+00:00"))
+    assert int(over.headers["retry-after"]) == math.ceil((expiration - limited.clock.now()).total_seconds())
+    assert 790 <= int(over.headers["retry-after"]) <= 810
