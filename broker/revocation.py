@@ -41,7 +41,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFo
                            StorageUnavailable, Unavailable)
 from broker.limits import lock_issuance
 from broker.ports import Clock, SessionRevoker, TemplateSource
+from broker.refusals import RefusalBudget, refusal_entry
 from broker.service import _clean_reason as clean_reason
 from broker.service import grant_view
 from broker.storage.engine import Database
@@ -117,6 +118,8 @@ class RevocationService:
     clock: Clock
     orphan_grace_seconds: int = 60
     lift_request_seconds: int = 3600
+    # Shared with BrokerService: one principal's refusals count once, whichever use case refused.
+    refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
 
     # ------------------------------------------------------------------ the unit of work
     def _apply(self, *, principal_id: str, source_ip: str | None, action: str,
@@ -156,9 +159,14 @@ class RevocationService:
                      error: BrokerError) -> None:
         body = _event(kind, now=self.clock.now(), actor=principal_id, source_ip=source_ip, reason_code=error.code,
                       action=action, message=error.message[:300])
+        # NOTE: a refusal counts against the principal's refusal budget (see broker.refusals); a failure
+        # (IAM, database) is not the caller's to repeat at will and is always written.
+        budget = self.refusal_budget if kind == "refused" else RefusalBudget.disabled()
         # NOTE: if even this cannot be written the caller gets 503: nothing unlogged succeeds.
-        with self.database.transaction() as repo:
-            repo.append_event(body)
+        with refusal_entry(budget, principal_id, reason_code=error.code) as ticket:
+            if ticket is not None:  # None: counted by the refusal budget; the error is raised all the same
+                with self.database.transaction() as repo:
+                    repo.append_event(ticket.shape(body))
 
     @staticmethod
     def _load(repo: Repository) -> list[rules.RevocationEntry]:
@@ -444,7 +452,7 @@ __all__ = ["DenyPolicyStore", "RevocationService"]
 
 
 def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSource, clock: Clock,
-                    revoker: DenyPolicyStore | None = None,
+                    revoker: DenyPolicyStore | None = None, refusal_budget: RefusalBudget | None = None,
                     ) -> tuple[RevocationService, list[Callable[..., None]], list[Callable[..., None]]]:
     """For the composition root: the revocation service, the gates on new requests, the gates on redemption.
 
@@ -456,7 +464,8 @@ def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSourc
     if revoker is None:
         from broker.aws.revocation import IamRevoker
         revoker = IamRevoker(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
-    revocations = RevocationService(database=database, catalog=catalog, revoker=revoker, clock=clock)
+    revocations = RevocationService(database=database, catalog=catalog, revoker=revoker, clock=clock,
+                                    refusal_budget=refusal_budget or RefusalBudget.disabled())
     limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
                                          template_requests_per_minute=settings.template_requests_per_minute,
                                          agent_max_live_grants=settings.agent_max_live_grants)

@@ -32,6 +32,7 @@ from broker.domain.templates import ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
+from broker.refusals import SUPPRESSION_SUMMARY, RefusalBudget, refusal_entry
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
 from broker.storage.repository import Repository
@@ -72,6 +73,8 @@ class BrokerService:
     notifier: Notifier = field(default_factory=NullNotifier)
     public_url: str = "http://127.0.0.1:8080"
     blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
+    # How many refusals a minute of one principal are logged one by one (see broker.refusals).
+    refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
 
     # ------------------------------------------------------------------ request
     def request_credentials(self, *, principal: Principal, template_name: str, parameters: Mapping[str, Any] | None,
@@ -244,9 +247,30 @@ class BrokerService:
                     template=str(template_name)[:100].replace("\x00", "\ufffd"),
                     source_ip=source_ip, reason_code=error.code,
                     details={"message": error.message[:300], **({"field": error.field} if error.field else {})})
-        # NOTE: if the refusal cannot be logged the caller gets 503 instead: nothing unlogged.
-        with self.database.transaction() as repo:
-            repo.append_event(body)
+        # NOTE: if the refusal cannot be logged the caller gets 503 instead: nothing unlogged.  Over the
+        # principal's refusal budget it is counted, not written (broker.refusals); the error is raised all the same.
+        with refusal_entry(self.refusal_budget, principal.id, reason_code=error.code) as ticket:
+            if ticket is not None:
+                with self.database.transaction() as repo:
+                    repo.append_event(ticket.shape(body))
+
+    def flush_suppressed_refusals(self, *, close_open: bool = False) -> int:
+        """Write the counts of suppressed refusals that no later refusal carried (``broker serve``'s
+        periodic sweep; at shutdown with ``close_open``).  Returns the number of entries written."""
+        summaries = self.refusal_budget.take_summaries(close_open=close_open)
+        if not summaries:
+            return 0
+        now = self.clock.now()
+        try:
+            with self.database.transaction() as repo:
+                for summary in summaries:
+                    body = _base_event(SUPPRESSION_SUMMARY, now)
+                    body.update(actor=summary.principal_id, details=summary.details())
+                    repo.append_event(body)
+        except BaseException:
+            self.refusal_budget.give_back(summaries)  # the next sweep or refusal writes them
+            raise
+        return len(summaries)
 
     # ------------------------------------------------------------------ co-signing
     def decide(self, *, principal: Principal, request_id: str, decision: str, reason: str,
@@ -321,13 +345,17 @@ class BrokerService:
                              source_ip: str | None) -> None:
         """A refused decision or redemption on an existing request is itself a logged step."""
         now = self.clock.now()
-        with self.database.transaction() as repo:
-            row = repo.get_request(str(request_id)[:64])
-            if row is None:
-                return
-            extra: dict[str, Any] = {"source_ip": source_ip} if source_ip else {}
-            repo.append_event(self._event("refused", row, actor=principal.id, now=now, reason_code=error.code,
-                                          details={"message": error.message[:300]}, **extra))
+        with refusal_entry(self.refusal_budget, principal.id, reason_code=error.code) as ticket:
+            if ticket is None:
+                return  # over the principal's refusal budget: counted, not logged
+            with self.database.transaction() as repo:
+                row = repo.get_request(str(request_id)[:64])
+                if row is None:
+                    return
+                extra: dict[str, Any] = {"source_ip": source_ip} if source_ip else {}
+                repo.append_event(ticket.shape(self._event("refused", row, actor=principal.id, now=now,
+                                                           reason_code=error.code,
+                                                           details={"message": error.message[:300]}, **extra)))
 
     def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
         return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,

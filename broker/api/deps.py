@@ -20,6 +20,7 @@ from broker.identity.authenticator import Authenticator
 from broker.identity.oidc import OidcIssuerConfig, OidcVerifier
 from broker.log_observers import CheckpointEvery, InBackground, ObservedDatabase
 from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
+from broker.refusals import RefusalBudget
 from broker.service import BrokerService
 from broker.settings import BrokerSettings
 from broker.storage.engine import Database, build_engine
@@ -138,15 +139,18 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
         from broker.aws.sts import StsMinter
         minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
     from broker.revocation import start_up, wire_revocation
+    # One budget for every use case that logs refusals (per principal, per replica: see broker.refusals).
+    refusal_budget = RefusalBudget(per_minute=settings.refusals_per_minute, clock=clock)
     revocations, gates, redeem_gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
-                                                       revoker=revoker)
+                                                       revoker=revoker, refusal_budget=refusal_budget)
     if notifier is None and settings.webhook_url:
         from broker.notify import WebhookNotifier
         notifier = WebhookNotifier(settings.webhook_url)
     service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
                             rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
                             public_url=settings.public_url.rstrip("/"), blast_radius=blast, gates=gates,
-                            redeem_gates=redeem_gates, release_gates=[revocations.check_lockdown])
+                            redeem_gates=redeem_gates, release_gates=[revocations.check_lockdown],
+                            refusal_budget=refusal_budget)
     directory = DirectoryAdapter(database)
     authenticator = Authenticator(api_keys=directory, principals=directory,
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))

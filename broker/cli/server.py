@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60
     revocations = container.extras["revocations"]
     while not stop.wait(every_seconds):
         try:
+            # Counts of suppressed refusals whose window is over and that no later refusal carried
+            # (before the checkpoint, so it covers them).
+            container.service.flush_suppressed_refusals()
             audit.checkpoint()
             container.service.expire_stale()
             # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
@@ -67,15 +71,31 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
     # all (tens of milliseconds) in the middle of some request.
     gc.collect()
     gc.freeze()
+    if threading.current_thread() is threading.main_thread():
+        # NOTE: on SIGTERM (how an orchestrator stops a replica) uvicorn stops serving, restores the handler
+        # it found and raises SIGTERM again; with the default handler that kills the process before the
+        # shutdown work below.  A handler that does nothing lets server.run() return instead.
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     try:
         server.run()
     finally:
         stop.set()
+        _write_suppressed_refusals(container)
         # A checkpoint a boundary asked for may still be signing on its background thread: let it finish.
         checkpointer = container.extras.get("checkpointer")
         if checkpointer is not None and not checkpointer.drain(timeout=10):
             logging.getLogger("broker").warning("the last log checkpoint did not finish before shutdown")
     return 0
+
+
+def _write_suppressed_refusals(container) -> None:
+    """At shutdown: every count of suppressed refusals, open windows included, reaches the log."""
+    try:
+        container.service.flush_suppressed_refusals(close_open=True)
+    except Exception:  # noqa: BLE001 - shutdown goes on; say what is lost
+        left = container.service.refusal_budget.take_summaries()
+        logging.getLogger("broker").error("suppressed refusals could not be logged at shutdown: %s", ", ".join(
+            f"{s.principal_id}: {s.count} since {s.since.isoformat()}" for s in left) or "none", exc_info=True)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -87,6 +87,8 @@ def start_replica(name: str, *, database_url: str, signing_key: Path, aws_endpoi
         "BROKER_AGENT_REQUESTS_PER_MINUTE": "0",
         "BROKER_TEMPLATE_REQUESTS_PER_MINUTE": "0",
         "BROKER_AGENT_MAX_LIVE_GRANTS": "0",
+        # ... and every refusal its own entry (the tests count entries); a test may set a budget.
+        "BROKER_REFUSALS_PER_MINUTE": "0",
         # moto is FAKE AWS: these are the broker's fake credentials for calling it.
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "fake-broker-secret"),
@@ -101,8 +103,10 @@ def start_replica(name: str, *, database_url: str, signing_key: Path, aws_endpoi
 
 
 @pytest.fixture
-def cluster(pg_url, moto_server, tmp_path) -> Iterator[Cluster]:
-    """Replicas A and B of one broker: same database, same signing key, same templates, same AWS."""
+def cluster(pg_url, moto_server, tmp_path, request) -> Iterator[Cluster]:
+    """Replicas A and B of one broker: same database, same signing key, same templates, same AWS
+    (indirect parametrization: settings for both, as ``{name: value}``)."""
+    settings = getattr(request, "param", {})
     engine = build_engine(pg_url)
     migrate(engine)  # once, before either replica starts (each would otherwise race to migrate)
     keys = seed_principals(Database(engine), tmp_path / "keys.json", {**DEV_PRINCIPALS, **TEST_PRINCIPALS})
@@ -113,7 +117,7 @@ def cluster(pg_url, moto_server, tmp_path) -> Iterator[Cluster]:
     try:
         for name in ("A", "B"):
             replicas.append(start_replica(name, database_url=pg_url, signing_key=signing_key,
-                                          aws_endpoint=moto_server.endpoint_url, log_dir=tmp_path))
+                                          aws_endpoint=moto_server.endpoint_url, log_dir=tmp_path, **settings))
         for replica in replicas:
             _wait_ready(replica)
         yield Cluster(replicas=replicas, keys=keys, database_url=pg_url)

@@ -9,6 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 import sqlalchemy
 
 from broker.domain import log as issuance_log
@@ -202,3 +203,34 @@ def _wait_for_a_lock_wait(engine, timeout: float = 20.0) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError("writer 2 never waited for writer 1")
+
+
+def _entries_of(cluster, actor: str) -> list[dict]:
+    engine = build_engine(cluster.database_url)
+    try:
+        with Database(engine).transaction() as repo:
+            return [e for e in repo.query_events(filters={}, limit=10_000) if e["actor"] == actor]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("cluster", [{"refusals_per_minute": "3"}], indirect=True)
+def test_the_refusal_budget_holds_per_replica_and_a_stopping_replica_writes_its_count(cluster):
+    """Each replica keeps its own budget (at most replicas x (N + 1) entries a window); SIGTERM, as an
+    orchestrator stops a replica, writes the count of what it suppressed before the process ends."""
+    refusals = 10
+    for replica in cluster.replicas:
+        with replica.client() as client:
+            for _ in range(refusals):
+                assert post(client, cluster, "agent:demo", "/v1/requests", REFUSED).status_code == 422
+    kinds = Counter(e["type"] for e in _entries_of(cluster, "agent:demo"))
+    assert kinds == {"refused": 2 * 3, "refusals_suppressed": 2}
+    export_and_verify(cluster, cluster.replicas[0])
+    for replica in cluster.replicas:
+        replica.process.terminate()
+        assert replica.process.wait(timeout=30) == 0, replica.output()
+    entries = _entries_of(cluster, "agent:demo")
+    summaries = [e["details"]["suppressed"] for e in entries if e["type"] == "refusals_suppressed_summary"]
+    assert summaries == [refusals - 3, refusals - 3]
+    assert sum(e["type"] == "refused" for e in entries) + sum(summaries) == 2 * refusals
+    assert stored_seqs(cluster) == list(range(1, len(stored_seqs(cluster)) + 1))

@@ -227,6 +227,9 @@ def _post(harness, value):
 
 @pytest.mark.parametrize(("attack_class", "case", "value"), ALL_REFUSALS, ids=REFUSAL_IDS)
 def test_api_refuses_hostile_value_and_writes_nothing(injection_broker, attack_class, case, value):
+    # A fresh minute for agent:demo's refusal budget, so that this probe's own entry can be checked below
+    # (beyond the budget a refusal is counted, not logged: tests/api/test_refusal_budget.py).
+    injection_broker.clock.advance(61)
     before = _footprint(injection_broker)
     response = _post(injection_broker, value)
     assert response.status_code == 422, response.text
