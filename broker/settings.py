@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
@@ -32,6 +32,10 @@ class BrokerSettings(BaseSettings):
     # Add a Server-Timing header (the app's own time and the STS call's) to every response: for
     # measuring the broker's overhead from outside.  Off by default: callers need not see timings.
     server_timing: bool = False
+    # The broker's own operational log (stderr): level, and "text" or "json" lines (one object a line, for a
+    # log shipper).  It never holds a secret: no key, token or credential is ever logged.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     # Rate limits (per agent / per template); 0 disables that limit.
     agent_requests_per_minute: int = 60
     template_requests_per_minute: int = 300

@@ -134,6 +134,19 @@ def db_url(request, tmp_path) -> Iterator[str]:
         drop()
 
 
+# ----------------------------------------------------------------------------- logging
+@pytest.fixture(autouse=True)
+def _broker_logger_restored():
+    """A test that runs ``broker serve``'s start-up configures the broker's operational log; undo it."""
+    import logging
+
+    logger = logging.getLogger("broker")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
 # ----------------------------------------------------------------------------- clock
 class FrozenClock:
     """A clock tests move by hand."""

@@ -9,6 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
+from broker import oplog
 from broker.settings import BrokerSettings, load_settings
 
 
@@ -102,6 +103,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from broker.api.deps import build_container
 
     settings = load_settings()
+    oplog.configure(settings.log_level, settings.log_format)
     container = build_container(settings)
     warn_about_sign_in(settings)
     return _run(container, args.host or settings.host, args.port or settings.port)
@@ -154,6 +156,7 @@ def _broker_command() -> str:
 def run_dev(args: argparse.Namespace) -> int:
     from broker.devmode import self_check
 
+    oplog.configure("INFO", "text")
     container, aws, keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,
                                         aws_port=args.aws_port)
     state = args.state_dir
