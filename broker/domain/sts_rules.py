@@ -47,13 +47,32 @@ def resolve_ttl(template: ScopeTemplate, requested: int | None) -> int:
     return requested
 
 
-def source_identity_for(principal_id: str) -> str:
-    """SourceIdentity for an agent id: ':' is not allowed by STS, so ``agent:demo`` -> ``agent.demo``.
+# SourceIdentity escaping: every character outside [A-Za-z0-9_+,.@-] becomes "=XX" per UTF-8 byte ("=" is
+# the escape character, so it is escaped too).
+_SOURCE_IDENTITY_PLAIN = re.compile(r"[A-Za-z0-9_+,.@-]")
+SOURCE_IDENTITY_MAX = 64
+_DIGEST_CHARS = 16
 
-    Principal kinds (before the first ':') contain only letters, so the mapping is one-to-one.
+
+def source_identity_for(principal_id: str) -> str:
+    """SourceIdentity for a principal id, STS-valid for every id, one-to-one up to 64 characters.
+
+    ``agent:demo`` -> ``agent.demo`` (the kind's ':' becomes '.'; kinds are letters only).  Other
+    characters STS refuses are escaped as ``=XX`` per UTF-8 byte, so a workload identity such as
+    ``agent:repo:acme/app:ref:refs/heads/main`` keeps a readable, unambiguous SourceIdentity.  Past 64
+    characters the value is cut and ends in ``=`` + 16 hex characters of the id's SHA-256 (the exact id
+    is in the session tags and the issuance log either way).
     """
-    value = principal_id.replace(":", ".", 1)
-    if not SOURCE_IDENTITY_CHARS.fullmatch(value):
+    import hashlib
+
+    kind, colon, name = principal_id.partition(":")
+    escaped = "".join(ch if _SOURCE_IDENTITY_PLAIN.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode())
+                      for ch in name)
+    value = f"{kind}.{escaped}" if colon else escaped
+    if len(value) > SOURCE_IDENTITY_MAX:
+        digest = hashlib.sha256(principal_id.encode()).hexdigest()[:_DIGEST_CHARS]
+        value = f"{value[:SOURCE_IDENTITY_MAX - _DIGEST_CHARS - 1]}={digest}"
+    if not SOURCE_IDENTITY_CHARS.fullmatch(value):  # only an id of fewer than two characters gets here
         raise InvalidInput(f"principal id {principal_id!r} cannot be used as an STS SourceIdentity",
                            code="invalid_principal_id")
     return value

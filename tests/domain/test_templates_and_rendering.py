@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, render_policy, validate_parameters
 from broker.domain.sts_rules import (check_session_tags, resolve_ttl, role_session_name, session_tags,
@@ -154,10 +157,35 @@ def test_source_identity_is_sts_valid(principal, expected):
     assert source_identity_for(principal) == expected
 
 
-@pytest.mark.parametrize("principal", ["agent:has space", "agent:" + "x" * 70, "agent:ü", "agent:a/b"])
-def test_source_identity_refuses_what_sts_would(principal):
+@pytest.mark.parametrize(("principal", "expected"), [
+    ("agent:a/b", "agent.a=2Fb"),
+    ("agent:has space", "agent.has=20space"),
+    ("agent:ü", "agent.=C3=BC"),
+    ("agent:a=b", "agent.a=3Db"),                                     # the escape character is escaped
+    ("agent:repo:acme/app:ref:refs/heads/main", "agent.repo=3Aacme=2Fapp=3Aref=3Arefs=2Fheads=2Fmain"),
+    ("agent:system:serviceaccount:ci:deployer", "agent.system=3Aserviceaccount=3Aci=3Adeployer"),
+])
+def test_source_identity_escapes_what_sts_would_refuse(principal, expected):
+    assert source_identity_for(principal) == expected
+
+
+def test_a_long_source_identity_is_cut_and_ends_in_a_digest_of_the_id():
+    long_one, other = "agent:" + "x" * 70, "agent:" + "x" * 69 + "y"
+    value = source_identity_for(long_one)
+    assert len(value) == 64 and value.startswith("agent." + "x" * 40) and value[-17] == "="
+    assert source_identity_for(other) != value
+
+
+def test_source_identity_refuses_an_id_too_short_for_sts():
     with pytest.raises(InvalidInput):
-        source_identity_for(principal)
+        source_identity_for("a")
+
+
+@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+def test_source_identities_of_different_ids_differ(first, second):
+    assume(first != second)
+    a, b = source_identity_for("agent:" + first), source_identity_for("agent:" + second)
+    assert re.fullmatch(r"[\w+=,.@-]{2,64}", a, re.ASCII) and a != b
 
 
 @pytest.mark.parametrize("principal", ["agent:demo", "agent:" + "y" * 100, "agent:we/ird:chars here"])
