@@ -80,3 +80,32 @@ def test_bad_workload_tokens_are_401_and_write_nothing(oidc_broker, kind):
                                                 "invalid_credentials"}
     assert harness.request_count() == 0
     assert harness.events() == []
+
+
+
+def test_an_unpinned_issuer_makes_any_workload_it_signs_for_an_agent(oidc_broker):
+    """What an issuer with nothing pinned accepts: a workload the directory has never heard of, acting for no
+    human, gets credentials from an ``agent:*`` template (Google-style numeric subject).  Nothing downstream
+    stops it: not the missing acts_for, not the missing registration."""
+    harness, signer = oidc_broker
+    response = _post(harness, signer.sign(standard_claims(sub="104857600123456789012")))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["requester"] == "agent:104857600123456789012"
+    assert body["acts_for"] is None
+    assert body["credentials"]["access_key_id"]
+    with harness.container.database.transaction() as repo:
+        assert repo.get_principal(body["requester"]) is None
+
+
+def test_a_subject_with_colons_or_slashes_is_stopped_only_by_the_sts_source_identity_rule(oidc_broker):
+    """GitHub/GitLab/Kubernetes-shaped subjects authenticate, and are refused only because the principal id is
+    not a valid STS SourceIdentity (422, before anything is written): an accident of naming, not a pin."""
+    harness, signer = oidc_broker
+    response = _post(harness, signer.sign(standard_claims(sub="repo:stranger/fork:ref:refs/heads/main")))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_principal_id"
+    assert harness.request_count() == 0
+    templates = harness.client.get("/v1/templates", headers={
+        "Authorization": f"Bearer {signer.sign(standard_claims(sub='repo:stranger/fork:ref:refs/heads/main'))}"})
+    assert templates.status_code == 200
