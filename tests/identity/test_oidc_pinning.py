@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from broker.errors import InvalidInput, Unauthenticated
-from broker.identity.oidc import (SHARED_ISSUERS, OidcIssuerConfig, issuer_config, issuer_warnings,
-                                  load_issuer_configs)
+from broker.identity.oidc import (SHARED_ISSUERS, HttpxJwksFetcher, OidcIssuerConfig, OidcVerifier, issuer_config,
+                                  issuer_warnings, load_issuer_configs)
 from tests.identity.jwt_factory import AUDIENCE, ISSUER, make_verifier, standard_claims
 
 GOOD_CONFIG = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": "https://idp.example/jwks"}
@@ -244,3 +246,35 @@ def test_issuer_warnings_one_sentence_per_unpinned_issuer():
     configs = [issuer_config({**GOOD_CONFIG, "issuer": f"https://idp{i}.example"}) for i in range(3)]
     configs.append(issuer_config({**GOOD_CONFIG, "issuer": "https://pinned.example", "require_registered": True}))
     assert [w.split("'")[1] for w in issuer_warnings(configs)] == [f"https://idp{i}.example" for i in range(3)]
+
+
+# -- the README's example ------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+GITHUB = "https://token.actions.githubusercontent.com"
+
+
+def _readme_github_issuer() -> dict:
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+    [block] = [b for b in blocks if GITHUB in b]
+    return json.loads(block)
+
+
+def test_the_readme_github_actions_example_admits_its_workloads_only(jwks_server, rsa_signer, clock):
+    entry = _readme_github_issuer()
+    assert issuer_config(entry).pinned  # it loads, pinned
+    jwks_server.serve_jwks(rsa_signer)
+    verifier = OidcVerifier(issuer_config({**entry, "jwks_url": jwks_server.jwks_url}),
+                            fetcher=HttpxJwksFetcher(timeout_seconds=2.0), clock=clock)
+    owner, owner_id = entry["required_claims"]["repository_owner"], entry["required_claims"]["repository_owner_id"]
+    workload = {"iss": GITHUB, "aud": entry["audience"], "sub": f"repo:{owner}/api:ref:refs/heads/main",
+                "repository": f"{owner}/api", "repository_id": "694383762", "repository_owner": owner,
+                "repository_owner_id": owner_id, "ref": "refs/heads/main", "actor": "alice"}
+    assert verifier.verify(rsa_signer.sign(standard_claims(**workload))).id == "agent:694383762"
+    for stranger in ({"repository_owner": "evil", "repository_owner_id": "666"},
+                     {"repository_owner_id": "666"},  # the organisation's name, registered again by someone else
+                     {"ref": "refs/heads/feature"},
+                     {"ref": "refs/pull/7/merge"}):
+        with pytest.raises(Unauthenticated) as caught:
+            verifier.verify(rsa_signer.sign(standard_claims(**{**workload, **stranger})))
+        assert caught.value.code == "claim_mismatch"
