@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,7 +16,7 @@ from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.errors import BrokerError, Forbidden, InvalidInput
 from broker.identity.authenticator import Authenticator
-from broker.identity.oidc import OidcIssuerConfig, OidcVerifier
+from broker.identity.oidc import OidcVerifier, load_issuer_configs
 from broker.log_observers import CheckpointEvery, InBackground, ObservedDatabase
 from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
 from broker.refusals import RefusalBudget
@@ -95,19 +94,7 @@ def template_checks() -> tuple[list, list, Any]:
 
 
 def load_oidc_verifiers(path: Path | None) -> list[OidcVerifier]:
-    if path is None:
-        return []
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"OIDC issuers file {path} cannot be read", code="config_invalid") from exc
-    try:
-        return [OidcVerifier(OidcIssuerConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in entry.items()}))
-                for entry in entries]
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise InvalidInput(f"OIDC issuers file {path} holds an invalid issuer: {exc}",
-                           code="config_invalid") from exc
+    return [OidcVerifier(config) for config in load_issuer_configs(path)]
 
 
 def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:

@@ -110,11 +110,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def warn_about_sign_in(settings: BrokerSettings) -> None:
-    """Say at start-up, as a warning, what is weak or broken in the approver pages' single sign-on."""
+    """Say at start-up, as warnings, what is weak or broken in approver single sign-on and in the trusted
+    workload-identity issuers (one accepting unregistered principals with nothing pinned)."""
     from broker.api.ui.oidc import sign_in_warnings
+    from broker.identity.oidc import issuer_warnings, load_issuer_configs
 
     for warning in sign_in_warnings(settings):
         logging.getLogger("broker.ui.oidc").warning(warning)
+    for warning in issuer_warnings(load_issuer_configs(settings.oidc_issuers_file)):
+        logging.getLogger("broker.identity.oidc").warning(warning)
 
 
 def run_migrate(_args: argparse.Namespace) -> int:

@@ -117,10 +117,16 @@ class Authenticator:
         verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
         if verifier is None:
             raise Unauthenticated("The token's issuer is not trusted.", code="untrusted_issuer")
-        return self._merge_with_directory(verifier.verify(token))
+        return self._merge_with_directory(verifier.verify(token),
+                                          require_registered=verifier.config.require_registered)
 
-    def _merge_with_directory(self, from_token: Principal) -> Principal:
+    def _merge_with_directory(self, from_token: Principal, *, require_registered: bool) -> Principal:
         """Combine a token principal with the directory's record of the same id.
+
+        * unknown to the directory: refused when the issuer requires registration
+          (``principal_unknown``); otherwise the token's principal with the issuer's
+          roles (the issuer's pins, checked by the verifier, are then all that
+          narrows who that can be: see ``OidcIssuerConfig.weaknesses``).
 
         * roles: the directory wins.  Roles are broker authority, granted by broker
           admins; an IdP can vouch for *who* a workload is, but once a principal
@@ -137,6 +143,10 @@ class Authenticator:
             # issuer's default roles, or disabling a compromised workload would not stop it.
             if self._principals.is_disabled(from_token.id):
                 raise Unauthenticated("This principal has been disabled.", code="principal_disabled")
+            if require_registered:
+                # NOTE: the id is not echoed: it is made of the token's claims.
+                raise Unauthenticated("The token's principal is not registered with this broker, and its issuer "
+                                      "accepts registered principals only.", code="principal_unknown")
             return from_token
         if from_token.acts_for and record.acts_for and from_token.acts_for != record.acts_for:
             raise Unauthenticated("The token's accountable human does not match the directory.",

@@ -15,7 +15,11 @@ So the broker checks a table of :class:`ClaimRule` s -- each a small frozen data
 the principal claim into ``"human:" + value``.  The value is never rewritten: with domain pinning the
 principal is the whole address (``human:alice@example.com``), never its local part, so two allowed
 domains cannot map two people onto one principal, and deployments that already used ``email`` keep
-their principal ids.  Pure: no I/O.
+their principal ids.
+
+The same rules pin which workloads of an agent issuer the broker accepts (``required_claims`` and
+``principal_pattern`` of :class:`broker.identity.oidc.OidcIssuerConfig`), speaking to the token
+(:data:`WORKLOAD_TOKEN`) with the code ``claim_mismatch``.  Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -73,21 +77,48 @@ def email_domain(value: object) -> str | None:
     return domain if DOMAIN_NAME.fullmatch(domain) else None
 
 
+# Who a refusal speaks to: a person at the sign-in page (the default) or an agent's workload token.
+APPROVER_ACCOUNT = "Your identity provider account"
+WORKLOAD_TOKEN = "This token's workload"
+
+
 @dataclass(frozen=True)
 class ClaimEquals:
-    """A pinned claim (Google's ``hd``, Entra ID's ``tid``, ...) is present and is exactly this string."""
+    """A pinned claim (Google's ``hd``, Entra ID's ``tid``, GitHub's ``repository_owner``, ...) is present and is
+    exactly this string."""
 
     name: str
     value: str
+    code: str = "oidc_claim_mismatch"
+    who: str = APPROVER_ACCOUNT
 
     def verify(self, claims: Mapping[str, Any]) -> ClaimRefusal | None:
         found = claims.get(self.name)
         # NOTE: a string compared exactly: no case folding, no list membership, no prefix.
         if isinstance(found, str) and found == self.value:
             return None
-        return ClaimRefusal("oidc_claim_mismatch",
-                            f"Your identity provider account is not one this broker accepts (its {self.name!r} "
-                            "claim does not match).")
+        # NOTE: names the claim, never the value found (the token's author chose it).
+        return ClaimRefusal(self.code, f"{self.who} is not one this broker accepts (its {self.name!r} claim does "
+                                       "not match).")
+
+
+@dataclass(frozen=True)
+class ClaimMatches:
+    """A claim is a string the whole of which matches a pattern (compile it with
+    :func:`broker.identity.bounded_patterns.compile_bounded_pattern`: it runs on every token)."""
+
+    name: str
+    pattern: re.Pattern[str]
+    code: str = "oidc_claim_mismatch"
+    who: str = APPROVER_ACCOUNT
+
+    def verify(self, claims: Mapping[str, Any]) -> ClaimRefusal | None:
+        found = claims.get(self.name)
+        # NOTE: fullmatch: a pattern is never satisfied by a substring or a prefix of the value.
+        if isinstance(found, str) and self.pattern.fullmatch(found) is not None:
+            return None
+        return ClaimRefusal(self.code, f"{self.who} is not one this broker accepts (its {self.name!r} claim does "
+                                       "not match the pinned pattern).")
 
 
 @dataclass(frozen=True)
@@ -187,6 +218,33 @@ def parse_allowed_domains(text: str | None) -> frozenset[str]:
     return frozenset(domains)
 
 
+def pinned_claims(table: object) -> tuple[tuple[str, str], ...]:
+    """A JSON object ``{"repository_owner": "acme"}`` -> ``(("repository_owner", "acme"),)``; else a ValueError.
+
+    The values are compared exactly, so each must be a string: a number or a boolean would never equal the
+    string a token carries, and a list would invite a membership test.  Empty means nothing pinned.
+    (Already-parsed pairs are accepted as they are, so a configuration can be copied.)
+    """
+    if isinstance(table, tuple) and all(isinstance(pair, tuple) and len(pair) == 2 for pair in table):
+        pairs: Iterable[tuple[object, object]] = table
+    elif isinstance(table, Mapping):
+        pairs = table.items()
+    else:
+        raise ValueError("must be a JSON object of claim name -> exact string value")
+    pins: dict[str, str] = {}
+    for name, value in pairs:
+        if not isinstance(name, str) or not CLAIM_NAME.fullmatch(name):
+            raise ValueError(f"names a claim {name!r} that is not a claim name (letters, digits, _ . : -)")
+        if name in pins:
+            raise ValueError(f"names {name!r} twice")
+        if (not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable()
+                or value != value.strip()):
+            raise ValueError(f"pins {name!r} to something that is not a string of 1 to 256 printable characters "
+                             "(numbers, booleans and lists are written as the exact string the token carries)")
+        pins[name] = value
+    return tuple(pins.items())
+
+
 def parse_required_claims(text: str | None) -> tuple[tuple[str, str], ...]:
     """``"hd=example.com tid=..."`` -> ``(("hd", "example.com"), ("tid", "..."))``; malformed is a ValueError."""
     pins: dict[str, str] = {}
@@ -202,5 +260,6 @@ def parse_required_claims(text: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pins.items())
 
 
-__all__ = ["ApproverIdentity", "ClaimEquals", "ClaimRefusal", "ClaimRule", "EmailDomainIn", "EmailVerified",
-           "email_domain", "parse_allowed_domains", "parse_required_claims"]
+__all__ = ["APPROVER_ACCOUNT", "WORKLOAD_TOKEN", "ApproverIdentity", "ClaimEquals", "ClaimMatches", "ClaimRefusal",
+           "ClaimRule", "EmailDomainIn", "EmailVerified", "email_domain", "parse_allowed_domains", "parse_required_claims",
+           "pinned_claims"]

@@ -6,6 +6,16 @@ and to pick a key by ``kid`` from the issuer's JWKS, which is fetched from the
 configured URL and never from a URL found in the token.  The key then decides
 the single algorithm handed to :func:`jwt.decode`.
 
+A valid token says only that its issuer signed it.  An issuer that signs for
+many tenants (GitHub Actions, GitLab, a shared Kubernetes cluster) signs for
+strangers too, so an issuer is pinned to *its* workloads: ``required_claims``
+(exact string claims, e.g. ``repository_owner_id``) and ``principal_pattern``
+(a bounded regular expression the principal claim must fully match), checked
+by the claim rules of :mod:`broker.identity.claim_rules`; and
+``require_registered`` has the authenticator accept only principals of the
+broker's directory.  :func:`issuer_warnings` names the issuers pinned by none
+of them.
+
 Every failure is an :class:`~broker.errors.Unauthenticated` (401) whose message
 never echoes the token; an unreachable JWKS endpoint with no usable cached keys
 is an :class:`~broker.errors.IdentityProviderUnavailable` (503).
@@ -18,8 +28,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -29,7 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from broker.domain.principals import Principal, Role
-from broker.errors import IdentityProviderUnavailable, Unauthenticated
+from broker.errors import IdentityProviderUnavailable, InvalidInput, Unauthenticated
+from broker.identity.bounded_patterns import MAX_VALUE_CHARS, UnboundedPattern, compile_bounded_pattern
+from broker.identity.claim_rules import WORKLOAD_TOKEN, ClaimEquals, ClaimMatches, ClaimRule, pinned_claims
 
 Clock = Callable[[], float]
 
@@ -101,6 +114,11 @@ MAX_GROUPS = 100
 # ("repo:org/name:ref:refs/heads/main"), nothing that could be whitespace,
 # quoting, markup or a glob.
 SAFE_IDENTIFIER = re.compile(r"^[A-Za-z0-9._:@/+=|-]{1,256}$")
+# NOTE: a principal_pattern's matching time is bounded for values this long at most (and the principal
+# claim is checked against SAFE_IDENTIFIER before any pattern runs).
+assert MAX_VALUE_CHARS >= 256
+# The stable code of a token whose claims are not the ones its issuer is pinned to.
+CLAIM_MISMATCH = "claim_mismatch"
 _PREFIX_FORMAT = re.compile(r"^[a-z]+:$")
 HUMAN_PREFIX = "human:"
 
@@ -133,8 +151,18 @@ class OidcIssuerConfig:
     max_token_age_seconds: int | None = None
     # Tokens with no "typ" header are common (many IdPs omit it) and accepted.
     allow_missing_typ: bool = True
-    # Filled in by __post_init__: the roles as Role members.
+    # Which of the issuer's workloads are accepted.  A JSON object {claim: exact string}; every claim must be
+    # present and a string equal to its value (no case folding, no list membership).  Empty: nothing pinned.
+    # Stored as (name, value) pairs.
+    required_claims: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
+    # A regular expression the principal claim's whole value must match (bounded: see bounded_patterns).
+    principal_pattern: str | None = None
+    # Accept only principals the broker's directory holds (and has not disabled); checked by the
+    # authenticator.  Off by default, for compatibility: issuer_warnings() names issuers that rely on it.
+    require_registered: bool = False
+    # Filled in by __post_init__: the roles as Role members, and the claim rules of the pins.
     role_set: frozenset[Role] = field(init=False, repr=False, compare=False)
+    pins: tuple[ClaimRule, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         checks: dict[str, tuple[bool, str]] = {
@@ -168,11 +196,42 @@ class OidcIssuerConfig:
                                       or (isinstance(self.max_token_age_seconds, int)
                                           and self.max_token_age_seconds > 0),
                                       "must be None or a positive number of seconds"),
+            # NOTE: the JSON boolean only: the string "false" is truthy.
+            "require_registered": (isinstance(self.require_registered, bool), "must be true or false"),
         }
         for name, (ok, requirement) in checks.items():
             if not ok:
                 raise ValueError(f"OidcIssuerConfig.{name} {requirement}")
         object.__setattr__(self, "role_set", frozenset(Role(r) for r in self.roles))
+        try:
+            required = pinned_claims(self.required_claims)
+        except ValueError as exc:
+            raise ValueError(f"OidcIssuerConfig.required_claims {exc}") from exc
+        pins: list[ClaimRule] = [ClaimEquals(name, value, code=CLAIM_MISMATCH, who=WORKLOAD_TOKEN)
+                                 for name, value in required]
+        if self.principal_pattern is not None:
+            try:
+                pattern = compile_bounded_pattern(self.principal_pattern)
+            except UnboundedPattern as exc:
+                raise ValueError(f"OidcIssuerConfig.principal_pattern {exc}") from exc
+            pins.append(ClaimMatches(self.principal_claim, pattern, code=CLAIM_MISMATCH, who=WORKLOAD_TOKEN))
+        object.__setattr__(self, "required_claims", required)
+        object.__setattr__(self, "pins", tuple(pins))
+
+    @property
+    def pinned(self) -> bool:
+        """Does anything narrow the issuer's tokens down to this deployment's workloads?"""
+        return bool(self.pins) or self.require_registered
+
+    def weaknesses(self) -> list[str]:
+        """What a security reviewer would flag in this issuer, as sentences (empty when none)."""
+        if self.pinned:
+            return []
+        roles = ", ".join(sorted(r.value for r in self.role_set))
+        return [f"OIDC issuer {self.issuer!r} accepts every principal its tokens name, registered or not, with "
+                f"the roles {roles}: any workload this issuer signs a token for (audience {self.audience!r}) "
+                f"becomes '{self.principal_prefix}<{self.principal_claim}>'. Pin it in BROKER_OIDC_ISSUERS_FILE "
+                "with required_claims and/or principal_pattern, or set require_registered: true."]
 
 
 # ---------------------------------------------------------------------------
@@ -595,6 +654,7 @@ class OidcVerifier:
             raise _invalid("The token failed verification.") from exc
 
         self._check_claims(claims)
+        self._check_pins(claims)
         return claims
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
@@ -604,6 +664,14 @@ class OidcVerifier:
         for name, check in self._optional_claims.items():
             if name in claims and not check(claims[name]):
                 raise _invalid(f"The token's {name!r} claim is not acceptable.")
+
+    def _check_pins(self, claims: Mapping[str, Any]) -> None:
+        # NOTE: unlike the tables above, no pins is not a failure: the keys are optional and an issuer
+        # without them is named by issuer_warnings() at start-up.
+        for rule in self.config.pins:
+            refusal = rule.verify(claims)
+            if refusal is not None:
+                raise Unauthenticated(refusal.message, code=refusal.code)
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         cfg = self.config
@@ -621,3 +689,55 @@ class OidcVerifier:
             groups=groups,
             auth_method=f"oidc:{cfg.issuer}",
         )
+
+
+# ---------------------------------------------------------------------------
+# The issuers file
+# ---------------------------------------------------------------------------
+
+# Issuers that sign tokens for anyone's workloads, exactly as they write "iss": anyone can run a GitHub
+# Actions workflow, a gitlab.com pipeline, a Terraform Cloud run or a Buildkite job, or own a Google
+# account, and ask for a token with any audience.  Trusted with nothing pinned, they would make every
+# stranger an agent; such an issuers file does not load.
+SHARED_ISSUERS: frozenset[str] = frozenset({
+    "https://token.actions.githubusercontent.com",
+    "https://gitlab.com",
+    "https://app.terraform.io",
+    "https://agent.buildkite.com",
+    "https://accounts.google.com",
+})
+
+
+def issuer_config(entry: Mapping[str, Any]) -> OidcIssuerConfig:
+    """One entry of the issuers file (JSON lists become tuples); invalid entries are a ValueError or TypeError."""
+    if not isinstance(entry, Mapping):
+        raise ValueError("an issuer is a JSON object")
+    config = OidcIssuerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+    if config.issuer.rstrip("/").lower() in SHARED_ISSUERS and not config.pinned:
+        raise ValueError(f"{config.issuer!r} signs tokens for every one of its users' workloads; pin it with "
+                         "required_claims (e.g. repository_owner_id) and/or principal_pattern, or set "
+                         "require_registered: true")
+    return config
+
+
+def load_issuer_configs(path: Path | None) -> list[OidcIssuerConfig]:
+    """The issuers of ``BROKER_OIDC_ISSUERS_FILE`` (none without one); an unusable file is ``config_invalid``."""
+    if path is None:
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"OIDC issuers file {path} cannot be read", code="config_invalid") from exc
+    if not isinstance(entries, list):
+        raise InvalidInput(f"OIDC issuers file {path} is not a JSON list of issuers", code="config_invalid")
+    try:
+        return [issuer_config(entry) for entry in entries]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"OIDC issuers file {path} holds an invalid issuer: {exc}",
+                           code="config_invalid") from exc
+
+
+def issuer_warnings(configs: Iterable[OidcIssuerConfig]) -> list[str]:
+    """What ``broker serve`` should say out loud at start-up: each issuer that accepts unregistered principals
+    with neither required_claims nor principal_pattern."""
+    return [warning for config in configs for warning in config.weaknesses()]

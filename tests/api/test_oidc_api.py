@@ -80,3 +80,115 @@ def test_bad_workload_tokens_are_401_and_write_nothing(oidc_broker, kind):
                                                 "invalid_credentials"}
     assert harness.request_count() == 0
     assert harness.events() == []
+
+
+
+def test_an_unpinned_issuer_makes_any_workload_it_signs_for_an_agent(oidc_broker):
+    """What an issuer with nothing pinned accepts: a workload the directory has never heard of, acting for no
+    human, gets credentials from an ``agent:*`` template (Google-style numeric subject).  Nothing downstream
+    stops it: not the missing acts_for, not the missing registration."""
+    harness, signer = oidc_broker
+    response = _post(harness, signer.sign(standard_claims(sub="104857600123456789012")))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["requester"] == "agent:104857600123456789012"
+    assert body["acts_for"] is None
+    assert body["credentials"]["access_key_id"]
+    with harness.container.database.transaction() as repo:
+        assert repo.get_principal(body["requester"]) is None
+
+
+def test_a_subject_with_colons_or_slashes_gets_an_escaped_source_identity(oidc_broker):
+    """GitHub/GitLab/Kubernetes-shaped subjects are not stopped by any accident of naming (only pins stop a
+    stranger): the SourceIdentity escapes what STS refuses, and the exact id is in the session tags."""
+    harness, signer = oidc_broker
+    response = _post(harness, signer.sign(standard_claims(sub="repo:stranger/fork:ref:refs/heads/main")))
+    assert response.status_code == 201, response.json().get("error")
+    assert response.json()["grant"]["source_identity"] == "agent.repo=3Astranger=2Ffork=3Aref=3Arefs=2Fheads=2Fmain"
+    assert response.json()["requester"] == "agent:repo:stranger/fork:ref:refs/heads/main"
+
+
+# -- an issuer pinned to this deployment's workloads ---------------------------------------------------------
+
+PINNED_ISSUER = {"required_claims": {"repository_owner": "acme", "repository_owner_id": "1001"},
+                 "principal_pattern": "acme-[a-z0-9-]{1,40}"}
+WORKLOAD = {"sub": "acme-deployer", "repository_owner": "acme", "repository_owner_id": "1001"}
+
+
+def _pinned_broker(jwks_server, moto_server, tmp_path, **pins):
+    signer = rsa_key("ci-key")
+    jwks_server.serve_jwks(signer)
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps([{
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_url": jwks_server.jwks_url, "algorithms": ["RS256"],
+        "acts_for_claim": "act_for", **pins}]))
+    harness = build_harness(db_url=f"sqlite:///{tmp_path / 'b.db'}", scopes=TEST_SCOPES,
+                            aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "state",
+                            oidc_issuers_file=issuers)
+    return harness, signer
+
+
+@pytest.fixture
+def pinned_broker(jwks_server, moto_server, tmp_path):
+    harness, signer = _pinned_broker(jwks_server, moto_server, tmp_path, **PINNED_ISSUER)
+    yield harness, signer
+    harness.container.database.engine.dispose()
+
+
+STRANGERS = {
+    "another-owner": {**WORKLOAD, "repository_owner": "evil", "repository_owner_id": "666"},
+    "owner-name-reused": {**WORKLOAD, "repository_owner_id": "666"},  # a renamed org's name, re-registered
+    "owner-case": {**WORKLOAD, "repository_owner": "Acme"},
+    "owner-as-list": {**WORKLOAD, "repository_owner": ["acme"]},
+    "owner-id-as-number": {**WORKLOAD, "repository_owner_id": 1001},
+    "owner-missing": {k: v for k, v in WORKLOAD.items() if k != "repository_owner"},
+    "subject-off-pattern": {**WORKLOAD, "sub": "evil-deployer"},
+    "subject-pattern-as-substring": {**WORKLOAD, "sub": "x-acme-deployer"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STRANGERS))
+def test_a_strangers_token_from_the_pinned_issuer_is_401_and_writes_nothing(pinned_broker, kind):
+    harness, signer = pinned_broker
+    response = _post(harness, signer.sign(standard_claims(**STRANGERS[kind])))
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "claim_mismatch"
+    assert harness.request_count() == 0
+    assert harness.events() == []
+
+
+def test_the_pinned_workload_gets_credentials(pinned_broker):
+    harness, signer = pinned_broker
+    response = _post(harness, signer.sign(standard_claims(**WORKLOAD, act_for="alice")))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["requester"], body["acts_for"]) == ("agent:acme-deployer", "human:alice")
+    assert body["credentials"]["access_key_id"]
+
+
+@pytest.fixture
+def registered_only_broker(jwks_server, moto_server, tmp_path):
+    harness, signer = _pinned_broker(jwks_server, moto_server, tmp_path, require_registered=True)
+    with harness.container.database.transaction() as repo:
+        for name in ("agent:acme-deployer", "agent:acme-retired"):
+            repo.upsert_principal(principal_id=name, roles=["agent"], acts_for="human:alice", now=harness.clock.now())
+        repo.disable_principal("agent:acme-retired")
+    yield harness, signer
+    harness.container.database.engine.dispose()
+
+
+@pytest.mark.parametrize(("subject", "status", "code"), [
+    ("acme-stranger", 401, "principal_unknown"),
+    ("acme-retired", 401, "principal_disabled"),
+    ("acme-deployer", 201, None),
+])
+def test_require_registered_over_the_api(registered_only_broker, subject, status, code):
+    harness, signer = registered_only_broker
+    events_before = harness.events()
+    response = _post(harness, signer.sign(standard_claims(sub=subject)))
+    assert response.status_code == status, response.text
+    if code is not None:
+        assert response.json()["error"]["code"] == code
+        assert harness.request_count() == 0 and harness.events() == events_before
+    else:
+        assert response.json()["acts_for"] == "human:alice"  # the directory's accountable human

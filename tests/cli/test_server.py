@@ -41,3 +41,25 @@ def test_serve_warns_about_single_sign_on(monkeypatch, caplog, env, expected):
         assert warnings == []
     else:
         assert len(warnings) == 1 and expected in warnings[0]
+
+
+@pytest.mark.parametrize(("pins", "warns"), [
+    ({}, True),                                                           # unregistered principals, nothing pinned
+    ({"required_claims": {"repository_owner": "acme"}}, False),
+    ({"principal_pattern": "acme-[a-z]+"}, False),
+    ({"require_registered": True}, False),
+])
+def test_serve_warns_about_an_issuer_that_trusts_any_workload(monkeypatch, caplog, tmp_path, pins, warns):
+    import json
+
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps([{"issuer": "https://ci.example", "audience": "broker",
+                                    "jwks_url": "https://ci.example/jwks", **pins}]))
+    monkeypatch.delenv("BROKER_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("BROKER_OIDC_ISSUERS_FILE", str(issuers))
+    monkeypatch.setattr(broker.api.deps, "build_container", lambda settings: object())
+    monkeypatch.setattr(server, "_run", lambda container, host, port: 0)
+    with caplog.at_level(logging.WARNING, logger="broker.identity.oidc"):
+        assert server.run_serve(argparse.Namespace(host=None, port=None)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "broker.identity.oidc"]
+    assert (len(warnings) == 1 and "https://ci.example" in warnings[0]) if warns else warnings == []

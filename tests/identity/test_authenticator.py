@@ -190,3 +190,71 @@ def test_routes_by_issuer(key_store, directory, jwks_server, rsa_signer, ec_sign
     b = authenticator.authenticate(f"Bearer {ec_signer.sign(standard_claims(iss='https://b.example'))}")
     assert (a.id, a.auth_method) == (f"agent:{SUBJECT}", "oidc:https://a.example")
     assert (b.id, b.auth_method) == (f"svc:{SUBJECT}", "oidc:https://b.example")
+
+
+# -- require_registered ----------------------------------------------------------
+
+
+@dataclass
+class DirectoryWithDisabled(InMemoryPrincipals):
+    """A directory that also holds disabled principals, and records every lookup."""
+
+    disabled: set[str] = field(default_factory=set)
+    lookups: list[str] = field(default_factory=list)
+
+    def get_principal(self, principal_id: str) -> Principal | None:
+        self.lookups.append(principal_id)
+        return None if principal_id in self.disabled else self.principals.get(principal_id)
+
+    def is_disabled(self, principal_id: str) -> bool:
+        return principal_id in self.disabled
+
+
+REGISTERED = Principal(id="agent:registered", roles=frozenset({Role.AGENT, Role.REVIEWER}), acts_for="human:alice")
+
+
+@pytest.fixture()
+def registry(jwks_server, rsa_signer):
+    jwks_server.serve_jwks(rsa_signer)
+    directory = DirectoryWithDisabled({REGISTERED.id: REGISTERED, "agent:switched-off": REGISTERED},
+                                      disabled={"agent:switched-off"})
+    return directory, jwks_server
+
+
+@pytest.mark.parametrize(("require_registered", "subject", "outcome"), [
+    (True, "stranger", "principal_unknown"),
+    (True, "registered", {Role.AGENT, Role.REVIEWER}),  # the directory's roles
+    (True, "switched-off", "principal_disabled"),
+    (False, "stranger", {Role.AGENT}),  # the issuer's roles, as before
+    (False, "registered", {Role.AGENT, Role.REVIEWER}),
+    (False, "switched-off", "principal_disabled"),
+])
+def test_require_registered(key_store, registry, rsa_signer, require_registered, subject, outcome):
+    directory, jwks_server = registry
+    verifier = make_verifier(jwks_server.jwks_url, require_registered=require_registered)
+    authenticator = Authenticator(api_keys=key_store, principals=directory, oidc_verifiers=[verifier])
+    header = f"Bearer {rsa_signer.sign(standard_claims(sub=subject))}"
+    if isinstance(outcome, str):
+        with pytest.raises(Unauthenticated) as caught:
+            authenticator.authenticate(header)
+        assert (caught.value.code, caught.value.status) == (outcome, 401)
+        assert subject not in caught.value.message
+    else:
+        principal = authenticator.authenticate(header)
+        assert (principal.id, principal.roles) == (f"agent:{subject}", outcome)
+
+
+def test_a_token_off_its_pins_is_refused_before_the_directory_is_asked(key_store, registry, rsa_signer):
+    directory, jwks_server = registry
+    verifier = make_verifier(jwks_server.jwks_url, require_registered=True,
+                             required_claims={"repository_owner": "acme"})
+    authenticator = Authenticator(api_keys=key_store, principals=directory, oidc_verifiers=[verifier])
+    for owner in ("evil", None):
+        with pytest.raises(Unauthenticated) as caught:
+            token = rsa_signer.sign(standard_claims(sub="registered", repository_owner=owner))
+            authenticator.authenticate(f"Bearer {token}")
+        assert caught.value.code == "claim_mismatch"
+    assert directory.lookups == []
+    token = rsa_signer.sign(standard_claims(sub="registered", repository_owner="acme"))
+    ok = authenticator.authenticate(f"Bearer {token}")
+    assert ok.id == REGISTERED.id and directory.lookups == [REGISTERED.id]
