@@ -90,6 +90,7 @@ class BrokerService:
             ttl = resolve_ttl(template, ttl_seconds)
             rendered = render_policy(template, values)
             self._check_rendered(template, rendered)
+            source_identity = source_identity_for(principal.id)
         except BrokerError as exc:
             self._log_refusal(principal=principal, template_name=template_name, error=exc, source_ip=source_ip, now=now)
             raise
@@ -101,7 +102,7 @@ class BrokerService:
             environment=template.environment.value, parameters=json.dumps(values, sort_keys=True),
             role_arn=rendered.role_arn, policy=rendered.json, policy_digest=rendered.digest, ttl_seconds=ttl,
             session_tags=json.dumps([[t["Key"], t["Value"]] for t in tags]),
-            source_identity=source_identity_for(principal.id), session_name=role_session_name(principal.id, request_id),
+            source_identity=source_identity, session_name=role_session_name(principal.id, request_id),
             grant_id=grant_id, binding_digest="", requester=principal.id, acts_for=principal.acts_for, reason=reason,
             source_ip=source_ip, status=RequestStatus.PENDING.value, approvals_required=template.approval.approvals,
             created_at=now, updated_at=now,

@@ -225,10 +225,17 @@ class OidcIssuerConfig:
 
     def weaknesses(self) -> list[str]:
         """What a security reviewer would flag in this issuer, as sentences (empty when none)."""
+        found = []
+        authority = sorted(r.value for r in self.role_set if r is not Role.AGENT)
+        if authority and not self.require_registered:
+            # NOTE: pins narrow who; they do not make a broad role safe to hand to every workload they admit.
+            found.append(f"OIDC issuer {self.issuer!r} gives the roles {', '.join(authority)} to every principal its "
+                         "tokens name that the directory does not know: grant approver, reviewer or admin in the "
+                         "directory instead, or set require_registered: true.")
         if self.pinned:
-            return []
+            return found
         roles = ", ".join(sorted(r.value for r in self.role_set))
-        return [f"OIDC issuer {self.issuer!r} accepts every principal its tokens name, registered or not, with "
+        return found + [f"OIDC issuer {self.issuer!r} accepts every principal its tokens name, registered or not, with "
                 f"the roles {roles}: any workload this issuer signs a token for (audience {self.audience!r}) "
                 f"becomes '{self.principal_prefix}<{self.principal_claim}>'. Pin it in BROKER_OIDC_ISSUERS_FILE "
                 "with required_claims and/or principal_pattern, or set require_registered: true."]

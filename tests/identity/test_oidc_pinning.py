@@ -234,11 +234,11 @@ def test_no_issuers_file_no_issuers():
     ({"require_registered": True}, False),
 ], ids=str)
 def test_issuer_warnings_name_issuers_that_accept_any_unregistered_principal(pins, warned):
-    warnings = issuer_warnings([issuer_config({**GOOD_CONFIG, **pins, "roles": ["agent", "reviewer"]})])
+    warnings = issuer_warnings([issuer_config({**GOOD_CONFIG, **pins, "roles": ["agent"]})])
     assert bool(warnings) is warned
     if warned:
         [sentence] = warnings
-        assert repr(ISSUER) in sentence and "agent, reviewer" in sentence
+        assert repr(ISSUER) in sentence and "roles agent" in sentence
         assert "required_claims" in sentence and "principal_pattern" in sentence and "require_registered" in sentence
 
 
@@ -278,3 +278,15 @@ def test_the_readme_github_actions_example_admits_its_workloads_only(jwks_server
         with pytest.raises(Unauthenticated) as caught:
             verifier.verify(rsa_signer.sign(standard_claims(**{**workload, **stranger})))
         assert caught.value.code == "claim_mismatch"
+
+
+@pytest.mark.parametrize(("pins", "warnings"), [
+    ({}, 2),                                                    # unpinned, and broad roles for strangers
+    ({"required_claims": {"repository_owner_id": "1001"}}, 1),  # pinned: the broad roles still warn
+    ({"require_registered": True}, 0),                          # the directory decides every principal
+], ids=str)
+def test_an_issuer_granting_more_than_agent_to_unregistered_principals_is_named(pins, warnings):
+    found = issuer_warnings([issuer_config({**GOOD_CONFIG, **pins, "roles": ["agent", "approver"]})])
+    assert len(found) == warnings
+    if warnings:
+        assert "approver" in found[0] and "require_registered" in found[0]
