@@ -4,6 +4,7 @@ Against the fake identity provider, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from broker.api.ui import oidc
 from broker.storage import ui_oidc_flows
 from broker.storage.ui_oidc_flows import BEGIN_LOCK_KEY, FLOW_CAPS, flow_caps, flow_source
 from tests.conftest import FrozenClock
@@ -79,12 +81,19 @@ def test_one_address_may_have_20_flows_outstanding(site):
     assert start(browser(site, "2001:db8:0:1::1")) == 303          # another /64
 
 
-def test_the_total_cap_holds_whatever_the_number_of_addresses(site, small_caps):
-    answers = [start(browser(site, f"192.0.2.{i}")) for i in range(1, 8)]
+def test_the_total_cap_holds_whatever_the_number_of_addresses(site, small_caps, caplog, monkeypatch):
+    monkeypatch.setattr(oidc, "_capped_logged_at", [float("-inf")])
+    with caplog.at_level(logging.INFO, logger="broker.ui.oidc"):
+        answers = [start(browser(site, f"192.0.2.{i}")) for i in range(1, 8)]
     assert answers == [303] * 5 + [429] * 2
     assert_capped(browser(site, "192.0.2.99").get("/ui/login/oidc", follow_redirects=False),
                   "oidc_too_many_sign_ins", retry_after=600)
     assert len(flow_rows(site)) == 5
+    # Said once (not once a request), and counted by the HTTP metric.
+    assert [r.levelname for r in caplog.records if "not begun (oidc_too_many_sign_ins)" in r.getMessage()] == [
+        "WARNING"]
+    metrics = site.client.get("/metrics").text
+    assert 'method="GET",route="/login/oidc",status="429"} 3.0' in metrics
 
 
 def test_expired_flows_do_not_count(site, small_caps):

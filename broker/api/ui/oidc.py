@@ -31,6 +31,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -387,6 +388,23 @@ def _finish(request: Request, container: Container, client: UiOidcClient) -> tup
     return _allowed_principal(container, principal_id), flow.next_path
 
 
+_CAPPED_LOG_LOCK = threading.Lock()
+_capped_logged_at = [float("-inf")]
+CAPPED_LOG_EVERY_SECONDS = 60.0
+
+
+def _log_capped(code: str, source: str) -> None:
+    """Say that a cap on sign-in flows refused a begin: once a minute at most (a flood is many of them;
+    ``broker_http_request_duration_seconds_count{route="/login/oidc",status="429"}`` counts them all)."""
+    now = time.monotonic()
+    with _CAPPED_LOG_LOCK:
+        if now - _capped_logged_at[0] < CAPPED_LOG_EVERY_SECONDS:
+            return
+        _capped_logged_at[0] = now
+    log.warning("approver OIDC sign-in not begun (%s), last from %s; further refusals this minute are not logged",
+                code, source)
+
+
 def _store_flow(container: Container, *, source: str, now: datetime, **flow: str) -> None:
     """Store a new flow begun from ``source``, or raise ``RateLimited`` (a cap is reached) having written nothing."""
     # NOTE: the counts are read first without the write lock (on SQLite a flood must not queue behind
@@ -422,7 +440,7 @@ def begin_oidc_sign_in(request: Request, container: ContainerDep, next: str | No
         _store_flow(container, source=source, now=now, state=state, browser_token=browser_token, nonce=nonce,
                     code_verifier=code_verifier, next_path=safe_next(next))
     except RateLimited as exc:
-        log.info("approver OIDC sign-in not begun (%s) from %s", exc.code, source)
+        _log_capped(exc.code, source)
         response = sign_in_page(request, container, status_code=exc.status, next_path=next,
                                 error=f"{exc.diagnostics()} ({exc.code})")
         response.headers["Retry-After"] = str(exc.details["retry_after"])
