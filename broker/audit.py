@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,8 @@ from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
 from broker.ports import Clock
+from broker.refusals import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
+                             carried_refusals)
 from broker.storage.engine import Database
 
 EVENT_FILTERS = ("agent", "human", "template", "type", "request_id", "access_key_id", "grant_id")
@@ -22,6 +24,39 @@ PAGE_MAX = 1000
 def require_reviewer(principal: Principal) -> None:
     if not (principal.has_role(Role.REVIEWER) or principal.has_role(Role.ADMIN)):
         raise Forbidden("reading the issuance log needs the reviewer role", code="role_required")
+
+
+@dataclass
+class RefusalFigures:
+    """One principal's refusals in a report: every refusal counted once (see broker.refusals)."""
+
+    one_by_one: int = 0          # `refused` entries
+    announced: int = 0           # `refusals_suppressed` entries: one refusal each, one per window
+    counted_announced: int = 0   # of those, the ones a carried count has reached the log for
+    suppressed_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        details = entry.get("details") or {}
+        if entry["type"] == "refused":
+            self.one_by_one += 1
+        elif entry["type"] == SUPPRESSION_STARTED:
+            self.announced += 1
+            self.suppressed_by_reason[_reason(entry)] += 1
+        self.suppressed_by_reason.update(carried_refusals(details))
+        self.counted_announced += carried_announcements(details)
+
+    def view(self, principal_id: str) -> dict[str, Any]:
+        suppressed = sum(self.suppressed_by_reason.values())
+        return {"principal": principal_id, "refused": self.one_by_one + suppressed,
+                "logged_one_by_one": self.one_by_one, "suppressed": suppressed,
+                "suppressed_by_reason": dict(sorted(self.suppressed_by_reason.items())),
+                "suppression_windows": self.announced,
+                "windows_awaiting_count": max(0, self.announced - self.counted_announced)}
+
+
+def _reason(entry: Mapping[str, Any]) -> str:
+    code = entry.get("reason_code")
+    return code if isinstance(code, str) and code else UNATTRIBUTED
 
 
 @dataclass
@@ -119,31 +154,48 @@ class AuditLog:
         return {"matches": results}
 
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
+        """Figures over the entries logged since ``since``.
+
+        Refusals include the ones the refusal budget counted instead of logging (broker.refusals):
+        ``refused_total`` is every refusal, ``suppressed_total`` those without a ``refused`` entry of
+        their own, and ``refusals_by_principal`` shows them per principal, flooders first.  A
+        suppressed count is in the figures of the entry that carries it (the principal's next
+        refusal, or a ``refusals_suppressed_summary``), even if the refusals began before ``since``;
+        ``windows_awaiting_count`` says how many windows announced in the range still lack theirs.
+        The per-template rows count refusals that have an entry (``refused`` or
+        ``refusals_suppressed``): the budget does not record a suppressed refusal's template.
+        """
         require_reviewer(principal)
         rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
             lambda: {"issued": 0, "refused": 0, "approvals": 0, "denied": 0, "pending": 0, "waits": []})
         opened: dict[str, datetime] = {}
         refusals: list[dict[str, Any]] = []
+        refusers: dict[str, RefusalFigures] = defaultdict(RefusalFigures)
         destructive: list[dict[str, Any]] = []
         after = 0
         while True:
             with self.database.transaction() as repo:
                 page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
             for entry in page:
-                key = (entry.get("actor") if entry["type"] in ("requested", "refused", "issued", "pending")
+                kind = entry["type"]
+                if kind in ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY):
+                    refusers[entry.get("actor") or "?"].add(entry)
+                if kind == SUPPRESSION_SUMMARY:
+                    continue  # a count only: no template, no request
+                key = (entry.get("actor") if kind in ("requested", "refused", SUPPRESSION_STARTED, "issued", "pending")
                        else (entry.get("details") or {}).get("requester") or entry.get("actor") or "?",
                        entry.get("template") or "?")
                 stats = rows[key]
-                kind = entry["type"]
                 when = datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
                 if kind == "issued":
                     stats["issued"] += 1
                     if (entry.get("details") or {}).get("destructive"):
                         destructive.append(entry)
-                elif kind == "refused":
+                elif kind in ("refused", SUPPRESSION_STARTED):
                     stats["refused"] += 1
                     refusals.append({"seq": entry["seq"], "time": entry["time"], "actor": entry.get("actor"),
-                                     "template": entry.get("template"), "reason_code": entry.get("reason_code")})
+                                     "template": entry.get("template"), "reason_code": entry.get("reason_code"),
+                                     "type": kind})
                 elif kind == "pending":
                     stats["pending"] += 1
                     opened[entry["request_id"]] = when
@@ -163,7 +215,12 @@ class AuditLog:
             summary.append({"agent": agent, "template": template, **stats,
                             "median_time_to_approve_seconds": statistics.median(waits) if waits else None})
         summary.sort(key=lambda r: (-r["refused"], -r["denied"], r["agent"], r["template"]))
-        return {"since": issuance_log.log_time(since), "refusals": refusals,
+        by_principal = sorted((figures.view(refuser) for refuser, figures in refusers.items()),
+                              key=lambda r: (-r["suppressed"], -r["refused"], r["principal"]))
+        return {"since": issuance_log.log_time(since),
+                "refused_total": sum(r["refused"] for r in by_principal),
+                "suppressed_total": sum(r["suppressed"] for r in by_principal),
+                "refusals_by_principal": by_principal, "refusals": refusals,
                 "destructive_grants": [{"seq": e["seq"], "time": e["time"], "template": e.get("template"),
                                         "request_id": e.get("request_id"), "actor": e.get("actor"),
                                         "access_key_id": e.get("access_key_id")} for e in destructive],

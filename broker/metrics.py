@@ -13,7 +13,15 @@ every app a test builds starts from zero.  Nothing here touches the use cases:
 
 Counters are per process; sum them over replicas.  Label values are bounded: a template
 label is a catalog name or ``other`` (a refused request may name any template), a reason
-code is a snake_case error code or ``other``.
+code is a snake_case error code or ``other``.  No principal id is ever a label value.
+
+``broker_requests_refused_total`` counts every refusal, logged one by one or not (the refusal
+budget, ``broker.refusals``): a ``refused`` entry and a ``refusals_suppressed`` entry count one
+each (their template and reason code), and a count of suppressed refusals carried in an entry's
+details counts by its reason codes, with ``template="other"`` (the budget does not record which
+template a suppressed refusal named), less the ones its ``refusals_suppressed`` entry counted
+already.  Suppressed refusals reach the counter when their count reaches the log: on the
+principal's next logged refusal, in ``broker serve``'s minute sweep, or at shutdown.
 
 Metric names (all prefixed ``broker_``) are listed in ``METRIC_NAMES``.
 """
@@ -32,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from broker.log_observers import ObservedDatabase
 from broker.ports import CredentialMinter, MintedCredentials, MintOrder
+from broker.refusals import REFUSAL_ENTRY_TYPES, SUPPRESSION_SUMMARY, carried_refusals
 
 OTHER = "other"
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -57,8 +66,8 @@ class EventCounter:
 # Log entry type -> the counter it increments (labels: template, plus reason_code where set).
 EVENT_COUNTERS: Mapping[str, EventCounter] = {
     "issued": EventCounter("broker_credentials_issued_total", "Credentials issued (issued entry committed)."),
-    "refused": EventCounter("broker_requests_refused_total", "Requests refused before anything was issued.",
-                            by_reason=True),
+    "refused": EventCounter("broker_requests_refused_total", "Refusals, logged one by one or counted by the "
+                            "refusal budget; suppressed ones have template=other.", by_reason=True),
     "pending": EventCounter("broker_requests_pending_total", "Requests opened to wait for co-signers."),
     "approved": EventCounter("broker_requests_approved_total", "Requests that reached their co-signatures."),
     "denied": EventCounter("broker_requests_denied_total", "Requests denied by a co-signer."),
@@ -68,6 +77,8 @@ EVENT_COUNTERS: Mapping[str, EventCounter] = {
     "expired": EventCounter("broker_requests_expired_total", "Requests that expired unapproved or unredeemed."),
     "cancelled": EventCounter("broker_requests_cancelled_total", "Requests cancelled."),
 }
+# Every refusal, whatever entry records it, is counted by the `refused` counter.
+REFUSALS = "refused"
 LOG_ENTRIES = "broker_log_entries_total"
 LOG_LAST_SEQ = "broker_log_last_seq"
 HTTP_DURATION = "broker_http_request_duration_seconds"
@@ -104,12 +115,18 @@ class BrokerMetrics:
         for entry in entries:
             kind = str(entry.get("type"))
             self.log_entries.labels(type=_code_label(kind)).inc()
+            if kind in REFUSAL_ENTRY_TYPES:
+                kind = REFUSALS
             counter = self._counters.get(kind)
             if counter is not None:
                 labels = {"template": self._template_label(entry.get("template"))}
                 if EVENT_COUNTERS[kind].by_reason:
                     labels["reason_code"] = _code_label(entry.get("reason_code"))
                 counter.labels(**labels).inc()
+            # Refusals the budget counted instead of logging (on a refusal's entry or a summary).
+            carried = carried_refusals(entry.get("details")) if kind in (REFUSALS, SUPPRESSION_SUMMARY) else {}
+            for code, count in carried.items():
+                self._counters[REFUSALS].labels(template=OTHER, reason_code=_code_label(code)).inc(count)
         with self._seq_lock:  # request threads observe concurrently; the gauge only moves up
             self._last_seq = max(self._last_seq, *(int(entry["seq"]) for entry in entries))
             self.log_last_seq.set(self._last_seq)

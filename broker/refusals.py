@@ -16,10 +16,17 @@ What is written, per principal, in a window of ``WINDOW`` that opens at its firs
   reason codes, in memory;
 * once the window is over, its count K of suppressed refusals (N+1 included: K is every refusal
   without a ``refused`` entry of its own) reaches the log as ``details.suppressed`` (with
-  ``suppressed_since``, ``suppressed_until``, ``suppressed_by_reason``) on the principal's next
-  logged refusal or, if none comes, on a ``refusals_suppressed_summary`` entry that
-  ``broker serve`` writes in its periodic sweep (every 60 s) and at shutdown (which closes the
-  windows still open, ``suppressed_until`` then being the shutdown time).
+  ``suppressed_since``, ``suppressed_until``, ``suppressed_by_reason``,
+  ``suppressed_announced_by_reason``) on the principal's next logged refusal or, if none comes,
+  on a ``refusals_suppressed_summary`` entry that ``broker serve`` writes in its periodic sweep
+  (every 60 s) and at shutdown (which closes the windows still open, ``suppressed_until`` then
+  being the shutdown time).
+
+Counting refusals from the log (metrics, ``broker audit report``): a ``refused`` entry is one
+refusal, a ``refusals_suppressed`` entry is one refusal, and a carried count K adds K minus the
+refusals among them that already have a ``refusals_suppressed`` entry, which
+``suppressed_announced_by_reason`` names (one per window, by its reason code; see
+:func:`carried_refusals`).  So every refusal is counted once, the (N+1)th as soon as it happens.
 
 The caller's answer never changes: a suppressed refusal raises the very error it would have
 (status, code, message, headers).  NOTE: the budget adds no ``Retry-After``: it decides what is
@@ -78,15 +85,20 @@ class SuppressedRefusals:
     since: datetime
     until: datetime
     by_reason: Mapping[str, int]
+    # Of these, the refusals written as a `refusals_suppressed` entry (one per window), by reason code:
+    # readers that count refusals from the log have counted them already.
+    announced_by_reason: Mapping[str, int] = field(default_factory=dict)
 
     def merged(self, other: SuppressedRefusals) -> SuppressedRefusals:
         by_reason = Counter(self.by_reason) + Counter(other.by_reason)
+        announced = Counter(self.announced_by_reason) + Counter(other.announced_by_reason)
         return SuppressedRefusals(self.principal_id, self.count + other.count, min(self.since, other.since),
-                                  max(self.until, other.until), dict(by_reason))
+                                  max(self.until, other.until), dict(by_reason), dict(announced))
 
     def details(self) -> dict[str, Any]:
         return {"suppressed": self.count, "suppressed_since": log_time(self.since),
-                "suppressed_until": log_time(self.until), "suppressed_by_reason": dict(sorted(self.by_reason.items()))}
+                "suppressed_until": log_time(self.until), "suppressed_by_reason": dict(sorted(self.by_reason.items())),
+                "suppressed_announced_by_reason": dict(sorted(self.announced_by_reason.items()))}
 
 
 @dataclass
@@ -121,6 +133,7 @@ class _Window:
     logged: int = 0
     suppressed: int = 0
     announced: bool = False
+    announced_reason: str | None = None
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
@@ -157,6 +170,8 @@ class RefusalBudget:
                 window.suppressed += 1
                 window.by_reason[reason_code] += 1
                 action = RefusalAction.SUPPRESS if window.announced else RefusalAction.ANNOUNCE
+                if action is RefusalAction.ANNOUNCE:
+                    window.announced_reason = reason_code
                 window.announced = True
             # A suppressed refusal writes nothing, so it cannot carry a count.
             carried = None if action is RefusalAction.SUPPRESS else self._closed.pop(principal_id, None)
@@ -177,6 +192,7 @@ class RefusalBudget:
             elif ticket.action is RefusalAction.ANNOUNCE:
                 # The caller got 503, not a suppressed refusal; the next refusal over budget announces.
                 window.announced = False
+                window.announced_reason = None
                 window.suppressed -= 1
                 window.by_reason[ticket.reason_code] -= 1
                 window.by_reason += Counter()  # drops codes counted down to zero
@@ -207,12 +223,62 @@ class RefusalBudget:
         del self._open[principal_id]
         if window.suppressed:
             until = max(window.start, min(end, now))  # cut short when forced (shutdown)
+            announced = {window.announced_reason: 1} if window.announced and window.announced_reason else {}
             self._keep_closed(SuppressedRefusals(principal_id, window.suppressed, window.start, until,
-                                                 dict(window.by_reason)))
+                                                 dict(window.by_reason), announced))
 
     def _keep_closed(self, summary: SuppressedRefusals) -> None:
         known = self._closed.get(summary.principal_id)
         self._closed[summary.principal_id] = summary if known is None else known.merged(summary)
+
+
+# Log entries that each stand for one refusal of their own (template and reason code as written).
+REFUSAL_ENTRY_TYPES = ("refused", SUPPRESSION_STARTED)
+# The reason code given to a carried count that does not say (or cannot say) its reasons.
+UNATTRIBUTED = "other"
+
+
+def carried_refusals(details: object) -> dict[str, int]:
+    """The refusals an entry's ``details`` carry (``suppressed``, from a ``refused`` or a summary entry)
+    that no entry of their own counts, by reason code.
+
+    That is K minus the ones announced by a ``refusals_suppressed`` entry, max(0, K - A) in all.
+    Read from the log, so a malformed count yields nothing rather than an error, reasons that do
+    not add up to K are not trusted (the count is then ``UNATTRIBUTED``), and an announcement whose
+    reason is not among the count's is taken off the other reasons.
+    """
+    count = _count(details.get("suppressed")) if isinstance(details, Mapping) else 0
+    if not count:
+        return {}
+    by_reason = _counts(details.get("suppressed_by_reason"))
+    carried = Counter(by_reason) if sum(by_reason.values()) == count else Counter({UNATTRIBUTED: count})
+    unmatched = 0
+    for code, announced in _counts(details.get("suppressed_announced_by_reason")).items():
+        matched = min(announced, carried[code])
+        carried[code] -= matched
+        unmatched += announced - matched
+    for code in sorted(carried):
+        matched = min(unmatched, carried[code])
+        carried[code] -= matched
+        unmatched -= matched
+    return {code: n for code, n in sorted(carried.items()) if n > 0}
+
+
+def carried_announcements(details: object) -> int:
+    """How many ``refusals_suppressed`` entries (windows) the count in ``details`` covers."""
+    if not isinstance(details, Mapping) or not _count(details.get("suppressed")):
+        return 0
+    return sum(_counts(details.get("suppressed_announced_by_reason")).values())
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _counts(value: object) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {code: _count(n) for code, n in value.items() if isinstance(code, str) and _count(n)}
 
 
 @contextmanager
@@ -236,5 +302,6 @@ def refusal_entry(budget: RefusalBudget, principal_id: str, *, reason_code: str)
         budget.release(ticket)
 
 
-__all__ = ["SUPPRESSION_STARTED", "SUPPRESSION_SUMMARY", "WINDOW", "RefusalAction", "RefusalBudget", "RefusalTicket",
-           "SuppressedRefusals", "refusal_entry"]
+__all__ = ["REFUSAL_ENTRY_TYPES", "SUPPRESSION_STARTED", "SUPPRESSION_SUMMARY", "UNATTRIBUTED", "WINDOW",
+           "RefusalAction", "RefusalBudget", "RefusalTicket", "SuppressedRefusals", "carried_announcements",
+           "carried_refusals", "refusal_entry"]

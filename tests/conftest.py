@@ -225,6 +225,20 @@ def broker(db_url, moto_server, tmp_path) -> BrokerHarness:
     harness.container.database.engine.dispose()
 
 
+# The refusal budget of the `budgeted` broker (refusals of one principal logged one by one per minute).
+REFUSAL_BUDGET = 3
+
+
+@pytest.fixture
+def budgeted(db_url, moto_server, tmp_path, request) -> BrokerHarness:
+    """A broker with a small refusal budget (settings overridable with indirect parametrization)."""
+    overrides = getattr(request, "param", {"refusals_per_minute": REFUSAL_BUDGET})
+    harness = build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
+                            state_dir=tmp_path / "state", **overrides)
+    yield harness
+    harness.container.database.engine.dispose()
+
+
 @pytest.fixture
 def sqlite_broker(moto_server, tmp_path) -> BrokerHarness:
     harness = build_harness(db_url=f"sqlite:///{tmp_path / 'b.db'}", scopes=TEST_SCOPES,

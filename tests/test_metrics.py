@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker.metrics import METRIC_NAMES, BrokerMetrics, TimedMinter
 from broker.errors import StsUnavailable
-from tests.conftest import TEST_SCOPES, build_harness
+from tests.conftest import REFUSAL_BUDGET, TEST_SCOPES, build_harness
 
 S3 = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "read the cost reports"}
 PROD = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "roll out checkout"}
@@ -98,6 +98,97 @@ def test_hostile_reason_codes_become_other(code):
     metrics.observe_entries([{"seq": 1, "type": "refused", "template": "t", "reason_code": code}])
     text = metrics.exposition()[0].decode()
     assert 'broker_requests_refused_total{reason_code="other",template="t"} 1.0' in text
+
+
+def refused_series(found) -> dict[tuple[str, str], float]:
+    """``broker_requests_refused_total`` by (template, reason_code)."""
+    return {(dict(labels)["template"], dict(labels)["reason_code"]): v for (name, labels), v in found.items()
+            if name == "broker_requests_refused_total"}
+
+
+def test_every_refusal_is_counted_once_suppressed_ones_included(budgeted):
+    """The refusal budget logs N refusals, one refusals_suppressed entry and then a count: the metric
+    still counts every refusal, once, as the count reaches the log (summary or next refusal)."""
+    n = REFUSAL_BUDGET
+    made = 0
+
+    def refuse(count: int, body: dict, status: int, principal: str = "agent:demo") -> None:
+        nonlocal made
+        for _ in range(count):
+            assert budgeted.post("/v1/requests", principal, json=body).status_code == status
+        made += count
+
+    unknown, bad = {**S3, "template": "no-such-x"}, {**S3, "parameters": {"prefix": "../x"}}
+    refuse(n + 5, unknown, 404)                      # n refused, 1 refusals_suppressed, 4 counted
+    refuse(2, bad, 422)                              # counted
+    found = samples(budgeted)
+    # Before the count reaches the log: the logged ones, the announced one included, by their labels.
+    assert refused_series(found) == {("other", "template_not_found"): n + 1}
+    assert value(found, "broker_log_entries_total", type="refusals_suppressed") == 1
+
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 1     # a refusals_suppressed_summary
+    found = samples(budgeted)
+    # The count carries no template (the budget does not keep it): "other", by its reason codes.
+    assert refused_series(found) == {("other", "template_not_found"): n + 5, ("other", "invalid_parameter"): 2}
+    assert sum(refused_series(found).values()) == made
+
+    # Next window: a count carried on the principal's next refused entry instead of a summary.
+    refuse(n + 3, bad, 422)
+    budgeted.clock.advance(61)
+    refuse(1, unknown, 404)
+    carrier = budgeted.events()[-1]
+    assert (carrier["type"], carrier["details"]["suppressed"]) == ("refused", 3)
+    found = samples(budgeted)
+    assert refused_series(found) == {("other", "template_not_found"): n + 5 + 1,
+                                     ("other", "invalid_parameter"): 2 + (3 - 1),   # 1 was announced
+                                     ("test-s3-read", "invalid_parameter"): n + 1}
+    assert sum(refused_series(found).values()) == made
+    # Shutdown closes the windows still open: still once each.
+    refuse(n + 4, unknown, 404, principal="agent:other")
+    budgeted.container.service.flush_suppressed_refusals(close_open=True)
+    assert sum(refused_series(samples(budgeted)).values()) == made
+
+
+def test_refusal_labels_stay_bounded_whoever_floods(budgeted):
+    """Principal ids are never label values: a flood from many principals adds no series."""
+    for principal in ("agent:demo", "agent:other", "human:bob", "human:dave"):
+        for _ in range(REFUSAL_BUDGET + 3):
+            budgeted.post("/v1/requests", principal, json={**S3, "template": "no-such-x"})
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 4
+    text = budgeted.client.get("/metrics").text
+    assert not any(principal in text for principal in budgeted.keys)
+    assert refused_series(samples(budgeted)) == {("other", "template_not_found"): 4 * (REFUSAL_BUDGET + 3)}
+
+
+@pytest.mark.parametrize("details, expected", [
+    ({"suppressed": 3, "suppressed_by_reason": {"Invalid Parameter": 1, "x" * 200: 1, "ok_code": 1}},
+     {"other": 2, "ok_code": 1}),
+    ({"suppressed": 3, "suppressed_by_reason": {"a": 1}}, {"other": 3}),    # reasons not adding up
+    ({"suppressed": "lots"}, {}),
+])
+def test_carried_counts_become_bounded_labels(details, expected):
+    metrics = BrokerMetrics(known_template=lambda name: name == "t")
+    metrics.observe_entries([{"seq": 1, "type": "refusals_suppressed_summary", "actor": "agent:x",
+                              "details": details}])
+    text = metrics.exposition()[0].decode()
+    for code, count in expected.items():
+        assert f'broker_requests_refused_total{{reason_code="{code}",template="other"}} {float(count)}' in text
+    assert "agent:x" not in text
+    assert text.count("broker_requests_refused_total{") == len(expected)
+
+
+def test_only_refusal_entries_carry_counts():
+    metrics = BrokerMetrics(known_template=lambda name: True)
+    counted = {"suppressed": 5, "suppressed_by_reason": {"a": 5}}
+    metrics.observe_entries([{"seq": 1, "type": "issued", "template": "t", "details": counted},
+                             {"seq": 2, "type": "refusals_suppressed", "template": "t", "reason_code": "a",
+                              "details": counted}])
+    text = metrics.exposition()[0].decode()
+    # The announcement: 1 with its own labels, plus the previous windows' count it carried.
+    assert 'broker_requests_refused_total{reason_code="a",template="t"} 1.0' in text
+    assert 'broker_requests_refused_total{reason_code="a",template="other"} 5.0' in text
 
 
 def test_timed_minter_records_failures_and_reraises():

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from broker.errors import InvalidInput
-from broker.refusals import (SUPPRESSION_STARTED, RefusalAction, RefusalBudget, SuppressedRefusals,
-                             refusal_entry)
+from broker.refusals import (SUPPRESSION_STARTED, UNATTRIBUTED, RefusalAction, RefusalBudget, SuppressedRefusals,
+                             carried_announcements, carried_refusals, refusal_entry)
 from tests.conftest import FrozenClock
 
 AGENT = "agent:demo"
@@ -144,8 +144,10 @@ def test_a_failed_announcement_is_made_again_by_the_next_refusal():
         assert ticket.action is RefusalAction.ANNOUNCE
         ticket.shape(BODY)
         raise RuntimeError("the log cannot be written")
-    assert budget.admit(AGENT, reason_code="x").action is RefusalAction.ANNOUNCE
-    assert budget.take_summaries(close_open=True)[0].count == 1   # the 503 one is not counted as suppressed
+    assert budget.admit(AGENT, reason_code="y").action is RefusalAction.ANNOUNCE
+    (summary,) = budget.take_summaries(close_open=True)
+    assert summary.count == 1                                     # the 503 one is not counted as suppressed
+    assert summary.announced_by_reason == {"y": 1}                # the announcement that was made
 
 
 def test_a_suppressed_refusal_yields_nothing_to_write():
@@ -191,3 +193,68 @@ def test_summary_details_are_plain_json():
     clock = FrozenClock()
     summary = SuppressedRefusals(AGENT, 2, clock.now(), clock.now(), {"b": 1, "a": 1})
     assert list(summary.details()["suppressed_by_reason"]) == ["a", "b"]
+
+
+# --- counting refusals from the log: a count carried in details, less what its announcements counted
+
+def test_a_count_names_its_announced_refusal_and_merged_counts_add_them_up():
+    clock = FrozenClock()
+    budget = RefusalBudget(per_minute=2, clock=clock)
+    actions(budget, 3, code="invalid_parameter")                  # the 3rd is announced
+    actions(budget, 2, code="template_not_found")
+    clock.advance(61)
+    first = budget.take_summaries()
+    assert first[0].details()["suppressed_announced_by_reason"] == {"invalid_parameter": 1}
+    assert carried_refusals(first[0].details()) == {"template_not_found": 2}   # the 3rd has its own entry
+    actions(budget, 4, code="template_not_found")
+    clock.advance(61)
+    budget.give_back(first)
+    (merged,) = budget.take_summaries()
+    details = merged.details()
+    assert details["suppressed"] == 3 + 2
+    assert details["suppressed_announced_by_reason"] == {"invalid_parameter": 1, "template_not_found": 1}
+    assert carried_announcements(details) == 2                    # two windows, two refusals_suppressed entries
+    assert carried_refusals(details) == {"template_not_found": 3}  # 5 suppressed, 2 of them already entries
+
+
+def test_a_window_without_suppression_announces_nothing():
+    summary = SuppressedRefusals(AGENT, 2, FrozenClock().now(), FrozenClock().now(), {"a": 2})
+    assert summary.details()["suppressed_announced_by_reason"] == {}
+
+
+@pytest.mark.parametrize("details, expected", [
+    ({"suppressed": 5, "suppressed_by_reason": {"a": 3, "b": 2}, "suppressed_announced_by_reason": {"a": 1}},
+     {"a": 2, "b": 2}),
+    ({"suppressed": 1, "suppressed_by_reason": {"a": 1}, "suppressed_announced_by_reason": {"a": 1}}, {}),
+    # Written without the announcement (a count K of N+1.. always has one): every one of them counts.
+    ({"suppressed": 2, "suppressed_by_reason": {"a": 2}}, {"a": 2}),
+    # Reasons that do not add up to the count are not trusted; the total still is.
+    ({"suppressed": 4, "suppressed_by_reason": {"a": 1}}, {UNATTRIBUTED: 4}),
+    ({"suppressed": 4, "suppressed_by_reason": {"a": 1}, "suppressed_announced_by_reason": {"a": 1}},
+     {UNATTRIBUTED: 3}),
+    ({"suppressed": 2, "suppressed_by_reason": ["a", "b"]}, {UNATTRIBUTED: 2}),
+    ({"suppressed": 2, "suppressed_by_reason": {"a": "2"}}, {UNATTRIBUTED: 2}),
+    ({"suppressed": 2, "suppressed_by_reason": {"a": True, "b": 1}}, {UNATTRIBUTED: 2}),
+    # An announcement of another reason comes off the others; never below zero.
+    ({"suppressed": 3, "suppressed_by_reason": {"a": 2, "b": 1}, "suppressed_announced_by_reason": {"z": 1}},
+     {"a": 1, "b": 1}),
+    ({"suppressed": 1, "suppressed_by_reason": {"a": 1}, "suppressed_announced_by_reason": {"a": 9}}, {}),
+    ({"suppressed": 2, "suppressed_by_reason": {"a": 2}, "suppressed_announced_by_reason": {"a": -4}}, {"a": 2}),
+    # No count, or not one: nothing.
+    (None, {}), ([], {}), ({}, {}), ({"suppressed": 0}, {}), ({"suppressed": -3}, {}), ({"suppressed": "9"}, {}),
+    ({"suppressed": True, "suppressed_by_reason": {"a": 1}}, {}), ({"suppressed": 2.5}, {}),
+    ({"suppressed_by_reason": {"a": 1}}, {}),
+])
+def test_carried_refusals_from_log_details(details, expected):
+    assert carried_refusals(details) == expected
+
+
+@pytest.mark.parametrize("details, expected", [
+    ({"suppressed": 3, "suppressed_announced_by_reason": {"a": 1, "b": 2}}, 3),
+    ({"suppressed": 3}, 0),
+    ({"suppressed": 0, "suppressed_announced_by_reason": {"a": 1}}, 0),
+    ({"suppressed": 3, "suppressed_announced_by_reason": {"a": "1", 7: 1, "b": -1}}, 0),
+    (None, 0),
+])
+def test_carried_announcements_from_log_details(details, expected):
+    assert carried_announcements(details) == expected

@@ -39,8 +39,9 @@ QUERY_FILTERS = {
     "request_id": "request_id", "access_key_id": "access_key_id", "since": "since",
     "until": "until", "after_seq": "after_seq", "limit": "limit",
 }
-# Report sections whose name contains one of these come first, in this order.
-REPORT_FIRST = ("refus", "destructive")
+# Report sections whose name contains one of these come first, in this order: who refused how often
+# (a flooding agent, its suppressed refusals), then each logged refusal, then destructive grants.
+REPORT_FIRST = ("refusals_by_principal", "refus", "destructive")
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -188,6 +189,8 @@ def _duration(seconds: float) -> str:
 def _scalar(key: str, value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool) and key.endswith("_seconds"):
         return _duration(value)
+    if isinstance(value, Mapping):  # a table cell such as suppressed_by_reason: code=count, ...
+        return ", ".join(f"{name}={_cell(count)}" for name, count in value.items()) or "-"
     return _cell(value)
 
 
@@ -281,7 +284,8 @@ def register(subparsers) -> None:
     verify.set_defaults(func=_verify)
 
     report = commands.add_parser("report", help="per agent and template: issued, refused, "
-                                                "approvals, time to approve")
+                                                "approvals, time to approve; per principal: refusals, "
+                                                "suppressed ones included")
     report.add_argument("--since", default="7d", help="7d, 24h, 30m or an ISO time")
     _add_format(report, ("text", "json"))
     _add_api_options(report)

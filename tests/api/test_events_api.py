@@ -13,6 +13,7 @@ import pytest
 
 from broker.cli.main import main
 from broker.domain import log as issuance_log
+from tests.conftest import REFUSAL_BUDGET
 
 S3 = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "read the cost reports"}
 PROD = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "roll out checkout 1.2.3"}
@@ -301,6 +302,56 @@ def test_report_counts_and_median_time_to_approve(broker):
     assert [r["reason_code"] for r in report["refusals"]] == ["invalid_parameter"]
     # Refusals come first in the table.
     assert report["by_agent_and_template"][0]["refused"] >= 1
+
+
+def report_of(broker) -> dict:
+    response = broker.get("/v1/events/report", "human:rita", params={"since": "7d"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_report_counts_suppressed_refusals_and_shows_the_flooder_first(budgeted):
+    n, flood = REFUSAL_BUDGET, 9
+    unknown = {**S3, "template": "no-such-x"}
+    for _ in range(n + flood):
+        assert budgeted.post("/v1/requests", "agent:demo", json=unknown).status_code == 404
+    assert budgeted.post("/v1/requests", "agent:other", json={**S3, "parameters": {"prefix": "../x"}}).status_code == 422
+    issue(budgeted)
+
+    # While the flooder's window is open: its announced refusal counts, the rest is awaited.
+    report = report_of(budgeted)
+    flooder, other = report["refusals_by_principal"]
+    assert flooder == {"principal": "agent:demo", "refused": n + 1, "logged_one_by_one": n, "suppressed": 1,
+                       "suppressed_by_reason": {"template_not_found": 1}, "suppression_windows": 1,
+                       "windows_awaiting_count": 1}
+    assert (other["principal"], other["refused"], other["suppressed"]) == ("agent:other", 1, 0)
+
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 1
+    report = report_of(budgeted)
+    flooder, other = report["refusals_by_principal"]
+    assert flooder == {"principal": "agent:demo", "refused": n + flood, "logged_one_by_one": n,
+                       "suppressed": flood, "suppressed_by_reason": {"template_not_found": flood},
+                       "suppression_windows": 1, "windows_awaiting_count": 0}
+    assert (report["refused_total"], report["suppressed_total"]) == (n + flood + 1, flood)
+    # The existing figures stay: per template, refusals that have an entry (the announcement is one).
+    rows = {(r["agent"], r["template"]): r for r in report["by_agent_and_template"]}
+    assert rows[("agent:demo", "no-such-x")]["refused"] == n + 1
+    assert rows[("agent:demo", "test-s3-read")]["issued"] == 1
+    assert ("agent:demo", "?") not in rows                              # the summary is a count, not a row
+    assert [r["type"] for r in report["refusals"]] == ["refused"] * n + ["refusals_suppressed", "refused"]
+    assert {r["reason_code"] for r in report["refusals"]} == {"template_not_found", "invalid_parameter"}
+
+    # A second window whose count rides on the flooder's next refusal: every refusal still once.
+    for _ in range(n + 4):
+        budgeted.post("/v1/requests", "agent:demo", json=BAD_LOGS)
+    budgeted.clock.advance(61)
+    budgeted.post("/v1/requests", "agent:demo", json=unknown)
+    flooder = report_of(budgeted)["refusals_by_principal"][0]
+    assert (flooder["refused"], flooder["logged_one_by_one"], flooder["suppressed"]) == (
+        2 * n + flood + 5, 2 * n + 1, flood + 4)
+    assert flooder["suppressed_by_reason"] == {"invalid_parameter": 4, "template_not_found": flood}
+    assert (flooder["suppression_windows"], flooder["windows_awaiting_count"]) == (2, 0)
 
 
 def test_report_since_excludes_older_entries(broker):

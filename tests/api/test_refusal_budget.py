@@ -12,23 +12,14 @@ from broker.domain.log import log_time
 from broker.errors import InvalidInput
 from broker.settings import BrokerSettings, load_settings
 from tests.api.test_events_api import verify_file
-from tests.conftest import TEST_SCOPES, build_harness
+from tests.conftest import REFUSAL_BUDGET, TEST_SCOPES, build_harness
 from tests.revocation.conftest import S3_REQUEST
 
-N = 3           # the budget in these tests
+N = REFUSAL_BUDGET  # the budget in these tests (the `budgeted` fixture)
 M = 7           # refusals beyond it
 AGENT = "agent:demo"
 UNKNOWN = {"template": "no-such-scope", "parameters": {}, "reason": "probe"}
 PROD_REQUEST = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "deploy"}
-
-
-@pytest.fixture
-def budgeted(db_url, moto_server, tmp_path, request):
-    overrides = getattr(request, "param", {"refusals_per_minute": N})
-    harness = build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
-                            state_dir=tmp_path / "state", **overrides)
-    yield harness
-    harness.container.database.engine.dispose()
 
 
 def of_type(broker, kind: str, actor: str = AGENT) -> list[dict]:

@@ -11,6 +11,8 @@ import pytest
 
 from broker.cli.audit import render_report
 from broker.cli.main import main
+from tests.conftest import REFUSAL_BUDGET
+from tests.live_server import serve
 
 EVENT = {"seq": 7, "time": "2024-05-01T12:00:00.000000Z", "type": "issued", "actor": "agent:demo",
          "template": "s3-read", "request_id": "r-1", "access_key_id": "ASIA0000000000000007"}
@@ -115,6 +117,31 @@ def test_report_puts_refusals_and_destructive_grants_first(broker_url, capsys):
     assert CannedBroker.seen[0][:2] == ("/v1/events/report", {"since": "7d"})
 
 
+def test_report_from_a_live_broker_shows_the_flooding_agent_first(budgeted, capsys):
+    flood = 6
+    for _ in range(REFUSAL_BUDGET + flood):
+        budgeted.post("/v1/requests", "agent:demo", json={"template": "no-such-x", "parameters": {}, "reason": "x"})
+    budgeted.post("/v1/requests", "agent:other", json={"template": "no-such-y", "parameters": {}, "reason": "y"})
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 1
+    with serve(budgeted.client.app) as server:
+        argv = ["audit", "report", "--url", server.url, "--token", budgeted.keys["human:rita"]]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert main([*argv, "--format", "json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+    lines = out.splitlines()
+    assert f"refused total: {REFUSAL_BUDGET + flood + 1}" in lines and f"suppressed total: {flood}" in lines
+    assert out.index("REFUSALS BY PRINCIPAL") < out.index("\nREFUSALS\n") < out.index("DESTRUCTIVE GRANTS")
+    section = lines.index("REFUSALS BY PRINCIPAL")
+    header, flooder, other = (line.split() for line in lines[section + 1:section + 4])
+    assert header[:4] == ["PRINCIPAL", "REFUSED", "LOGGED", "ONE"]
+    assert flooder[:5] == ["agent:demo", str(REFUSAL_BUDGET + flood), str(REFUSAL_BUDGET), str(flood),
+                           f"template_not_found={flood}"]
+    assert other[:4] == ["agent:other", "1", "1", "0"] and "-" in other
+    assert report["refusals_by_principal"][0]["suppressed"] == flood
+
+
 @pytest.mark.parametrize("argv", [["query"], ["export"], ["report"]])
 def test_api_errors_are_shown_and_exit_non_zero(broker_url, capsys, tmp_path, argv):
     CannedBroker.status = 403
@@ -137,6 +164,8 @@ def test_unreachable_broker_is_unavailable(capsys):
     ({"items": []}, "ITEMS\n  (none)"),
     ({"items": ["p", "q"]}, "ITEMS\n  - p\n  - q"),
     ({"nested": {"k": None}}, "NESTED\n  k: -"),
+    ({"rows": [{"by_reason": {"a": 1, "b": 2}}]}, "ROWS\n  BY REASON\n  a=1, b=2"),
+    ({"rows": [{"by_reason": {}}]}, "ROWS\n  BY REASON\n  -"),
 ])
 def test_render_report_shapes(report, expected):
     assert render_report(report).strip() == expected

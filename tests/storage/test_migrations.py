@@ -6,7 +6,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 import broker.storage.models  # noqa: F401 - registers the tables
 import broker.storage.ui_oidc_flows  # noqa: F401
@@ -14,6 +14,7 @@ import broker.storage.ui_sessions  # noqa: F401
 from broker.domain.log import GENESIS_HASH
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import alembic_config, migrate
+from broker.storage.ui_oidc_flows import UiOidcFlowRow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -44,4 +45,21 @@ def test_downgrade_to_base_and_upgrade_again(empty_url):
         entry = repo.append_event({"event_id": "e1", "time": "2026-01-01T00:00:00.000000Z", "type": "test",
                                    "details": {}})
     assert entry["seq"] == 1 and entry["prev_hash"] == GENESIS_HASH
+    engine.dispose()
+
+
+
+def test_0007_keeps_the_flows_in_progress(empty_url):
+    """Flows begun before 0007 survive it, with no client address (they count towards the total cap only)."""
+    engine = build_engine(empty_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0006")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO ui_oidc_flows (id, browser_digest, nonce, code_verifier, next_path, created_at, expires_at) "
+            "VALUES ('f1', 'b', 'n', 'v', '/ui/requests', '2030-01-01 00:00:00', '2030-01-01 00:10:00')")
+    command.upgrade(config, "head")
+    with Database(engine).transaction() as repo:
+        rows = repo.session.exec(select(UiOidcFlowRow.id, UiOidcFlowRow.client_address)).all()
+    assert [tuple(row) for row in rows] == [("f1", None)]
     engine.dispose()

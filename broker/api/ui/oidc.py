@@ -15,6 +15,11 @@ browser.  The browser that began the flow holds a random binding token in an Htt
 SameSite=Lax cookie scoped to ``/ui/oidc``; the callback must present it (so a callback URL
 planted in another browser, login CSRF, fails).  The first callback naming a state deletes it
 (one-time use, decided by the database, so it holds across replicas); a flow lives ten minutes.
+
+Beginning a flow is the one write an unauthenticated caller can cause here, so outstanding flows are
+capped per client address and in total (:data:`broker.storage.ui_oidc_flows.FLOW_CAPS`, and why a
+cap there): beyond a cap the sign-in page answers 429 with the code and a ``Retry-After``, and
+nothing is written (the counts are read without the write lock).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 import httpx
@@ -39,13 +46,14 @@ from broker.api.ui.pages import current_session, render, sign_in_page
 from broker.api.ui.security import (SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, clear_cookie, redirect, safe_next,
                                     set_cookie, uses_https)
 from broker.domain.principals import Principal, Role
-from broker.errors import BrokerError, Forbidden, IdentityProviderUnavailable, Unauthenticated, Unavailable
+from broker.errors import (BrokerError, Forbidden, IdentityProviderUnavailable, RateLimited, Unauthenticated,
+                           Unavailable)
 from broker.identity.claim_rules import (CLAIM_NAME, DOMAIN_NAME, PINNED_VALUE, ApproverIdentity,
                                          parse_allowed_domains, parse_required_claims)
 from broker.identity.oidc import (SAFE_IDENTIFIER, ClaimCheck, HttpxJwksFetcher, JwksCache, OidcIssuerConfig,
                                   OidcVerifier, _is_loopback)
 from broker.settings import BrokerSettings
-from broker.storage.ui_oidc_flows import FLOW_LIFETIME, UiOidcFlowStore
+from broker.storage.ui_oidc_flows import FLOW_LIFETIME, UiOidcFlowStore, flow_source
 from broker.storage.ui_sessions import SESSION_LIFETIME, UiSessionStore
 
 log = logging.getLogger("broker.ui.oidc")
@@ -380,6 +388,38 @@ def _finish(request: Request, container: Container, client: UiOidcClient) -> tup
     return _allowed_principal(container, principal_id), flow.next_path
 
 
+_CAPPED_LOG_LOCK = threading.Lock()
+_capped_logged_at = [float("-inf")]
+CAPPED_LOG_EVERY_SECONDS = 60.0
+
+
+def _log_capped(code: str, source: str) -> None:
+    """Say that a cap on sign-in flows refused a begin: once a minute at most (a flood is many of them;
+    ``broker_http_request_duration_seconds_count{route="/login/oidc",status="429"}`` counts them all)."""
+    now = time.monotonic()
+    with _CAPPED_LOG_LOCK:
+        if now - _capped_logged_at[0] < CAPPED_LOG_EVERY_SECONDS:
+            return
+        _capped_logged_at[0] = now
+    log.warning("approver OIDC sign-in not begun (%s), last from %s; further refusals this minute are not logged",
+                code, source)
+
+
+def _store_flow(container: Container, *, source: str, now: datetime, **flow: str) -> None:
+    """Store a new flow begun from ``source``, or raise ``RateLimited`` (a cap is reached) having written nothing."""
+    # NOTE: the counts are read first without the write lock (on SQLite a flood must not queue behind
+    # issuance writes), then again in the unit of work that writes, where they are exact: begins are
+    # serialized there (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), across replicas too.
+    with container.database.read() as repo:
+        UiOidcFlowStore(repo).check_caps(client_address=source, now=now)
+    with container.database.transaction() as repo:
+        store = UiOidcFlowStore(repo)
+        store.serialize_begins()
+        store.check_caps(client_address=source, now=now)
+        store.purge_expired(now=now)
+        store.begin(**flow, now=now, client_address=source)
+
+
 @router.get("/login/oidc")  # under the pages' /ui prefix
 def begin_oidc_sign_in(request: Request, container: ContainerDep, next: str | None = None) -> Response:  # noqa: A002
     try:
@@ -393,11 +433,18 @@ def begin_oidc_sign_in(request: Request, container: ContainerDep, next: str | No
         return redirect(safe_next(next))
     state, nonce, code_verifier, browser_token = (secrets.token_urlsafe(32) for _ in range(4))
     now = container.clock.now()
-    with container.database.transaction() as repo:
-        store = UiOidcFlowStore(repo)
-        store.purge_expired(now=now)
-        store.begin(state=state, browser_token=browser_token, nonce=nonce, code_verifier=code_verifier,
-                    next_path=safe_next(next), now=now)
+    # NOTE: the peer address as every page gets it (client_ip).  The broker reads no forwarding header
+    # itself; uvicorn takes X-Forwarded-For only from proxies in its FORWARDED_ALLOW_IPS (default loopback).
+    source = flow_source(client_ip(request))
+    try:
+        _store_flow(container, source=source, now=now, state=state, browser_token=browser_token, nonce=nonce,
+                    code_verifier=code_verifier, next_path=safe_next(next))
+    except RateLimited as exc:
+        _log_capped(exc.code, source)
+        response = sign_in_page(request, container, status_code=exc.status, next_path=next,
+                                error=f"{exc.diagnostics()} ({exc.code})")
+        response.headers["Retry-After"] = str(exc.details["retry_after"])
+        return response
     response = redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=code_verifier))
     _set_flow_cookie(response, browser_token, secure=uses_https(request, container.settings.public_url))
     return response
