@@ -66,6 +66,12 @@ class UiSessionStore:
                                        created_at=now, last_seen_at=now, expires_at=now + SESSION_LIFETIME))
         return token
 
+    def known(self, token: str | None) -> bool:
+        """Is there a session row for ``token`` at all?  A read: the page then finds (and touches) it to use it."""
+        if not token or len(token) > 200:
+            return False
+        return self._session.get(UiSessionRow, token_digest(token)) is not None
+
     def find(self, token: str | None, *, now: datetime) -> UiSession | None:
         """The live session for ``token`` (touching its idle timer), or None; expired ones are removed."""
         if not token or len(token) > 200:

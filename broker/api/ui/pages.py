@@ -56,6 +56,11 @@ def current_session(request: Request, container: Container) -> tuple[UiSession, 
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
+    # NOTE: a read first: a cookie naming no session (a stale or forged one, or a flood of them) costs no write
+    # transaction, so it never waits for, nor makes wait, the writers (on SQLite: issuance).
+    with container.database.read() as repo:
+        if not UiSessionStore(repo).known(token):
+            return None
     now = container.clock.now()
     with container.database.transaction() as repo:
         store = UiSessionStore(repo)
