@@ -232,6 +232,12 @@ class OidcIssuerConfig:
             found.append(f"OIDC issuer {self.issuer!r} gives the roles {', '.join(authority)} to every principal its "
                          "tokens name that the directory does not know: grant approver, reviewer or admin in the "
                          "directory instead, or set require_registered: true.")
+        if Role.AGENT in self.role_set and self.acts_for_claim is None and not self.require_registered:
+            # NOTE: an agent acts for a human, who is accountable for it and can never co-sign its requests; an agent
+            # the directory does not know, from an issuer that maps no acts_for claim, acts for nobody.
+            found.append(f"OIDC issuer {self.issuer!r} maps no acts_for_claim: agents it names that the directory "
+                         "does not know act for no human (no one accountable, no one excluded from co-signing). "
+                         "Set acts_for_claim, or register its agents with --acts-for and set require_registered: true.")
         if self.pinned:
             return found
         roles = ", ".join(sorted(r.value for r in self.role_set))

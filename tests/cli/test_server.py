@@ -54,7 +54,7 @@ def test_serve_warns_about_an_issuer_that_trusts_any_workload(monkeypatch, caplo
 
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps([{"issuer": "https://ci.example", "audience": "broker",
-                                    "jwks_url": "https://ci.example/jwks", **pins}]))
+                                    "jwks_url": "https://ci.example/jwks", "acts_for_claim": "act", **pins}]))
     monkeypatch.delenv("BROKER_CONFIG_FILE", raising=False)
     monkeypatch.setenv("BROKER_OIDC_ISSUERS_FILE", str(issuers))
     monkeypatch.setattr(broker.api.deps, "build_container", lambda settings: object())

@@ -18,7 +18,7 @@ from broker.identity.oidc import (SHARED_ISSUERS, HttpxJwksFetcher, OidcIssuerCo
                                   issuer_warnings, load_issuer_configs)
 from tests.identity.jwt_factory import AUDIENCE, ISSUER, make_verifier, standard_claims
 
-GOOD_CONFIG = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": "https://idp.example/jwks"}
+GOOD_CONFIG = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": "https://idp.example/jwks", "acts_for_claim": "act"}
 
 # -- configuration -------------------------------------------------------------
 
@@ -290,3 +290,16 @@ def test_an_issuer_granting_more_than_agent_to_unregistered_principals_is_named(
     assert len(found) == warnings
     if warnings:
         assert "approver" in found[0] and "require_registered" in found[0]
+
+
+@pytest.mark.parametrize(("extra", "warned"), [
+    ({"acts_for_claim": None}, True),                              # its unknown agents act for nobody
+    ({"acts_for_claim": None, "require_registered": True}, False),  # the directory names each agent's human
+    ({}, False),                                                   # the token names the human
+], ids=str)
+def test_an_issuer_whose_agents_act_for_no_human_is_named(extra, warned):
+    config = {**GOOD_CONFIG, "required_claims": {"repository_owner_id": "1001"}, **extra}
+    found = issuer_warnings([issuer_config({k: v for k, v in config.items() if v is not None})])
+    assert bool(found) is warned
+    if warned:
+        assert "acts_for_claim" in found[0] and "act for no human" in found[0]
