@@ -12,9 +12,12 @@ tree shows the backtracking is small:
 * nothing quantified or alternative inside a quantified part (``(a+)+``, ``(a|ab)*``: the
   exponential shapes);
 * the number of ways the pattern can cut a value into its parts is at most :data:`MAX_MATCH_PATHS`:
-  an open quantifier counts one way per length it may take (at most ``MAX_VALUE_CHARS + 1``), an
-  alternation the sum of its branches, a sequence the product of its parts.  Two ``.*`` pass; three
-  do not (each is a factor of 257 on the backtracking of a failing 256-character value).
+  a quantifier counts one way per length it may take (at most ``MAX_VALUE_CHARS + 1``; ``a?`` two),
+  an alternation the sum of its branches, a sequence the product of its parts.  Each way may cost a
+  pass over the whole value, so the bound on the work is that count times ``MAX_VALUE_CHARS + 1``,
+  at most :data:`MAX_MATCH_STEPS` (about 257**3 steps, tens of milliseconds).  Two ``.*`` pass; three
+  do not (each is a factor of 257 on the backtracking of a failing 256-character value), nor do
+  sixteen optional parts before a long fixed run.
 
 The values matched are at most :data:`MAX_VALUE_CHARS` characters (the OIDC verifier refuses longer
 principals before any pattern runs), which is what makes the count an upper bound on the work.
@@ -31,8 +34,10 @@ from re import _parser as sre_parse
 
 MAX_PATTERN_CHARS = 512
 MAX_VALUE_CHARS = 256
-# About 10 ms of backtracking for the worst value within the bound (measured on a 2-core machine).
-MAX_MATCH_PATHS = 2 ** 20
+# Each way of cutting a value may cost a pass over all of it: the work is bounded by paths x (value + 1).
+# 257**3 steps are ~40 ms for the steepest accepted shape on the project's 2-core machine.
+MAX_MATCH_STEPS = (MAX_VALUE_CHARS + 1) ** 3
+MAX_MATCH_PATHS = MAX_MATCH_STEPS // (MAX_VALUE_CHARS + 1)
 
 # A single character each: no backtracking of their own.
 _ATOMS = frozenset({sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN})
@@ -95,4 +100,4 @@ def _paths(items: sre_parse.SubPattern | list, *, quantified: bool) -> int:
     return total
 
 
-__all__ = ["MAX_MATCH_PATHS", "MAX_PATTERN_CHARS", "MAX_VALUE_CHARS", "UnboundedPattern", "compile_bounded_pattern"]
+__all__ = ["MAX_MATCH_PATHS", "MAX_MATCH_STEPS", "MAX_PATTERN_CHARS", "MAX_VALUE_CHARS", "UnboundedPattern", "compile_bounded_pattern"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.identity.bounded_patterns import (MAX_MATCH_PATHS, MAX_VALUE_CHARS, UnboundedPattern,
+from broker.identity.bounded_patterns import (MAX_MATCH_PATHS, MAX_MATCH_STEPS, MAX_VALUE_CHARS, UnboundedPattern,
                                               compile_bounded_pattern)
 from broker.identity.oidc import SAFE_IDENTIFIER
 
@@ -22,8 +22,8 @@ ACCEPTED = [
     r"^acme-deployer\.[0-9]+$",  # anchors are harmless (the match is whole anyway)
     "(?:ab){3}c",  # a fixed repeat of fixed text
     ".*a.*b",  # two open-ended quantifiers
-    "(?:a|a)" * 20 + "b",  # 2**20 ways: the budget exactly
-    ".{0,255}.{0,255}(?:x|y)",
+    "(?:a|a)" * 16 + "b",  # 2**16 ways, each a pass over the value: near the budget
+    ".{0,255}.{0,255}x",
 ]
 
 REFUSED = [
@@ -84,14 +84,25 @@ def _hostile_values() -> list[str]:
 # The steepest shapes the budget lets through, each near MAX_MATCH_PATHS.
 STEEPEST_ACCEPTED = [
     ".*a.*ab",
-    ".*a.*a(?:a|a)(?:a|a)(?:a|a)b",
-    ".*a" + "(?:a|a)" * 11 + "b",
-    "(?:a|a)" * 20 + "b",
-    "(?:a|aa)" * 20 + "b",
-    ".{0,255}.{0,255}(?:a|a)(?:a|a)(?:a|a)b",
-    "(?:.*|.*a)(?:.*|.*a)(?:a|a)b",
+    ".*a" + "(?:a|a)" * 8 + "b",
+    "(?:a|a)" * 16 + "b",
+    "(?:a|aa)" * 16 + "b",
+    ".{0,255}.{0,255}b",
     "[a-z]*[a-z]*b",
+    "[a-z]?" * 16 + r"\w{230}0",           # each way of cutting then runs 230 characters
 ]
+
+# Each way of cutting a value can cost a pass over it: shapes with few open parts but many ways, each long.
+@pytest.mark.parametrize("pattern", [
+    "[a-z]?" * 20 + r"\w{230}0",            # 2**20 ways x 230 characters: 0.6 s when it was accepted
+    "a?" * 20 + "a" * 230 + "b",
+    "a{0,3}" * 10 + "a{200}b",
+    ".*a.*a(?:a|a)(?:a|a)(?:a|a)b",
+    "(?:a|a)" * 20 + "b",
+])
+def test_many_ways_times_a_long_pass_is_refused(pattern):
+    with pytest.raises(UnboundedPattern):
+        compile_bounded_pattern(pattern)
 
 
 @pytest.mark.parametrize("pattern", STEEPEST_ACCEPTED)
@@ -108,7 +119,7 @@ def test_accepted_patterns_match_hostile_values_quickly(pattern):
 def test_the_bound_covers_every_principal_the_verifier_lets_through():
     assert SAFE_IDENTIFIER.fullmatch("a" * MAX_VALUE_CHARS)
     assert not SAFE_IDENTIFIER.fullmatch("a" * (MAX_VALUE_CHARS + 1))
-    assert MAX_MATCH_PATHS == 2 ** 20
+    assert MAX_MATCH_PATHS * (MAX_VALUE_CHARS + 1) <= MAX_MATCH_STEPS == 257 ** 3
 
 
 # Random patterns over a small alphabet, hostile-shaped on purpose: repeats, alternatives, groups, nesting.
