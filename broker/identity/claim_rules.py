@@ -141,7 +141,8 @@ class EmailVerified:
 
     Applies when the principal claim is ``email`` or its value looks like an address (has an "@").
     ``email_verified`` must be the JSON boolean ``true``: the string "true", a missing claim or
-    ``false`` all refuse.
+    ``false`` all refuse.  It vouches for the ``email`` claim only, so an address in another claim
+    (``preferred_username``, ``upn``) counts as verified only when it is that same, verified ``email``.
     """
 
     claim: str
@@ -149,7 +150,11 @@ class EmailVerified:
     def verify(self, claims: Mapping[str, Any]) -> ClaimRefusal | None:
         value = claims.get(self.claim)
         looks_like_email = self.claim == EMAIL_CLAIM or (isinstance(value, str) and "@" in value)
-        if not looks_like_email or claims.get(EMAIL_VERIFIED_CLAIM) is True:
+        if not looks_like_email:
+            return None
+        # NOTE: the verified flag and the address it speaks for must be one: a verified mallory@evil.test must
+        # not vouch for a preferred_username of alice@example.com.
+        if claims.get(EMAIL_VERIFIED_CLAIM) is True and claims.get(EMAIL_CLAIM) == value:
             return None
         return ClaimRefusal("oidc_email_unverified",
                             "Your identity provider has not verified this account's email address, so it "

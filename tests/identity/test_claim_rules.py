@@ -94,7 +94,14 @@ def test_email_domain_in(token, accepted):
     ("email", claims(verified=[True]), False),
     ("email", claims("carol", verified=None), False),  # the claim is email: checked whatever the value
     ("preferred_username", {"preferred_username": "carol@example.com"}, False),  # looks like an address
-    ("preferred_username", {"preferred_username": "carol@example.com", "email_verified": True}, True),
+    # email_verified speaks for the email claim only: the address must be that same, verified email.
+    ("preferred_username", {"preferred_username": "carol@example.com", "email_verified": True}, False),
+    ("preferred_username", {"preferred_username": "carol@example.com", "email": "carol@example.com",
+                            "email_verified": True}, True),
+    ("preferred_username", {"preferred_username": "alice@example.com", "email": "mallory@evil.test",
+                            "email_verified": True}, False),
+    ("preferred_username", {"preferred_username": "alice@example.com", "email": "ALICE@example.com",
+                            "email_verified": True}, False),
     ("preferred_username", {"preferred_username": "carol"}, True),  # not an address: nothing to verify
     ("sub", {"sub": "00u1abc"}, True),
     ("upn", {"upn": "carol@example.com", "email_verified": "true"}, False),
