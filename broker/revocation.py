@@ -123,9 +123,15 @@ class RevocationService:
 
     # ------------------------------------------------------------------ the unit of work
     def _apply(self, *, principal_id: str, source_ip: str | None, action: str,
-               mutate: Callable[[Repository, list[rules.RevocationEntry], datetime], Change]) -> dict[str, Any]:
+               mutate: Callable[[Repository, list[rules.RevocationEntry], datetime], Change],
+               precheck: Callable[[Repository], None] | None = None) -> dict[str, Any]:
         now = self.clock.now()
         try:
+            if precheck is not None:
+                # NOTE: who may do this is decided from a read first, so a refused caller (one flooding, say) never
+                # takes the log's lock; ``mutate`` decides again under it, where it counts.
+                with self.database.read() as repo:
+                    precheck(repo)
             with self.database.transaction() as repo:
                 lock_issuance(repo)
                 entries = self._load(repo)
@@ -215,7 +221,8 @@ class RevocationService:
             return Change(roles={grant.role_arn}, events=[event],
                           view={"grant": grant_view(grant, ttl_seconds=ttl), "status": "revoked", "reason": reason})
 
-        return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke", mutate=mutate)
+        return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke", mutate=mutate,
+                           precheck=lambda repo: self._authorize_grant(principal, repo.get_grant(str(grant_id)[:64])))
 
     @staticmethod
     def _authorize_grant(principal: Principal, grant: GrantRow | None) -> None:
@@ -269,7 +276,8 @@ class RevocationService:
                 "status": "revoked", "target": target, "value": value, "issued_before": rules.iam_time(cutoff),
                 "roles": sorted(roles), "grants_revoked": [g.id for g in grants], "reason": reason})
 
-        return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke_all", mutate=mutate)
+        return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke_all", mutate=mutate,
+                           precheck=lambda repo: self._authorize_revoke_all(repo, principal, target, value))
 
     def _authorize_revoke_all(self, repo: Repository, principal: Principal, target: str, value: str) -> None:
         if principal.has_role(Role.ADMIN):

@@ -54,7 +54,8 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
 
     app = create_app(container)
     stop = threading.Event()
-    threading.Thread(target=_checkpoint_loop, args=(container, stop), daemon=True).start()
+    sweeper = threading.Thread(target=_checkpoint_loop, args=(container, stop), daemon=True)
+    sweeper.start()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if banner:
@@ -80,13 +81,23 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
     try:
         server.run()
     finally:
-        stop.set()
-        _write_suppressed_refusals(container)
-        # A checkpoint a boundary asked for may still be signing on its background thread: let it finish.
-        checkpointer = container.extras.get("checkpointer")
-        if checkpointer is not None and not checkpointer.drain(timeout=10):
-            logging.getLogger("broker").warning("the last log checkpoint did not finish before shutdown")
+        _shut_down(container, stop, sweeper)
     return 0
+
+
+def _shut_down(container, stop: threading.Event, sweeper: threading.Thread) -> None:
+    """After the server stopped: end the sweep, write what is still only in memory, finish the last checkpoint."""
+    stop.set()
+    # NOTE: a sweep under way may hold counts it took from the budget: let it write them before the last
+    # flush (which would find nothing) and the process exit (which would lose them).
+    sweeper.join(timeout=30)
+    if sweeper.is_alive():
+        logging.getLogger("broker").warning("the periodic sweep did not finish before shutdown")
+    _write_suppressed_refusals(container)
+    # A checkpoint a boundary asked for may still be signing on its background thread: let it finish.
+    checkpointer = container.extras.get("checkpointer")
+    if checkpointer is not None and not checkpointer.drain(timeout=10):
+        logging.getLogger("broker").warning("the last log checkpoint did not finish before shutdown")
 
 
 def _write_suppressed_refusals(container) -> None:

@@ -718,6 +718,7 @@ SHARED_ISSUERS: frozenset[str] = frozenset({
     "https://app.terraform.io",
     "https://agent.buildkite.com",
     "https://accounts.google.com",
+    "accounts.google.com",  # Google's ID tokens may carry this scheme-less form of its issuer too
 })
 
 

@@ -157,6 +157,12 @@ class UiOidcFlowStore:
                                         created_at=now, expires_at=now + FLOW_LIFETIME,
                                         client_address=client_address))
 
+    def known(self, state: str | None) -> bool:
+        """Is there a flow row for ``state`` at all?  A read: the callback then ``take``-s it to use it."""
+        if not state or len(state) > 200:
+            return False
+        return self._session.get(UiOidcFlowRow, token_digest(state)) is not None
+
     def take(self, state: str | None, *, now: datetime) -> UiOidcFlow | None:
         """Consume the flow named by ``state``: None if unknown, already used or expired."""
         if not state or len(state) > 200:

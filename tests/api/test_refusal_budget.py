@@ -178,3 +178,68 @@ def test_the_setting(monkeypatch, tmp_path, moto_server):
         build_harness(db_url=f"sqlite:///{tmp_path / 'b.db'}", scopes=TEST_SCOPES,
                       aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "state", refusals_per_minute=-1)
     assert raised.value.code == "config_invalid"
+
+
+@pytest.mark.parametrize("budgeted", [{"refusals_per_minute": 1}], indirect=True)
+def test_refused_revocations_over_budget_take_no_lock(budgeted):
+    """Who may revoke is decided from a read first: once an agent's refusals are only counted, its refused
+    revocations neither wait for nor take the log's lock (another writer holds it here)."""
+    import threading
+    import time
+
+    body = {"agent": "agent:other", "reason": "not mine to revoke"}
+    for _ in range(2):  # the budget's entry, then its refusals_suppressed announcement
+        assert budgeted.post("/v1/revocations", "agent:demo", json=body).status_code == 403
+    database = budgeted.container.database
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with database.transaction() as repo:
+            repo.lock_log_head()
+            holding.set()
+            done.wait(10)
+
+    writer = threading.Thread(target=hold, daemon=True)
+    writer.start()
+    assert holding.wait(10)
+    try:
+        started = time.monotonic()
+        answers = [budgeted.post("/v1/revocations", "agent:demo", json=body) for _ in range(10)]
+        grant = budgeted.post("/v1/grants/no-such-grant/revoke", "agent:demo", json={"reason": "probe"})
+        elapsed = time.monotonic() - started
+    finally:
+        done.set()
+        writer.join(10)
+    assert [a.json()["error"]["code"] for a in answers] == ["not_allowed_to_revoke"] * 10
+    assert grant.status_code == 404
+    assert elapsed < 5, elapsed  # a unit of work taking the log's lock would have waited the writer's 10 s
+
+
+def test_shutdown_waits_for_a_sweep_that_already_took_the_counts(budgeted, monkeypatch):
+    """SIGTERM while the minute sweep is writing the counts it took: shutdown lets it finish, so the count is
+    in the log when the process would exit (the last flush alone would find nothing to write)."""
+    import threading
+    import time
+
+    from broker.cli.server import _checkpoint_loop, _shut_down
+    from broker.storage.repository import Repository
+
+    for _ in range(REFUSAL_BUDGET + 5):
+        budgeted.post("/v1/requests", "agent:demo", json=UNKNOWN)
+    budgeted.clock.advance(61)  # the window is over: the next sweep takes its count
+    append, sweeping = Repository.append_event, threading.Event()
+
+    def slow_summary(self, body):
+        if body.get("type") == "refusals_suppressed_summary":
+            sweeping.set()
+            time.sleep(1)  # a sweep mid-write (a slow disk, a lock wait) when the stop comes
+        return append(self, body)
+
+    monkeypatch.setattr(Repository, "append_event", slow_summary)
+    stop = threading.Event()
+    sweeper = threading.Thread(target=_checkpoint_loop, args=(budgeted.container, stop, 0.01), daemon=True)
+    sweeper.start()
+    assert sweeping.wait(10)
+    _shut_down(budgeted.container, stop, sweeper)
+    assert not sweeper.is_alive()
+    assert [e["type"] for e in budgeted.events()].count("refusals_suppressed_summary") == 1

@@ -208,3 +208,18 @@ def test_a_real_sign_in_completes_once_the_flood_has_expired(provider, db_url, m
 ])
 def test_flow_source(address, source):
     assert flow_source(address) == source
+
+
+def test_callbacks_naming_no_flow_are_answered_from_a_read(site):
+    """Forged or replayed callbacks (no such state) take no write transaction: while another writer holds what
+    a flow write waits for, they are still answered at once, and nothing is written."""
+    client = browser(site, "198.51.100.9")
+    before = [row.model_dump() for row in flow_rows(site)]
+    with writer_holding_the_flows(site):
+        started = time.monotonic()
+        answers = [client.get("/ui/oidc/callback", params={"state": f"forged-{n}", "code": "x"},
+                              follow_redirects=False).status_code for n in range(20)]
+        elapsed = time.monotonic() - started
+    assert set(answers) == {401}
+    assert elapsed < HOLD_SECONDS - 2, elapsed
+    assert [row.model_dump() for row in flow_rows(site)] == before and session_rows(site) == []

@@ -367,8 +367,13 @@ def _finish(request: Request, container: Container, client: UiOidcClient) -> tup
     error = _single_param(request, "error")
     issuer = _single_param(request, "iss")
     now = container.clock.now()
-    with container.database.transaction() as repo:
-        flow = UiOidcFlowStore(repo).take(state, now=now)
+    flow = None
+    # NOTE: a read first: a callback naming no flow (forged, replayed, a flood of them) costs no write transaction.
+    with container.database.read() as repo:
+        known = UiOidcFlowStore(repo).known(state)
+    if known:
+        with container.database.transaction() as repo:
+            flow = UiOidcFlowStore(repo).take(state, now=now)
     if flow is None:
         raise Unauthenticated("This sign-in link has expired or was already used. Start again.",
                               code="oidc_state_invalid")
