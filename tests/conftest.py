@@ -8,6 +8,7 @@ import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -145,6 +146,37 @@ def _broker_logger_restored():
     yield
     logger.handlers[:] = handlers
     logger.setLevel(level)
+
+
+# ----------------------------------------------------------------------------- another writer
+LOCK_LOG_HEAD = "SELECT seq FROM log_head WHERE id = 1 FOR UPDATE"
+
+
+@contextmanager
+def another_writer(engine, postgres_statements: tuple[str, ...] = (LOCK_LOG_HEAD,), seconds: float = 10):
+    """Another writer for up to ``seconds``: on SQLite it holds the write lock (BEGIN IMMEDIATE), on PostgreSQL
+    what ``postgres_statements`` lock (by default the log's head).  What waits for either is slow; a quick
+    answer proves it took neither."""
+    import threading
+
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.connect() as connection, connection.begin():
+            if engine.dialect.name == "postgresql":
+                for statement in postgres_statements:
+                    connection.exec_driver_sql(statement)
+            holding.set()
+            done.wait(seconds)
+
+    writer = threading.Thread(target=hold, daemon=True)
+    writer.start()
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        writer.join(10)
 
 
 # ----------------------------------------------------------------------------- clock

@@ -12,7 +12,7 @@ from broker.domain.log import log_time
 from broker.errors import InvalidInput
 from broker.settings import BrokerSettings, load_settings
 from tests.api.test_events_api import verify_file
-from tests.conftest import REFUSAL_BUDGET, TEST_SCOPES, build_harness
+from tests.conftest import REFUSAL_BUDGET, TEST_SCOPES, another_writer, build_harness
 from tests.revocation.conftest import S3_REQUEST
 
 N = REFUSAL_BUDGET  # the budget in these tests (the `budgeted` fixture)
@@ -184,32 +184,16 @@ def test_the_setting(monkeypatch, tmp_path, moto_server):
 def test_refused_revocations_over_budget_take_no_lock(budgeted):
     """Who may revoke is decided from a read first: once an agent's refusals are only counted, its refused
     revocations neither wait for nor take the log's lock (another writer holds it here)."""
-    import threading
     import time
 
     body = {"agent": "agent:other", "reason": "not mine to revoke"}
     for _ in range(2):  # the budget's entry, then its refusals_suppressed announcement
         assert budgeted.post("/v1/revocations", "agent:demo", json=body).status_code == 403
-    database = budgeted.container.database
-    holding, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with database.transaction() as repo:
-            repo.lock_log_head()
-            holding.set()
-            done.wait(10)
-
-    writer = threading.Thread(target=hold, daemon=True)
-    writer.start()
-    assert holding.wait(10)
-    try:
+    with another_writer(budgeted.container.database.engine):
         started = time.monotonic()
         answers = [budgeted.post("/v1/revocations", "agent:demo", json=body) for _ in range(10)]
         grant = budgeted.post("/v1/grants/no-such-grant/revoke", "agent:demo", json={"reason": "probe"})
         elapsed = time.monotonic() - started
-    finally:
-        done.set()
-        writer.join(10)
     assert [a.json()["error"]["code"] for a in answers] == ["not_allowed_to_revoke"] * 10
     assert grant.status_code == 404
     assert elapsed < 5, elapsed  # a unit of work taking the log's lock would have waited the writer's 10 s

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 from broker.api.ui import oidc
 from broker.storage import ui_oidc_flows
 from broker.storage.ui_oidc_flows import BEGIN_LOCK_KEY, FLOW_CAPS, flow_caps, flow_source
-from tests.conftest import FrozenClock
+from tests.conftest import FrozenClock, another_writer
 from tests.ui.oidc_idp import running_idp
 from tests.ui.test_oidc_sign_in import at_provider, begin, flow_rows, make_site, session_rows
 
@@ -118,28 +117,11 @@ def test_a_finished_flow_frees_its_slot(site, small_caps, provider):
 HOLD_SECONDS = 10
 
 
-@contextmanager
 def writer_holding_the_flows(harness):
     """Another unit of work that holds, for HOLD_SECONDS at most, what a write to ui_oidc_flows waits for."""
-    engine = harness.container.database.engine
-    holding, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with engine.connect() as connection, connection.begin():        # SQLite: BEGIN IMMEDIATE
-            if engine.dialect.name == "postgresql":
-                connection.exec_driver_sql("LOCK TABLE ui_oidc_flows IN EXCLUSIVE MODE")   # reads still pass
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({BEGIN_LOCK_KEY})")
-            holding.set()
-            done.wait(HOLD_SECONDS)
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert holding.wait(10)
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(10)
+    # PostgreSQL: reads of the flows still pass; writes, and the serialized re-check, wait.
+    return another_writer(harness.container.database.engine, seconds=HOLD_SECONDS, postgres_statements=(
+        "LOCK TABLE ui_oidc_flows IN EXCLUSIVE MODE", f"SELECT pg_advisory_xact_lock({BEGIN_LOCK_KEY})"))
 
 
 def test_beyond_the_cap_nothing_is_written_nor_waited_for(site, small_caps):

@@ -8,7 +8,7 @@ import pytest
 from sqlmodel import select
 
 from broker.storage.ui_sessions import SESSION_IDLE, SESSION_LIFETIME, UiSessionRow
-from tests.conftest import TEST_SCOPES, build_harness
+from tests.conftest import TEST_SCOPES, another_writer, build_harness
 
 PROD = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "deploy"}
 
@@ -160,30 +160,15 @@ def test_deny_from_the_page(ui):
 def test_a_cookie_naming_no_session_costs_no_write_transaction(ui):
     """A stale or forged session cookie is answered from a read: while another writer holds SQLite's write
     lock (as an issuance does), such requests neither wait for it nor take it."""
-    import threading
     import time
 
     from broker.api.ui.security import SESSION_COOKIE
 
-    engine = ui.container.database.engine
-    holding, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with engine.connect() as connection, connection.begin():  # BEGIN IMMEDIATE
-            holding.set()
-            done.wait(10)
-
-    writer = threading.Thread(target=hold, daemon=True)
-    writer.start()
-    assert holding.wait(10)
-    try:
+    with another_writer(ui.container.database.engine):
         started = time.monotonic()
         for n in range(20):
             ui.client.cookies.set(SESSION_COOKIE, f"forged-{n}")
             answer = ui.client.get("/ui/requests", follow_redirects=False)
             assert answer.status_code in (303, 307) and "/ui/sign-in" in answer.headers["location"]
         elapsed = time.monotonic() - started
-    finally:
-        done.set()
-        writer.join(10)
     assert elapsed < 5, elapsed  # a write transaction would have waited for the other writer (10 s)
