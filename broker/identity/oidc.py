@@ -220,8 +220,19 @@ class OidcIssuerConfig:
 
     @property
     def pinned(self) -> bool:
-        """Does anything narrow the issuer's tokens down to this deployment's workloads?"""
-        return bool(self.pins) or self.require_registered
+        """Does anything narrow the issuer's tokens down to this deployment's workloads?
+
+        A pin that constrains nothing does not count: a required claim the verifier checks anyway (``iss``,
+        ``aud``, ...), or a pattern that a stranger's principal matches (``.*``, ``repo:.*``).
+        """
+        if self.require_registered:
+            return True
+        if any(name not in _VERIFIED_ANYWAY for name, _value in self.required_claims):
+            return True
+        if self.principal_pattern is None:
+            return False
+        pattern = re.compile(self.principal_pattern)
+        return not any(pattern.fullmatch(probe) for probe in _STRANGERS)
 
     def weaknesses(self) -> list[str]:
         """What a security reviewer would flag in this issuer, as sentences (empty when none)."""
@@ -712,6 +723,13 @@ class OidcVerifier:
 # Actions workflow, a gitlab.com pipeline, a Terraform Cloud run or a Buildkite job, or own a Google
 # account, and ask for a token with any audience.  Trusted with nothing pinned, they would make every
 # stranger an agent; such an issuers file does not load.
+# Claims every token of the issuer carries, checked by the verifier itself: pinning them narrows nothing.
+_VERIFIED_ANYWAY = frozenset({"iss", "aud", "azp", "exp", "nbf", "iat", "jti", "typ"})
+# Principals of workloads that are plainly not this deployment's, in the shapes CI systems and clusters use.
+_STRANGERS = ("x", "stranger", "repo:stranger/x:ref:refs/heads/main", "repo:stranger/x:environment:prod",
+              "project_path:stranger/x:ref_type:branch:ref:main", "system:serviceaccount:stranger:x",
+              "organization:stranger:project:x:workspace:x:run_phase:apply", "104857600123456789012")
+
 SHARED_ISSUERS: frozenset[str] = frozenset({
     "https://token.actions.githubusercontent.com",
     "https://gitlab.com",

@@ -303,3 +303,18 @@ def test_an_issuer_whose_agents_act_for_no_human_is_named(extra, warned):
     assert bool(found) is warned
     if warned:
         assert "acts_for_claim" in found[0] and "act for no human" in found[0]
+
+
+@pytest.mark.parametrize("pins", [
+    {"principal_pattern": ".*"},
+    {"principal_pattern": "repo:.*"},                          # any owner's repository
+    {"principal_pattern": "[a-z0-9:/._-]+"},
+    {"required_claims": {"iss": ISSUER}},                      # checked by the verifier anyway
+    {"required_claims": {"aud": AUDIENCE}},
+], ids=str)
+def test_a_pin_that_constrains_nothing_does_not_count(pins):
+    config = issuer_config({**GOOD_CONFIG, **pins})
+    assert not config.pinned
+    assert any("accepts every principal" in warning for warning in issuer_warnings([config]))
+    with pytest.raises(ValueError):  # a shared issuer "pinned" so is refused at load like an unpinned one
+        issuer_config({**GOOD_CONFIG, **pins, "issuer": "https://token.actions.githubusercontent.com"})
