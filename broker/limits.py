@@ -33,12 +33,6 @@ from broker.storage.repository import Repository
 WINDOW = timedelta(seconds=60)
 
 
-def lock_issuance(repo: Repository) -> None:
-    """Serialize with every other issuance and log append: take the log head's lock (see
-    :meth:`Repository.lock_log_head`; a no-op if this unit of work holds it already)."""
-    repo.lock_log_head()
-
-
 def _aware(moment: datetime) -> datetime:
     from datetime import UTC
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -114,7 +108,8 @@ class RateLimitGate:
     def __call__(self, repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
         if not self.limits:
             return  # every limit was disabled on purpose by configuration
-        lock_issuance(repo)
+        # NOTE: counted under the log's lock (a no-op if the unit of work holds it already), so a limit is exact.
+        repo.lock_log_head()
         counts = repo.issuance_counts(agent=principal.id, template=template.name, since=now - WINDOW, now=now)
         for limit in self.limits:
             count = counts[limit.counted]
@@ -125,4 +120,4 @@ class RateLimitGate:
                                   details={"retry_after": retry, "limit": limit.maximum, "count": count})
 
 
-__all__ = ["Limit", "RateLimitGate", "lock_issuance"]
+__all__ = ["Limit", "RateLimitGate"]

@@ -53,11 +53,10 @@ from broker.domain.sts_rules import source_identity_for
 from broker.domain.templates import STS_MAX_DURATION, Environment, ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFound, PolicyTooLarge,
                            StorageUnavailable, Unavailable)
-from broker.limits import lock_issuance
 from broker.ports import Clock, SessionRevoker, TemplateSource
-from broker.refusals import RefusalBudget, refusal_entry
+from broker.refusals import RefusalBudget
 from broker.service import _clean_reason as clean_reason
-from broker.service import grant_view
+from broker.service import append_refusal, grant_view
 from broker.storage.engine import Database
 from broker.storage.models import GrantRow
 from broker.storage.repository import Repository
@@ -133,7 +132,7 @@ class RevocationService:
                 with self.database.read() as repo:
                     precheck(repo)
             with self.database.transaction() as repo:
-                lock_issuance(repo)
+                repo.lock_log_head()
                 entries = self._load(repo)
                 change = mutate(repo, entries, now)
                 entries = rules.merge_revoke_all(rules.live_entries(entries, now=now))
@@ -168,11 +167,7 @@ class RevocationService:
         # NOTE: a refusal counts against the principal's refusal budget (see broker.refusals); a failure
         # (IAM, database) is not the caller's to repeat at will and is always written.
         budget = self.refusal_budget if kind == "refused" else RefusalBudget.disabled()
-        # NOTE: if even this cannot be written the caller gets 503: nothing unlogged succeeds.
-        with refusal_entry(budget, principal_id, reason_code=error.code) as ticket:
-            if ticket is not None:  # None: counted by the refusal budget; the error is raised all the same
-                with self.database.transaction() as repo:
-                    repo.append_event(ticket.shape(body))
+        append_refusal(self.database, budget, principal_id, body)
 
     @staticmethod
     def _load(repo: Repository) -> list[rules.RevocationEntry]:
@@ -372,7 +367,7 @@ class RevocationService:
         scope = self._admin_scope(principal, environment, source_ip=source_ip, action="lockdown")
         now = self.clock.now()
         with self.database.transaction() as repo:
-            lock_issuance(repo)
+            repo.lock_log_head()
             if repo.get_setting(LOCKDOWN_KEY.format(scope=scope)) is not None:
                 raise Conflict(f"'{scope}' is already locked down", code="already_locked_down")
             state = {"environment": scope, "by": principal.id, "reason": reason, "at": _iso(now)}
@@ -389,7 +384,7 @@ class RevocationService:
         scope = self._admin_scope(principal, environment, source_ip=source_ip, action="lockdown_lift")
         now = self.clock.now()
         with self.database.transaction() as repo:
-            lock_issuance(repo)
+            repo.lock_log_head()
             locked = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
             if locked is None:
                 raise Conflict(f"'{scope}' is not locked down", code="not_locked_down")

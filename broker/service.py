@@ -210,16 +210,14 @@ class BrokerService:
             repo.lock_log_head()  # first: a lockdown commits before this unit of work or after it
             for gate in self.release_gates:
                 gate(repo, row.environment)
-            if retry:
-                # NOTE: the connection may have been lost at COMMIT, after that commit landed: then this exact
-                # grant is recorded and logged already, and nothing is written twice.
-                recorded = repo.get_grant(grant.id)
-                if recorded is not None:
-                    if recorded.access_key_id == grant.access_key_id:
-                        return
-                    raise Conflict("the request changed while credentials were minted", code="request_changed")
-            if not repo.record_issued(row.id, from_statuses=[RequestStatus.ISSUING.value],
-                                      to_status=RequestStatus.ISSUED.value, grant=grant, now=grant.issued_at):
+            # NOTE: on a retry the connection may have been lost at COMMIT, after that commit landed: then this
+            # exact grant is recorded and logged already, and nothing is written twice.
+            recorded = repo.get_grant(grant.id) if retry else None
+            if recorded is not None and recorded.access_key_id == grant.access_key_id:
+                return
+            if recorded is not None or not repo.record_issued(
+                    row.id, from_statuses=[RequestStatus.ISSUING.value], to_status=RequestStatus.ISSUED.value,
+                    grant=grant, now=grant.issued_at):
                 raise Conflict("the request changed while credentials were minted", code="request_changed")
             repo.append_event(self._event("issued", row, actor=actor, now=grant.issued_at,
                                           access_key_id=grant.access_key_id,
@@ -248,12 +246,7 @@ class BrokerService:
                     template=str(template_name)[:100].replace("\x00", "\ufffd"),
                     source_ip=source_ip, reason_code=error.code,
                     details={"message": error.message[:300], **({"field": error.field} if error.field else {})})
-        # NOTE: if the refusal cannot be logged the caller gets 503 instead: nothing unlogged.  Over the
-        # principal's refusal budget it is counted, not written (broker.refusals); the error is raised all the same.
-        with refusal_entry(self.refusal_budget, principal.id, reason_code=error.code) as ticket:
-            if ticket is not None:
-                with self.database.transaction() as repo:
-                    repo.append_event(ticket.shape(body))
+        append_refusal(self.database, self.refusal_budget, principal.id, body)
 
     def flush_suppressed_refusals(self, *, close_open: bool = False) -> int:
         """Write the counts of suppressed refusals that no later refusal carried (``broker serve``'s
@@ -559,6 +552,18 @@ class BrokerService:
         body["details"] = details
         body.update(extra)
         return body
+
+
+def append_refusal(database: Database, budget: RefusalBudget, principal_id: str, body: dict[str, Any]) -> None:
+    """Write a refusal's entry in its own unit of work, or let the principal's refusal budget count it instead.
+
+    NOTE: if the entry cannot be written the caller gets 503 instead: nothing unlogged.  Over the budget it is
+    counted, not written (broker.refusals); the caller raises its error all the same.
+    """
+    with refusal_entry(budget, principal_id, reason_code=body["reason_code"]) as ticket:
+        if ticket is not None:
+            with database.transaction() as repo:
+                repo.append_event(ticket.shape(body))
 
 
 def mint_intent_for(row: AnyRequest, now: datetime) -> NewMintIntent:

@@ -6,6 +6,7 @@ DurationSeconds) and "Passing session tags in AWS STS".
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 
@@ -63,8 +64,6 @@ def source_identity_for(principal_id: str) -> str:
     characters the value is cut and ends in ``=`` + 16 hex characters of the id's SHA-256 (the exact id
     is in the session tags and the issuance log either way).
     """
-    import hashlib
-
     kind, colon, name = principal_id.partition(":")
     escaped = "".join(ch if _SOURCE_IDENTITY_PLAIN.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode())
                       for ch in name)

@@ -229,10 +229,8 @@ class OidcIssuerConfig:
             return True
         if any(name not in _VERIFIED_ANYWAY for name, _value in self.required_claims):
             return True
-        if self.principal_pattern is None:
-            return False
-        pattern = re.compile(self.principal_pattern)
-        return not any(pattern.fullmatch(probe) for probe in _STRANGERS)
+        patterns = [pin.pattern for pin in self.pins if isinstance(pin, ClaimMatches)]
+        return any(not any(pattern.fullmatch(probe) for probe in _STRANGERS) for pattern in patterns)
 
     def weaknesses(self) -> list[str]:
         """What a security reviewer would flag in this issuer, as sentences (empty when none)."""
