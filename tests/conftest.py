@@ -148,6 +148,21 @@ def _broker_logger_restored():
     logger.setLevel(level)
 
 
+# ----------------------------------------------------------------------------- a migrated database
+@contextmanager
+def migrated_database(db_url: str, kind: type | None = None):
+    """A migrated database at ``db_url`` (a ``Database``, or the ``kind`` given), disposed afterwards."""
+    from broker.storage.engine import Database, build_engine
+    from broker.storage.migrations import migrate
+
+    database = (kind or Database)(build_engine(db_url))
+    migrate(database.engine)
+    try:
+        yield database
+    finally:
+        database.engine.dispose()
+
+
 # ----------------------------------------------------------------------------- another writer
 LOCK_LOG_HEAD = "SELECT seq FROM log_head WHERE id = 1 FOR UPDATE"
 

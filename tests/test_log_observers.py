@@ -9,19 +9,15 @@ import pytest
 
 from broker.errors import InvalidInput
 from broker.log_observers import CheckpointEvery, InBackground, ObservedDatabase
-from broker.storage.engine import build_engine
-from broker.storage.migrations import migrate
-from tests.conftest import TEST_SCOPES, build_harness
+from tests.conftest import TEST_SCOPES, build_harness, migrated_database
 
 S3 = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "read the cost reports"}
 
 
 @pytest.fixture
 def database(db_url):
-    observed = ObservedDatabase(build_engine(db_url))
-    migrate(observed.engine)
-    yield observed
-    observed.engine.dispose()
+    with migrated_database(db_url, ObservedDatabase) as observed:
+        yield observed
 
 
 def body(kind: str) -> dict:

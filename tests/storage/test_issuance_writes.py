@@ -10,18 +10,16 @@ from sqlmodel import select
 from broker.domain import log as issuance_log
 from broker.errors import Conflict
 from broker.storage.engine import Database, build_engine
-from broker.storage.migrations import migrate
 from broker.storage.models import GrantRow, MintIntentRow, NewGrant, NewMintIntent, NewRequest, RequestRow
+from tests.conftest import migrated_database
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 @pytest.fixture
 def database(db_url):
-    database = Database(build_engine(db_url))
-    migrate(database.engine)
-    yield database
-    database.engine.dispose()
+    with migrated_database(db_url) as database:
+        yield database
 
 
 def _request(request_id: str, grant_id: str) -> NewRequest:
