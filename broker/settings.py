@@ -43,6 +43,10 @@ class BrokerSettings(BaseSettings):
     # Refusals of one principal logged one by one per minute (per replica); beyond it they are counted and
     # the count is logged (broker.usecases.refusal_budget).  0 disables the budget (every refusal its own entry); < 0 is refused.
     refusals_per_minute: int = 30
+    # Template owners (their Ed25519 public keys) and how many distinct owners must sign a production template
+    # (or one whose risk needs co-signing).  Unset: signatures are not required (`broker serve` warns).
+    template_owners_file: Path | None = None
+    template_signatures_required: int | None = None
     # A development broker: demo principals, in-process AWS endpoint.
     dev_mode: bool = False
     state_dir: Path | None = None

@@ -235,9 +235,11 @@ class BrokerHarness:
         with self.container.database.transaction() as repo:
             return int(repo.session.exec(select(func.count()).select_from(RequestRow)).one())
 
-    def events(self) -> list[dict]:
+    def events(self, *, include_loads: bool = False) -> list[dict]:
+        """The log's entries; without the ``templates_loaded`` entry every start-up writes, unless asked."""
         with self.container.database.transaction() as repo:
-            return repo.query_events(filters={}, limit=10_000)
+            entries = repo.query_events(filters={}, limit=10_000)
+        return entries if include_loads else [e for e in entries if e["type"] != "templates_loaded"]
 
 
 def build_harness(*, db_url: str, scopes: Path, aws_endpoint: str, state_dir: Path, minter=None,

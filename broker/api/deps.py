@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from broker.storage.template_files import TemplateCatalog, load_catalog
+from broker.storage.template_files import TemplateCatalog
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.errors import BrokerError, Forbidden, InvalidInput
@@ -121,8 +121,14 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     if run_migrations:
         migrate(database.engine)
     template_check, rendered_check, blast = template_checks()
-    catalog = load_catalog(Path(settings.scopes_dir), checks=template_check)
     clock = clock or SystemClock()
+    from broker.aws.action_database import default_action_knowledge
+    from broker.runtime.template_loading import TemplateLoader
+
+    # Checks, signatures, then a templates_loaded entry: a folder that fails any of them does not start.
+    templates = TemplateLoader(settings=settings, database=database, clock=clock, checks=template_check,
+                               actions=default_action_knowledge())
+    catalog = templates.start()
     if minter is None:
         from broker.aws.sts import StsMinter
         minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
@@ -131,6 +137,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     refusal_budget = RefusalBudget(per_minute=settings.refusals_per_minute, clock=clock)
     revocations, gates, redeem_gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
                                                        revoker=revoker, refusal_budget=refusal_budget)
+    gates = [*gates, templates.gate]   # last: a start-up whose templates_loaded entry is still pending writes it
     if notifier is None and settings.webhook_url:
         from broker.runtime.webhook import WebhookNotifier
         notifier = WebhookNotifier(settings.webhook_url)
@@ -154,7 +161,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock,
-                     extras={"audit": audit, "revocations": revocations, "checkpointer": checkpointer})
+                     extras={"audit": audit, "revocations": revocations, "checkpointer": checkpointer,
+                             "templates": templates})
 
 
 async def get_container(request: Request) -> Container:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from broker.cli import governance
 from broker.domain.log import load_public_key, parse_since, verify_export
 from broker.errors import BrokerError, InvalidInput, Unavailable
 
@@ -290,3 +291,5 @@ def register(subparsers) -> None:
     _add_format(report, ("text", "json"))
     _add_api_options(report)
     report.set_defaults(func=_report)
+
+    governance.register_audit(commands)  # reconcile

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.cli import governance
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS
-from broker.errors import InvalidInput, TemplateError, TemplateNotFound
+from broker.errors import BrokerError, InvalidInput, TemplateError, TemplateNotFound
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
     lint.add_argument("paths", nargs="*", type=Path, help="files or folders (default: $BROKER_SCOPES_DIR or ./scopes)")
     lint.add_argument("--format", choices=["text", "json"], default="text")
     lint.add_argument("--strict", action="store_true", help="warnings count as findings too")
+    lint.add_argument("--owners", type=Path, default=os.environ.get("BROKER_TEMPLATE_OWNERS_FILE") or None,
+                      help="template owners file: report templates short of valid signatures (warnings) "
+                           "(default $BROKER_TEMPLATE_OWNERS_FILE; unset: signatures are not checked)")
     lint.set_defaults(func=run_lint)
 
     def with_template(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +91,7 @@ def register(subparsers) -> None:
     simulate.add_argument("--format", choices=["text", "json"], default="text")
     simulate.set_defaults(func=run_simulate)
 
+    governance.register_scopes(sub)  # diff, sign, usage
     scopes.set_defaults(func=lambda _args: (scopes.print_help(), EXIT_UNUSABLE)[1])
 
 
@@ -110,6 +115,11 @@ def run_lint(args: argparse.Namespace) -> int:
         print(f"error: no template files (*.yaml, *.yml) in {', '.join(map(str, paths))}", file=sys.stderr)
         return EXIT_UNUSABLE
     actions = default_action_knowledge()
+    try:
+        signing = governance.lint_signing(args.owners, actions)
+    except BrokerError as exc:
+        print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr)
+        return EXIT_UNUSABLE
     unusable = False
     findings: list[Finding] = []
     names: dict[str, str] = {}
@@ -130,6 +140,7 @@ def run_lint(args: argparse.Namespace) -> int:
         sizes.append({"template": template.name, "source": str(path),
                       "worst_case_policy_size": worst_case_policy_size(template), "limit": SESSION_POLICY_MAX_CHARS})
         findings.extend(f.located(source=str(path)) for f in check_template(template, actions=actions))
+        findings.extend(governance.signature_findings(path, template, signing))
     elapsed = time.perf_counter() - started
     errors = sum(f.blocking for f in findings)
     warnings = len(findings) - errors

@@ -38,6 +38,8 @@ def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60
             # Counts of suppressed refusals whose window is over and that no later refusal carried
             # (before the checkpoint, so it covers them).
             container.service.flush_suppressed_refusals()
+            if "templates" in container.extras:   # a start-up's templates_loaded entry the database refused
+                container.extras["templates"].write_pending()
             audit.checkpoint()
             container.service.expire_stale()
             # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
@@ -78,11 +80,25 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
         # it found and raises SIGTERM again; with the default handler that kills the process before the
         # shutdown work below.  A handler that does nothing lets server.run() return instead.
         signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+        install_reload_on_sighup(container)
     try:
         server.run()
     finally:
         _shut_down(container, stop, sweeper)
     return 0
+
+
+def install_reload_on_sighup(container) -> None:
+    """``kill -HUP``: reload the template folder (on a thread: a handler must not do the work), atomically;
+    a folder that fails any check leaves the running catalog as it was (see broker.runtime.template_loading)."""
+    templates = container.extras.get("templates")
+    if templates is None or not hasattr(signal, "SIGHUP"):
+        return
+
+    def reload(_signum, _frame) -> None:
+        threading.Thread(target=templates.reload, name="template-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 def _shut_down(container, stop: threading.Event, sweeper: threading.Thread) -> None:

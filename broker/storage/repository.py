@@ -441,6 +441,12 @@ class Repository:
             statement = statement.where(col(EventRow.time) < until)
         return [json.loads(row.body) for row in self.session.exec(statement)]
 
+    def latest_event(self, event_type: str) -> dict[str, Any] | None:
+        """The newest entry of one type (e.g. the last ``templates_loaded``), or None."""
+        row = self.session.exec(select(EventRow).where(col(EventRow.type) == event_type)
+                                .order_by(col(EventRow.seq).desc()).limit(1)).first()
+        return None if row is None else json.loads(row.body)
+
     def add_checkpoint(self, checkpoint: issuance_log.Checkpoint) -> None:
         self.session.merge(CheckpointRow(seq=checkpoint.seq, head_hash=checkpoint.head_hash, time=checkpoint.time,
                                          key_id=checkpoint.key_id, signature=checkpoint.signature))
