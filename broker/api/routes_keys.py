@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import ContainerDep, CurrentPrincipal, client_ip
 from broker.api.schemas import ERROR_RESPONSES
+from broker.identity.apikeys import generate_api_key
 from broker.usecases.api_keys import ApiKeyAdministration
 
 router = APIRouter(prefix="/v1", tags=["keys"], responses=ERROR_RESPONSES)
@@ -41,7 +42,7 @@ class RotateKeyBody(ReasonBody):
 
 
 def _keys(container: ContainerDep) -> ApiKeyAdministration:
-    return ApiKeyAdministration(database=container.database, clock=container.clock,
+    return ApiKeyAdministration(database=container.database, clock=container.clock, generate_key=generate_api_key,
                                 refusal_budget=container.service.refusal_budget)
 
 

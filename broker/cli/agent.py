@@ -316,10 +316,10 @@ def run_profile(args: argparse.Namespace) -> int:
     try:
         _embedded_token_source(args)
         args.url = args.url or os.environ.get("BROKER_URL") or DEFAULT_BROKER_URL
+        line = credential_process_line(args)
         with client_from(args) as client:
             # The template must exist, and the parameters fit it, before a profile names them.
             _check_parameters(client.template(args.template), dict(args.params))
-        line = credential_process_line(args)
     except BrokerAPIError as exc:
         return report_error(exc)
     settings = {"region": region, **({"endpoint_url": endpoint} if endpoint else {})}

@@ -53,6 +53,7 @@ def _expiry(args: argparse.Namespace) -> datetime | None:
 
 
 def _administration():
+    from broker.identity.apikeys import generate_api_key
     from broker.ports import SystemClock
     from broker.storage.engine import Database, build_engine
     from broker.storage.migrations import migrate
@@ -60,7 +61,8 @@ def _administration():
 
     database = Database(build_engine(load_settings().database_url))
     migrate(database.engine)
-    return ApiKeyAdministration(database=database, clock=SystemClock()), local_admin(getpass.getuser())
+    return (ApiKeyAdministration(database=database, clock=SystemClock(), generate_key=generate_api_key),
+            local_admin(getpass.getuser()))
 
 
 def create_key(args: argparse.Namespace) -> int:

@@ -20,18 +20,17 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
-from broker.identity.apikeys import generate_api_key
 from broker.ports import Clock
-from broker.refusals import RefusalBudget
-from broker.service import append_refusal
+from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.issuance import append_refusal
 from broker.storage.engine import Database
 from broker.storage.models import ApiKeyRow, PrincipalRow
 
@@ -133,10 +132,19 @@ def _check_key_id(key_id: str) -> str:
     return key_id
 
 
+class NewKey(Protocol):
+    """A freshly generated key (``broker.identity.apikeys.generate_api_key`` makes them)."""
+
+    key_id: str
+    token: str
+    token_hash: str
+
+
 @dataclass
 class ApiKeyAdministration:
     database: Database
     clock: Clock
+    generate_key: Callable[[], NewKey]
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
 
     # ------------------------------------------------------------------ helpers
@@ -183,7 +191,7 @@ class ApiKeyAdministration:
             raise InvalidInput("acts_for names a human: human:NAME", code="invalid_acts_for", field="acts_for")
         now = self.clock.now()
         expires_at = _future_expiry(expires_at, now)
-        issued = generate_api_key()
+        issued = self.generate_key()
         with self.database.transaction() as repo:
             repo.lock_log_head()
             existing = repo.get_principal_row(principal_id)
@@ -246,7 +254,7 @@ class ApiKeyAdministration:
                                field="grace_seconds")
         now = self.clock.now()
         expires_at = _future_expiry(expires_at, now)
-        issued = generate_api_key()
+        issued = self.generate_key()
         with self.database.transaction() as repo:
             repo.lock_log_head()
             old = repo.get_api_key_row(key_id)
