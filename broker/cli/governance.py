@@ -144,20 +144,15 @@ def log_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _export_from_api(args: argparse.Namespace) -> bytes:
-    import httpx
+    from broker.sdk import BrokerClient
+    from broker.sdk.errors import BrokerAPIError
 
-    from broker.errors import Unavailable
-
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        response = httpx.get(args.url.rstrip("/") + "/v1/events/export", headers=headers,
-                             timeout=httpx.Timeout(30.0, read=120.0))
-    except httpx.HTTPError as exc:
-        raise Unavailable(f"Cannot talk to the broker at {args.url}.") from exc
-    if response.status_code >= 400:
-        raise InvalidInput(f"the broker refused the log export (HTTP {response.status_code}); pass --log FILE "
-                           "or a reviewer's BROKER_TOKEN", code="log_export_unreadable")
-    return response.content
+        with BrokerClient(args.url, token=args.token) as client:
+            return "".join(line + "\n" for line in client.export_events()).encode("utf-8")
+    except BrokerAPIError as exc:
+        raise InvalidInput(f"the log export could not be fetched from {args.url} ({exc}); pass --log FILE or a "
+                           "reviewer's BROKER_TOKEN", code="log_export_unreadable") from exc
 
 
 def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
@@ -176,8 +171,10 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
                         help="an export from `broker audit export` (default: fetch it from the broker's API)")
     parser.add_argument("--public-key", type=Path, default=None, metavar="PEMFILE",
                         help="verify the export with the broker's log key first")
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", "http://127.0.0.1:8080"))
-    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"))
+    parser.add_argument("--url", default=os.environ.get("BROKER_URL", "http://127.0.0.1:8080"),
+                        help="broker URL, for the log export when --log is not given (env BROKER_URL)")
+    parser.add_argument("--token", default=None,
+                        help="a reviewer's token (default: BROKER_TOKEN, BROKER_TOKEN_FILE or BROKER_TOKEN_COMMAND)")
     parser.add_argument("--format", choices=["text", "json"], default="text")
 
 

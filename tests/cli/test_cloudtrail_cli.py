@@ -88,6 +88,9 @@ def test_every_minted_session_is_matched_both_ways(recorded, tmp_path, capsys):
     code, report = reconcile_json(harness, tmp_path, capsys, tmp_path / "trail")
     assert code == 0 and report["complete"] and report["matched"] == 2, report
     assert report["unlogged_sessions"] == [] and report["missing_from_cloudtrail"] == []
+    assert main(["audit", "reconcile", "--cloudtrail", str(tmp_path / "trail"), "--log", str(tmp_path / "log.jsonl"),
+                 "--scopes", str(harness.scopes)]) == 0
+    assert "COMPLETE: 2 matched, 0 unlogged" in capsys.readouterr().out
 
 
 def test_a_session_minted_around_the_broker_is_a_gap(recorded, moto_server, tmp_path, capsys):
@@ -192,6 +195,26 @@ def test_usage_per_statement_and_a_tightened_template(recorded, moto_server, tmp
     # The suggestion keeps what was used, lints clean, and the diff says it narrows.
     text = suggestion.read_text()
     assert "s3:GetObjectTagging" not in text and "GetBucketTagging" not in text
+    assert main(["scopes", "usage", "test-s3-wide", "--scopes", str(harness.scopes), "--cloudtrail",
+                 str(tmp_path / "trail"), "--log", str(log)]) == 0
+    text = capsys.readouterr().out
+    assert "used      s3:GetObject (2 call(s))" in text and "DENIED, not granted: s3:DeleteObject" in text
+    text = suggestion.read_text()
     assert main(["scopes", "lint", str(suggestion), "--strict"]) == 0
     assert main(["scopes", "diff", str(harness.scopes / "wide.yaml"), str(suggestion)]) == 0
     assert main(["scopes", "diff", str(suggestion), str(harness.scopes / "wide.yaml")]) == 1
+
+
+def test_without_log_the_export_comes_from_the_api(recorded, tmp_path, capsys):
+    from broker.api.app import create_app
+    from tests.live_server import serve
+
+    harness, trail = recorded
+    issue(harness)
+    trail.write(tmp_path / "trail")
+    with serve(create_app(harness.container)) as server:
+        base = ["audit", "reconcile", "--cloudtrail", str(tmp_path / "trail"), "--scopes", str(harness.scopes),
+                "--url", server.url, "--format", "json"]
+        code, report = run_json(capsys, [*base, "--token", harness.keys["human:rita"]])
+        assert code == 0 and report["matched"] == 1
+        assert main([*base, "--token", "not-a-key"]) == 2          # refused by the broker: unusable, not complete

@@ -141,8 +141,9 @@ def test_concurrent_appends_from_two_processes_make_one_gapless_chain(cluster):
     total = sum(results, Counter())
     assert total == Counter({201: 2 * per_replica, 422: 2 * per_replica}), unexpected
     seqs = stored_seqs(cluster)
-    # Each issuance appends requested + issued; each refusal appends refused.
-    assert seqs == list(range(1, 3 * 2 * per_replica + 1))
+    # Each issuance appends requested + issued; each refusal appends refused; each replica's start-up one
+    # templates_loaded.
+    assert seqs == list(range(1, 3 * 2 * per_replica + len(cluster.replicas) + 1))
     report = export_and_verify(cluster, b)
     assert report.entries == len(seqs)
     with a.client() as client:

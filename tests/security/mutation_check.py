@@ -69,6 +69,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              r"if len\(raw\) > spec\.max_length:", "if False:", "the per-parameter length limit"),
     Mutation("rendering-unknown-parameter", "broker/domain/rendering.py",
              r"\n    if unknown:", "\n    if False:", "the refusal of undeclared parameters"),
+    # --- signed templates
+    Mutation("signatures-distinct-owners", "broker/domain/template_signatures.py",
+             r"elif owner in owners:", "elif False:", "a template owner counts once"),
+    Mutation("signatures-digest", "broker/domain/template_signatures.py",
+             r"if signature\.digest != template\.version_digest:", "if False:",
+             "a signature over another version does not count"),
+    Mutation("signatures-verify", "broker/domain/template_signatures.py",
+             r"key\.verify\(raw, message\)", "pass", "the Ed25519 check of a template signature"),
+    Mutation("signatures-required-at-load", "broker/storage/template_files.py",
+             r"if not verdict\.satisfied:", "if False:", "serve refuses a template short of signatures"),
     # --- two-person rule
     Mutation("approval-self", "broker/domain/requests.py",
              r"if approver\.id == facts\.requester:", "if False:", "no self-approval"),
