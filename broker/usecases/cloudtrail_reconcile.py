@@ -176,6 +176,8 @@ def reconcile(*, entries: Sequence[Mapping[str, Any]], trail: TrailRecords, sinc
     sessions = logged_sessions(entries)
     near = [c for c in trail.assume_role
             if since - MATCH_SLACK <= c.time <= until + MATCH_SLACK and is_target_role(c.role_arn)]
+    # NOTE: a trail per region writing into one bucket delivers a global-endpoint call once per trail.
+    near = list({c.event_id or f"{c.access_key_id}/{c.time}": c for c in near}.values())
     result.failed_calls = [c for c in near if not c.succeeded and since <= c.time <= until]
     calls = [c for c in near if c.succeeded]
     by_key = {c.access_key_id: c for c in calls}

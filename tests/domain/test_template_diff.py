@@ -112,3 +112,36 @@ def test_identical_catalogs_are_same(actions):
 ])
 def test_coverage(new, old, covered):
     assert new.covered_by(old) is covered
+
+
+# ----------------------------------------------------------------------------- properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from broker.storage.template_files import templates_at  # noqa: E402
+from tests.conftest import REPO_SCOPES  # noqa: E402
+
+SHIPPED = sorted(templates_at(str(REPO_SCOPES)).values(), key=lambda t: t.name)
+
+
+@st.composite
+def narrowed(draw):
+    """A shipped template with some actions (never all of a statement's) removed."""
+    template = draw(st.sampled_from(SHIPPED))
+    statements = []
+    for statement in template.statements:
+        keep = draw(st.lists(st.sampled_from(statement.actions), min_size=1, unique=True))
+        statements.append(statement.model_copy(update={"actions": keep}))
+    # NOTE: a new model, not model_copy: model_copy would carry the cached version digest over.
+    data = template.model_dump(mode="python") | {"statements": [s.model_dump(mode="python") for s in statements]}
+    return template, type(template).model_validate(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(narrowed())
+def test_removing_actions_never_widens_and_putting_them_back_does(actions, pair):
+    original, smaller = pair
+    assert not compare_templates(original, smaller, actions=actions).widens
+    back = compare_templates(smaller, original, actions=actions)
+    removed_any = any(set(a.actions) != set(b.actions) for a, b in zip(original.statements, smaller.statements))
+    assert back.widens is removed_any
