@@ -83,14 +83,14 @@ def test_the_broker_checkpoints_every_n_entries(moto_server, tmp_path):
     with harness.container.database.transaction() as repo:
         assert repo.latest_checkpoint() is None
     checkpointer = harness.container.extras["checkpointer"]
-    for _ in range(4):  # 8 entries: requested + issued each
+    for _ in range(4):  # 8 entries: requested + issued each, after start-up's templates_loaded (seq 1)
         assert harness.post("/v1/requests", "agent:demo", json=S3).status_code == 201
         assert checkpointer.drain()  # it is signed in the background, right after the boundary's commit
     with harness.container.database.transaction() as repo:
         latest = repo.latest_checkpoint()
         head_seq, head_hash = repo.log_head()
-    assert head_seq == 8
-    assert latest is not None and latest.seq == 6
+    assert head_seq == 9
+    assert latest is not None and latest.seq == 9
     assert latest.key_id == harness.container.signer.key_id
     harness.container.database.engine.dispose()
 
