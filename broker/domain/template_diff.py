@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.domain.actions import ActionKnowledge
+from broker.domain.actions import ActionKnowledge, action_words
+from broker.domain.blast_radius import describe_resource
 from broker.domain.evaluator import action_matches, arn_matches
 from broker.domain.templates import Environment, ScopeTemplate, Statement
 
@@ -46,7 +47,8 @@ class Grant:
                 and (other.conditions == "" or other.conditions == self.conditions))
 
     def sentence(self) -> str:
-        text = f"{self.action} on {self.resource}"
+        name = self.action.split(":", 1)[-1]
+        text = f"{action_words(name)} ({self.action}) on {describe_resource(self.resource)}"
         return text + (f" only when {self.conditions}" if self.conditions else "")
 
 

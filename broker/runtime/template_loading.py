@@ -140,6 +140,10 @@ class TemplateLoader:
             self._warn_unsigned(catalog)
         self.catalog = catalog
         log.info("loaded %d template(s) from %s", len(catalog), self.settings.scopes_dir)
+        if self.signing.enforced:
+            log.info("template signatures enforced: %d of %d template owners (%s) sign every production or risky "
+                     "template", self.signing.required, len(self.signing.owners),
+                     ", ".join(o.name for o in self.signing.owners))
         return catalog
 
     def reload(self) -> bool:

@@ -154,7 +154,7 @@ def test_each_filter_returns_exactly_the_matching_entries(broker):
 def test_time_range_filters_by_entry_time(broker):
     start = broker.clock.now()
     run_traffic(broker)
-    everything = broker.events()
+    everything = broker.events(include_loads=True)
     until = issuance_log.log_time(start.replace(microsecond=0) + _seconds(60))
     since = until
     before = page(broker, until=until, limit=1000)["events"]
