@@ -43,7 +43,7 @@ class BrokerSettings(BaseSettings):
     # Requests one agent may have waiting for co-signers at once (so none can bury another under new ones).
     agent_max_pending_requests: int = 20
     # Refusals of one principal logged one by one per minute (per replica); beyond it they are counted and
-    # the count is logged (broker.refusals).  0 disables the budget (every refusal its own entry); < 0 is refused.
+    # the count is logged (broker.usecases.refusal_budget).  0 disables the budget (every refusal its own entry); < 0 is refused.
     refusals_per_minute: int = 30
     # A development broker: demo principals, in-process AWS endpoint.
     dev_mode: bool = False

@@ -94,8 +94,8 @@ def register(subparsers) -> None:
 # lint
 
 def run_lint(args: argparse.Namespace) -> int:
-    from broker.actiondb import default_action_knowledge
-    from broker.catalog import read_template, template_files
+    from broker.aws.action_database import default_action_knowledge
+    from broker.storage.template_files import read_template, template_files
     from broker.domain.guardrails import Finding, check_template, template_error_findings, worst_case_policy_size
 
     started = time.perf_counter()
@@ -155,7 +155,7 @@ def run_lint(args: argparse.Namespace) -> int:
 # render / explain / simulate
 
 def _load_template(args: argparse.Namespace):
-    from broker.catalog import load_catalog
+    from broker.storage.template_files import load_catalog
 
     directory = args.scopes or default_scopes_dir()
     catalog = load_catalog(directory)
@@ -176,7 +176,7 @@ def _params(args: argparse.Namespace) -> dict[str, str]:
 
 def _render_checked(template, params: dict[str, str]):
     """Validate, render and re-check like the broker does before minting; refuse on errors."""
-    from broker.actiondb import default_action_knowledge
+    from broker.aws.action_database import default_action_knowledge
     from broker.domain.guardrails import check_rendered, check_template
     from broker.domain.rendering import render_policy, validate_parameters
 
@@ -206,7 +206,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from broker.actiondb import default_action_knowledge
+    from broker.aws.action_database import default_action_knowledge
     from broker.domain.blast_radius import assess
 
     template = _load_template(args)
