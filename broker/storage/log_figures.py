@@ -90,13 +90,13 @@ class LogFigures:
         """(bucket, type, entries) for the given entry types, oldest bucket first."""
         bucket = self._bucket(bucketing).label("bucket")
         statement = (select(bucket, EVENTS.c.type, func.count().label("n"))
-                     .where(EVENTS.c.time >= since, EVENTS.c.time < until, EVENTS.c.type.in_(list(types)))
+                     .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(types)))
                      .group_by(bucket, EVENTS.c.type).order_by(bucket))
         return [(str(b), str(t), int(n)) for b, t, n in self._rows(statement)]
 
     def counts_by_type(self, *, types: Sequence[str], since: datetime, until: datetime) -> dict[str, int]:
         statement = (select(EVENTS.c.type, func.count())
-                     .where(EVENTS.c.time >= since, EVENTS.c.time < until, EVENTS.c.type.in_(list(types)))
+                     .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(types)))
                      .group_by(EVENTS.c.type))
         return {str(t): int(n) for t, n in self._rows(statement)}
 
@@ -104,7 +104,7 @@ class LogFigures:
         """Entries of the refusal types by their ``reason_code`` (entries only: see ``carried_counts``)."""
         reason = func.coalesce(self._body("reason_code"), literal("")).label("reason")
         statement = (select(reason, func.count())
-                     .where(EVENTS.c.time >= since, EVENTS.c.time < until, EVENTS.c.type.in_(list(types)))
+                     .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(types)))
                      .group_by(reason))
         return {str(r): int(n) for r, n in self._rows(statement)}
 
@@ -113,7 +113,7 @@ class LogFigures:
         """(time, ``details``) of the entries that carry counts of suppressed refusals (few: one per flooder
         a window at most), for the use case to add up with the refusal budget's own reading."""
         statement = (select(EVENTS.c.time, EVENTS.c.body)
-                     .where(EVENTS.c.time >= since, EVENTS.c.time < until, EVENTS.c.type.in_(list(types)),
+                     .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(types)),
                             self._body("details", "suppressed").is_not(None))
                      .order_by(EVENTS.c.seq).limit(limit))
         return [(time, json.loads(body).get("details") or {}) for time, body in self._rows(statement)]
@@ -126,7 +126,7 @@ class LogFigures:
                      else_=literal(WAIT_BUCKETS[-1][1])).label("bucket")
         joined = approved.join(opened, and_(opened.c.request_id == approved.c.request_id,
                                             opened.c.type == "pending"))
-        where = (approved.c.type == "approved", approved.c.time >= since, approved.c.time < until)
+        where = (approved.c.type == "approved", approved.c.time >= since, approved.c.time <= until)
         counts = {str(b): int(n) for b, n in
                   self._rows(select(label, func.count()).select_from(joined).where(*where).group_by(label))}
         total = sum(counts.values())
@@ -135,6 +135,7 @@ class LogFigures:
             waits = select(cast(wait, Float).label("w")).select_from(joined).where(*where)
             median = self._session.execute(select(waits.subquery().c.w).order_by("w").limit(1)
                                            .offset((total - 1) // 2)).scalar_one_or_none()
+            median = None if median is None else round(float(median), 3)  # SQLite's julianday: float noise
         return {name: counts.get(name, 0) for _, name in WAIT_BUCKETS}, median
 
     def live_grants(self, *, now: datetime) -> list[tuple[str, str, str, int]]:
@@ -153,7 +154,7 @@ class LogFigures:
         environment = self._body("details", "environment")
         empty = literal("[]")
         risky = or_(and_(risks.is_not(None), cast(risks, String) != empty), environment == "production")
-        where = (EVENTS.c.type == "issued", EVENTS.c.time >= since, EVENTS.c.time < until, risky)
+        where = (EVENTS.c.type == "issued", EVENTS.c.time >= since, EVENTS.c.time <= until, risky)
         total = int(self._session.execute(select(func.count()).select_from(EVENTS).where(*where)).scalar_one())
         newest = self._rows(select(EVENTS.c.body).where(*where).order_by(EVENTS.c.seq.desc()).limit(limit))
         return total, [json.loads(body) for (body,) in newest]
@@ -162,6 +163,6 @@ class LogFigures:
                limit: int = 20) -> list[dict[str, Any]]:
         """The newest entries of some types (revocations, lockdowns), as their bodies."""
         statement = (select(EVENTS.c.body)
-                     .where(EVENTS.c.time >= since, EVENTS.c.time < until, EVENTS.c.type.in_(list(types)))
+                     .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(types)))
                      .order_by(EVENTS.c.seq.desc()).limit(limit))
         return [json.loads(body) for (body,) in self._rows(statement)]

@@ -2,7 +2,7 @@
 
 Each chart is its own ``image/svg+xml`` answer, shown with ``<img>``: an SVG image runs no script,
 and pygal's own script is switched off anyway (``js=[]``), so the pages keep their script-free
-policy.  pygal styles its SVG with an embedded ``<style>``; the chart answers (and only they)
+policy (pygal's embedded configuration script is removed too).  pygal styles its SVG with an embedded ``<style>``; the chart answers (and only they)
 allow that inline style.  Labels (agent ids, template names, reason codes) are text nodes that
 pygal escapes.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+from xml.etree import ElementTree
 
 from broker.usecases.review import Figures
 
@@ -37,6 +38,17 @@ def _chart(kind: str, **config: Any):
     return chart
 
 
+def _svg(chart) -> str:
+    """The chart as SVG text, without the configuration script pygal always embeds (an ``<img>`` would not
+    run it, and the chart's policy forbids it anyway: it is removed rather than left inert)."""
+    tree = chart.render_tree()
+    for parent in list(tree.iter()):
+        for child in list(parent):
+            if isinstance(child.tag, str) and child.tag.rsplit("}", 1)[-1] == "script":
+                parent.remove(child)
+    return ElementTree.tostring(tree, encoding="unicode")
+
+
 def _ranked(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP]
 
@@ -49,7 +61,7 @@ def over_time(figures: Figures) -> str:
     chart.x_labels_major = figures.buckets[::every]
     for name, values in figures.over_time.items():
         chart.add(name, values)
-    return chart.render(is_unicode=True)
+    return _svg(chart)
 
 
 def refusals(figures: Figures) -> str:
@@ -57,14 +69,14 @@ def refusals(figures: Figures) -> str:
     ranked = _ranked(figures.refusals_by_reason)
     chart.x_labels = [reason for reason, _ in ranked]
     chart.add("refusals", [count for _, count in ranked])
-    return chart.render(is_unicode=True)
+    return _svg(chart)
 
 
 def time_to_approve(figures: Figures) -> str:
     chart = _chart("Bar", title="Time from request to approval", show_legend=False)
     chart.x_labels = list(figures.wait_buckets)
     chart.add("approved requests", list(figures.wait_buckets.values()))
-    return chart.render(is_unicode=True)
+    return _svg(chart)
 
 
 def live_grants(figures: Figures) -> str:
@@ -72,14 +84,14 @@ def live_grants(figures: Figures) -> str:
     rows = figures.live_grants[:TOP]
     chart.x_labels = [f"{row['agent']} · {row['template']}" for row in rows]
     chart.add("live grants", [row["grants"] for row in rows])
-    return chart.render(is_unicode=True)
+    return _svg(chart)
 
 
 def revocations(figures: Figures) -> str:
     chart = _chart("Bar", title="Revocations and lockdowns", show_legend=False, x_label_rotation=20)
     chart.x_labels = list(figures.revocations)
     chart.add("entries", list(figures.revocations.values()))
-    return chart.render(is_unicode=True)
+    return _svg(chart)
 
 
 # chart name -> (the dashboard part it needs, how it is drawn)
