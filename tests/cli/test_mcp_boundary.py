@@ -160,3 +160,19 @@ def test_failed_tool_calls_set_is_error(live_broker, tmp_path):  # noqa: F811
         ("request_scope", {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": REASON},
          pending),
     ])
+
+
+def test_broker_exec_gives_its_command_no_way_to_the_token(live_broker, tmp_path):  # noqa: F811
+    """``broker exec`` too: the token is not in the command's environment nor readable from its parent."""
+    import subprocess
+
+    token = live_broker.keys["agent:demo"]
+    params = _server_params({})
+    argv = [params.command, *params.args[:-1], "exec", "test-s3-read", "-p", "prefix=reports", "--reason", REASON,
+            "--", *_probe_command(tmp_path).split()]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                          env={**_base_env(live_broker, tmp_path), "BROKER_TOKEN": token})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["parent_environ"].startswith("DENIED") and seen["parent_mem"].startswith("DENIED"), seen
+    assert token not in done.stdout and not any(name.startswith("BROKER_TOKEN") for name in seen["env"])
