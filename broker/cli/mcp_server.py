@@ -39,14 +39,13 @@ from mcp.types import CallToolResult, TextContent
 
 from broker.cli.agent import child_environment
 from broker.cli.token_guard import protect_token_from_children
-from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest, iso_time
+from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest
 from broker.sdk.credential_process import CredentialCache, ScopeCredentials
 from broker.sdk.errors import BrokerAPIError
 
 MAX_OUTPUT_CHARS = 64_000
 DEFAULT_COMMAND_TIMEOUT = 300
 REDACTED = "[redacted by broker]"
-DEFAULT_REGION = "us-east-1"
 # What a command gets of the host's environment (the MCP host's: often an agent holding its own API keys):
 # what programs need to run, find their tools and reach AWS, nothing else.  `broker mcp --pass-env NAME` adds.
 HOST_VARIABLES = frozenset({
@@ -114,11 +113,8 @@ class BrokerTools:
 
     def command_environment(self, issued: IssuedCredentials) -> dict[str, str]:
         """A command's environment: the allowed host variables, the scope's keys, their expiry and a region."""
-        base = host_environment(self.environ, self.pass_env)
-        region = self.region or base.get("AWS_REGION") or base.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-        env = child_environment(issued, base=base, region=region)
-        env["AWS_CREDENTIAL_EXPIRATION"] = iso_time(issued.expiration)
-        return env
+        # NOTE: the region is --region, else the host's AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.
+        return child_environment(issued, base=host_environment(self.environ, self.pass_env), region=self.region)
 
     def secrets(self, issued: IssuedCredentials) -> set[str]:
         """What no output may show: this scope's keys, every cached scope's, the broker token(s)."""
