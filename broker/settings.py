@@ -49,7 +49,7 @@ class BrokerSettings(BaseSettings):
     template_requests_per_minute: int = 300
     agent_max_live_grants: int = 20
     # Refusals of one principal logged one by one per minute (per replica); beyond it they are counted and
-    # the count is logged (broker.refusals).  0 disables the budget (every refusal its own entry); < 0 is refused.
+    # the count is logged (broker.usecases.refusal_budget).  0 disables the budget (every refusal its own entry); < 0 is refused.
     refusals_per_minute: int = 30
     # A development broker: demo principals, in-process AWS endpoint.
     dev_mode: bool = False

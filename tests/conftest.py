@@ -31,10 +31,10 @@ PG_ADMIN_URL = os.environ.get("BROKER_TEST_PG_URL", "postgresql+psycopg://postgr
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's real server on 127.0.0.1 (FAKE AWS): tests talk to it over HTTP."""
-    from broker.devmode import start_fake_aws
+    from broker.runtime.devmode import start_fake_aws
 
-    from broker.catalog import load_catalog
-    from broker.devmode import seed_aws
+    from broker.storage.template_files import load_catalog
+    from broker.runtime.devmode import seed_aws
 
     aws = start_fake_aws(0)
     # The test templates' target roles and the demo bucket, once per session.
@@ -246,7 +246,7 @@ def build_harness(*, db_url: str, scopes: Path, aws_endpoint: str, state_dir: Pa
 
     from broker.api.app import create_app
     from broker.api.deps import build_container
-    from broker.devmode import DEV_PRINCIPALS, ensure_signing_key, seed_aws, seed_principals
+    from broker.runtime.devmode import DEV_PRINCIPALS, ensure_signing_key, seed_aws, seed_principals
     from broker.settings import BrokerSettings
 
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,7 @@ def create_app(container: Container) -> FastAPI:
     for module in (routes_system, routes_templates, routes_requests, routes_events, routes_grants, ui):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, limit=container.settings.max_body_bytes)
-    from broker.metrics import instrument
+    from broker.runtime.metrics import instrument
 
     instrument(app, container)  # outermost: the latency histogram sees every response, 413s included
     return app

@@ -11,16 +11,17 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from broker.catalog import TemplateCatalog, load_catalog
+from broker.storage.template_files import TemplateCatalog, load_catalog
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.errors import BrokerError, Forbidden, InvalidInput
 from broker.identity.authenticator import Authenticator
 from broker.identity.oidc import OidcVerifier, load_issuer_configs
-from broker.log_observers import CheckpointEvery, InBackground, ObservedDatabase
+from broker.runtime.background import CheckpointEvery, InBackground
+from broker.storage.observed import ObservedDatabase
 from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
-from broker.refusals import RefusalBudget
-from broker.service import BrokerService
+from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.issuance import BrokerService
 from broker.settings import BrokerSettings
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import migrate
@@ -82,7 +83,7 @@ class Container:
 
 def template_checks() -> tuple[list, list, Any]:
     """Guardrail checks for templates and rendered policies, and the blast-radius function."""
-    from broker.actiondb import default_action_knowledge
+    from broker.aws.action_database import default_action_knowledge
     from broker.domain import blast_radius, guardrails
 
     actions = default_action_knowledge()
@@ -125,13 +126,13 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     if minter is None:
         from broker.aws.sts import StsMinter
         minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
-    from broker.revocation import start_up, wire_revocation
-    # One budget for every use case that logs refusals (per principal, per replica: see broker.refusals).
+    from broker.usecases.revocation import start_up, wire_revocation
+    # One budget for every use case that logs refusals (per principal, per replica: see broker.usecases.refusal_budget).
     refusal_budget = RefusalBudget(per_minute=settings.refusals_per_minute, clock=clock)
     revocations, gates, redeem_gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
                                                        revoker=revoker, refusal_budget=refusal_budget)
     if notifier is None and settings.webhook_url:
-        from broker.notify import WebhookNotifier
+        from broker.runtime.webhook import WebhookNotifier
         notifier = WebhookNotifier(settings.webhook_url)
     service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
                             rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
@@ -142,7 +143,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     authenticator = Authenticator(api_keys=directory, principals=directory,
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))
     signer = load_signer(settings)
-    from broker.audit import AuditLog
+    from broker.usecases.audit import AuditLog
 
     audit = AuditLog(database=database, signer=signer, clock=clock)
     # NOTE: the checkpoint a boundary calls for is signed on a background thread, not inside the request

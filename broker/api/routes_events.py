@@ -60,7 +60,7 @@ def public_key(container: ContainerDep) -> PlainTextResponse:
 
 @router.post("/checkpoints")
 def take_checkpoint(container: ContainerDep, principal: CurrentPrincipal) -> dict[str, Any]:
-    from broker.audit import require_reviewer
+    from broker.usecases.audit import require_reviewer
 
     require_reviewer(principal)
     return container.extras["audit"].checkpoint().to_dict()

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import ContainerDep, CurrentPrincipal, client_ip
 from broker.api.schemas import ERROR_RESPONSES
-from broker.revocation import RevocationService
+from broker.usecases.revocation import RevocationService
 
 router = APIRouter(prefix="/v1", tags=["revocation"], responses=ERROR_RESPONSES)
 

@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from broker.api.deps import Container, ContainerDep, CurrentPrincipal, client_ip, current_principal
 from broker.api.schemas import ERROR_RESPONSES, CreateRequestBody, DecisionBody, RequestOut
-from broker.service import RequestOutcome
+from broker.usecases.issuance import RequestOutcome
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"], responses=ERROR_RESPONSES)
 BodyModel = TypeVar("BodyModel", bound=BaseModel)

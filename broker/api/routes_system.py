@@ -34,7 +34,7 @@ def metrics(container: ContainerDep) -> Response:
 
     Unauthenticated like /healthz, for the scraper; keep it on the internal network.
     """
-    from broker.metrics import metrics_for
+    from broker.runtime.metrics import metrics_for
 
     body, content_type = metrics_for(container).exposition()
     return Response(content=body, media_type=content_type)

@@ -9,7 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from broker import oplog
+from broker.runtime import oplog
 from broker.settings import BrokerSettings, load_settings
 
 
@@ -144,7 +144,7 @@ def run_migrate(_args: argparse.Namespace) -> int:
 def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
     """Start fake AWS, seed it, build the container; returns (container, aws, keys)."""
     from broker.api.deps import build_container
-    from broker.devmode import ensure_signing_key, seed_aws, seed_principals, start_fake_aws
+    from broker.runtime.devmode import ensure_signing_key, seed_aws, seed_principals, start_fake_aws
 
     state_dir.mkdir(parents=True, exist_ok=True)
     aws = start_fake_aws(aws_port)
@@ -169,7 +169,7 @@ def _broker_command() -> str:
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    from broker.devmode import self_check
+    from broker.runtime.devmode import self_check
 
     oplog.configure("INFO", "text")
     container, aws, keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,

@@ -1,7 +1,7 @@
 """What the broker knows about IAM actions: access level, resource types, risk.
 
 The knowledge itself comes from outside (an offline copy of AWS's service
-authorization reference, see :mod:`broker.actiondb`) through the
+authorization reference, see :mod:`broker.aws.action_database`) through the
 :class:`ActionKnowledge` protocol.  This module holds the value types and the
 *classification* the guardrails and the blast radius rely on: which actions
 destroy things and which change who can do what.  The classification is data

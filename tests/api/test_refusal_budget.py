@@ -1,4 +1,4 @@
-"""The refusal budget through the API (broker/refusals.py): a flooding agent's refusals answer as before,
+"""The refusal budget through the API (broker/usecases/refusal_budget.py): a flooding agent's refusals answer as before,
 the log gets the first N one by one, one suppression entry and then the count; on both databases."""
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ def run(seconds: float, flooders: int, db: str, per_minute: int) -> None:
     import httpx
 
     from broker.api.app import create_app
-    from broker.catalog import load_catalog
-    from broker.devmode import seed_aws, start_fake_aws
+    from broker.storage.template_files import load_catalog
+    from broker.runtime.devmode import seed_aws, start_fake_aws
     from broker.ports import SystemClock
 
     aws = start_fake_aws(0)

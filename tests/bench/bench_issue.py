@@ -113,7 +113,7 @@ def spread_load(limits: str, total: int, tmp: Path) -> tuple[Path, list[str], li
 
 def agent_keys(env: dict[str, str], url: str, agents: list[str], keys_file: Path) -> list[str]:
     """Migrate the database (as ``broker migrate`` does) and give each agent a key."""
-    from broker.devmode import seed_principals
+    from broker.runtime.devmode import seed_principals
     from broker.storage.engine import Database, build_engine
 
     subprocess.run([str(BIN / "broker"), "migrate"], env=env, check=True, capture_output=True)
@@ -126,8 +126,8 @@ def agent_keys(env: dict[str, str], url: str, agents: list[str], keys_file: Path
 
 
 def run(requests: int, db: str, warmup: int, limits: str) -> None:
-    from broker.catalog import load_catalog
-    from broker.devmode import ensure_signing_key, free_port, seed_aws
+    from broker.storage.template_files import load_catalog
+    from broker.runtime.devmode import ensure_signing_key, free_port, seed_aws
 
     # FAKE credentials for the FAKE AWS endpoint (this process seeds it; the broker signs its calls).
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY")

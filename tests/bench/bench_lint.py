@@ -17,7 +17,7 @@ REPO_SCOPES = Path(__file__).resolve().parents[2] / "scopes"
 
 
 def lint_all(actions) -> int:
-    from broker.catalog import read_template, template_files
+    from broker.storage.template_files import read_template, template_files
     from broker.domain.guardrails import check_template
 
     findings = 0
@@ -28,7 +28,7 @@ def lint_all(actions) -> int:
 
 def main(rounds: int = 20) -> None:
     started = time.perf_counter()
-    from broker.actiondb import default_action_knowledge
+    from broker.aws.action_database import default_action_knowledge
 
     actions = default_action_knowledge()
     first_load = time.perf_counter() - started

@@ -80,8 +80,8 @@ def _broker(db: str, aws_endpoint: str, clock, budget: int) -> Iterator:
 
 
 def main() -> None:
-    from broker.catalog import load_catalog
-    from broker.devmode import seed_aws, start_fake_aws
+    from broker.storage.template_files import load_catalog
+    from broker.runtime.devmode import seed_aws, start_fake_aws
     from broker.ports import SystemClock
 
     parser = argparse.ArgumentParser()

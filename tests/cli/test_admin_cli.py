@@ -7,7 +7,7 @@ import json
 import pytest
 
 from broker.cli.main import main
-from broker.devmode import seed_principals
+from broker.runtime.devmode import seed_principals
 from tests.live_server import serve
 from tests.revocation.conftest import S3_REQUEST, SECOND_ADMIN, clear_deny_policy, issue, read_deny_policy
 

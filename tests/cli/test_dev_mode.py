@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.devmode import free_port
+from broker.runtime.devmode import free_port
 from broker.domain import log as issuance_log
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The broker's operational log (broker/oplog.py): text or JSON lines on stderr, the broker's loggers only."""
+"""The broker's operational log (broker/runtime/oplog.py): text or JSON lines on stderr, the broker's loggers only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 import broker.api.deps
-from broker import oplog
+from broker.runtime import oplog
 from broker.cli import server
 from broker.settings import BrokerSettings
 

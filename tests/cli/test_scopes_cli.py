@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker.catalog import load_catalog
+from broker.storage.template_files import load_catalog
 from broker.cli.main import main
 from broker.domain.rendering import render_policy, validate_parameters
 

@@ -396,7 +396,7 @@ def test_no_private_key_is_committed_under_deploy() -> None:
 
 def test_configmap_scope_templates_load_as_the_server_loads_them(tmp_path: Path) -> None:
     import broker.api.deps as deps
-    from broker.catalog import load_catalog
+    from broker.storage.template_files import load_catalog
 
     templates = find_object("ConfigMap", "broker-scopes")["data"]
     assert templates, "the scopes ConfigMap holds no template"

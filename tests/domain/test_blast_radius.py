@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.actiondb import default_action_knowledge
-from broker.catalog import load_catalog
+from broker.aws.action_database import default_action_knowledge
+from broker.storage.template_files import load_catalog
 from broker.domain.actions import AccessLevel
 from broker.domain.blast_radius import assess, describe_resource
 from broker.domain.rendering import render_policy, validate_parameters

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from broker.actiondb import default_action_knowledge
-from broker.catalog import load_catalog, template_files
+from broker.aws.action_database import default_action_knowledge
+from broker.storage.template_files import load_catalog, template_files
 from broker.domain import guardrails
 from broker.domain.actions import AccessLevel, ActionInfo, ResourceType, Risk, StaticActionKnowledge, classify
 from broker.domain.guardrails import Finding, RenderedChecks, check_rendered, check_template

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker.actiondb import default_action_knowledge
-from broker.catalog import load_catalog
+from broker.aws.action_database import default_action_knowledge
+from broker.storage.template_files import load_catalog
 from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
 from broker.domain.guardrails import check_rendered
 from broker.domain.rendering import render_policy, validate_parameters

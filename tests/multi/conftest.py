@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.devmode import DEV_PRINCIPALS, ensure_signing_key, free_port, seed_principals
+from broker.runtime.devmode import DEV_PRINCIPALS, ensure_signing_key, free_port, seed_principals
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import migrate
 from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES

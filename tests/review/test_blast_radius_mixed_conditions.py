@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.actiondb import default_action_knowledge
+from broker.aws.action_database import default_action_knowledge
 from broker.domain.blast_radius import assess
 from broker.domain.templates import template_from_mapping
 

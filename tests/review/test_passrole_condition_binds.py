@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from broker.actiondb import default_action_knowledge
+from broker.aws.action_database import default_action_knowledge
 from broker.domain.guardrails import check_template
 from broker.domain.templates import template_from_mapping
 

@@ -8,7 +8,7 @@ import pytest
 
 from broker.aws.revocation import IamRevoker, role_name
 from broker.aws.sts import aws_client
-from broker.devmode import seed_principals
+from broker.runtime.devmode import seed_principals
 from broker.domain.revocation import POLICY_NAME
 
 S3_ROLE = "arn:aws:iam::123456789012:role/broker-target-s3-read"

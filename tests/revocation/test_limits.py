@@ -1,4 +1,4 @@
-"""Rate limits and budgets (broker/limits.py): 429 with a stable code, Retry-After, a log entry."""
+"""Rate limits and budgets (broker/usecases/limits.py): 429 with a stable code, Retry-After, a log entry."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_zero_disables_a_limit(limited):
 
 
 def test_negative_limits_are_configuration_errors():
-    from broker.limits import RateLimitGate
+    from broker.usecases.limits import RateLimitGate
 
     with pytest.raises(ValueError):
         RateLimitGate.from_settings(agent_requests_per_minute=-1, template_requests_per_minute=1,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.devmode import DEV_PRINCIPALS
+from broker.runtime.devmode import DEV_PRINCIPALS
 from broker.identity.apikeys import generate_api_key
 from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES, _fresh_pg_database, build_harness
 

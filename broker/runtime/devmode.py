@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.catalog import TemplateCatalog
+from broker.storage.template_files import TemplateCatalog
 from broker.domain import log as issuance_log
 from broker.domain.rendering import substitute
 from broker.identity.apikeys import generate_api_key, parse_api_key, verify_api_key_hash

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from broker.notify import WebhookNotifier, webhook_body
+from broker.runtime.webhook import WebhookNotifier, webhook_body
 from tests.conftest import TEST_SCOPES, build_harness
 
 SECRET_PATH = "/services/T000/B000/not-a-real-secret-xyz"

@@ -1,6 +1,6 @@
 """Rate limits and budgets, as issuance gates.
 
-A gate runs inside unit of work A of an issuance (see :mod:`broker.service`) and raises
+A gate runs inside unit of work A of an issuance (see :mod:`broker.usecases.issuance`) and raises
 :class:`~broker.errors.RateLimited` (429) to refuse; the service then logs a ``refused``
 entry whose ``reason_code`` is the limit's code.  Counts come from the database, so the
 limits hold across broker replicas:

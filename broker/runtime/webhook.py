@@ -3,7 +3,7 @@
 ``WebhookNotifier.notify`` only puts a message on a small bounded queue; one daemon
 thread posts it with a short timeout.  A slow, failing or unreachable webhook never
 blocks or fails a request: a full queue drops the message and every failure is
-logged (logger ``broker.notify``) without the URL's path or query (Slack webhook
+logged (logger ``broker.runtime.webhook``) without the URL's path or query (Slack webhook
 URLs carry their secret there) and without the remote answer's body.
 """
 

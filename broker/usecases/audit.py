@@ -13,7 +13,7 @@ from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
 from broker.ports import Clock
-from broker.refusals import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
+from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
                              carried_refusals)
 from broker.storage.engine import Database
 
@@ -28,7 +28,7 @@ def require_reviewer(principal: Principal) -> None:
 
 @dataclass
 class RefusalFigures:
-    """One principal's refusals in a report: every refusal counted once (see broker.refusals)."""
+    """One principal's refusals in a report: every refusal counted once (see broker.usecases.refusal_budget)."""
 
     one_by_one: int = 0          # `refused` entries
     announced: int = 0           # `refusals_suppressed` entries: one refusal each, one per window
@@ -156,7 +156,7 @@ class AuditLog:
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.
 
-        Refusals include the ones the refusal budget counted instead of logging (broker.refusals):
+        Refusals include the ones the refusal budget counted instead of logging (broker.usecases.refusal_budget):
         ``refused_total`` is every refusal, ``suppressed_total`` those without a ``refused`` entry of
         their own, and ``refusals_by_principal`` shows them per principal, flooders first.  A
         suppressed count is in the figures of the entry that carries it (the principal's next

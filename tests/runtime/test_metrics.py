@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.metrics import METRIC_NAMES, BrokerMetrics, TimedMinter
+from broker.runtime.metrics import METRIC_NAMES, BrokerMetrics, TimedMinter
 from broker.errors import StsUnavailable
 from tests.conftest import REFUSAL_BUDGET, TEST_SCOPES, build_harness
 

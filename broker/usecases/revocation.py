@@ -54,9 +54,9 @@ from broker.domain.templates import STS_MAX_DURATION, Environment, ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFound, PolicyTooLarge,
                            StorageUnavailable, Unavailable)
 from broker.ports import Clock, SessionRevoker, TemplateSource
-from broker.refusals import RefusalBudget
-from broker.service import _clean_reason as clean_reason
-from broker.service import append_refusal, grant_view
+from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.issuance import _clean_reason as clean_reason
+from broker.usecases.issuance import append_refusal, grant_view
 from broker.storage.engine import Database
 from broker.storage.models import GrantRow
 from broker.storage.repository import Repository
@@ -164,7 +164,7 @@ class RevocationService:
                      error: BrokerError) -> None:
         body = _event(kind, now=self.clock.now(), actor=principal_id, source_ip=source_ip, reason_code=error.code,
                       action=action, message=error.message[:300])
-        # NOTE: a refusal counts against the principal's refusal budget (see broker.refusals); a failure
+        # NOTE: a refusal counts against the principal's refusal budget (see broker.usecases.refusal_budget); a failure
         # (IAM, database) is not the caller's to repeat at will and is always written.
         budget = self.refusal_budget if kind == "refused" else RefusalBudget.disabled()
         append_refusal(self.database, budget, principal_id, body)
@@ -462,7 +462,7 @@ def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSourc
     The lockdown gates both paths that mint (a new request, and redeeming an approved one), inside the
     unit of work that commits to minting, so no path mints while an environment is locked down.
     """
-    from broker.limits import RateLimitGate
+    from broker.usecases.limits import RateLimitGate
 
     if revoker is None:
         from broker.aws.revocation import IamRevoker

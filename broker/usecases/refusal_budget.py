@@ -1,7 +1,7 @@
 """The refusal budget: how many of one principal's refusals a minute are logged one by one.
 
 Every refusal of an authenticated caller is an issuance-log entry, and every append takes the
-log's lock.  Refusals do not count against the rate limits (:mod:`broker.limits` counts stored
+log's lock.  Refusals do not count against the rate limits (:mod:`broker.usecases.limits` counts stored
 requests), so without a budget one agent could grow the log without bound at HTTP speed and,
 through the lock, slow every other agent's issuance.  The budget keeps every refusal accounted
 for while bounding what one principal can write.

@@ -1,64 +1,20 @@
-"""Observers of the issuance log: callables told about the entries a unit of work appended, after it commits.
+"""Background work of the broker process: checkpoints every N entries, off the request's path.
 
-``ObservedDatabase`` is a ``Database`` whose units of work remember the entries they append and,
-once the commit has succeeded, hand them to each observer (metrics counters, periodic
-checkpoints).  An observer never sees an entry that was rolled back, and an observer that
-fails is logged and ignored: it can neither undo nor block the operation it observes.
+``CheckpointEvery`` is a log observer (see :mod:`broker.storage.observed`) that asks for a signed
+checkpoint when an appended entry's seq crosses a boundary; ``InBackground`` runs such a task on a
+daemon thread so that the request which crossed the boundary does not wait for it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from broker.errors import InvalidInput
-from broker.storage.engine import Database
-from broker.storage.repository import Repository
 
 log = logging.getLogger("broker.log_observers")
-
-# Called with the entries (sealed: seq, hash, type, template, ...) of one committed unit of work.
-EntryObserver = Callable[[Sequence[Mapping[str, Any]]], None]
-
-
-class _RecordingRepository:
-    """The unit of work's repository, noting each entry it appends.  Everything else passes through."""
-
-    def __init__(self, repo: Repository) -> None:
-        self._repo = repo
-        self.appended: list[dict[str, Any]] = []
-
-    def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        entry = self._repo.append_event(body)
-        self.appended.append(entry)
-        return entry
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._repo, name)
-
-
-class ObservedDatabase(Database):
-    """A ``Database`` that tells ``observers`` about the entries of each committed unit of work."""
-
-    def __init__(self, engine, observers: Sequence[EntryObserver] = ()) -> None:
-        super().__init__(engine)
-        self.observers: list[EntryObserver] = list(observers)
-
-    @contextmanager
-    def transaction(self) -> Iterator[Repository]:
-        with super().transaction() as repo:
-            recording = _RecordingRepository(repo)
-            yield recording  # type: ignore[misc]  # duck-typed Repository
-        # Reached only after the commit succeeded.
-        if recording.appended:
-            for observer in tuple(self.observers):
-                try:
-                    observer(recording.appended)
-                except Exception:  # noqa: BLE001 - an observer must not fail a committed operation
-                    log.warning("log observer %r failed", observer, exc_info=True)
 
 
 class CheckpointEvery:

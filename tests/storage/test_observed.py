@@ -8,7 +8,8 @@ import time
 import pytest
 
 from broker.errors import InvalidInput
-from broker.log_observers import CheckpointEvery, InBackground, ObservedDatabase
+from broker.runtime.background import CheckpointEvery, InBackground
+from broker.storage.observed import ObservedDatabase
 from tests.conftest import TEST_SCOPES, build_harness, migrated_database
 
 S3 = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "read the cost reports"}

@@ -3,7 +3,7 @@
 Each container has its own ``CollectorRegistry`` (never the process-global one), so that
 every app a test builds starts from zero.  Nothing here touches the use cases:
 
-* counters are fed by a log observer (``broker.log_observers``): one increment per entry of
+* counters are fed by a log observer (``broker.storage.observed``): one increment per entry of
   a *committed* unit of work, so a count is never ahead of the log;
 * the HTTP histogram is an ASGI middleware, labelled by route template, never by raw path;
 * the STS histogram wraps the ``CredentialMinter``;
@@ -16,7 +16,7 @@ label is a catalog name or ``other`` (a refused request may name any template), 
 code is a snake_case error code or ``other``.  No principal id is ever a label value.
 
 ``broker_requests_refused_total`` counts every refusal, logged one by one or not (the refusal
-budget, ``broker.refusals``): a ``refused`` entry and a ``refusals_suppressed`` entry count one
+budget, ``broker.usecases.refusal_budget``): a ``refused`` entry and a ``refusals_suppressed`` entry count one
 each (their template and reason code), and a count of suppressed refusals carried in an entry's
 details counts by its reason codes, with ``template="other"`` (the budget does not record which
 template a suppressed refusal named), less the ones its ``refusals_suppressed`` entry counted
@@ -38,9 +38,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from broker.log_observers import ObservedDatabase
+from broker.storage.observed import ObservedDatabase
 from broker.ports import CredentialMinter, MintedCredentials, MintOrder
-from broker.refusals import REFUSAL_ENTRY_TYPES, SUPPRESSION_SUMMARY, carried_refusals
+from broker.usecases.refusal_budget import REFUSAL_ENTRY_TYPES, SUPPRESSION_SUMMARY, carried_refusals
 
 OTHER = "other"
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

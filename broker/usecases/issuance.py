@@ -32,7 +32,7 @@ from broker.domain.templates import ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
-from broker.refusals import SUPPRESSION_SUMMARY, RefusalBudget, refusal_entry
+from broker.usecases.refusal_budget import SUPPRESSION_SUMMARY, RefusalBudget, refusal_entry
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
 from broker.storage.repository import Repository
@@ -73,7 +73,7 @@ class BrokerService:
     notifier: Notifier = field(default_factory=NullNotifier)
     public_url: str = "http://127.0.0.1:8080"
     blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
-    # How many refusals a minute of one principal are logged one by one (see broker.refusals).
+    # How many refusals a minute of one principal are logged one by one (see broker.usecases.refusal_budget).
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
 
     # ------------------------------------------------------------------ request
@@ -558,7 +558,7 @@ def append_refusal(database: Database, budget: RefusalBudget, principal_id: str,
     """Write a refusal's entry in its own unit of work, or let the principal's refusal budget count it instead.
 
     NOTE: if the entry cannot be written the caller gets 503 instead: nothing unlogged.  Over the budget it is
-    counted, not written (broker.refusals); the caller raises its error all the same.
+    counted, not written (broker.usecases.refusal_budget); the caller raises its error all the same.
     """
     with refusal_entry(budget, principal_id, reason_code=body["reason_code"]) as ticket:
         if ticket is not None:

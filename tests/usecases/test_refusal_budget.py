@@ -1,4 +1,4 @@
-"""The refusal budget's own logic (broker/refusals.py): windows, counting, what to write, hand-backs, threads."""
+"""The refusal budget's own logic (broker/usecases/refusal_budget.py): windows, counting, what to write, hand-backs, threads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from broker.errors import InvalidInput
-from broker.refusals import (SUPPRESSION_STARTED, UNATTRIBUTED, RefusalAction, RefusalBudget, SuppressedRefusals,
+from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, UNATTRIBUTED, RefusalAction, RefusalBudget, SuppressedRefusals,
                              carried_announcements, carried_refusals, refusal_entry)
 from tests.conftest import FrozenClock
 

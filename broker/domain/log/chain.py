@@ -1,0 +1,122 @@
+"""Entries and the hash chain: canonical JSON, domain prefixes, the genesis hash, sealing, log times."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from broker.errors import InvalidInput
+
+# --- Domain separation -------------------------------------------------------------------
+# Like RFC 6962 section 2.1 (and RFC 9162 section 2.1.1), which hashes Merkle leaves as
+# SHA-256(0x00 || leaf) and interior nodes as SHA-256(0x01 || left || right), every hash or
+# signature input starts with a prefix naming what it is, so an entry can never be passed
+# off as a checkpoint message (or the other way round).
+ENTRY_PREFIX = b"\x00"
+CHECKPOINT_PREFIX = b"\x01"
+# The prev_hash of entry seq 1 (and the head of an empty log).
+GENESIS_LABEL = b"agent-credential-broker/issuance-log/v1/genesis"
+GENESIS_HASH = hashlib.sha256(GENESIS_LABEL).hexdigest()
+
+HASH_FIELD = "hash"
+PREV_HASH_FIELD = "prev_hash"
+SEQ_FIELD = "seq"
+CHECKPOINT_KEY = "checkpoint"
+
+# The fields of an entry besides seq/prev_hash/hash, all JSON types.
+ENTRY_FIELDS = (
+    "event_id", "time", "type", "request_id", "grant_id", "actor", "acts_for", "template",
+    "template_digest", "parameters", "policy_digest", "access_key_id", "expiration",
+    "source_ip", "approvals", "reason_code", "details",
+)
+
+_HEX_DIGITS = "0123456789abcdef"
+
+
+# --- Canonical form and the chain ----------------------------------------------------------
+
+def canonical_json(obj: Any) -> bytes:
+    """The canonical bytes of ``obj`` (see the module docstring)."""
+    try:
+        # NOTE: every argument is part of the on-disk format; changing any breaks old logs.
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+        return text.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidInput("A log entry holds a value that has no canonical JSON form.",
+                           code="log_entry_not_canonical") from exc
+
+
+def is_hex64(value: object) -> bool:
+    # str.strip instead of a regex: this runs twice per line when verifying an export.
+    return type(value) is str and len(value) == 64 and not value.strip(_HEX_DIGITS)
+
+
+def is_seq(value: object) -> bool:
+    return type(value) is int and value >= 1  # NOTE: bool is an int subclass; refuse it.
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    """sha256(ENTRY_PREFIX || canonical_json(entry without "hash")), hex."""
+    body = {key: value for key, value in entry.items() if key != HASH_FIELD}
+    return hashlib.sha256(ENTRY_PREFIX + canonical_json(body)).hexdigest()
+
+
+def seal_entry(body: Mapping[str, Any], *, seq: int, prev_hash: str) -> dict[str, Any]:
+    """Return the full entry: ``body`` plus ``seq``, ``prev_hash`` and its ``hash``.
+
+    The result is round-tripped through its canonical form, so what the caller stores is
+    exactly what was hashed (tuples become lists, and so on).
+    """
+    if not is_seq(seq):
+        raise InvalidInput("A log entry's seq must be an integer >= 1.", code="log_entry_invalid",
+                           field=SEQ_FIELD)
+    if not is_hex64(prev_hash):
+        raise InvalidInput("A log entry's prev_hash must be 64 lowercase hex characters.",
+                           code="log_entry_invalid", field=PREV_HASH_FIELD)
+    entry = {key: value for key, value in body.items() if key != HASH_FIELD}
+    entry[SEQ_FIELD] = seq
+    entry[PREV_HASH_FIELD] = prev_hash
+    body_bytes = canonical_json(entry)
+    # NOTE: canonical_json(json.loads(b)) == b for canonical b, so hashing body_bytes is
+    # hashing the stored entry (minus its hash).
+    entry = json.loads(body_bytes)
+    entry[HASH_FIELD] = hashlib.sha256(ENTRY_PREFIX + body_bytes).hexdigest()
+    return entry
+
+
+def entry_line(entry: Mapping[str, Any]) -> bytes:
+    """The export line of a sealed entry: its canonical JSON, hash included, no newline."""
+    return canonical_json(dict(entry))
+
+
+# --- Time ----------------------------------------------------------------------------------
+
+def log_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds and 'Z' (``2024-05-01T12:00:00.000000Z``)."""
+    if moment.tzinfo is None:
+        raise InvalidInput("Log times must be timezone-aware.", code="invalid_time")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# Relative `--since` units, as data.
+SINCE_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
+_RELATIVE = re.compile(r"([1-9][0-9]{0,5})([dhm])\Z")
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``7d``, ``24h``, ``30m`` (before ``now``) or an ISO 8601 time (naive means UTC)."""
+    value = text.strip()
+    relative = _RELATIVE.match(value)
+    if relative:
+        return now - int(relative.group(1)) * SINCE_UNITS[relative.group(2)]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput(f"Cannot read {text!r} as a time: use 7d, 24h, 30m or an ISO time.",
+                           code="invalid_time", field="since") from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
