@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.actiondb import default_action_knowledge
+from broker.aws.action_database import default_action_knowledge
 from broker.domain import risk, risk_sources
 from broker.domain.actions import AccessLevel, Risk
 from broker.domain.guardrails import check_rendered, check_template
