@@ -109,14 +109,13 @@ class BlastRadius:
 
     @property
     def danger(self) -> str:
-        """The headline's label: ``destructive``, ``permission-changing``, ``write`` or ``read-only``
-        (``none`` when nothing known is granted)."""
+        """The headline's label: the most dangerous risk class of the first grant (``destructive``,
+        ``permission-changing``, ...), else ``write`` or ``read-only`` (``none`` when nothing known is granted)."""
         if not self.actions:
             return "none"
         first = self.actions[0]
-        for risk in (Risk.DESTRUCTIVE, Risk.PERMISSION_CHANGING):
-            if risk in first.risks:
-                return risk.value
+        if first.risks:
+            return first.risks[0].value
         return "read-only" if first.access_level.read_only else "write"
 
     def headline(self) -> str:

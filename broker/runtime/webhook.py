@@ -33,18 +33,10 @@ MAX_QUEUE = 1000
 
 
 def risk_labels(request: dict[str, Any]) -> list[str]:
-    """The request's risks in words, most dangerous first: the risk classes when the view names them, else
-    the blast radius's flags."""
-    classes = [str(c) for c in request.get("risk_classes") or []]
-    if classes:
-        return classes
+    """The request's risk classes in words, most dangerous first (the blast radius's ``risk``)."""
     blast = request.get("blast_radius") or {}
-    labels = []
-    if blast.get("destructive"):
-        labels.append("destructive")
-    if blast.get("permission_changing"):
-        labels.append("changes permissions")
-    return labels
+    return [str(finding.get("title") or finding.get("class")) for finding in blast.get("risk") or []
+            if isinstance(finding, dict)]
 
 
 def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:

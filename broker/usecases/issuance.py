@@ -222,7 +222,7 @@ class BrokerService:
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
 
     def template_risks(self, template: ScopeTemplate) -> list[str]:
-        """The risks a template's grants carry (the blast radius's, most dangerous first), once per version.
+        """The risk classes a template's grants carry (the blast radius's, most dangerous first), once per version.
 
         Written into each ``issued`` entry (``details.risks``), so the log itself says which grants were
         destructive or risky, whatever the catalog holds later."""
@@ -231,8 +231,7 @@ class BrokerService:
         if cached is None:
             cached = []
             if self.blast_radius is not None:
-                for granted in self.blast_radius(template, None).get("actions") or []:
-                    cached.extend(r for r in granted.get("risks") or [] if r not in cached)
+                cached = [str(finding["class"]) for finding in self.blast_radius(template, None).get("risk") or []]
             self._risk_cache[key] = cached
         return list(cached)
 

@@ -101,7 +101,7 @@ def test_each_count_of_the_report_on_a_known_log(broker):
         ("test-prod-stack", "agent:demo", "production")] * 2
     assert all("destructive" in g["risks"] and g["access_key_id"].startswith("ASIA") for g in destructive)
     assert [(g["template"], g["environment"], g["risks"]) for g in report["high_risk_grants"]] == [
-        ("test-prod-ecs", "production", [])]
+        ("test-prod-ecs", "production", ["production-traffic"])]
     # The approver's refused decision is a refusal in the log (and the report's list), not the agent's.
     assert [(r["actor"], r["reason_code"]) for r in report["refusals"]] == [
         ("human:alice", "approver_is_principal_human")]

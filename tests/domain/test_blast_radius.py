@@ -115,7 +115,7 @@ def _template(actions_: list[str], resources: list[str], **extra):
 @pytest.mark.parametrize(("name", "params", "danger", "headline"), [
     ("prod-stack-recreate", {"stack_name": "cost-explorer-api"}, "destructive",
      "Can delete stack on CloudFormation stack cost-explorer-api in production, plus 2 other actions."),
-    ("ecs-update-service-prod", {"cluster": "prod", "service": "api"}, "write",
+    ("ecs-update-service-prod", {"cluster": "prod", "service": "api"}, "production-traffic",
      "Can update service on ECS service api in cluster prod in production, plus 1 other action."),
     ("s3-read-prefix", {"prefix": "invoices/2024"}, "read-only",
      "Can get object on objects under s3://broker-demo-bucket/invoices/2024/ in dev, plus 1 other action."),

@@ -76,7 +76,7 @@ def test_body_is_slack_compatible_with_a_link_to_the_page(event):
 
 DESTRUCTIVE = {**VIEW, "template": "prod-stack-recreate", "parameters": {"stack_name": "cost-explorer-api",
                                                                     "account": "123456789012"},
-               "blast_radius": {"destructive": ["cloudformation:DeleteStack"], "permission_changing": [],
+               "blast_radius": {"risk": [{"class": "destructive", "title": "destruction"}],
                                 "headline": "Can delete stack on CloudFormation stack cost-explorer-api in "
                                             "production, plus 2 other actions."}}
 
@@ -84,22 +84,24 @@ DESTRUCTIVE = {**VIEW, "template": "prod-stack-recreate", "parameters": {"stack_
 def test_the_message_says_what_the_credentials_can_do_with_the_risk_and_the_parameters():
     body = webhook_body(event="pending", request=DESTRUCTIVE)
     headline = DESTRUCTIVE["blast_radius"]["headline"]
-    assert (f"needs co-signing. DESTRUCTIVE: {headline} Parameters: account=123456789012, "
+    assert (f"needs co-signing. DESTRUCTION: {headline} Parameters: account=123456789012, "
             "stack_name=cost-explorer-api.") in body["text"]
-    assert body["headline"] == headline and body["risks"] == ["destructive"]
+    assert body["headline"] == headline and body["risks"] == ["destruction"]
     assert body["parameters"] == {"account": "123456789012", "stack_name": "cost-explorer-api"}
-    assert f"*DESTRUCTIVE* {headline}" in body["blocks"][0]["text"]["text"]
+    assert f"*DESTRUCTION* {headline}" in body["blocks"][0]["text"]["text"]
     fields = {f["text"].split("\n")[0]: f["text"].split("\n", 1)[1] for f in body["blocks"][1]["fields"]}
-    assert fields["*Risk*"] == "destructive"
+    assert fields["*Risk*"] == "destruction"
     assert fields["*Parameters*"] == "account=123456789012, stack_name=cost-explorer-api"
     # Approving stays on the page: the only action is a link.
     assert [e["type"] for e in body["blocks"][-1]["elements"]] == ["button"] and "url" in body["blocks"][-1]["elements"][0]
 
 
-def test_risk_classes_named_by_the_view_come_first_and_unknown_reach_is_said():
-    body = webhook_body(event="pending", request={**DESTRUCTIVE, "risk_classes": ["destruction",
-                                                                                  "production traffic"]})
-    assert body["risks"] == ["destruction", "production traffic"]
+def test_every_risk_class_most_dangerous_first_and_unknown_reach_is_said():
+    classes = [{"class": "permission-changing", "title": "permission changes and privilege escalation"},
+               {"class": "destructive", "title": "destruction"}]
+    body = webhook_body(event="pending", request={**DESTRUCTIVE, "blast_radius": {
+        **DESTRUCTIVE["blast_radius"], "risk": classes}})
+    assert body["risks"] == ["permission changes and privilege escalation", "destruction"]
     bare = webhook_body(event="pending", request=VIEW)
     assert bare["risks"] == [] and "not known: read the request page" in bare["text"]
 
@@ -182,7 +184,8 @@ def test_broker_notifies_on_pending_and_approved_and_survives_a_dead_webhook(mot
         assert pending["headline"] == ("Can update service on ECS service checkout in cluster prod in production, "
                                        "plus 1 other action.")
         assert pending["headline"] in pending["text"] and "service=checkout" in pending["text"]
-        assert pending["parameters"]["service"] == "checkout" and pending["risks"] == []
+        assert pending["parameters"]["service"] == "checkout"
+        assert pending["risks"] == ["production traffic and availability"]
         # Requests' secrets never travel to the webhook.
         assert all("secret" not in json.dumps(b).lower() for b in webhook.received)
 

@@ -73,10 +73,10 @@ def test_the_pending_list_tells_requests_apart(chromium, site, size):
         assert rows.count() == 3
         texts = {rid: page.locator(f"tr:has(a[href='/ui/requests/{rid}'])").inner_text() for rid in ids}
         stack = texts[ids[0]]
-        assert "DESTRUCTIVE" in stack and "PRODUCTION" in stack.upper()
+        assert "DESTRUCTION" in stack and "PRODUCTION" in stack.upper()
         assert "stack_name=cost-explorer-api" in stack and HEADLINE in stack
         assert "service=api" in texts[ids[1]] and "service=billing" in texts[ids[2]]
-        assert "WRITE" in texts[ids[1]] and "DESTRUCTIVE" not in texts[ids[1]]
+        assert "PRODUCTION TRAFFIC" in texts[ids[1]] and "DESTRUCTION" not in texts[ids[1]]
         # Relative times, the exact time on hover; no microsecond ISO stamps on the page.
         expires = page.locator(f"tr:has(a[href='/ui/requests/{ids[0]}']) time")
         assert expires.inner_text() == "in 24 min"
