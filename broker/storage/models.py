@@ -26,6 +26,10 @@ class ApiKeyRow(SQLModel, table=True):
     principal_id: str = Field(index=True, max_length=200)
     created_at: datetime
     revoked: bool = False
+    # NULL: the key never expires.  An expired key is refused (api_key_expired) like a revoked one.
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=200)
 
 
 class RequestRow(SQLModel, table=True):

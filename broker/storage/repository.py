@@ -45,7 +45,7 @@ _SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
     core_select(_API_KEYS.c.key_id, _API_KEYS.c.token_hash, _API_KEYS.c.principal_id, _API_KEYS.c.revoked,
-                _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled)
+                _API_KEYS.c.expires_at, _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled)
     .select_from(_API_KEYS.outerjoin(_PRINCIPALS, _PRINCIPALS.c.id == _API_KEYS.c.principal_id))
     .where(_API_KEYS.c.key_id == bindparam("key_id"))
 )
@@ -110,6 +110,10 @@ _ISSUANCE_COUNTS = core_select(
     .where(_REQUESTS.c.status == "issuing", _REQUESTS.c.requester == bindparam("agent"))
     .scalar_subquery()
 ).label("agent_live_grants"),
+    core_select(func.count()).select_from(_REQUESTS)
+    .where(_REQUESTS.c.requester == bindparam("agent"), _REQUESTS.c.status == "pending",
+           _REQUESTS.c.pending_expires_at > bindparam("now", type_=_REQUESTS.c.pending_expires_at.type))
+    .scalar_subquery().label("agent_pending_requests"),
 )
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
@@ -181,19 +185,41 @@ class Repository:
         row.roles = json.dumps(sorted(set(roles)))
         row.groups = json.dumps(sorted(set(groups)))
         row.acts_for = acts_for
-        row.disabled = False
+        # NOTE: a disabled principal stays disabled: only set_principal_disabled (a logged use case) enables it.
         self.session.add(row)
 
-    def disable_principal(self, principal_id: str) -> bool:
+    def get_principal_row(self, principal_id: str) -> PrincipalRow | None:
+        """The stored principal, disabled or not (admin views)."""
+        return self.session.get(PrincipalRow, principal_id)
+
+    def set_principal_disabled(self, principal_id: str, disabled: bool) -> bool:
         row = self.session.get(PrincipalRow, principal_id)
         if row is None:
             return False
-        row.disabled = True
+        row.disabled = disabled
         self.session.add(row)
         return True
 
-    def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime) -> None:
-        self.session.add(ApiKeyRow(key_id=key_id, token_hash=token_hash, principal_id=principal_id, created_at=now))
+    def disable_principal(self, principal_id: str) -> bool:
+        return self.set_principal_disabled(principal_id, True)
+
+    def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime,
+                    expires_at: datetime | None = None) -> None:
+        self.session.add(ApiKeyRow(key_id=key_id, token_hash=token_hash, principal_id=principal_id, created_at=now,
+                                   expires_at=expires_at))
+
+    def get_api_key_row(self, key_id: str) -> ApiKeyRow | None:
+        return self.session.get(ApiKeyRow, key_id)
+
+    def list_api_keys(self, *, principal_id: str | None = None) -> list[ApiKeyRow]:
+        statement = select(ApiKeyRow).order_by(col(ApiKeyRow.principal_id), col(ApiKeyRow.created_at))
+        if principal_id is not None:
+            statement = statement.where(ApiKeyRow.principal_id == principal_id)
+        return list(self.session.exec(statement))
+
+    def save_api_key(self, row: ApiKeyRow) -> None:
+        """A key loaded in this unit of work and changed (revoked, expiry moved): written at commit."""
+        self.session.add(row)
 
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         found = self.find_api_key_with_principal(key_id)
@@ -205,7 +231,8 @@ class Repository:
         if row is None:
             return None
         record = ApiKeyRecord(key_id=row.key_id, token_hash=row.token_hash, principal_id=row.principal_id,
-                              revoked=bool(row.revoked))
+                              revoked=bool(row.revoked), expires_at=row.expires_at,
+                              principal_disabled=row.roles is not None and bool(row.disabled))
         if row.roles is None or row.disabled:
             return record, None
         return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for)
@@ -237,13 +264,22 @@ class Repository:
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      limit: int = 100) -> list[RequestRow]:
-        statement = select(RequestRow).order_by(col(RequestRow.created_at).desc()).limit(limit)
+                      limit: int = 100, offset: int = 0) -> list[RequestRow]:
+        """Newest first (ties by id, so pages never overlap)."""
+        statement = (select(RequestRow).order_by(col(RequestRow.created_at).desc(), col(RequestRow.id))
+                     .limit(limit).offset(offset))
         if statuses:
             statement = statement.where(col(RequestRow.status).in_(list(statuses)))
         if requester:
             statement = statement.where(RequestRow.requester == requester)
         return list(self.session.exec(statement))
+
+    def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]:
+        """How many requests in ``statuses`` each requester has, most first."""
+        n = func.count().label("n")
+        statement = (core_select(_REQUESTS.c.requester, n).where(_REQUESTS.c.status.in_(list(statuses)))
+                     .group_by(_REQUESTS.c.requester).order_by(n.desc(), _REQUESTS.c.requester))
+        return {requester: int(count) for requester, count in self._core.execute(statement)}
 
     def stale_requests(self, *, now: datetime) -> list[RequestRow]:
         pending = select(RequestRow).where(RequestRow.status == "pending", col(RequestRow.pending_expires_at) < now)
@@ -373,7 +409,8 @@ class Repository:
         return self._head
 
     def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:
-        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` at ``now``."""
+        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` and
+        ``agent_pending_requests`` (still waiting for co-signers) at ``now``."""
         row = self._core.execute(_ISSUANCE_COUNTS, {"agent": agent, "template": template, "since": since,
                                                     "now": now}).one()
         return {name: int(value) for name, value in row._mapping.items()}
@@ -394,6 +431,13 @@ class Repository:
         return self._core.execute(
             core_select(func.min(_GRANTS.c.expiration))
             .where(_GRANTS.c.agent == agent, _GRANTS.c.expiration > now, _GRANTS.c.revoked_at.is_(None))
+        ).scalar_one_or_none()
+
+    def earliest_pending_expiry(self, *, requester: str, now: datetime) -> datetime | None:
+        return self._core.execute(
+            core_select(func.min(_REQUESTS.c.pending_expires_at))
+            .where(_REQUESTS.c.requester == requester, _REQUESTS.c.status == "pending",
+                   _REQUESTS.c.pending_expires_at > now)
         ).scalar_one_or_none()
 
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
