@@ -41,6 +41,7 @@ _INTENTS: Table = MintIntentRow.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _LOG_HEAD: Table = LogHeadRow.__table__  # type: ignore[attr-defined]
 _SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
+_CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[attr-defined]
 
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
@@ -442,16 +443,34 @@ class Repository:
         return [json.loads(row.body) for row in self.session.exec(statement)]
 
     def add_checkpoint(self, checkpoint: issuance_log.Checkpoint) -> None:
-        self.session.merge(CheckpointRow(seq=checkpoint.seq, head_hash=checkpoint.head_hash, time=checkpoint.time,
-                                         key_id=checkpoint.key_id, signature=checkpoint.signature))
+        """Insert the next checkpoint (the caller holds the log's lock).  Never an overwrite: a row at
+        the same position, or a second successor of one checkpoint, fails the unit of work."""
+        latest = self._core.execute(core_select(func.max(_CHECKPOINTS.c.position))).scalar_one_or_none()
+        self._core.execute(insert(_CHECKPOINTS).values(
+            position=(latest or 0) + 1, seq=checkpoint.seq, head_hash=checkpoint.head_hash, time=checkpoint.time,
+            key_id=checkpoint.key_id, signature=checkpoint.signature,
+            prev_checkpoint=checkpoint.prev_checkpoint, hash=checkpoint.hash()))
 
     def latest_checkpoint(self) -> issuance_log.Checkpoint | None:
-        row = self.session.exec(select(CheckpointRow).order_by(col(CheckpointRow.seq).desc())).first()
-        if row is None:
-            return None
-        return issuance_log.Checkpoint(seq=row.seq, head_hash=row.head_hash, time=row.time, key_id=row.key_id,
-                                       signature=row.signature)
+        row = self._core.execute(core_select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.position.desc()).limit(1)).first()
+        return None if row is None else _checkpoint(row)
 
+    def checkpoints(self, *, from_seq: int = 0) -> list[issuance_log.Checkpoint]:
+        """The checkpoints signing seq ``from_seq`` or later, in the order they were signed."""
+        rows = self._core.execute(core_select(_CHECKPOINTS).where(_CHECKPOINTS.c.seq >= from_seq)
+                                  .order_by(_CHECKPOINTS.c.position))
+        return [_checkpoint(row) for row in rows]
+
+    def stored_entry_lines(self, *, from_seq: int) -> list[bytes]:
+        """The stored lines (canonical JSON, what was hashed) of every entry from ``from_seq`` on, by seq."""
+        rows = self._core.execute(core_select(_EVENTS.c.body).where(_EVENTS.c.seq >= from_seq)
+                                  .order_by(_EVENTS.c.seq))
+        return [row.body.encode("utf-8") for row in rows]
+
+
+def _checkpoint(row: Any) -> issuance_log.Checkpoint:
+    return issuance_log.Checkpoint(seq=row.seq, head_hash=row.head_hash, time=row.time, key_id=row.key_id,
+                                   signature=row.signature, prev_checkpoint=row.prev_checkpoint)
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))

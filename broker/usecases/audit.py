@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -11,11 +12,12 @@ from typing import Any
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
-from broker.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
+from broker.errors import Forbidden, InvalidInput, NotFound
 from broker.ports import Clock
 from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
                              carried_refusals)
 from broker.storage.engine import Database
+from broker.usecases.checkpoints import Checkpointer
 
 EVENT_FILTERS = ("agent", "human", "template", "type", "request_id", "access_key_id", "grant_id")
 PAGE_MAX = 1000
@@ -64,6 +66,12 @@ class AuditLog:
     database: Database
     signer: issuance_log.CheckpointSigner
     clock: Clock
+    # Signs checkpoints, only over a log that extends the last one (broker.usecases.checkpoints).
+    checkpointer: Checkpointer | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpointer is None:
+            self.checkpointer = Checkpointer(database=self.database, signer=self.signer, clock=self.clock)
 
     def query(self, *, principal: Principal, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
               since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
@@ -78,15 +86,10 @@ class AuditLog:
         return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None}
 
     def checkpoint(self) -> issuance_log.Checkpoint:
-        """Sign the current head (idempotent for an unchanged head).
-
-        Two replicas may sign the same head at once; the loser's insert conflicts, and the
-        second attempt finds the winner's checkpoint.
-        """
-        try:
-            return self._checkpoint_once()
-        except StorageUnavailable:
-            return self._checkpoint_once()
+        """Sign the current head (idempotent for an unchanged head); CheckpointRefused when the log does
+        not extend the last signed checkpoint."""
+        assert self.checkpointer is not None
+        return self.checkpointer.checkpoint()
 
     def latest_checkpoint(self, *, principal: Principal) -> issuance_log.Checkpoint:
         """The newest signed checkpoint, as stored (reading takes none)."""
@@ -97,31 +100,35 @@ class AuditLog:
             raise NotFound("no checkpoint has been signed yet", code="checkpoint_not_found")
         return latest
 
-    def _checkpoint_once(self) -> issuance_log.Checkpoint:
-        with self.database.transaction() as repo:
-            seq, head = repo.log_head()
-            latest = repo.latest_checkpoint()
-            if latest is not None and latest.seq == seq and latest.key_id == self.signer.key_id:
-                return latest
-            checkpoint = self.signer.sign(seq, head, issuance_log.log_time(self.clock.now()))
-            repo.add_checkpoint(checkpoint)
-            return checkpoint
-
     def export(self, *, principal: Principal, since: datetime | None = None) -> Iterator[bytes]:
-        """JSONL: entries (from ``since``) up to a fresh checkpoint, then the checkpoint line."""
+        """JSONL (docs/log-format.md, section 8): the entries (from ``since``) up to a fresh checkpoint, every
+        checkpoint after the entry it signs, then the signed export statement and the final checkpoint."""
         require_reviewer(principal)
-        checkpoint = self.checkpoint()
+        final = self.checkpoint()
+        entries = self._entries_up_to(final.seq, since=since)
+        first = next(entries, None)
+        first_seq = first["seq"] if first is not None else final.seq + 1
+        with self.database.transaction() as repo:
+            checkpoints = [c for c in repo.checkpoints(from_seq=first_seq if since is not None else 0)
+                           if c.seq <= final.seq]
+        # NOTE: the final checkpoint ends the export (after the statement) even if a replica has signed a newer one.
+        checkpoints = checkpoints[:checkpoints.index(final) + 1] if final in checkpoints else [*checkpoints, final]
+        statement = self.signer.sign_export(final, first_seq=first_seq,
+                                            since=issuance_log.log_time(since) if since is not None else None,
+                                            time=issuance_log.log_time(self.clock.now()))
+        all_entries = entries if first is None else itertools.chain([first], entries)
+        yield from issuance_log.chained_export_lines(all_entries, checkpoints, statement)
+
+    def _entries_up_to(self, last_seq: int, *, since: datetime | None) -> Iterator[dict[str, Any]]:
         after = 0
         while True:
             with self.database.transaction() as repo:
                 page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
-            page = [entry for entry in page if entry["seq"] <= checkpoint.seq]
-            for entry in page:
-                yield issuance_log.entry_line(entry) + b"\n"
+            page = [entry for entry in page if entry["seq"] <= last_seq]
+            yield from page
             if len(page) < PAGE_MAX:
                 break
             after = page[-1]["seq"]
-        yield issuance_log.canonical_json({issuance_log.CHECKPOINT_KEY: checkpoint.to_dict()}) + b"\n"
 
     def correlate(self, *, principal: Principal, access_key_id: str | None = None,
                   source_identity: str | None = None) -> dict[str, Any]:
