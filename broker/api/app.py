@@ -102,9 +102,10 @@ def create_app(container: Container) -> FastAPI:
         log.error("unexpected error: %s", exc.__class__.__name__, exc_info=exc)
         return error_response(500, "internal_error", "the broker hit an unexpected error; nothing was issued")
 
-    from broker.api import routes_events, routes_grants, routes_requests, routes_system, routes_templates, ui
+    from broker.api import (routes_events, routes_grants, routes_keys, routes_requests, routes_system,
+                            routes_templates, ui)
 
-    for module in (routes_system, routes_templates, routes_requests, routes_events, routes_grants, ui):
+    for module in (routes_system, routes_templates, routes_requests, routes_events, routes_grants, routes_keys, ui):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, limit=container.settings.max_body_bytes)
     from broker.runtime.metrics import instrument

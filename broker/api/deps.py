@@ -141,7 +141,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                             refusal_budget=refusal_budget)
     directory = DirectoryAdapter(database)
     authenticator = Authenticator(api_keys=directory, principals=directory,
-                                  oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))
+                                  oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file), now=clock.now)
     signer = load_signer(settings)
     from broker.usecases.audit import AuditLog
 

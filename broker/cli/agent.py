@@ -19,9 +19,10 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
 
-from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest
+from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest, iso_time
 from broker.sdk.credential_process import CredentialCache, ScopeCredentials
 from broker.sdk.errors import BrokerAPIError
 
@@ -33,6 +34,10 @@ CONFLICTING_AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CREDENTI
                              "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 # The broker's own variables: a child runs with AWS keys, not with the agent's broker identity.
 BROKER_VARIABLES = ("BROKER_TOKEN", "BROKER_TOKEN_FILE", "BROKER_TOKEN_COMMAND")
+# Static keys the caller may have: with `exec --server` the child must use the endpoint, not these.
+STATIC_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+DEFAULT_REGION = "us-east-1"
+DEFAULT_BROKER_URL = "http://127.0.0.1:8080"
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -111,14 +116,25 @@ def run_credential_process(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- exec
-def child_environment(issued: IssuedCredentials, base: Mapping[str, str] | None = None,
-                      region: str | None = None) -> dict[str, str]:
-    """The child's environment: the caller's, minus competing AWS identities and the broker token, plus the keys."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in CONFLICTING_AWS_VARIABLES and k not in BROKER_VARIABLES}
-    env.update(issued.as_environment())
-    if region:
-        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+def resolve_region(region: str | None, base: Mapping[str, str] | None = None) -> str:
+    """``--region``, else the caller's AWS_REGION / AWS_DEFAULT_REGION, else us-east-1 (AWS tools need one)."""
+    env = os.environ if base is None else base
+    return region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def child_environment(issued: IssuedCredentials | None, base: Mapping[str, str] | None = None,
+                      region: str | None = None, *, server: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: the caller's, minus competing AWS identities and the broker token, plus the
+    keys and their expiry (or, with ``server``, the local credentials endpoint and no keys), and a region."""
+    base = os.environ if base is None else base
+    dropped = CONFLICTING_AWS_VARIABLES + BROKER_VARIABLES + (STATIC_KEY_VARIABLES if server is not None else ())
+    env = {k: v for k, v in base.items() if k not in dropped}
+    if server is not None:
+        env.update(server)
+    if issued is not None:
+        env.update(issued.as_environment())
+        env["AWS_CREDENTIAL_EXPIRATION"] = iso_time(issued.expiration)
+    env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = resolve_region(region, base)
     # AWS_ENDPOINT_URL (e.g. the dev broker's fake AWS) passes through unchanged.
     return env
 
@@ -127,9 +143,18 @@ def exec_options_parser() -> argparse.ArgumentParser:
     """Options given after TEMPLATE (argparse's REMAINDER swallows them; they are parsed here)."""
     parser = argparse.ArgumentParser(prog="broker exec TEMPLATE", add_help=False)
     add_scope_options(parser, with_template=False)
-    parser.add_argument("--region", default=None)
-    parser.add_argument("--cache-dir", type=Path, default=None)
+    add_exec_options(parser)
     return parser
+
+
+def add_exec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--region", default=None,
+                        help=f"AWS_REGION for the child (default $AWS_REGION, $AWS_DEFAULT_REGION, {DEFAULT_REGION})")
+    parser.add_argument("--server", action="store_true",
+                        help="give the child a local credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) "
+                             "that refreshes through the broker, instead of static keys")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="default $BROKER_CACHE_DIR or ~/.cache/agent-broker")
 
 
 def split_exec_command(args: argparse.Namespace) -> list[str]:
@@ -153,15 +178,38 @@ def run_exec(args: argparse.Namespace) -> int:
     if not command:
         print("error: give the command after --, e.g. broker exec TEMPLATE -- aws s3 ls", file=sys.stderr)
         return 2
+    if args.server:
+        return _exec_with_server(args, command)
     answer = obtain_or_exit_code(args)
     if isinstance(answer, int):
         return answer
+    # NOTE: the keys go to the child's environment only; this process's environment is untouched.
+    return _call(command, child_environment(answer, region=args.region))
+
+
+def _call(command: list[str], env: dict[str, str]) -> int:
     try:
-        # NOTE: the keys go to the child's environment only; this process's environment is untouched.
-        return subprocess.call(command, env=child_environment(answer, region=args.region))
+        return subprocess.call(command, env=env)
     except OSError as exc:
         print(f"error: cannot run {command[0]!r} ({exc.strerror})", file=sys.stderr)
         return 127
+
+
+def _exec_with_server(args: argparse.Namespace, command: list[str]) -> int:
+    """The child reads credentials from a local endpoint that refreshes them through the broker."""
+    from broker.sdk.credential_server import SERVER_REFRESH_MARGIN_SECONDS, CredentialServer
+
+    try:
+        with client_from(args) as client:
+            scope = scope_from(args, client)
+            scope.refresh_margin = SERVER_REFRESH_MARGIN_SECONDS
+            first = scope.obtain(wait_seconds=args.wait)  # refused or pending: say so before the child starts
+            if isinstance(first, PendingRequest):
+                return report_pending(first)
+            with CredentialServer(scope.obtain) as server:
+                return _call(command, child_environment(None, region=args.region, server=server.environment()))
+    except BrokerAPIError as exc:
+        return report_error(exc)
 
 
 # ----------------------------------------------------------------------------- profile
@@ -183,16 +231,34 @@ def credential_process_line(args: argparse.Namespace) -> str:
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def write_profile(config_file: Path, name: str, line: str) -> None:
+def _profile_sections(name: str) -> set[str]:
+    return {f"profile {name}"} | ({"default"} if name == "default" else set())
+
+
+def _section_of(raw: str) -> str | None:
+    stripped = raw.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        return " ".join(stripped[1:-1].split())
+    return None
+
+
+def profile_exists(config_file: Path, name: str) -> bool:
+    if not config_file.exists():
+        return False
+    targets = _profile_sections(name)
+    return any(_section_of(raw) in targets for raw in config_file.read_text().splitlines())
+
+
+def write_profile(config_file: Path, name: str, line: str, settings: Mapping[str, str] | None = None) -> None:
     """Replace (or add) ``[profile NAME]`` in an AWS config file; other sections stay byte for byte."""
     text = config_file.read_text() if config_file.exists() else ""
-    targets = {f"profile {name}"} | ({"default"} if name == "default" else set())
+    targets = _profile_sections(name)
     kept: list[str] = []
     skipping = False
     for raw in text.splitlines(keepends=True):
-        stripped = raw.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            skipping = " ".join(stripped[1:-1].split()) in targets
+        section = _section_of(raw)
+        if section is not None:
+            skipping = section in targets
         if not skipping:
             kept.append(raw)
     body = "".join(kept)
@@ -201,28 +267,68 @@ def write_profile(config_file: Path, name: str, line: str) -> None:
     if body and not body.endswith("\n\n"):
         body += "\n"
     section = "default" if name == "default" else f"profile {name}"
-    body += f"[{section}]\ncredential_process = {line}\n"
+    extra = "".join(f"{key} = {value}\n" for key, value in (settings or {}).items())
+    body += f"[{section}]\ncredential_process = {line}\n{extra}"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(body)
 
 
+def _embedded_token_source(args: argparse.Namespace) -> None:
+    """Fill ``args.token_file`` / ``args.token_command`` from the flags or the environment, or refuse.
+
+    NOTE: a literal token (BROKER_TOKEN) is never written into an AWS config file."""
+    if not (args.token_file or args.token_command):
+        args.token_file = os.environ.get("BROKER_TOKEN_FILE") or None
+        args.token_command = None if args.token_file else (os.environ.get("BROKER_TOKEN_COMMAND") or None)
+    if not (args.token_file or args.token_command):
+        raise BrokerAPIError("no_token_source", "a profile must say where the broker token comes from: pass "
+                             "--token-file FILE or --token-command CMD (a literal BROKER_TOKEN is never written "
+                             "into an AWS config file)", 0)
+    if args.token_file:
+        args.token_file = str(Path(args.token_file).expanduser().resolve())
+
+
+def _check_parameters(template: Mapping[str, Any], params: Mapping[str, str]) -> None:
+    declared = template.get("parameters") or {}
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise BrokerAPIError("unknown_parameter", f"template '{template.get('name')}' has no parameter "
+                             f"{', '.join(unknown)} (it takes: {', '.join(sorted(declared)) or 'none'})", 0)
+    missing = sorted(n for n, spec in declared.items() if n not in params and (spec or {}).get("default") is None)
+    if missing:
+        raise BrokerAPIError("missing_parameter", f"template '{template.get('name')}' needs "
+                             + ", ".join(f"-p {n}=..." for n in missing), 0)
+
+
 def run_profile(args: argparse.Namespace) -> int:
     if not PROFILE_NAME.match(args.name):
         print(f"error: profile name {args.name!r} must be letters, digits, '.', '_' or '-'", file=sys.stderr)
         return 2
+    config_file = Path(args.config_file or os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
+    if profile_exists(config_file, args.name) and not args.force:
+        print(f"error [profile_exists]: {config_file} already has [profile {args.name}]; pass --force to replace it",
+              file=sys.stderr)
+        return 1
+    region = resolve_region(args.region)
+    endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     try:
+        _embedded_token_source(args)
+        args.url = args.url or os.environ.get("BROKER_URL") or DEFAULT_BROKER_URL
         line = credential_process_line(args)
+        with client_from(args) as client:
+            # The template must exist, and the parameters fit it, before a profile names them.
+            _check_parameters(client.template(args.template), dict(args.params))
     except BrokerAPIError as exc:
         return report_error(exc)
-    config_file = Path(args.config_file or os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
-    write_profile(config_file, args.name, line)
-    print(f"wrote [profile {args.name}] to {config_file}")
+    settings = {"region": region, **({"endpoint_url": endpoint} if endpoint else {})}
+    if any(c in value for value in settings.values() for c in "\r\n"):
+        return report_error(BrokerAPIError("invalid_input", "profile values must not contain line breaks", 0))
+    write_profile(config_file, args.name, line, settings)
+    print(f"wrote [profile {args.name}] to {config_file} (broker {args.url}, region {region}"
+          + (f", endpoint {endpoint}" if endpoint else "") + ")")
     print(f"  use it: AWS_PROFILE={args.name} aws sts get-caller-identity")
-    if not (args.url or os.environ.get("BROKER_URL")):
-        print("  note: the profile reads BROKER_URL and the token from the environment of each AWS call",
-              file=sys.stderr)
     return 0
 
 
@@ -246,16 +352,31 @@ def register(subparsers) -> None:
     cp.add_argument("--cache-dir", type=Path, default=None, help="default $BROKER_CACHE_DIR or ~/.cache/agent-broker")
     cp.set_defaults(func=run_credential_process)
 
-    ex = subparsers.add_parser("exec", help="run a command with a scope's credentials in its environment only")
+    ex = subparsers.add_parser("exec", help="run a command with a scope's credentials in its environment only",
+                               epilog="example: broker exec s3-read-prefix -p prefix=reports --reason 'bug 42' "
+                                      "-- aws s3 ls s3://broker-demo-bucket/reports/\n"
+                                      "         broker exec s3-read-prefix -p prefix=reports --reason 'bug 42' "
+                                      "--server -- python long_job.py",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scope_options(ex)
-    ex.add_argument("--region", default=None)
-    ex.add_argument("--cache-dir", type=Path, default=None)
+    add_exec_options(ex)
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     ex.set_defaults(func=run_exec)
 
-    pr = subparsers.add_parser("profile", help="write an ~/.aws/config profile that uses broker credential-process")
-    add_scope_options(pr)
+    pr = subparsers.add_parser(
+        "profile", help="write an ~/.aws/config profile that uses broker credential-process",
+        description="Writes [profile NAME] with everything a request needs: the template and its parameters, the "
+                    "reason, the broker URL, where the token comes from (a file or a command; never the token "
+                    "itself), the region, and AWS_ENDPOINT_URL when set.  The template and its parameters are "
+                    "checked with the broker first; an existing profile is replaced only with --force.",
+        epilog="example: broker profile s3-read-prefix -p prefix=reports --reason 'bug 42' --name reports "
+               "--token-file .broker/tokens/agent-demo")
+    add_scope_options(pr, reason_required=True)
     pr.add_argument("--name", required=True, help="profile name")
+    pr.add_argument("--region", default=None,
+                    help=f"the profile's region (default $AWS_REGION, $AWS_DEFAULT_REGION, {DEFAULT_REGION})")
+    pr.add_argument("--endpoint-url", default=None, help="the profile's endpoint_url (default $AWS_ENDPOINT_URL)")
+    pr.add_argument("--force", action="store_true", help="replace an existing profile of that name")
     pr.add_argument("--config-file", default=None, help="default $AWS_CONFIG_FILE or ~/.aws/config")
     pr.set_defaults(func=run_profile)
 

@@ -10,7 +10,9 @@ Exit codes
             1 the parameters are invalid or the rendered policy fails the guardrails.
   explain   0 printed the blast radius (of the template, or of one request with ``-p``).
   simulate  0 allowed, 1 denied, 3 undecidable ("may allow": a condition key or operator the
-            evaluator cannot decide; pass ``--context KEY=VALUE`` to decide it).
+            evaluator cannot decide; pass ``--context KEY=VALUE`` to decide it), 4 an action the
+            action database does not know (named, with "did you mean"), 2 unusable input.
+            See :mod:`broker.cli.simulate` (``--boundary``, ``--grant``).
 
 Templates are looked up in ``--scopes DIR``, else ``$BROKER_SCOPES_DIR``, else ``./scopes``.
 """
@@ -72,19 +74,15 @@ def register(subparsers) -> None:
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=run_explain)
 
+    from broker.cli import simulate as simulate_command
+
     simulate = sub.add_parser("simulate", help="would this session be allowed to do ACTION on RESOURCE? "
-                                               "(exit 0 allowed, 1 denied, 3 undecidable)")
-    with_template(simulate)
-    simulate.add_argument("--action", required=True)
-    simulate.add_argument("--resource", required=True)
-    simulate.add_argument("--role-policy", type=Path, action="append", default=[],
-                          help="the role's identity policy (JSON file); repeatable.  Without it only the "
-                               "session policy is checked")
-    simulate.add_argument("--context", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                          help="a condition key's value in the request (repeat a key for several values)")
-    simulate.add_argument("--context-complete", action="store_true",
-                          help="keys not given with --context are absent from the request (not unknown)")
-    simulate.add_argument("--format", choices=["text", "json"], default="text")
+                                               "(exit 0 allowed, 1 denied, 3 undecidable, 4 unknown action, "
+                                               "2 unusable input)")
+    simulate.add_argument("name", nargs="?", default=None, help="template name (or give --grant)")
+    simulate.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    simulate.add_argument("--scopes", type=Path, default=None, help="template folder")
+    simulate_command.add_arguments(simulate, _key_value)
     simulate.set_defaults(func=run_simulate)
 
     scopes.set_defaults(func=lambda _args: (scopes.print_help(), EXIT_UNUSABLE)[1])
@@ -223,43 +221,7 @@ def run_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_policy(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"{path}: not a readable JSON policy ({exc.__class__.__name__})",
-                           field="role_policy") from exc
-    documents = data if isinstance(data, list) else [data]
-    if not documents or not all(isinstance(d, dict) and "Statement" in d for d in documents):
-        raise InvalidInput(f"{path}: expected a policy document (or a list of them) with a Statement",
-                           field="role_policy")
-    return documents
-
-
 def run_simulate(args: argparse.Namespace) -> int:
-    from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
+    from broker.cli import simulate as simulate_command
 
-    template = _load_template(args)
-    _values, rendered, blocking = _render_checked(template, _params(args))
-    if blocking:
-        print("note: the broker would refuse to mint this policy; simulating it anyway", file=sys.stderr)
-    sets = [PolicySet.of(PolicyKind.SESSION, rendered.document, name="session")]
-    role_documents = [doc for path in args.role_policy for doc in _read_policy(path)]
-    if role_documents:
-        sets.insert(0, PolicySet.of(PolicyKind.IDENTITY, *role_documents, name="role"))
-    context: dict[str, list[str]] = {}
-    for key, value in args.context:
-        context.setdefault(key, []).append(value)
-    request = AccessRequest(action=args.action, resource=args.resource, context=context,
-                            context_complete=args.context_complete)
-    decision = evaluate(sets, request)
-    if args.format == "json":
-        body = decision.to_dict() | {"role_policy_checked": bool(role_documents), "policy_digest": rendered.digest}
-        print(json.dumps(body, indent=2))
-    else:
-        print(f"{decision.outcome.value}: {decision.reason}")
-        if not role_documents:
-            print("note: only the session policy was checked; pass --role-policy FILE to intersect with the "
-                  "role's own policy", file=sys.stderr)
-    return {Outcome.ALLOWED: EXIT_OK, Outcome.DENIED: EXIT_FINDINGS,
-            Outcome.UNDECIDABLE: EXIT_UNDECIDABLE}[decision.outcome]
+    return simulate_command.run(args, load_template=_load_template, render_checked=_render_checked, params=_params)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.domain.templates import PLACEHOLDER, ParameterSpec, ScopeTemplate, Statement
+from broker.domain.templates import PLACEHOLDER, ParameterSpec, ScopeTemplate, Statement, parameter_pattern
 from broker.errors import InvalidParameter, PolicyTooLarge
 
 # STS: "The plaintext that you use for both inline and managed session policies can't exceed 2,048
@@ -91,7 +91,7 @@ def _validate_string(name: str, spec: ParameterSpec, raw: Any) -> str:
     _check_widening(name, raw)
     if spec.enum is not None and raw not in spec.enum:
         raise _reject(name, f"must be one of: {', '.join(spec.enum)}")
-    if spec.pattern is not None and not re.fullmatch(spec.pattern, raw):
+    if spec.pattern is not None and not parameter_pattern(spec.pattern).fullmatch(raw):
         raise _reject(name, f"does not match the pattern {spec.pattern}")
     return raw
 

@@ -13,9 +13,10 @@ import hashlib
 import json
 import re
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
+import re2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +31,28 @@ DEFAULT_ROLE_MAX_SESSION = 3600
 PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+# A parameter pattern is matched by RE2 (google-re2): time linear in the value whatever the pattern, so no
+# template can make matching backtrack (``^([a-z0-9]+-?)+$`` on 28 characters stalled Python's ``re``).
+# RE2 runs the regular part of Python's syntax; what it cannot run (backreferences, lookarounds, ``\Z``)
+# is refused when the template loads.  Values reaching a pattern are ASCII IAM name characters (the
+# renderer refuses others first), where RE2's and Python's classes (``\d``, ``\w``) agree.
+PATTERN_MAX_MEMORY = 8 << 20  # bytes RE2 may use to compile one pattern: a huge pattern is refused
+
+
+@lru_cache(maxsize=512)
+def parameter_pattern(text: str) -> Any:
+    """``text`` compiled by RE2 (cached); raises ``ValueError`` saying why RE2 cannot run it."""
+    options = re2.Options()
+    options.log_errors = False  # the reason is raised, not printed on stderr
+    options.max_mem = PATTERN_MAX_MEMORY
+    try:
+        return re2.compile(text, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"pattern cannot be matched in linear time (RE2: {reason}); backreferences, "
+                         "lookarounds and \\Z are not supported") from exc
 
 
 class Environment(StrEnum):
@@ -62,6 +85,7 @@ class ParameterSpec(_Strict):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"pattern does not compile: {exc}") from exc
+            parameter_pattern(value)  # and RE2 runs it (full match, as with re.fullmatch)
         return value
 
     @field_validator("enum")

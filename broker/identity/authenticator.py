@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 import jwt
@@ -30,6 +31,16 @@ class ApiKeyRecord:
     token_hash: str
     principal_id: str
     revoked: bool = False
+    # None: the key never expires.
+    expires_at: datetime | None = None
+    # The key's principal exists but an admin disabled it.
+    principal_disabled: bool = False
+
+    def expired(self, now: datetime) -> bool:
+        if self.expires_at is None:
+            return False
+        expires = self.expires_at if self.expires_at.tzinfo else self.expires_at.replace(tzinfo=UTC)
+        return expires <= now
 
 
 class ApiKeyStore(Protocol):
@@ -50,6 +61,12 @@ _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(?P<token>[^\s]+)$")
 # hash-and-compare as a known one.
 _UNKNOWN_KEY_HASH = hash_api_key(API_KEY_PREFIX + "0" * 12 + "_" + "A" * 43)
 API_KEY_AUTH_METHOD = "api_key"
+# Three dot-separated base64url parts: what a JWT (JWS compact serialization, RFC 7515 7.1) looks like.
+_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+
+
+def _system_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _invalid_credentials(message: str) -> Unauthenticated:
@@ -58,8 +75,9 @@ def _invalid_credentials(message: str) -> Unauthenticated:
 
 class Authenticator:
     def __init__(self, *, api_keys: ApiKeyStore, principals: PrincipalDirectory,
-                 oidc_verifiers: Sequence[OidcVerifier]) -> None:
+                 oidc_verifiers: Sequence[OidcVerifier], now: Callable[[], datetime] = _system_now) -> None:
         self._api_keys = api_keys
+        self._now = now
         self._principals = principals
         by_issuer: dict[str, OidcVerifier] = {}
         for verifier in oidc_verifiers:
@@ -79,6 +97,10 @@ class Authenticator:
         token = match["token"]
         if token.startswith(API_KEY_PREFIX):
             return self._authenticate_api_key(token)
+        if not _JWT_SHAPE.fullmatch(token):
+            # NOTE: said before anything else about tokens, so a pasted garbage value is not answered with
+            # which identity providers this broker trusts (or that it trusts none).
+            raise _invalid_credentials("The token is neither a broker API key (brk_...) nor a JWT.")
         return self._authenticate_oidc(token)
 
     # -- API keys ------------------------------------------------------------
@@ -92,10 +114,16 @@ class Authenticator:
         # NOTE: always one constant-time comparison, found or not.
         matches = verify_api_key_hash(token_hash, record.token_hash if record else _UNKNOWN_KEY_HASH)
         if record is None or not matches:
-            raise _invalid_credentials("The API key is not valid.")
-        # Only a holder of the full, correct key learns that it was revoked.
+            # NOTE: an unknown key id and a wrong secret get the same answer: key ids are not an oracle.
+            raise _invalid_credentials("The API key is not known to this broker (or its secret is wrong).")
+        # Only a holder of the full, correct key learns that it was revoked, expired or its principal disabled.
+        if record.principal_disabled:
+            raise Unauthenticated("This principal has been disabled.", code="principal_disabled")
         if record.revoked:
             raise Unauthenticated("The API key has been revoked.", code="revoked_credentials")
+        if record.expired(self._now()):
+            raise Unauthenticated("The API key has expired; ask an admin for a new one (broker keys rotate).",
+                                  code="api_key_expired")
         principal = self._principals.get_principal(record.principal_id)
         if principal is None:
             raise _invalid_credentials("The API key's principal no longer exists.")
@@ -105,7 +133,7 @@ class Authenticator:
 
     def _authenticate_oidc(self, token: str) -> Principal:
         if not self._verifiers:
-            raise _invalid_credentials("No identity provider is configured for tokens.")
+            raise _invalid_credentials("This broker trusts no OIDC issuer: it accepts broker API keys (brk_...) only.")
         try:
             # NOTE: unverified, and used only to pick the verifier; the chosen
             # verifier checks the signature and the issuer again, exactly.

@@ -141,10 +141,27 @@ def seed_principals(database: Database, keys_file: Path,
             repo.add_api_key(key_id=issued.key_id, token_hash=issued.token_hash, principal_id=principal_id, now=now)
             keys[principal_id] = issued.token
     keys_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(keys, handle, indent=2)
+    _write_private(keys_file, json.dumps(keys, indent=2))
+    # One file per key as well, for BROKER_TOKEN_FILE / --token-file (and profiles, which never embed a key).
+    tokens = keys_file.parent / TOKENS_DIR
+    tokens.mkdir(mode=0o700, exist_ok=True)
+    for principal_id, token in keys.items():
+        _write_private(token_file(keys_file.parent, principal_id), token + "\n")
     return keys
+
+
+TOKENS_DIR = "tokens"
+
+
+def token_file(state_dir: Path, principal_id: str) -> Path:
+    """Where ``broker dev`` writes a principal's key: ``.broker/tokens/agent-demo`` for agent:demo."""
+    return state_dir / TOKENS_DIR / principal_id.replace(":", "-")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def ensure_signing_key(state_dir: Path) -> tuple[Path, Path]:

@@ -132,6 +132,8 @@ class ScopeCredentials:
     params: Mapping[str, Any]
     reason: str | None
     ttl: int | None = None
+    # Cached credentials are used only while more than this is left.
+    refresh_margin: float = REFRESH_MARGIN_SECONDS
 
     @property
     def key(self) -> str:
@@ -140,7 +142,7 @@ class ScopeCredentials:
 
     def obtain(self, *, wait_seconds: float = 0.0) -> IssuedCredentials | PendingRequest:
         key = self.key
-        cached = self.cache.load(key)
+        cached = self.cache.load(key, margin=self.refresh_margin)
         if cached is not None:
             return cached
         answer = self._from_pending(key)

@@ -26,6 +26,10 @@ class ApiKeyRow(SQLModel, table=True):
     principal_id: str = Field(index=True, max_length=200)
     created_at: datetime
     revoked: bool = False
+    # NULL: the key never expires.  An expired key is refused (api_key_expired) like a revoked one.
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=200)
 
 
 class RequestRow(SQLModel, table=True):
@@ -144,9 +148,9 @@ class LogHeadRow(SQLModel, table=True):
 class CheckpointRow(SQLModel, table=True):
     """One signed checkpoint, in the order they were signed (``position``, 1, 2, ...).
 
-    Insert-only: migration 0008's triggers refuse UPDATE and DELETE (and TRUNCATE), and nothing in
+    Insert-only: migration 0009's triggers refuse UPDATE and DELETE (and TRUNCATE), and nothing in
     the broker issues them.  ``prev_checkpoint`` is the hash of the checkpoint before (NULL for
-    format-1 rows signed before 0008) and unique, so two checkpoints cannot name one predecessor.
+    format-1 rows signed before 0009) and unique, so two checkpoints cannot name one predecessor.
     """
 
     __tablename__ = "checkpoints"

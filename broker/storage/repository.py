@@ -46,7 +46,7 @@ _CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[attr-defined]
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
     core_select(_API_KEYS.c.key_id, _API_KEYS.c.token_hash, _API_KEYS.c.principal_id, _API_KEYS.c.revoked,
-                _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled)
+                _API_KEYS.c.expires_at, _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled)
     .select_from(_API_KEYS.outerjoin(_PRINCIPALS, _PRINCIPALS.c.id == _API_KEYS.c.principal_id))
     .where(_API_KEYS.c.key_id == bindparam("key_id"))
 )
@@ -182,19 +182,41 @@ class Repository:
         row.roles = json.dumps(sorted(set(roles)))
         row.groups = json.dumps(sorted(set(groups)))
         row.acts_for = acts_for
-        row.disabled = False
+        # NOTE: a disabled principal stays disabled: only set_principal_disabled (a logged use case) enables it.
         self.session.add(row)
 
-    def disable_principal(self, principal_id: str) -> bool:
+    def get_principal_row(self, principal_id: str) -> PrincipalRow | None:
+        """The stored principal, disabled or not (admin views)."""
+        return self.session.get(PrincipalRow, principal_id)
+
+    def set_principal_disabled(self, principal_id: str, disabled: bool) -> bool:
         row = self.session.get(PrincipalRow, principal_id)
         if row is None:
             return False
-        row.disabled = True
+        row.disabled = disabled
         self.session.add(row)
         return True
 
-    def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime) -> None:
-        self.session.add(ApiKeyRow(key_id=key_id, token_hash=token_hash, principal_id=principal_id, created_at=now))
+    def disable_principal(self, principal_id: str) -> bool:
+        return self.set_principal_disabled(principal_id, True)
+
+    def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime,
+                    expires_at: datetime | None = None) -> None:
+        self.session.add(ApiKeyRow(key_id=key_id, token_hash=token_hash, principal_id=principal_id, created_at=now,
+                                   expires_at=expires_at))
+
+    def get_api_key_row(self, key_id: str) -> ApiKeyRow | None:
+        return self.session.get(ApiKeyRow, key_id)
+
+    def list_api_keys(self, *, principal_id: str | None = None) -> list[ApiKeyRow]:
+        statement = select(ApiKeyRow).order_by(col(ApiKeyRow.principal_id), col(ApiKeyRow.created_at))
+        if principal_id is not None:
+            statement = statement.where(ApiKeyRow.principal_id == principal_id)
+        return list(self.session.exec(statement))
+
+    def save_api_key(self, row: ApiKeyRow) -> None:
+        """A key loaded in this unit of work and changed (revoked, expiry moved): written at commit."""
+        self.session.add(row)
 
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         found = self.find_api_key_with_principal(key_id)
@@ -206,7 +228,8 @@ class Repository:
         if row is None:
             return None
         record = ApiKeyRecord(key_id=row.key_id, token_hash=row.token_hash, principal_id=row.principal_id,
-                              revoked=bool(row.revoked))
+                              revoked=bool(row.revoked), expires_at=row.expires_at,
+                              principal_disabled=row.roles is not None and bool(row.disabled))
         if row.roles is None or row.disabled:
             return record, None
         return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for)

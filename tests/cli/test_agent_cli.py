@@ -20,25 +20,9 @@ import pytest
 from broker.cli.agent import write_profile
 from broker.cli.main import main
 from tests.conftest import moto_sts_sessions
-from tests.sdk.conftest import live_broker  # noqa: F401 - fixture
 
 CLI = [sys.executable, "-m", "broker.cli.main"]
 REASON = "read the cost reports for bug 42"
-
-
-@pytest.fixture
-def agent_env(live_broker, tmp_path, monkeypatch):  # noqa: F811
-    """The agent's environment: broker URL and token, a private cache dir, no ambient AWS identity."""
-    monkeypatch.setenv("BROKER_URL", live_broker.url)
-    monkeypatch.setenv("BROKER_TOKEN", live_broker.keys["agent:demo"])
-    for name in ("BROKER_TOKEN_FILE", "BROKER_TOKEN_COMMAND", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("BROKER_CACHE_DIR", str(cache))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    return live_broker, cache
 
 
 @pytest.fixture
@@ -173,11 +157,23 @@ HOSTILE_REASONS = ["plain", "it's a \"quoted\" reason", "$(touch /tmp/pwned) `id
                    "tab\there", "üñíçødé"]
 
 
+@pytest.fixture
+def token_file(agent_env, tmp_path, monkeypatch):
+    """The agent's key in a private file (what a profile names; it never embeds the key)."""
+    live, _cache = agent_env
+    path = tmp_path / "agent.token"
+    path.write_text(live.keys["agent:demo"] + "\n")
+    path.chmod(0o600)
+    monkeypatch.delenv("BROKER_TOKEN")
+    monkeypatch.setenv("BROKER_TOKEN_FILE", str(path))
+    return path
+
+
 @pytest.mark.parametrize("reason", HOSTILE_REASONS)
-def test_profile_quotes_every_word_so_botocore_splits_it_back(offline_env, tmp_path, reason):
+def test_profile_quotes_every_word_so_botocore_splits_it_back(token_file, tmp_path, reason):
     config = tmp_path / "aws-config"
     assert main(["profile", "test-s3-read", "-p", "prefix=reports", "--name", "broker-s3", "--reason", reason,
-                 "--config-file", str(config)]) == 0
+                 "--token-file", str(token_file), "--config-file", str(config)]) == 0
     from botocore.compat import compat_shell_split
     from botocore.configloader import raw_config_parse
 
@@ -186,23 +182,70 @@ def test_profile_quotes_every_word_so_botocore_splits_it_back(offline_env, tmp_p
     assert words[:5] == [sys.executable, "-m", "broker.cli.main", "credential-process", "test-s3-read"]
     assert words[words.index("--reason") + 1] == reason
     assert words[words.index("-p") + 1] == "prefix=reports"
+    assert words[words.index("--token-file") + 1] == str(token_file.resolve())
+    assert words[words.index("--url") + 1] == os.environ["BROKER_URL"]
+    assert parsed["profile broker-s3"]["region"] == "us-east-1"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
 
-def test_profile_replaces_its_stanza_and_keeps_the_others(agent_env, tmp_path):
+def test_profile_replaces_a_stanza_only_with_force_and_keeps_the_others(token_file, agent_env, tmp_path):
     live, _cache = agent_env
     config = tmp_path / "aws-config"
-    config.write_text("# my config\n[default]\nregion = eu-west-1\n\n[profile broker-s3]\ncredential_process = old\n"
-                      "\n[profile other]\nregion = us-west-2\n")
-    assert main(["profile", "test-s3-read", "--name", "broker-s3", "--reason", REASON,
-                 "--config-file", str(config)]) == 0
+    before = ("# my config\n[default]\nregion = eu-west-1\n\n[profile broker-s3]\ncredential_process = old\n"
+              "\n[profile other]\nregion = us-west-2\n")
+    config.write_text(before)
+    argv = ["profile", "test-s3-read", "--name", "broker-s3", "--reason", REASON, "--config-file", str(config)]
+    assert main(argv) == 1
+    assert config.read_text() == before
+    assert main(argv + ["--force"]) == 0
     text = config.read_text()
     assert "# my config" in text and "region = eu-west-1" in text and "[profile other]\nregion = us-west-2" in text
     assert text.count("[profile broker-s3]") == 1 and "credential_process = old" not in text
-    # The written profile works through botocore's loader.
-    session = boto3.Session(profile_name="broker-s3", region_name="us-east-1")
+    # The written profile works through botocore's loader, with no region given to it.
+    session = boto3.Session(profile_name="broker-s3")
     assert ":assumed-role/broker-target-s3-read/" in session.client(
         "sts", endpoint_url=live.aws_endpoint).get_caller_identity()["Arn"]
+
+
+def test_the_written_profile_works_in_the_aws_cli_as_printed(token_file, agent_env, tmp_path, monkeypatch,
+                                                             capsys):
+    live, _cache = agent_env
+    monkeypatch.setenv("AWS_ENDPOINT_URL", live.aws_endpoint)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["profile", "test-s3-read", "-p", "prefix=reports", "--name", "reports", "--reason", REASON]) == 0
+    printed = capsys.readouterr().out
+    suggested = printed.split("use it: ", 1)[1].splitlines()[0]
+    assert suggested == "AWS_PROFILE=reports aws sts get-caller-identity"
+    # A new shell: only the profile knows the broker, the token file, the region and the endpoint.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
+    env.update(AWS_CONFIG_FILE=os.environ["AWS_CONFIG_FILE"], BROKER_CACHE_DIR=os.environ["BROKER_CACHE_DIR"],
+               AWS_SHARED_CREDENTIALS_FILE=os.environ["AWS_SHARED_CREDENTIALS_FILE"], AWS_PROFILE="reports")
+    done = subprocess.run([str(Path(sys.executable).parent / "aws"), "sts", "get-caller-identity"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert ":assumed-role/broker-target-s3-read/" in json.loads(done.stdout)["Arn"]
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (["test-s3-raed"], "template_not_found"),
+    (["test-s3-read", "-p", "prefx=reports"], "unknown_parameter"),
+])
+def test_profile_refuses_what_the_broker_would_refuse_and_writes_nothing(token_file, tmp_path, argv, code, capsys):
+    config = tmp_path / "aws-config"
+    assert main(["profile", *argv, "--name", "p", "--reason", REASON, "--config-file", str(config)]) == 1
+    assert f"[{code}]" in capsys.readouterr().err
+    assert not config.exists()
+
+
+def test_profile_needs_a_reason_and_a_token_source(agent_env, tmp_path, capsys):
+    config = tmp_path / "aws-config"
+    with pytest.raises(SystemExit):
+        main(["profile", "test-s3-read", "--name", "p", "--config-file", str(config)])
+    assert main(["profile", "test-s3-read", "--name", "p", "--reason", REASON, "--config-file", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "[no_token_source]" in err and "--token-file" in err
+    assert not config.exists()
 
 
 @pytest.mark.parametrize("name", ["", "a b", "x]\n[default", "../etc", "-flag"])
@@ -214,8 +257,8 @@ def test_profile_refuses_hostile_names(offline_env, tmp_path, name):
 
 def test_profile_refuses_line_breaks_in_values(offline_env, tmp_path):
     config = tmp_path / "aws-config"
-    assert main(["profile", "test-s3-read", "--name", "p", "--reason", "two\nlines", "--config-file",
-                 str(config)]) == 1
+    assert main(["profile", "test-s3-read", "--name", "p", "--reason", "two\nlines", "--token-file", "t",
+                 "--config-file", str(config)]) == 1
     assert not config.exists()
 
 

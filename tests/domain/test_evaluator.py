@@ -1,6 +1,7 @@
-"""The offline IAM evaluator, table-style, with cases from AWS's policy evaluation documentation
-("Policy evaluation logic", "Condition operators", "Conditions with multiple context keys or
-values", "Policy variables")."""
+"""The offline IAM evaluator, table-style, with cases from AWS's documentation: IAM User Guide
+"Policy evaluation logic", "IAM JSON policy elements: Version / Resource / Condition operators",
+"Conditions with multiple context keys or values", "Single-valued vs. multivalued context keys",
+"IAM policy elements: Variables and tags", and the STS API reference (GetCallerIdentity)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from broker.domain.evaluator import (
     Outcome,
     PolicyKind,
     PolicySet,
+    KnownSuffix,
     Tri,
     action_matches,
+    arn_match,
     arn_matches,
     evaluate,
     evaluate_condition,
@@ -146,24 +149,65 @@ def test_action_wildcards(pattern, action, expected):
     assert action_matches(pattern, action) is expected
 
 
-@pytest.mark.parametrize(("pattern", "arn", "expected"), [
-    ("*", OBJECT, True),
-    (BUCKET + "/*", OBJECT, True),                     # * in the resource part spans '/'
-    (BUCKET + "/*", BUCKET, False),
-    (BUCKET, BUCKET + "/x", False),
-    ("arn:aws:s3:::REPORTS/*", OBJECT, False),         # ARNs are case-sensitive
+T, F, U = Tri.TRUE, Tri.FALSE, Tri.UNKNOWN
+EC2_I1 = "arn:aws:ec2:us-east-1:123456789012:instance/i-1"
+SQS_Q = "arn:aws:sqs:us-east-1:111111111111:queue1"
+# "IAM JSON policy elements: Resource", Using wildcards in resource ARNs: wildcards work "within the individual
+# segments of an ARN (the parts separated by colons)"; "If the * wildcard is the last character of a resource ARN
+# segment, it can expand to match beyond the colon boundaries"; ARNs are case-sensitive; * in the resource part
+# spans '/' (the doc's amzn-s3-demo-bucket/*/test/* example).
+ARN_CASES = [
+    ("*", OBJECT, T),
+    (BUCKET + "/*", OBJECT, T),                                  # * in the resource part spans '/'
+    (BUCKET + "/*", BUCKET, F),
+    (BUCKET, BUCKET + "/x", F),
+    ("arn:aws:s3:::REPORTS/*", OBJECT, F),                       # ARNs are case-sensitive
+    ("arn:aws:s3:::amzn-s3-demo-bucket/*/test/*", "arn:aws:s3:::amzn-s3-demo-bucket/1/2/test/3/object.jpg", T),
+    ("arn:aws:s3:::amzn-s3-demo-bucket/*/test/*", "arn:aws:s3:::amzn-s3-demo-bucket//test/object.jpg", T),
+    ("arn:aws:s3:::amzn-s3-demo-bucket/*/test/*", "arn:aws:s3:::amzn-s3-demo-bucket/1/test/", T),
+    ("arn:aws:s3:::amzn-s3-demo-bucket/*/test/*", "arn:aws:s3:::amzn-s3-demo-bucket/1-test/object.jpg", F),
+    ("arn:aws:s3:::amzn-s3-demo-bucket/*/test/*", "arn:aws:s3:::amzn-s3-demo-bucket/test/object.jpg", F),
     ("arn:aws:logs:*:123456789012:log-group:/aws/lambda/api:*",
-     "arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/api:log-stream:abc", True),   # spans ':' in resource
-    ("arn:aws:ec2:*:123456789012:instance/*", "arn:aws:ec2:us-east-1:123456789012:instance/i-1", True),
-    ("arn:aws:ec2:us-*:123456789012:instance/*", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", False),
-    # a wildcard in one segment does not swallow the next: region '*' cannot match 'us-east-1:123456789012'
-    ("arn:aws:ec2:*:instance/*", "arn:aws:ec2:us-east-1:123456789012:instance/i-1", False),
-    ("arn:aws:ec2:us-east-?:1:instance/i-1", "arn:aws:ec2:us-east-1:1:instance/i-1", True),
-    ("arn:aws:iam::*:role/broker-target-*", "arn:aws:iam::123456789012:role/broker-target-x", True),
-    ("arn:aws:iam::*:role/broker-target-*", "arn:aws:iam::123456789012:role/admin", False),
-])
-def test_arn_wildcards_are_segment_aware(pattern, arn, expected):
-    assert arn_matches(pattern, arn) is expected
+     "arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/api:log-stream:abc", T),   # spans ':' in resource
+    ("arn:aws:ec2:*:123456789012:instance/*", EC2_I1, T),
+    ("arn:aws:ec2:us-*:123456789012:instance/*", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", F),
+    ("arn:aws:ec2:us-east-?:123456789012:instance/i-1", EC2_I1, T),   # ? is exactly one character
+    ("arn:aws:ec2:us-east-??:123456789012:instance/i-1", EC2_I1, F),
+    ("arn:aws:ec2:us-*-1:123456789012:instance/i-1", EC2_I1, T),      # a * inside a segment stays in it
+    ("arn:aws:ec2:us-*-1:123456789012:instance/i-1", "arn:aws:ec2:us-east:x-1:123456789012:instance/i-1", F),
+    ("arn:aws:iam::*:role/broker-target-*", "arn:aws:iam::123456789012:role/broker-target-x", T),
+    ("arn:aws:iam::*:role/broker-target-*", "arn:aws:iam::123456789012:role/admin", F),
+    # Fewer than six segments.  A trailing * in the last segment expands across colons (the documented rule; an
+    # independent simulator's missing-segments-are-* reading agrees):
+    ("arn:aws:sns:*", "arn:aws:sns:us-east-1:123456789012:topic", T),
+    ("arn:aws:s3:*", OBJECT, T),
+    ("arn:aws:*", EC2_I1, T),
+    ("arn:aws:sqs:us-*", SQS_Q, T),
+    ("arn:aws:sqs:us-east-1:1111*", SQS_Q, T),
+    ("arn:aws:sqs:eu-*", SQS_Q, F),
+    ("arn:aws:sns:*", SQS_Q, F),                                      # the service segment still has to match
+    ("arn:aws:sqs:us-east-1:2222*", SQS_Q, F),
+    # ...where the two readings differ, the evaluator cannot decide (and never answers "denied" for it):
+    ("arn:aws:ec2:*:instance/*", EC2_I1, U),        # documented: region * spans; padded: account is "instance/*"
+    ("arn:aws:sqs", SQS_Q, U),                      # no wildcard: documented no match; padded arn:aws:sqs:*:*:*
+    ("arn:aws:sqs:us-east-1", SQS_Q, U),
+    ("arn:aws:sqs:us-west-2", SQS_Q, F),            # both readings: no
+]
+
+
+@pytest.mark.parametrize(("pattern", "arn", "expected"), ARN_CASES)
+def test_arn_wildcards(pattern, arn, expected):
+    assert arn_match(pattern, arn) is expected
+    assert arn_matches(pattern, arn) is (expected is not F)     # "may match", for the guardrails
+
+
+def test_a_short_arn_pattern_in_a_policy_is_undecidable_not_denied():
+    decision = evaluate([identity(allow("ec2:StartInstances", "arn:aws:ec2:*:instance/*"))],
+                        AccessRequest("ec2:StartInstances", EC2_I1))
+    assert decision.outcome is UNDECIDABLE and "fewer than six" in decision.reason
+    decision = evaluate([identity(allow("sns:Publish", "arn:aws:sns:*"))],
+                        AccessRequest("sns:Publish", "arn:aws:sns:us-east-1:123456789012:alerts"))
+    assert decision.outcome is ALLOWED
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -172,7 +216,6 @@ def cond(operator: str, key: str, expected: Any, context: dict[str, Any] | None,
     return evaluate_condition(operator, key, expected, request)[0]
 
 
-T, F, U = Tri.TRUE, Tri.FALSE, Tri.UNKNOWN
 CONDITION_CASES = [
     # String
     ("StringEquals", "aws:username", "alice", {"aws:username": "alice"}, T),
@@ -198,6 +241,12 @@ CONDITION_CASES = [
     ("NumericGreaterThan", "s3:max-keys", "10", {"s3:max-keys": "10.5"}, T),
     ("NumericGreaterThanEquals", "s3:max-keys", "10", {"s3:max-keys": "9"}, F),
     ("NumericEquals", "s3:max-keys", "ten", {"s3:max-keys": "10"}, U),               # cannot parse: undecidable
+    ("NumericEquals", "s3:max-keys", 10, {"s3:max-keys": "10.0"}, T),                # a JSON number in the policy
+    ("NumericLessThan", "s3:max-keys", "0.3", {"s3:max-keys": "0.1"}, T),
+    ("NumericEquals", "s3:max-keys", "0.3", {"s3:max-keys": ".3"}, T),
+    ("NumericEquals", "s3:max-keys", "NaN", {"s3:max-keys": "NaN"}, U),              # not an IAM number
+    ("NumericEquals", "s3:max-keys", "1_0", {"s3:max-keys": "10"}, U),
+    ("NumericEquals", "s3:max-keys", "1e1", {"s3:max-keys": "10"}, U),
     # Date (ISO 8601 and epoch seconds)
     ("DateLessThan", "aws:CurrentTime", "2024-06-01T00:00:00Z", {"aws:CurrentTime": "2024-05-31T23:59:59Z"}, T),
     ("DateLessThan", "aws:CurrentTime", "2024-06-01T00:00:00Z", {"aws:CurrentTime": "2024-06-01T00:00:00Z"}, F),
@@ -229,8 +278,12 @@ CONDITION_CASES = [
     ("ArnNotEquals", "aws:SourceArn", "arn:aws:sns:us-east-1:1:topic", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"},
      T),
     ("ArnNotLike", "aws:SourceArn", "arn:aws:sns:*:*:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
-    # each of the six components is matched separately: a short pattern matches nothing
-    ("ArnLike", "aws:SourceArn", "arn:aws:sns:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
+    # the same ARN matching as Resource: a trailing * of a short pattern spans the remaining segments
+    ("ArnLike", "aws:SourceArn", "arn:aws:sns:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, T),
+    ("ArnLike", "aws:SourceArn", "arn:aws:sqs:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
+    ("ArnLike", "aws:SourceArn", "arn:aws:SNS:*:*:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),  # case
+    ("StringLike", "aws:SourceArn", "arn:aws:SNS:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
+    ("StringLike", "aws:username", "ALICE", {"aws:username": "alice"}, F),            # StringLike is case-sensitive
     # Null
     ("Null", "aws:TokenIssueTime", "true", {}, T),
     ("Null", "aws:TokenIssueTime", "true", {"aws:TokenIssueTime": "2024-01-01T00:00:00Z"}, F),
@@ -376,3 +429,140 @@ def test_unknown_keys_never_turn_into_a_deny(key_value, policy_value):
     known = AccessRequest("s3:GetObject", OBJECT, {"aws:PrincipalTag/team": key_value})
     assert evaluate([identity(allow("s3:*"), statement)], known).outcome is (
         DENIED if key_value == policy_value else ALLOWED)
+
+
+# ----------------------------------------------------------------------------- the Version element
+HOME = "arn:aws:s3:::home/${aws:username}/*"
+# "IAM JSON policy elements: Version": without "Version": "2012-10-17" (no Version, or 2008-10-17) "variables such as
+# ${aws:username} aren't recognized as variables and are instead treated as literal strings in the policy".
+VERSION_CASES = [
+    ("2012-10-17: variable substituted", "2012-10-17", "arn:aws:s3:::home/alice/x", ALLOWED),
+    ("2012-10-17: other user's folder", "2012-10-17", "arn:aws:s3:::home/bob/x", DENIED),
+    ("no Version: literal text, not alice's folder", None, "arn:aws:s3:::home/alice/x", DENIED),
+    ("no Version: literally the text ${aws:username}", None, "arn:aws:s3:::home/${aws:username}/x", ALLOWED),
+    ("2008-10-17: literal text", "2008-10-17", "arn:aws:s3:::home/alice/x", DENIED),
+    ("2008-10-17: literally the text", "2008-10-17", "arn:aws:s3:::home/${aws:username}/x", ALLOWED),
+    ("a Version IAM does not know: undecidable", "2024-01-01", "arn:aws:s3:::home/alice/x", UNDECIDABLE),
+]
+
+
+@pytest.mark.parametrize(("version", "resource", "expected"),
+                         [pytest.param(v, r, e, id=i) for i, v, r, e in VERSION_CASES])
+def test_policy_variables_need_version_2012_10_17(version, resource, expected):
+    document = {"Statement": [allow("s3:GetObject", HOME)]} | ({"Version": version} if version else {})
+    request = AccessRequest("s3:GetObject", resource, {"aws:username": "alice"})
+    assert evaluate([PolicySet.of(PolicyKind.SESSION, document)], request).outcome is expected
+
+
+HOME_PREFIX = "home/${aws:username}/*"
+
+
+@pytest.mark.parametrize(("version", "pattern", "prefix", "truth"), [
+    ("2012-10-17", HOME_PREFIX, "home/alice/a", T),
+    (None, HOME_PREFIX, "home/alice/a", F),
+    (None, HOME_PREFIX, "home/${aws:username}/a", T),
+    ("2012-10-17", "a${*}", "a*", T),        # with variables ${*} is a literal star...
+    ("2012-10-17", "a${*}", "ab", F),
+    (None, "a${*}", "a${xyz}", T),           # ...without, "a${" then a wildcard then "}"
+    (None, "a${*}", "a*", F),
+])
+def test_condition_values_need_version_2012_10_17_for_variables(version, pattern, prefix, truth):
+    request = AccessRequest("s3:ListBucket", BUCKET, {"s3:prefix": prefix, "aws:username": "alice"},
+                            context_complete=True)
+    got, _ = evaluate_condition("StringLike", "s3:prefix", pattern, request, variables=version == "2012-10-17")
+    assert got is truth
+
+
+# ----------------------------------------------------------------------------- sts:GetCallerIdentity
+# STS API reference, GetCallerIdentity: "No permissions are required to perform this operation. If an administrator
+# attaches a policy to your identity that explicitly denies access to the sts:GetCallerIdentity action, you can
+# still perform this operation."
+@pytest.mark.parametrize("policies", [
+    [],
+    [identity(allow("s3:GetObject"))],
+    [identity(allow("*"), deny("*"))],
+    [identity(allow("*")), session(deny("sts:GetCallerIdentity"))],
+    [identity(deny("sts:*", "*", {"StringFuzzy": {"k": "v"}}))],
+], ids=["no policy", "not granted", "deny everything", "explicit deny", "undecidable deny"])
+@pytest.mark.parametrize("action", ["sts:GetCallerIdentity", "STS:getcalleridentity"])
+def test_get_caller_identity_needs_no_permission_and_cannot_be_denied(policies, action):
+    assert evaluate(policies, AccessRequest(action, "*")).outcome is ALLOWED
+
+
+def test_other_sts_actions_are_evaluated():
+    assert evaluate([identity(allow("*"), deny("sts:*"))], AccessRequest("sts:GetSessionToken", "*")).outcome is DENIED
+
+
+# ----------------------------------------------------------------------------- malformed policies: never decided
+MALFORMED = [
+    ("Action and NotAction", {"Effect": "Allow", "Action": "s3:*", "NotAction": "iam:*", "Resource": "*"}),
+    ("Resource and NotResource", {"Effect": "Allow", "Action": "s3:*", "Resource": "*", "NotResource": BUCKET}),
+    ("no Action", {"Effect": "Allow", "Resource": "*"}),
+    ("no Resource", {"Effect": "Allow", "Action": "s3:*"}),
+    ("null condition value", allow("s3:*", "*", {"StringEquals": {"aws:username": None}})),
+    ("empty condition list", allow("s3:*", "*", {"StringEquals": {"aws:username": []}})),
+    ("condition block not an object", allow("s3:*", "*") | {"Condition": ["StringEquals"]}),
+    ("lower-case effect", allow("s3:*") | {"Effect": "allow"}),
+]
+
+
+@pytest.mark.parametrize("statement", [pytest.param(s, id=i) for i, s in MALFORMED])
+def test_a_malformed_statement_is_undecidable_not_denied(statement):
+    decision = evaluate([identity(statement)], AccessRequest("s3:GetObject", OBJECT, {"aws:username": "alice"}))
+    assert decision.outcome is UNDECIDABLE
+
+
+# ----------------------------------------------------------------------------- unresolvable policy variables
+# "If AWS cannot resolve a variable this might cause the entire statement to be invalid" ("Policy variables"):
+# a positive match fails either way; a negated one (which would otherwise come out true) cannot be decided.
+@pytest.mark.parametrize(("operator", "truth"), [
+    ("StringEquals", F), ("StringLike", F), ("StringNotEquals", U), ("StringNotLike", U),
+    ("StringEqualsIfExists", F), ("StringNotEqualsIfExists", U),
+])
+def test_an_absent_variable_in_a_condition_value(operator, truth):
+    request = AccessRequest("s3:GetObject", OBJECT, {"aws:PrincipalTag/team": "sre"}, context_complete=True)
+    assert evaluate_condition(operator, "aws:PrincipalTag/team", "${aws:username}", request)[0] is truth
+
+
+def test_an_absent_variable_with_a_default_is_decided():
+    request = AccessRequest("s3:GetObject", OBJECT, {"aws:PrincipalTag/team": "sre"}, context_complete=True)
+    assert evaluate_condition("StringNotEquals", "aws:PrincipalTag/team", "${aws:username, 'sre'}", request)[0] is F
+
+
+def test_not_resource_with_an_absent_variable_is_undecidable():
+    statement = {"Effect": "Deny", "Action": "s3:*", "NotResource": "arn:aws:s3:::home/${aws:username}/*"}
+    decision = evaluate([identity(allow("s3:*"), statement)], AccessRequest("s3:GetObject", OBJECT,
+                                                                            context_complete=True))
+    assert decision.outcome is UNDECIDABLE
+
+
+# ----------------------------------------------------------------------------- partly known values (aws:userid)
+SESSION_NAME = "demo-0123abcd"
+USERID = KnownSuffix(":" + SESSION_NAME)
+PARTIAL_CASES = [
+    ("StringLike", f"*:{SESSION_NAME}", T),           # the broker's revocation deny: certain without the role id
+    ("StringLike", "*:other-session", F),
+    ("StringLike", ["*:a", f"*:{SESSION_NAME}"], T),
+    ("StringLike", "AROA*:" + SESSION_NAME, U),        # depends on the role id
+    ("StringLike", "*", T),
+    ("StringLike", "*x", F),
+    ("StringNotLike", f"*:{SESSION_NAME}", F),
+    ("StringNotLike", "*:other-session", T),
+    ("StringEquals", f"AROAEXAMPLE:{SESSION_NAME}", U),
+    ("StringEquals", f"aroa-lower:{SESSION_NAME}", F),  # a role id is upper-case letters and digits
+    ("StringEquals", "AROAEXAMPLE:other", F),
+    ("StringEqualsIgnoreCase", f"aroaexample:{SESSION_NAME.upper()}", U),
+    ("ArnLike", "arn:aws:*", U),
+]
+
+
+@pytest.mark.parametrize(("operator", "expected", "truth"), PARTIAL_CASES)
+def test_a_value_known_only_by_its_suffix(operator, expected, truth):
+    request = AccessRequest("s3:GetObject", OBJECT, {"aws:userid": USERID}, context_complete=True)
+    assert evaluate_condition(operator, "aws:userid", expected, request)[0] is truth
+
+
+def test_a_partly_known_value_is_undecidable_as_a_variable():
+    statement = allow("s3:GetObject", "arn:aws:s3:::home/${aws:userid}/*")
+    request = AccessRequest("s3:GetObject", "arn:aws:s3:::home/x/y", {"aws:userid": USERID}, context_complete=True)
+    assert evaluate([session(statement)], request).outcome is UNDECIDABLE

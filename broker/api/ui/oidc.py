@@ -51,7 +51,7 @@ from broker.errors import (BrokerError, Forbidden, IdentityProviderUnavailable, 
 from broker.identity.claim_rules import (CLAIM_NAME, DOMAIN_NAME, PINNED_VALUE, ApproverIdentity,
                                          parse_allowed_domains, parse_required_claims)
 from broker.identity.oidc import (SAFE_IDENTIFIER, ClaimCheck, HttpxJwksFetcher, JwksCache, OidcIssuerConfig,
-                                  OidcVerifier, _is_loopback)
+                                  OidcVerifier, is_loopback)
 from broker.settings import BrokerSettings
 from broker.storage.ui_oidc_flows import FLOW_LIFETIME, UiOidcFlowStore, flow_source
 from broker.storage.ui_sessions import SESSION_LIFETIME, UiSessionStore
@@ -98,7 +98,7 @@ def _endpoint_ok(url: object) -> bool:
     parts = urlsplit(url)
     if not parts.hostname or parts.username or parts.password or parts.fragment:
         return False
-    return parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ and triggers refuse UPDATE, DELETE and TRUNCATE on ``checkpoints`` and ``events`
 databases.  Whoever owns the database can drop a trigger: the triggers stop accidents and casual
 edits; the checkpoint chain, trusted checkpoints and anchors are what detect the rest.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 import hashlib
 import json
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
