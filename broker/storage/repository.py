@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, update
+from sqlalchemy import Table, bindparam, cast, func, insert, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, SQLModel, col, select
@@ -42,6 +43,10 @@ _EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _LOG_HEAD: Table = LogHeadRow.__table__  # type: ignore[attr-defined]
 _SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
 _CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[attr-defined]
+# Reviewer query filters -> the entry field each matches (in the hashed body).
+EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "template", "type": "type",
+                       "request_id": "request_id", "access_key_id": "access_key_id", "actor": "actor",
+                       "grant_id": "grant_id"}
 
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
@@ -452,18 +457,28 @@ class Repository:
 
     def query_events(self, *, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
                      since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
-        statement = select(EventRow).where(col(EventRow.seq) > after_seq).order_by(col(EventRow.seq)).limit(limit)
-        columns = {"agent": EventRow.actor, "human": EventRow.acts_for, "template": EventRow.template,
-                   "type": EventRow.type, "request_id": EventRow.request_id, "access_key_id": EventRow.access_key_id,
-                   "actor": EventRow.actor, "grant_id": EventRow.grant_id}
+        """Entries matching ``filters`` (EVENT_FILTER_FIELDS) and times, oldest first.
+
+        NOTE: every condition reads the stored body, the canonical JSON the hash covers, never the columns
+        copied from it for the issuance path: editing a column cannot hide an entry from a reviewer.  Log
+        times compare as strings (one fixed width format).
+        """
+        statement = (core_select(_EVENTS.c.body).where(_EVENTS.c.seq > after_seq).order_by(_EVENTS.c.seq)
+                     .limit(limit))
         for name, value in filters.items():
             if value is not None:
-                statement = statement.where(columns[name] == value)
+                statement = statement.where(self._body_field(EVENT_FILTER_FIELDS[name]) == value)
         if since is not None:
-            statement = statement.where(col(EventRow.time) >= since)
+            statement = statement.where(self._body_field("time") >= issuance_log.log_time(since))
         if until is not None:
-            statement = statement.where(col(EventRow.time) < until)
-        return [json.loads(row.body) for row in self.session.exec(statement)]
+            statement = statement.where(self._body_field("time") < issuance_log.log_time(until))
+        return [json.loads(row.body) for row in self._core.execute(statement)]
+
+    def _body_field(self, name: str) -> Any:
+        """A top-level string member of the stored entry body, as SQL."""
+        if self._postgres:
+            return func.jsonb_extract_path_text(cast(_EVENTS.c.body, JSONB), name)
+        return func.json_extract(_EVENTS.c.body, f"$.{name}")
 
     def add_checkpoint(self, checkpoint: issuance_log.Checkpoint) -> None:
         """Insert the next checkpoint (the caller holds the log's lock).  Never an overwrite: a row at

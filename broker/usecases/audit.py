@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,8 @@ from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUM
                              carried_refusals)
 from broker.storage.engine import Database
 from broker.usecases.checkpoints import Checkpointer
+
+log = logging.getLogger("broker.audit")
 
 EVENT_FILTERS = ("agent", "human", "template", "type", "request_id", "access_key_id", "grant_id")
 PAGE_MAX = 1000
@@ -61,6 +64,41 @@ def _reason(entry: Mapping[str, Any]) -> str:
     return code if isinstance(code, str) and code else UNATTRIBUTED
 
 
+def unverified_seqs(entries: list[dict[str, Any]]) -> list[int]:
+    """The seqs of entries whose stored body does not match its own hash (edited in the database)."""
+    bad = [entry.get("seq") for entry in entries if issuance_log.entry_hash(entry) != entry.get("hash")]
+    if bad:
+        log.warning("reviewer query: stored entries seq %s do not match their hashes", bad[:20])
+    return bad
+
+
+# Where a request's rows must agree with its log entries: row attribute -> entry field (of `issued`).
+_GRANT_FIELDS = {"id": "grant_id", "access_key_id": "access_key_id"}
+_REQUEST_FIELDS = {"template": "template", "template_digest": "template_digest", "policy_digest": "policy_digest",
+                   "requester": "actor"}
+
+
+def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[dict[str, Any]]) -> list[str]:
+    """What the database rows of one request say that its log entries do not (empty: they agree)."""
+    found = [f"entry seq {seq} does not match its hash" for seq in unverified_seqs(events)]
+    issued = next((entry for entry in events if entry.get("type") == "issued"), None)
+    if issued is not None:
+        for row, fields, what in ((grant, _GRANT_FIELDS, "grant"), (request, _REQUEST_FIELDS, "request")):
+            if row is None:
+                found.append(f"the {what} row of the issued entry (seq {issued['seq']}) is missing")
+                continue
+            found += [f"{what}.{attribute} is {getattr(row, attribute)!r}, the issued entry says {issued.get(field)!r}"
+                      for attribute, field in fields.items() if getattr(row, attribute) != issued.get(field)]
+    elif grant is not None:
+        found.append(f"grant {grant.id} has no issued entry in the log")
+    for decision, kind in (("approve", "cosigned"), ("deny", "denied")):
+        rows = sorted(a.approver for a in approvals if a.decision == decision)
+        logged = sorted(entry.get("actor") or "" for entry in events if entry.get("type") == kind)
+        if rows != logged:
+            found.append(f"approvals ({decision}) by {rows} in the database, {logged} in the log")
+    return found
+
+
 @dataclass
 class AuditLog:
     database: Database
@@ -83,7 +121,8 @@ class AuditLog:
                                        until=until)
         more = len(events) > limit
         events = events[:limit]
-        return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None}
+        return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None,
+                "unverified_seqs": unverified_seqs(events)}
 
     def checkpoint(self) -> issuance_log.Checkpoint:
         """Sign the current head (idempotent for an unchanged head); CheckpointRefused when the log does
@@ -132,33 +171,49 @@ class AuditLog:
 
     def correlate(self, *, principal: Principal, access_key_id: str | None = None,
                   source_identity: str | None = None) -> dict[str, Any]:
-        """From what CloudTrail shows (access key id or SourceIdentity) to request, template and approvals."""
+        """From what CloudTrail shows (access key id or SourceIdentity) to request, template and approvals.
+
+        The log decides what matches an access key id: an ``issued`` entry naming it is found even if the
+        grant row was edited or removed.  (SourceIdentity is not in the entries: it is looked up in the grants.)
+        Each match says where the database rows disagree with the log's entries (``mismatches``).
+        """
         require_reviewer(principal)
         if not access_key_id and not source_identity:
             raise InvalidInput("give an access_key_id or a source_identity", code="missing_filter")
         with self.database.transaction() as repo:
             grants = repo.find_grants(access_key_id=access_key_id or None, source_identity=source_identity or None)
-            if not grants:
+            logged = (repo.query_events(filters={"type": "issued", "access_key_id": access_key_id}, limit=50)
+                      if access_key_id else [])
+            request_ids = list(dict.fromkeys([grant.request_id for grant in grants[-50:]]
+                                             + [entry["request_id"] for entry in logged if entry.get("request_id")]))
+            if not request_ids:
                 raise NotFound("no grant matches", code="grant_not_found")
-            results = []
-            for grant in grants[-50:]:
-                request = repo.get_request(grant.request_id)
-                results.append({
-                    "grant": {"id": grant.id, "access_key_id": grant.access_key_id, "role_arn": grant.role_arn,
-                              "source_identity": grant.source_identity, "session_name": grant.session_name,
-                              "issued_at": issuance_log.log_time(grant.issued_at),
-                              "expiration": issuance_log.log_time(grant.expiration),
-                              "revoked_at": grant.revoked_at and issuance_log.log_time(grant.revoked_at)},
-                    "request": None if request is None else {
-                        "id": request.id, "template": request.template, "template_digest": request.template_digest,
-                        "requester": request.requester, "acts_for": request.acts_for, "reason": request.reason,
-                        "policy_digest": request.policy_digest, "status": request.status},
-                    "approvals": [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
-                                   "at": issuance_log.log_time(a.created_at)}
-                                  for a in repo.approvals_for(grant.request_id)],
-                    "events": repo.query_events(filters={"request_id": grant.request_id}, limit=PAGE_MAX),
-                })
+            results = [self._match(repo, request_id) for request_id in request_ids[-50:]]
         return {"matches": results}
+
+    @staticmethod
+    def _match(repo: Any, request_id: str) -> dict[str, Any]:
+        grant, request = repo.grant_for_request(request_id), repo.get_request(request_id)
+        approvals = repo.approvals_for(request_id)
+        events = repo.query_events(filters={"request_id": request_id}, limit=PAGE_MAX)
+        mismatches = _disagreements(grant, request, approvals, events)
+        return {
+            "grant": None if grant is None else {
+                "id": grant.id, "access_key_id": grant.access_key_id, "role_arn": grant.role_arn,
+                "source_identity": grant.source_identity, "session_name": grant.session_name,
+                "issued_at": issuance_log.log_time(grant.issued_at),
+                "expiration": issuance_log.log_time(grant.expiration),
+                "revoked_at": grant.revoked_at and issuance_log.log_time(grant.revoked_at)},
+            "request": None if request is None else {
+                "id": request.id, "template": request.template, "template_digest": request.template_digest,
+                "requester": request.requester, "acts_for": request.acts_for, "reason": request.reason,
+                "policy_digest": request.policy_digest, "status": request.status},
+            "approvals": [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
+                           "at": issuance_log.log_time(a.created_at)} for a in approvals],
+            "events": events,
+            "log_agrees": not mismatches,
+            "mismatches": mismatches,
+        }
 
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.

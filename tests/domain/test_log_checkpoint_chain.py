@@ -10,7 +10,7 @@ from functools import cache
 import pytest
 
 from broker.domain import log
-from tests.domain.test_log import NOW, make_body, make_entries, other_signer, signer
+from tests.domain.test_log import NOW, make_entries, other_signer, signer
 
 TIME = log.log_time(NOW)
 SIZE = 12
