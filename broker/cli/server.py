@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import shlex
 import signal
+import socket
+import sys
 import threading
 from pathlib import Path
 
-from broker.errors import LogIntegrityError
+from broker.errors import InvalidInput, LogIntegrityError
 from broker.runtime import oplog
 from broker.settings import BrokerSettings, load_settings
 
@@ -51,7 +54,8 @@ def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60
             logging.getLogger("broker").warning("periodic checkpoint/expiry sweep failed", exc_info=True)
 
 
-def _run(container, host: str, port: int, banner: str | None = None, after_start=None) -> int:
+def _run(container, host: str, port: int, banner: str | None = None, after_start=None,
+         bound: socket.socket | None = None) -> int:
     import uvicorn
 
     from broker.api.app import create_app
@@ -83,7 +87,7 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
         # shutdown work below.  A handler that does nothing lets server.run() return instead.
         signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     try:
-        server.run()
+        server.run(sockets=[bound] if bound is not None else None)
     finally:
         _shut_down(container, stop, sweeper)
     return 0
@@ -172,12 +176,53 @@ def _broker_command() -> str:
     return "broker" if shutil.which("broker") == str(script) else str(script)
 
 
+def bind_dev_port(port: int) -> socket.socket:
+    """The API's socket on 127.0.0.1:``port``, bound before anything is printed or written (a busy port fails first)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # NOTE: accepted connections inherit this (uvicorn sets it only on sockets it binds itself).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInput(f"port {port} on 127.0.0.1 is in use (another broker dev?): stop it, or pass --port N",
+                           code="port_in_use", field="port") from exc
+    return sock
+
+
+def try_lines(*, url: str, aws_endpoint: str, region: str, state_dir: Path) -> list[str]:
+    """Commands for a second terminal, complete and quoted: they work pasted as printed, from any directory."""
+    from broker.runtime.devmode import token_file
+
+    state = state_dir.resolve()
+    exports = {"BROKER_URL": url, "BROKER_TOKEN_FILE": str(token_file(state, "agent:demo")),
+               "AWS_ENDPOINT_URL": aws_endpoint, "AWS_REGION": region}
+    broker = shlex.quote(_broker_command())
+    lines = [
+        "  try, in a second terminal:",
+        "    export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()),
+        f"    {broker} demo --keys {shlex.quote(str(state / 'dev-keys.json'))}"
+        "    # the seed incident, replayed against this broker",
+    ]
+    aws = Path(sys.executable).parent / "aws"
+    if aws.exists():
+        lines.append(f"    {broker} exec s3-read-prefix -p prefix=reports --reason 'try it' -- "
+                     f"{shlex.quote(str(aws))} s3 ls s3://broker-demo-bucket/reports/")
+    return lines
+
+
 def run_dev(args: argparse.Namespace) -> int:
     from broker.runtime.devmode import self_check
 
-    oplog.configure("INFO", "text")
-    container, aws, keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,
-                                        aws_port=args.aws_port)
+    bound = bind_dev_port(args.port)
+    try:
+        oplog.configure("INFO", "text")
+        container, aws, keys = prepare_dev(port=args.port, scopes=args.scopes, state_dir=args.state_dir,
+                                            aws_port=args.aws_port)
+    except BaseException:
+        bound.close()
+        raise
     state = args.state_dir
     url = f"http://127.0.0.1:{args.port}"
     banner = "\n".join([
@@ -185,14 +230,12 @@ def run_dev(args: argparse.Namespace) -> int:
         f"  API:              {url}   (OpenAPI: {url}/docs)",
         f"  approver page:    {url}/ui/",
         f"  templates:        {len(container.catalog)} from {args.scopes}",
-        f"  keys:             {state / 'dev-keys.json'}  (agent:demo acts for human:alice;"
-        " bob/carol approve; rita reviews; root is admin)",
+        f"  keys:             {state / 'dev-keys.json'} and {state / 'tokens'}/  (agent:demo acts for human:alice;"
+        " alice/bob/carol approve; rita reviews; root and ops are admins)",
         f"  log public key:   {state / 'log-public-key.pem'}",
         f"  AWS_ENDPOINT_URL={aws.endpoint_url}",
         "",
-        "  try:  export BROKER_URL=" + url + " BROKER_TOKEN=$(python3 -c \"import json;print(json.load(open('"
-        + str(state / "dev-keys.json") + "'))['agent:demo'])\")",
-        f"        {_broker_command()} demo        # the seed incident, replayed against this broker",
+        *try_lines(url=url, aws_endpoint=aws.endpoint_url, region=container.settings.aws_region, state_dir=state),
     ])
 
     def check() -> None:
@@ -203,6 +246,6 @@ def run_dev(args: argparse.Namespace) -> int:
         print("\n".join(lines), flush=True)
 
     try:
-        return _run(container, "127.0.0.1", args.port, banner, after_start=check)
+        return _run(container, "127.0.0.1", args.port, banner, after_start=check, bound=bound)
     finally:
         aws.stop()

@@ -37,6 +37,8 @@ DEV_PRINCIPALS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] =
     "human:carol": (("approver",), ("sre",), None),
     "human:rita": (("reviewer",), (), None),
     "human:root": (("admin",), (), None),
+    # A second admin: lifting a lockdown takes two different admins (one requests, the other confirms).
+    "human:ops": (("admin",), (), None),
 }
 TRUST_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},

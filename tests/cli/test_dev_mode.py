@@ -16,7 +16,8 @@ from broker.runtime.devmode import free_port
 from broker.domain import log as issuance_log
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED_PRINCIPALS = {"agent:demo", "human:alice", "human:bob", "human:carol", "human:rita", "human:root"}
+EXPECTED_PRINCIPALS = {"agent:demo", "human:alice", "human:bob", "human:carol", "human:rita", "human:root",
+                       "human:ops"}
 
 
 @pytest.fixture
@@ -73,3 +74,51 @@ def test_dev_mode_starts_writes_keys_and_self_checks(dev_broker):
     # The reviewer sees the self-check's issuance in the log.
     events = httpx.get(f"{base}/v1/events", headers={"Authorization": f"Bearer {keys['human:rita']}"}).json()
     assert [e["type"] for e in events["events"]][-2:] == ["requested", "issued"]
+
+
+def _clean_env() -> dict[str, str]:
+    """A new terminal's environment: nothing of the broker or of AWS set."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
+
+
+def test_the_printed_try_lines_work_pasted_as_printed(dev_broker, tmp_path):
+    lines = dev_broker["lines"]
+    start = next(i for i, line in enumerate(lines) if line.strip() == "try, in a second terminal:")
+    export, _demo, exec_line = (line.strip() for line in lines[start + 1:start + 4])
+    assert export.startswith("export ") and "AWS_ENDPOINT_URL=" in export and "AWS_REGION=" in export
+    # Pasted in a second terminal, in another directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(["bash", "-c", f"set -e\n{export}\n{exec_line}"], cwd=elsewhere, env=_clean_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "2026-10-costs.csv" in done.stdout and "2026-11-costs.csv" in done.stdout
+
+
+def test_a_dev_lockdown_can_be_lifted_by_the_second_admin(dev_broker):
+    keys = json.loads((dev_broker["state"] / "dev-keys.json").read_text())
+    base = f"http://127.0.0.1:{dev_broker['port']}"
+
+    def post(path: str, who: str, body: dict) -> httpx.Response:
+        return httpx.post(base + path, json=body, headers={"Authorization": f"Bearer {keys[who]}"}, timeout=10)
+
+    assert post("/v1/lockdown", "human:root", {"environment": "dev", "reason": "drill"}).status_code == 201
+    assert post("/v1/lockdown/dev/lift", "human:root", {"reason": "drill over"}).status_code == 202
+    lifted = post("/v1/lockdown/dev/lift", "human:ops", {"reason": "confirmed"})
+    assert lifted.status_code == 200 and lifted.json()["status"] == "lifted"
+
+
+def test_a_busy_port_fails_before_anything_is_printed_or_written(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        state = tmp_path / "state"
+        done = subprocess.run([sys.executable, "-m", "broker.cli.main", "dev", "--port", str(port), "--aws-port", "0",
+                               "--state-dir", str(state), "--scopes", str(REPO / "scopes")], cwd=tmp_path,
+                              env=_clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "[port_in_use]" in done.stderr and f"port {port}" in done.stderr
+    assert done.stdout == "" and not state.exists()
