@@ -116,6 +116,10 @@ _ISSUANCE_COUNTS = core_select(
     .where(_REQUESTS.c.status == "issuing", _REQUESTS.c.requester == bindparam("agent"))
     .scalar_subquery()
 ).label("agent_live_grants"),
+    core_select(func.count()).select_from(_REQUESTS)
+    .where(_REQUESTS.c.requester == bindparam("agent"), _REQUESTS.c.status == "pending",
+           _REQUESTS.c.pending_expires_at > bindparam("now", type_=_REQUESTS.c.pending_expires_at.type))
+    .scalar_subquery().label("agent_pending_requests"),
 )
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
@@ -266,13 +270,22 @@ class Repository:
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      limit: int = 100) -> list[RequestRow]:
-        statement = select(RequestRow).order_by(col(RequestRow.created_at).desc()).limit(limit)
+                      limit: int = 100, offset: int = 0) -> list[RequestRow]:
+        """Newest first (ties by id, so pages never overlap)."""
+        statement = (select(RequestRow).order_by(col(RequestRow.created_at).desc(), col(RequestRow.id))
+                     .limit(limit).offset(offset))
         if statuses:
             statement = statement.where(col(RequestRow.status).in_(list(statuses)))
         if requester:
             statement = statement.where(RequestRow.requester == requester)
         return list(self.session.exec(statement))
+
+    def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]:
+        """How many requests in ``statuses`` each requester has, most first."""
+        n = func.count().label("n")
+        statement = (core_select(_REQUESTS.c.requester, n).where(_REQUESTS.c.status.in_(list(statuses)))
+                     .group_by(_REQUESTS.c.requester).order_by(n.desc(), _REQUESTS.c.requester))
+        return {requester: int(count) for requester, count in self._core.execute(statement)}
 
     def stale_requests(self, *, now: datetime) -> list[RequestRow]:
         pending = select(RequestRow).where(RequestRow.status == "pending", col(RequestRow.pending_expires_at) < now)
@@ -402,7 +415,8 @@ class Repository:
         return self._head
 
     def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:
-        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` at ``now``."""
+        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` and
+        ``agent_pending_requests`` (still waiting for co-signers) at ``now``."""
         row = self._core.execute(_ISSUANCE_COUNTS, {"agent": agent, "template": template, "since": since,
                                                     "now": now}).one()
         return {name: int(value) for name, value in row._mapping.items()}
@@ -423,6 +437,13 @@ class Repository:
         return self._core.execute(
             core_select(func.min(_GRANTS.c.expiration))
             .where(_GRANTS.c.agent == agent, _GRANTS.c.expiration > now, _GRANTS.c.revoked_at.is_(None))
+        ).scalar_one_or_none()
+
+    def earliest_pending_expiry(self, *, requester: str, now: datetime) -> datetime | None:
+        return self._core.execute(
+            core_select(func.min(_REQUESTS.c.pending_expires_at))
+            .where(_REQUESTS.c.requester == requester, _REQUESTS.c.status == "pending",
+                   _REQUESTS.c.pending_expires_at > now)
         ).scalar_one_or_none()
 
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,109 @@ def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[
     return found
 
 
+# Entries that move a request to a state; the last one in the range is where the request stands.
+REQUEST_STATES = ("pending", "approved", "denied", "expired", "cancelled", "redeeming", "issued", "failed")
+# Decisions (and refused decisions) a person other than the requester takes on a request.
+DECISIONS = ("cosigned", "denied", "refused")
+
+
+def _agent_row() -> dict[str, Any]:
+    return {"issued": 0, "refused": 0, "approvals": 0, "cosignatures": 0, "denied": 0, "pending": 0, "waits": []}
+
+
+class ReportTally:
+    """The report's figures over entries read oldest first; every request counts once in each figure."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(_agent_row)
+        self.approvers: dict[str, Counter[str]] = defaultdict(Counter)
+        self.refusers: dict[str, RefusalFigures] = defaultdict(RefusalFigures)
+        self.refusals: list[dict[str, Any]] = []
+        self.destructive: list[dict[str, Any]] = []
+        self.high_risk: list[dict[str, Any]] = []
+        self._opened: dict[str, datetime] = {}
+        self._approved: set[str] = set()
+        self._denied: set[str] = set()
+        self._state: dict[str, tuple[tuple[str, str], str]] = {}
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        kind = entry["type"]
+        if kind in ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY):
+            self.refusers[entry.get("actor") or "?"].add(entry)
+        if kind == SUPPRESSION_SUMMARY:
+            return  # a count only: no template, no request
+        details = entry.get("details") or {}
+        request_id = entry.get("request_id")
+        actor = entry.get("actor") or "?"
+        requester = details.get("requester") if request_id else None
+        # A request's entries belong to its agent, whoever wrote them; others belong to their actor.
+        key = (requester or actor, entry.get("template") or "?")
+        by_someone_else = requester is not None and actor != requester
+        if kind in ("refused", SUPPRESSION_STARTED):
+            self.refusals.append({"seq": entry["seq"], "time": entry["time"], "actor": entry.get("actor"),
+                                  "template": entry.get("template"), "reason_code": entry.get("reason_code"),
+                                  "type": kind})
+            if by_someone_else:
+                self.approvers[actor]["refused"] += 1  # a refused decision: the decider's, not the agent's
+            else:
+                self.rows[key]["refused"] += 1
+        elif kind == "cosigned":
+            self.rows[key]["cosignatures"] += 1
+            self.approvers[actor]["approved"] += 1
+        elif kind == "denied":
+            self.approvers[actor]["denied"] += 1
+            if request_id not in self._denied:
+                self._denied.add(request_id)
+                self.rows[key]["denied"] += 1
+        elif kind == "approved" and request_id not in self._approved:
+            self._approved.add(request_id)
+            self.rows[key]["approvals"] += 1
+            if request_id in self._opened:
+                self.rows[key]["waits"].append((_time(entry) - self._opened[request_id]).total_seconds())
+        elif kind == "issued":
+            self.rows[key]["issued"] += 1
+            self._note_risk(entry, details)
+        elif kind == "pending":
+            self._opened[request_id] = _time(entry)
+        if request_id and kind in REQUEST_STATES:
+            self._state[request_id] = (key, kind)
+
+    def _note_risk(self, entry: Mapping[str, Any], details: Mapping[str, Any]) -> None:
+        risks = [str(r) for r in details.get("risks") or [] if isinstance(r, str)]
+        environment = details.get("environment")
+        shown = {"seq": entry["seq"], "time": entry["time"], "template": entry.get("template"),
+                 "request_id": entry.get("request_id"), "actor": entry.get("actor"),
+                 "access_key_id": entry.get("access_key_id"), "risks": risks, "environment": environment}
+        if "destructive" in risks:
+            self.destructive.append(shown)
+        elif risks or environment == "production":
+            self.high_risk.append(shown)
+
+    def view(self) -> dict[str, Any]:
+        for key, state in self._state.values():
+            if state == "pending":
+                self.rows[key]["pending"] += 1
+        summary = []
+        for (agent, template), stats in sorted(self.rows.items()):
+            waits = stats.pop("waits")
+            summary.append({"agent": agent, "template": template, **stats,
+                            "median_time_to_approve_seconds": statistics.median(waits) if waits else None})
+        summary.sort(key=lambda r: (-r["refused"], -r["denied"], r["agent"], r["template"]))
+        by_principal = sorted((figures.view(refuser) for refuser, figures in self.refusers.items()),
+                              key=lambda r: (-r["suppressed"], -r["refused"], r["principal"]))
+        approvers = [{"approver": who, "approved": counts["approved"], "denied": counts["denied"],
+                      "refused": counts["refused"]} for who, counts in sorted(self.approvers.items())]
+        return {"refused_total": sum(r["refused"] for r in by_principal),
+                "suppressed_total": sum(r["suppressed"] for r in by_principal),
+                "refusals_by_principal": by_principal, "refusals": self.refusals,
+                "destructive_grants": self.destructive, "high_risk_grants": self.high_risk,
+                "approvers": approvers, "by_agent_and_template": summary}
+
+
+def _time(entry: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+
+
 @dataclass
 class AuditLog:
     database: Database
@@ -218,6 +321,15 @@ class AuditLog:
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.
 
+        Per agent and template (``by_agent_and_template``), each request counts once: ``pending``
+        is the requests still waiting for co-signers at the end of the range, ``approvals`` the
+        requests that were approved (however many co-signed), ``cosignatures`` the approvals given,
+        ``denied`` the denied requests.  Rows are the agents' (the requester of a request's
+        entries); approvers are counted as approvers in ``approvers`` (approvals given, denials,
+        refused decisions), never as agent rows.  ``destructive_grants`` lists the grants whose
+        ``issued`` entry declares the destructive risk, ``high_risk_grants`` the other risky ones
+        (permission-changing, or production).
+
         Refusals include the ones the refusal budget counted instead of logging (broker.usecases.refusal_budget):
         ``refused_total`` is every refusal, ``suppressed_total`` those without a ``refused`` entry of
         their own, and ``refusals_by_principal`` shows them per principal, flooders first.  A
@@ -228,62 +340,14 @@ class AuditLog:
         ``refusals_suppressed``): the budget does not record a suppressed refusal's template.
         """
         require_reviewer(principal)
-        rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-            lambda: {"issued": 0, "refused": 0, "approvals": 0, "denied": 0, "pending": 0, "waits": []})
-        opened: dict[str, datetime] = {}
-        refusals: list[dict[str, Any]] = []
-        refusers: dict[str, RefusalFigures] = defaultdict(RefusalFigures)
-        destructive: list[dict[str, Any]] = []
+        tally = ReportTally()
         after = 0
         while True:
             with self.database.transaction() as repo:
                 page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
             for entry in page:
-                kind = entry["type"]
-                if kind in ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY):
-                    refusers[entry.get("actor") or "?"].add(entry)
-                if kind == SUPPRESSION_SUMMARY:
-                    continue  # a count only: no template, no request
-                key = (entry.get("actor") if kind in ("requested", "refused", SUPPRESSION_STARTED, "issued", "pending")
-                       else (entry.get("details") or {}).get("requester") or entry.get("actor") or "?",
-                       entry.get("template") or "?")
-                stats = rows[key]
-                when = datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
-                if kind == "issued":
-                    stats["issued"] += 1
-                    if (entry.get("details") or {}).get("destructive"):
-                        destructive.append(entry)
-                elif kind in ("refused", SUPPRESSION_STARTED):
-                    stats["refused"] += 1
-                    refusals.append({"seq": entry["seq"], "time": entry["time"], "actor": entry.get("actor"),
-                                     "template": entry.get("template"), "reason_code": entry.get("reason_code"),
-                                     "type": kind})
-                elif kind == "pending":
-                    stats["pending"] += 1
-                    opened[entry["request_id"]] = when
-                elif kind == "cosigned":
-                    stats["approvals"] += 1
-                elif kind == "denied":
-                    stats["denied"] += 1
-                elif kind == "approved" and entry.get("request_id") in opened:
-                    stats["approvals"] += 1
-                    stats["waits"].append((when - opened[entry["request_id"]]).total_seconds())
+                tally.add(entry)
             if len(page) < PAGE_MAX:
                 break
             after = page[-1]["seq"]
-        summary = []
-        for (agent, template), stats in sorted(rows.items()):
-            waits = stats.pop("waits")
-            summary.append({"agent": agent, "template": template, **stats,
-                            "median_time_to_approve_seconds": statistics.median(waits) if waits else None})
-        summary.sort(key=lambda r: (-r["refused"], -r["denied"], r["agent"], r["template"]))
-        by_principal = sorted((figures.view(refuser) for refuser, figures in refusers.items()),
-                              key=lambda r: (-r["suppressed"], -r["refused"], r["principal"]))
-        return {"since": issuance_log.log_time(since),
-                "refused_total": sum(r["refused"] for r in by_principal),
-                "suppressed_total": sum(r["suppressed"] for r in by_principal),
-                "refusals_by_principal": by_principal, "refusals": refusals,
-                "destructive_grants": [{"seq": e["seq"], "time": e["time"], "template": e.get("template"),
-                                        "request_id": e.get("request_id"), "actor": e.get("actor"),
-                                        "access_key_id": e.get("access_key_id")} for e in destructive],
-                "by_agent_and_template": summary}
+        return {"since": issuance_log.log_time(since), **tally.view()}
