@@ -140,7 +140,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                             refusal_budget=refusal_budget)
     directory = DirectoryAdapter(database)
     authenticator = Authenticator(api_keys=directory, principals=directory,
-                                  oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file))
+                                  oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file), now=clock.now)
     signer = load_signer(settings)
     audit = AuditLog(database=database, signer=signer, clock=clock)
     # NOTE: the checkpoint a boundary calls for is signed on a background thread, not inside the request
@@ -149,6 +149,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     if settings.checkpoint_every > 0:
         database.observers.append(CheckpointEvery(checkpointer, every=settings.checkpoint_every))
     metrics = wire_metrics(database=database, catalog=catalog, service=service)
+    if audit.checkpointer is not None:
+        audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)
     ui_oidc = UiOidcSignIn(settings, clock=clock)
     start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
