@@ -234,50 +234,97 @@ class _ExportVerifier:
         self.final_line = 0  # the line of the checkpoint after the statement
 
     def run(self, lines: Iterable[bytes | str]) -> VerificationReport:
-        numbered = ((no, (raw.encode("utf-8") if isinstance(raw, str) else raw).removesuffix(b"\n"))
-                    for no, raw in enumerate(lines, start=1))
-        decode, decode_errors, sha256, prefix = _DECODE_LINE, _DECODE_ERRORS, hashlib.sha256, ENTRY_PREFIX
-        for line_no, raw in numbered:
-            if self.final_line:
-                raise _Failure("malformed", f"line {line_no} follows the export's final checkpoint "
-                               f"(line {self.final_line}).", seq=None, line=line_no)
+        # NOTE: the entry path is the verifier's cost (one line per entry), so it keeps its state in locals,
+        # reads a line's chain fields only, and leaves every rare case to a method: a position that is not
+        # "the next seq, chained to the last hash" (the first entry, gaps, a checkpoint not yet placed, the
+        # statement seen: those set last_hash to "" so that the next entry takes the slow path).
+        it = iter(lines)
+        decode, decode_errors, sha256, prefix, unset = _DECODE_LINE, _DECODE_ERRORS, hashlib.sha256, ENTRY_PREFIX, \
+            msgspec.UNSET
+        trusted = self.trusted
+        last_seq, last_hash, last_line, count, unsigned, line_no, final = 0, "", 0, 0, None, 0, False
+        head = self.last_hash  # the real hash of the last entry (last_hash may be "", to force the slow path)
+        for raw in it:
+            line_no += 1
+            if type(raw) is str:
+                raw = raw.encode("utf-8")
             try:
                 fields = decode(raw)
             except decode_errors:
+                raw = raw.removesuffix(b"\n")
                 if not raw:
-                    raise _Failure("malformed", f"line {line_no} is empty.", seq=None,
-                                   line=line_no) from None
+                    raise _Failure("malformed", f"line {line_no} is empty.", seq=None, line=line_no) from None
                 raise _malformed_entry(raw, line_no) from None
-            if fields.checkpoint is not msgspec.UNSET:
-                self._take_checkpoint(raw, line_no)
+            stated = fields.hash
+            if fields.checkpoint is not unset or fields.export is not unset or final:
+                self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
+                self.unsigned = unsigned
+                self._take_other(raw.removesuffix(b"\n"), line_no)
+                # After the statement only the final checkpoint may come: an entry takes the slow path.
+                last_hash = head if self.statement is None and self.unplaced is None and self.first_seq else ""
+                unsigned, final = self.unsigned, bool(self.final_line)
                 continue
-            if fields.export is not msgspec.UNSET:
-                self._take_statement(raw, line_no)
-                continue
-            # --- an entry: the hot path ------------------------------------------------------
-            seq, prev_hash, stated = fields.seq, fields.prev_hash, fields.hash
-            if not (type(seq) is int and seq >= 1 and is_hex64(prev_hash) and is_hex64(stated)):
-                raise _malformed_entry(raw, line_no)
-            if self.statement is not None:
-                raise _Failure("appended", f"entry seq {seq} at line {line_no} follows the export "
-                               f"statement (line {self.statement_line}).", seq=seq, line=line_no)
-            if sha256(prefix + _body_bytes(raw, stated, line_no, seq)).hexdigest() != stated:
-                raise _Failure("modified", f"entry seq {seq} at line {line_no} was modified: its "
-                               "content does not match its hash.", seq=seq, line=line_no)
-            if seq != self.last_seq + 1 or prev_hash != self.last_hash or self.first_seq is None:
-                self._check_position(seq, prev_hash, line_no, numbered)
-            if self.unsigned is None:
-                self.unsigned = (seq, line_no)
-            if seq in self.trusted:
+            seq, prev_hash = fields.seq, fields.prev_hash
+            if type(stated) is not str:
+                raise _malformed_entry(raw.removesuffix(b"\n"), line_no)
+            member = b'"hash":"' + stated.encode("utf-8") + b'"'
+            start = raw.find(member)
+            if start < 0:
+                raise self._bad_entry(raw.removesuffix(b"\n"), line_no)
+            size = len(raw) - (raw[-1] == 10)  # without the newline
+            end = start + len(member)
+            body = raw[:start] + raw[end + 1:size] if raw[end] == 44 else raw[:start - 1] + raw[end:size]  # 44: ","
+            if sha256(prefix + body).hexdigest() != stated:
+                raise self._bad_entry(raw.removesuffix(b"\n"), line_no)
+            if seq != last_seq + 1 or prev_hash != last_hash:
+                self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
+                self.unsigned = unsigned
+                rest = ((number, later.removesuffix(b"\n") if isinstance(later, bytes) else later.encode("utf-8"))
+                        for number, later in enumerate(it, start=line_no + 1))
+                self._check_position(seq, prev_hash, line_no, rest)
+            if unsigned is None:
+                unsigned = (seq, line_no)
+            if trusted and seq in trusted:
                 self._check_trusted(seq, stated, line_no)
-            self.count += 1
-            self.last_seq, self.last_hash, self.last_line = seq, stated, line_no
+            count += 1
+            last_seq, last_hash, last_line, head = seq, stated, line_no, stated
+        self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
+        self.unsigned = unsigned
         return self._finish()
+
+    def _take_other(self, raw: bytes, line_no: int) -> None:
+        """A checkpoint or statement line, or any line after the final checkpoint."""
+        if self.final_line:
+            raise _Failure("malformed", f"line {line_no} follows the export's final checkpoint "
+                           f"(line {self.final_line}).", seq=None, line=line_no)
+        if raw.startswith(b'{"checkpoint":') or CHECKPOINT_KEY in _parse_line(raw, line_no):
+            self._take_checkpoint(raw, line_no)
+        else:
+            self._take_statement(raw, line_no)
+
+    @staticmethod
+    def _bad_entry(raw: bytes, line_no: int) -> _Failure:
+        """An entry line whose bytes do not hash to its stated hash: malformed or modified."""
+        try:
+            fields = _DECODE_LINE(raw)
+        except _DECODE_ERRORS:
+            return _malformed_entry(raw, line_no)
+        seq = fields.seq
+        if not (is_seq(seq) and is_hex64(fields.prev_hash) and is_hex64(fields.hash)):
+            return _malformed_entry(raw, line_no)
+        if raw.find(_HASH_MEMBER + fields.hash.encode("ascii") + b'"') < 0:
+            return _Failure("modified", f"entry seq {seq} at line {line_no} was modified: it is not in the "
+                            "canonical form its hash was computed over.", seq=seq, line=line_no)
+        return _Failure("modified", f"entry seq {seq} at line {line_no} was modified: its content does not "
+                        "match its hash.", seq=seq, line=line_no)
 
     # --- entries ---------------------------------------------------------------------------
     def _check_position(self, seq: int, prev_hash: str, line_no: int,
                         rest: Iterator[tuple[int, bytes]]) -> None:
         last_seq = self.last_seq
+        if self.statement is not None:
+            raise _Failure("appended", f"entry seq {seq} at line {line_no} follows the export statement (line "
+                           f"{self.statement_line}).", seq=seq, line=line_no)
         if self.unplaced is not None:
             if seq > last_seq + 1:
                 raise _classify_gap(last_seq + 1, seq, line_no, rest)
@@ -292,9 +339,9 @@ class _ExportVerifier:
             if seq == 1 and prev_hash != GENESIS_HASH:
                 raise _Failure("broken_chain", f"entry seq 1 at line {line_no} does not start "
                                "from the genesis hash.", seq=1, line=line_no)
-            if self.checkpoints and seq != 1:
-                raise _Failure("malformed", f"a checkpoint stands before entry seq {seq}, the "
-                               "export's first.", seq=seq, line=line_no)
+            if self.checkpoints and seq != 1:  # a seq-0 checkpoint: the export starts at genesis
+                raise _Failure("removed", f"entries seq 1 to seq {seq - 1} removed: a checkpoint of the "
+                               f"empty log precedes entry seq {seq} (line {line_no}).", seq=1, line=line_no)
         elif seq > last_seq + 1:
             raise _classify_gap(last_seq + 1, seq, line_no, rest)
         elif seq <= last_seq:
