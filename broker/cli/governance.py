@@ -138,7 +138,8 @@ def log_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
             item = json.loads(line)
         except ValueError as exc:
             raise InvalidInput(f"log export line {number} is not JSON", code="log_export_unreadable") from exc
-        if isinstance(item, dict) and "checkpoint" not in item:
+        # NOTE: an export also holds its checkpoint (and export statement) lines: entries are the lines with a seq.
+        if isinstance(item, dict) and "seq" in item and "type" in item:
             entries.append(item)
     return entries
 

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from broker.errors import InvalidInput
+from broker.errors import InvalidInput, LogIntegrityError
 from broker.runtime import oplog
 from broker.settings import BrokerSettings, load_settings
 
@@ -35,16 +35,18 @@ def register(subparsers) -> None:
 
 
 def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60.0) -> None:
-    audit = container.extras["audit"]
-    revocations = container.extras["revocations"]
+    audit = container.audit
+    revocations = container.revocations
     while not stop.wait(every_seconds):
         try:
             # Counts of suppressed refusals whose window is over and that no later refusal carried
             # (before the checkpoint, so it covers them).
             container.service.flush_suppressed_refusals()
-            if "templates" in container.extras:   # a start-up's templates_loaded entry the database refused
-                container.extras["templates"].write_pending()
-            audit.checkpoint()
+            container.templates.write_pending()   # a start-up's templates_loaded entry the database refused
+            try:
+                audit.checkpoint()
+            except LogIntegrityError:
+                pass  # a refusal to sign has raised its alarm already; expiry and revocation go on
             container.service.expire_stale()
             # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
             revocations.reconcile_orphans()
@@ -96,8 +98,8 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
 def install_reload_on_sighup(container) -> None:
     """``kill -HUP``: reload the template folder (on a thread: a handler must not do the work), atomically;
     a folder that fails any check leaves the running catalog as it was (see broker.runtime.template_loading)."""
-    templates = container.extras.get("templates")
-    if templates is None or not hasattr(signal, "SIGHUP"):
+    templates = container.templates
+    if not hasattr(signal, "SIGHUP"):
         return
 
     def reload(_signum, _frame) -> None:
@@ -116,7 +118,7 @@ def _shut_down(container, stop: threading.Event, sweeper: threading.Thread) -> N
         logging.getLogger("broker").warning("the periodic sweep did not finish before shutdown")
     _write_suppressed_refusals(container)
     # A checkpoint a boundary asked for may still be signing on its background thread: let it finish.
-    checkpointer = container.extras.get("checkpointer")
+    checkpointer = container.checkpointer
     if checkpointer is not None and not checkpointer.drain(timeout=10):
         logging.getLogger("broker").warning("the last log checkpoint did not finish before shutdown")
 

@@ -1,11 +1,12 @@
 """Blast radius: what a scope lets an agent do, in words a co-signer reads in seconds.
 
 For a template (placeholders shown as ``{name}`` with their constraints) or for one concrete
-request (the rendered policy), it lists the granted actions grouped by access level with the
-destructive and permission-changing ones first, the resources in plain words ("objects under
+request (the rendered policy), it names each risk class the grant carries in plain words (most
+dangerous first: :mod:`broker.domain.risk`), lists the granted actions with the riskiest first, the resources in plain words ("objects under
 s3://bucket/prefix/"), which grants hold only under conditions (decided by the evaluator),
 the TTL and the approvals needed.  ``to_dict()`` feeds the approval page and the issuance log;
-``to_text()`` is for people.
+``to_text()`` is for people.  ``headline()`` is the one sentence an approver reads first: the most
+dangerous thing the credentials can do, with its target.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from broker.domain.actions import AccessLevel, ActionInfo, ActionKnowledge, Risk, action_words
 from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy
+from broker.domain.risk import RANK, RiskFinding, ordered, risk_of
 from broker.domain.templates import ScopeTemplate
 
 # Most dangerous first: the order a reviewer should read.
@@ -38,6 +40,10 @@ RESOURCE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p)
     (r"arn:aws[a-z-]*:cloudformation:[^:]*:[^:]*:stack/(?P<n>[^/]+)/\*", "CloudFormation stack {n}"),
     (r"arn:aws[a-z-]*:iam::[^:]*:role/(?P<r>.+)", "IAM role {r}"),
 ))
+
+
+# How many targets the headline names before it counts the rest.
+HEADLINE_TARGETS = 2
 
 
 def describe_resource(resource: str) -> str:
@@ -87,6 +93,7 @@ class BlastRadius:
     approval_expires_after: int
     policy_size: int | None
     policy_digest: str | None
+    risk: tuple[RiskFinding, ...] = ()          # each class granted, most dangerous first
 
     @property
     def destructive(self) -> tuple[GrantedAction, ...]:
@@ -100,6 +107,39 @@ class BlastRadius:
     def resources(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r for a in self.actions for r in a.resources))
 
+    @property
+    def danger(self) -> str:
+        """The headline's label: the most dangerous risk class of the first grant (``destructive``,
+        ``permission-changing``, ...), else ``write`` or ``read-only`` (``none`` when nothing known is granted)."""
+        if not self.actions:
+            return "none"
+        first = self.actions[0]
+        if first.risks:
+            return first.risks[0].value
+        return "read-only" if first.access_level.read_only else "write"
+
+    def headline(self) -> str:
+        """The most dangerous thing these credentials can do, with its target, in one sentence.
+
+        ``actions`` is ordered most dangerous first, so the first grant is the one named; the rest are counted.
+        """
+        if not self.actions:
+            return (f"These credentials grant no action the broker knows ({self.environment}): "
+                    "read the exact policy before deciding.")
+        first = self.actions[0]
+        name = first.action.split(":", 1)[1]
+        targets = [describe_resource(r) for r in first.resources]
+        where = "; ".join(targets[:HEADLINE_TARGETS])
+        if len(targets) > HEADLINE_TARGETS:
+            where += f" and {len(targets) - HEADLINE_TARGETS} more"
+        text = f"Can {action_words(name)} on {where} in {self.environment}"
+        if first.conditions:
+            text += " only when " + " and ".join(first.conditions)
+        others = len({a.action for a in self.actions[1:]} - {first.action})
+        if others:
+            text += f", plus {others} other action{'s' if others > 1 else ''}"
+        return text + "."
+
     def to_dict(self) -> dict[str, Any]:
         by_level: dict[str, list[str]] = {}
         for granted in self.actions:
@@ -109,6 +149,7 @@ class BlastRadius:
         return {
             "template": self.template, "environment": self.environment, "role": self.role,
             "concrete": self.concrete,
+            "risk": [finding.to_dict() for finding in self.risk],
             "destructive": list(dict.fromkeys(a.action for a in self.destructive)),
             "permission_changing": list(dict.fromkeys(a.action for a in self.permission_changing)),
             "by_access_level": by_level,
@@ -120,6 +161,8 @@ class BlastRadius:
                          "expires_after": self.approval_expires_after},
             "policy": {"size": self.policy_size, "limit": SESSION_POLICY_MAX_CHARS, "digest": self.policy_digest},
             "summary": self.sentences(),
+            "headline": self.headline(),
+            "danger": self.danger,
         }
 
     def sentences(self) -> list[str]:
@@ -143,6 +186,11 @@ class BlastRadius:
         out = [head]
         if self.parameters:
             out.append("Parameters: " + "; ".join(f"{k} = {v}" for k, v in self.parameters.items()))
+        if self.risk:
+            out.append("RISK (most dangerous first):")
+            out.extend(f"  - {finding.line}" for finding in self.risk)
+        else:
+            out.append("RISK: none of the taxonomy's classes.")
         sections: list[tuple[str, list[GrantedAction]]] = [
             ("DESTRUCTIVE", list(self.destructive)),
             ("CHANGES PERMISSIONS", [a for a in self.permission_changing if a not in self.destructive]),
@@ -214,6 +262,7 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
     # One entry per (action, conditions): a grant that holds only under conditions is never merged with
     # one that holds always, or the co-signer would read one as the other.
     granted: dict[tuple[str, tuple[str, ...]], GrantedAction] = {}
+    seen: dict[str, ActionInfo] = {}
     for statement in document["Statement"]:
         patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = tuple(statement["Resource"] if isinstance(statement["Resource"], list)
@@ -222,6 +271,7 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
         for pattern in patterns:
             found = actions.expand(pattern) if any(c in pattern for c in "*?") else (actions.lookup(pattern),)
             infos.extend(info for info in found if info is not None)
+        seen.update((info.lower, info) for info in infos)
         for info in infos:
             # The evaluator decides whether the grant holds for any request or only some.
             decisions = [evaluate([session], AccessRequest(info.key, r)) for r in resources]
@@ -231,19 +281,20 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             merged = tuple(dict.fromkeys((previous.resources if previous else ()) + resources))
             granted[(info.lower, conditions)] = GrantedAction(
                 action=info.key, access_level=info.access_level,
-                risks=tuple(sorted(info.risks)), resources=merged, conditions=conditions,
+                risks=tuple(ordered(info.risks)), resources=merged, conditions=conditions,
                 description=info.description)
-    ordered = sorted(granted.values(), key=lambda g: (Risk.DESTRUCTIVE not in g.risks,
-                                                      Risk.PERMISSION_CHANGING not in g.risks,
-                                                      LEVEL_ORDER.index(g.access_level), g.action, g.conditions))
+    riskiest_first = sorted(granted.values(), key=lambda g: (min((RANK[r] for r in g.risks), default=len(RANK)),
+                                                             LEVEL_ORDER.index(g.access_level), g.action,
+                                                             g.conditions))
     return BlastRadius(
         template=template.name, environment=template.environment.value,
         role=rendered.role_arn if rendered is not None else template.role,
-        concrete=rendered is not None, actions=tuple(ordered),
+        concrete=rendered is not None, actions=tuple(riskiest_first),
         parameters=dict(parameters) if parameters is not None else _parameter_constraints(template),
         ttl_default=template.ttl.default, ttl_max=template.ttl.max,
         approvals=template.approval.approvals, approvers=tuple(template.approval.approvers),
         approval_expires_after=template.approval.expires_after,
         policy_size=rendered.size if rendered is not None else None,
         policy_digest=rendered.digest if rendered is not None else None,
+        risk=tuple(risk_of(seen.values())),
     )

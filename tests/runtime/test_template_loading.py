@@ -171,7 +171,7 @@ def test_sighup_reload_swaps_a_good_folder_and_keeps_the_catalog_on_a_bad_one(da
     templates = loader(database, folder, owners_file)
     catalog = templates.start()
     previous = signal.getsignal(signal.SIGHUP)
-    install_reload_on_sighup(type("C", (), {"extras": {"templates": templates}})())
+    install_reload_on_sighup(type("C", (), {"templates": templates})())
     try:
         # A good change (dev, no signatures needed): reloaded, logged with its previous digest.
         path = folder / "s3-read-prefix.yaml"
