@@ -74,17 +74,15 @@ def grants_of(template: ScopeTemplate, actions: ActionKnowledge) -> set[Grant]:
 
 
 def risk_classes(template: ScopeTemplate, actions: ActionKnowledge) -> set[str]:
-    """Risk classes of what the template grants: each granted action's risks, and the access levels
-    that are not read-only (``write``, ``permissions management``, ``tagging``)."""
+    """The risk classes of what the template grants (:mod:`broker.domain.risk`'s taxonomy), and
+    ``unknown-action`` for an action the database does not know (not known to be harmless)."""
     classes: set[str] = set()
     for grant in grants_of(template, actions):
         info = actions.lookup(grant.action)
         if info is None:
             classes.add("unknown-action")
-            continue
-        classes.update(risk.value for risk in info.risks)
-        if not info.access_level.read_only:
-            classes.add(info.access_level.value.lower())
+        else:
+            classes.update(risk.value for risk in info.risks)
     return classes
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import yaml
 
 from broker.domain.actions import ActionKnowledge, Risk
-from broker.domain.template_diff import grants_of
+from broker.domain.risk import BY_RISK
+from broker.domain.template_diff import risk_classes
 from broker.domain.template_signatures import DEFAULT_REQUIRED_SIGNATURES, SigningRule, owners_from_config
 from broker.domain.templates import Environment, ScopeTemplate
 from broker.errors import BrokerError, InvalidInput, Unavailable
@@ -32,7 +33,7 @@ from broker.storage.template_files import TemplateCatalog, load_catalog
 from broker.usecases.template_loads import LoadedVersion, append_templates_loaded, record_templates_loaded
 
 log = logging.getLogger("broker.templates")
-COSIGNED_RISKS = frozenset({Risk.DESTRUCTIVE, Risk.PERMISSION_CHANGING})
+BY_RISK_VALUES = frozenset(r.value for r in BY_RISK)
 
 
 def signing_rule(path: Path | None, required_setting: int | None = None) -> SigningRule:
@@ -64,12 +65,11 @@ def signing_rule(path: Path | None, required_setting: int | None = None) -> Sign
 
 
 def risk_needs_cosigning(actions: ActionKnowledge) -> Callable[[ScopeTemplate], bool]:
+    """A template granting any action of a risk class (every class of the taxonomy needs at least one
+    co-signer: :data:`broker.domain.risk.TAXONOMY`) needs owners' signatures like a production one."""
     def risky(template: ScopeTemplate) -> bool:
-        for grant in grants_of(template, actions):
-            info = actions.lookup(grant.action)
-            if info is None or info.risks & COSIGNED_RISKS:
-                return True   # NOTE: an action the database does not know is not known to be harmless
-        return False
+        return any(BY_RISK[Risk(c)].approvals >= 1 if c in BY_RISK_VALUES else True
+                   for c in risk_classes(template, actions))
     return risky
 
 
