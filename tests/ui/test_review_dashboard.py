@@ -80,6 +80,18 @@ def test_the_figures_of_a_known_log(logged):
         principal=RITA, range_name="24h").totals["issued"] == 0
 
 
+def test_the_page_and_its_charts_share_one_computation_for_a_few_seconds(logged):
+    dashboard = ReviewDashboard(database=logged.container.database, clock=logged.clock, fresh_for=30)
+    page = dashboard.figures(principal=RITA, range_name="24h")
+    assert logged.post("/v1/requests", "agent:demo", json=S3).status_code == 201
+    logged.clock.advance(10)
+    assert dashboard.figures(principal=RITA, range_name="24h", parts=["over_time"]) is page   # the chart's
+    with pytest.raises(Forbidden):                                    # authorization is never cached
+        dashboard.figures(principal=Principal(id="human:bob", roles=frozenset({Role.APPROVER})), range_name="24h")
+    logged.clock.advance(21)
+    assert dashboard.figures(principal=RITA, range_name="24h").totals["issued"] == 4
+
+
 def test_only_reviewers_and_admins_and_only_the_offered_ranges(logged):
     dashboard = ReviewDashboard(database=logged.container.database, clock=logged.clock)
     with pytest.raises(Forbidden):

@@ -20,7 +20,12 @@ router = APIRouter(prefix="/review", include_in_schema=False)  # under the pages
 
 
 def _dashboard(container) -> ReviewDashboard:
-    return ReviewDashboard(database=container.database, clock=container.clock)
+    """One dashboard per broker (its figures are shared for a few seconds by the page and its charts)."""
+    dashboard = container.extras.get("review")
+    if dashboard is None:
+        dashboard = container.extras.setdefault("review", ReviewDashboard(database=container.database,
+                                                                          clock=container.clock))
+    return dashboard
 
 
 @router.get("")
@@ -38,6 +43,7 @@ def review(request: Request, container: ContainerDep, range: str | None = None) 
              "live-grants": figures.events_link(type="issued"), "risky-grants": figures.events_link(type="issued"),
              "revocations": figures.events_link(type="revoked"), "lockdowns": figures.events_link(type="lockdown")}
     return render("review.html", now=container.clock.now(), f=figures, links=links, ranges=list(RANGES),
+                  fresh_for=_dashboard(container).fresh_for,
                   principal=principal, csrf_token=session.csrf_token)
 
 
