@@ -160,3 +160,19 @@ def test_the_dashboard_in_a_browser(chromium, site, size):
             rita.screenshot(f"review-{size}", full_page=True)
         finally:
             rita.close()
+
+
+def test_suppressed_refusals_count_once_in_the_figures(budgeted):
+    from tests.conftest import REFUSAL_BUDGET
+
+    flood = 5
+    for _ in range(REFUSAL_BUDGET + flood):
+        assert budgeted.post("/v1/requests", "agent:demo", json={**S3, "template": "no-such-x"}).status_code == 404
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 1
+    figures = ReviewDashboard(database=budgeted.container.database, clock=budgeted.clock).figures(
+        principal=RITA, range_name="24h")
+    assert figures.refusals_by_reason == {"template_not_found": REFUSAL_BUDGET + flood}
+    assert figures.totals["refused"] == REFUSAL_BUDGET + flood
+    report = budgeted.get("/v1/events/report", "human:rita", params={"since": "24h"}).json()
+    assert report["refused_total"] == REFUSAL_BUDGET + flood  # the report and the dashboard agree
