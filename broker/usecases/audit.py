@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -11,11 +13,15 @@ from typing import Any
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
-from broker.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
+from broker.errors import Forbidden, InvalidInput, NotFound
 from broker.ports import Clock
 from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
                              carried_refusals)
 from broker.storage.engine import Database
+from broker.usecases.checkpoints import Checkpointer
+from broker.domain.times import parse_time
+
+log = logging.getLogger("broker.audit")
 
 EVENT_FILTERS = ("agent", "human", "template", "type", "request_id", "access_key_id", "grant_id")
 PAGE_MAX = 1000
@@ -57,6 +63,41 @@ class RefusalFigures:
 def _reason(entry: Mapping[str, Any]) -> str:
     code = entry.get("reason_code")
     return code if isinstance(code, str) and code else UNATTRIBUTED
+
+
+def unverified_seqs(entries: list[dict[str, Any]]) -> list[int]:
+    """The seqs of entries whose stored body does not match its own hash (edited in the database)."""
+    bad = [entry.get("seq") for entry in entries if issuance_log.entry_hash(entry) != entry.get("hash")]
+    if bad:
+        log.warning("reviewer query: stored entries seq %s do not match their hashes", bad[:20])
+    return bad
+
+
+# Where a request's rows must agree with its log entries: row attribute -> entry field (of `issued`).
+_GRANT_FIELDS = {"id": "grant_id", "access_key_id": "access_key_id"}
+_REQUEST_FIELDS = {"template": "template", "template_digest": "template_digest", "policy_digest": "policy_digest",
+                   "requester": "actor"}
+
+
+def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[dict[str, Any]]) -> list[str]:
+    """What the database rows of one request say that its log entries do not (empty: they agree)."""
+    found = [f"entry seq {seq} does not match its hash" for seq in unverified_seqs(events)]
+    issued = next((entry for entry in events if entry.get("type") == "issued"), None)
+    if issued is not None:
+        for row, fields, what in ((grant, _GRANT_FIELDS, "grant"), (request, _REQUEST_FIELDS, "request")):
+            if row is None:
+                found.append(f"the {what} row of the issued entry (seq {issued['seq']}) is missing")
+                continue
+            found += [f"{what}.{attribute} is {getattr(row, attribute)!r}, the issued entry says {issued.get(field)!r}"
+                      for attribute, field in fields.items() if getattr(row, attribute) != issued.get(field)]
+    elif grant is not None:
+        found.append(f"grant {grant.id} has no issued entry in the log")
+    for decision, kind in (("approve", "cosigned"), ("deny", "denied")):
+        rows = sorted(a.approver for a in approvals if a.decision == decision)
+        logged = sorted(entry.get("actor") or "" for entry in events if entry.get("type") == kind)
+        if rows != logged:
+            found.append(f"approvals ({decision}) by {rows} in the database, {logged} in the log")
+    return found
 
 
 # Entries that move a request to a state; the last one in the range is where the request stands.
@@ -159,7 +200,7 @@ class ReportTally:
 
 
 def _time(entry: Mapping[str, Any]) -> datetime:
-    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+    return parse_time(entry["time"])
 
 
 @dataclass
@@ -167,6 +208,12 @@ class AuditLog:
     database: Database
     signer: issuance_log.CheckpointSigner
     clock: Clock
+    # Signs checkpoints, only over a log that extends the last one (broker.usecases.checkpoints).
+    checkpointer: Checkpointer | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpointer is None:
+            self.checkpointer = Checkpointer(database=self.database, signer=self.signer, clock=self.clock)
 
     def query(self, *, principal: Principal, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
               since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
@@ -178,18 +225,14 @@ class AuditLog:
                                        until=until)
         more = len(events) > limit
         events = events[:limit]
-        return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None}
+        return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None,
+                "unverified_seqs": unverified_seqs(events)}
 
     def checkpoint(self) -> issuance_log.Checkpoint:
-        """Sign the current head (idempotent for an unchanged head).
-
-        Two replicas may sign the same head at once; the loser's insert conflicts, and the
-        second attempt finds the winner's checkpoint.
-        """
-        try:
-            return self._checkpoint_once()
-        except StorageUnavailable:
-            return self._checkpoint_once()
+        """Sign the current head (idempotent for an unchanged head); CheckpointRefused when the log does
+        not extend the last signed checkpoint."""
+        assert self.checkpointer is not None
+        return self.checkpointer.checkpoint()
 
     def latest_checkpoint(self, *, principal: Principal) -> issuance_log.Checkpoint:
         """The newest signed checkpoint, as stored (reading takes none)."""
@@ -200,61 +243,81 @@ class AuditLog:
             raise NotFound("no checkpoint has been signed yet", code="checkpoint_not_found")
         return latest
 
-    def _checkpoint_once(self) -> issuance_log.Checkpoint:
-        with self.database.transaction() as repo:
-            seq, head = repo.log_head()
-            latest = repo.latest_checkpoint()
-            if latest is not None and latest.seq == seq and latest.key_id == self.signer.key_id:
-                return latest
-            checkpoint = self.signer.sign(seq, head, issuance_log.log_time(self.clock.now()))
-            repo.add_checkpoint(checkpoint)
-            return checkpoint
-
     def export(self, *, principal: Principal, since: datetime | None = None) -> Iterator[bytes]:
-        """JSONL: entries (from ``since``) up to a fresh checkpoint, then the checkpoint line."""
+        """JSONL (docs/log-format.md, section 8): the entries (from ``since``) up to a fresh checkpoint, every
+        checkpoint after the entry it signs, then the signed export statement and the final checkpoint."""
         require_reviewer(principal)
-        checkpoint = self.checkpoint()
+        final = self.checkpoint()
+        entries = self._entries_up_to(final.seq, since=since)
+        first = next(entries, None)
+        first_seq = first["seq"] if first is not None else final.seq + 1
+        with self.database.transaction() as repo:
+            checkpoints = [c for c in repo.checkpoints(from_seq=first_seq if since is not None else 0)
+                           if c.seq <= final.seq]
+        # NOTE: the final checkpoint ends the export (after the statement) even if a replica has signed a newer one.
+        checkpoints = checkpoints[:checkpoints.index(final) + 1] if final in checkpoints else [*checkpoints, final]
+        statement = self.signer.sign_export(final, first_seq=first_seq,
+                                            since=issuance_log.log_time(since) if since is not None else None,
+                                            time=issuance_log.log_time(self.clock.now()))
+        all_entries = entries if first is None else itertools.chain([first], entries)
+        yield from issuance_log.chained_export_lines(all_entries, checkpoints, statement)
+
+    def _entries_up_to(self, last_seq: int, *, since: datetime | None) -> Iterator[dict[str, Any]]:
         after = 0
         while True:
             with self.database.transaction() as repo:
                 page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
-            page = [entry for entry in page if entry["seq"] <= checkpoint.seq]
-            for entry in page:
-                yield issuance_log.entry_line(entry) + b"\n"
+            page = [entry for entry in page if entry["seq"] <= last_seq]
+            yield from page
             if len(page) < PAGE_MAX:
                 break
             after = page[-1]["seq"]
-        yield issuance_log.canonical_json({issuance_log.CHECKPOINT_KEY: checkpoint.to_dict()}) + b"\n"
 
     def correlate(self, *, principal: Principal, access_key_id: str | None = None,
                   source_identity: str | None = None) -> dict[str, Any]:
-        """From what CloudTrail shows (access key id or SourceIdentity) to request, template and approvals."""
+        """From what CloudTrail shows (access key id or SourceIdentity) to request, template and approvals.
+
+        The log decides what matches an access key id: an ``issued`` entry naming it is found even if the
+        grant row was edited or removed.  (SourceIdentity is not in the entries: it is looked up in the grants.)
+        Each match says where the database rows disagree with the log's entries (``mismatches``).
+        """
         require_reviewer(principal)
         if not access_key_id and not source_identity:
             raise InvalidInput("give an access_key_id or a source_identity", code="missing_filter")
         with self.database.transaction() as repo:
             grants = repo.find_grants(access_key_id=access_key_id or None, source_identity=source_identity or None)
-            if not grants:
+            logged = (repo.query_events(filters={"type": "issued", "access_key_id": access_key_id}, limit=50)
+                      if access_key_id else [])
+            request_ids = list(dict.fromkeys([grant.request_id for grant in grants[-50:]]
+                                             + [entry["request_id"] for entry in logged if entry.get("request_id")]))
+            if not request_ids:
                 raise NotFound("no grant matches", code="grant_not_found")
-            results = []
-            for grant in grants[-50:]:
-                request = repo.get_request(grant.request_id)
-                results.append({
-                    "grant": {"id": grant.id, "access_key_id": grant.access_key_id, "role_arn": grant.role_arn,
-                              "source_identity": grant.source_identity, "session_name": grant.session_name,
-                              "issued_at": issuance_log.log_time(grant.issued_at),
-                              "expiration": issuance_log.log_time(grant.expiration),
-                              "revoked_at": grant.revoked_at and issuance_log.log_time(grant.revoked_at)},
-                    "request": None if request is None else {
-                        "id": request.id, "template": request.template, "template_digest": request.template_digest,
-                        "requester": request.requester, "acts_for": request.acts_for, "reason": request.reason,
-                        "policy_digest": request.policy_digest, "status": request.status},
-                    "approvals": [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
-                                   "at": issuance_log.log_time(a.created_at)}
-                                  for a in repo.approvals_for(grant.request_id)],
-                    "events": repo.query_events(filters={"request_id": grant.request_id}, limit=PAGE_MAX),
-                })
+            results = [self._match(repo, request_id) for request_id in request_ids[-50:]]
         return {"matches": results}
+
+    @staticmethod
+    def _match(repo: Any, request_id: str) -> dict[str, Any]:
+        grant, request = repo.grant_for_request(request_id), repo.get_request(request_id)
+        approvals = repo.approvals_for(request_id)
+        events = repo.query_events(filters={"request_id": request_id}, limit=PAGE_MAX)
+        mismatches = _disagreements(grant, request, approvals, events)
+        return {
+            "grant": None if grant is None else {
+                "id": grant.id, "access_key_id": grant.access_key_id, "role_arn": grant.role_arn,
+                "source_identity": grant.source_identity, "session_name": grant.session_name,
+                "issued_at": issuance_log.log_time(grant.issued_at),
+                "expiration": issuance_log.log_time(grant.expiration),
+                "revoked_at": grant.revoked_at and issuance_log.log_time(grant.revoked_at)},
+            "request": None if request is None else {
+                "id": request.id, "template": request.template, "template_digest": request.template_digest,
+                "requester": request.requester, "acts_for": request.acts_for, "reason": request.reason,
+                "policy_digest": request.policy_digest, "status": request.status},
+            "approvals": [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
+                           "at": issuance_log.log_time(a.created_at)} for a in approvals],
+            "events": events,
+            "log_agrees": not mismatches,
+            "mismatches": mismatches,
+        }
 
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.
