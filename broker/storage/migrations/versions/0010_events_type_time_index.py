@@ -3,13 +3,13 @@
 The dashboard counts entries of some types within a time range (``broker.storage.log_figures``);
 without it a range query walks every entry of those types.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 from alembic import op
 
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
