@@ -144,8 +144,17 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file), now=clock.now)
     signer = load_signer(settings)
     from broker.usecases.audit import AuditLog
+    from broker.usecases.checkpoints import Checkpointer
 
-    audit = AuditLog(database=database, signer=signer, clock=clock)
+    anchors = None
+    if settings.anchor_bucket:
+        from broker.aws.anchors import S3CheckpointAnchors
+
+        anchors = S3CheckpointAnchors(bucket=settings.anchor_bucket, prefix=settings.anchor_prefix,
+                                      retention_days=settings.anchor_retention_days,
+                                      endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    audit = AuditLog(database=database, signer=signer, clock=clock,
+                     checkpointer=Checkpointer(database=database, signer=signer, clock=clock, anchors=anchors))
     # NOTE: the checkpoint a boundary calls for is signed on a background thread, not inside the request
     # whose entry crossed it (it would add a transaction and a signature to every Nth response).
     checkpointer = InBackground(audit.checkpoint, name="log-checkpoint")
