@@ -34,7 +34,7 @@ class LockdownBody(ReasonBody):
 
 
 def _revocations(container: ContainerDep) -> RevocationService:
-    return container.extras["revocations"]
+    return container.revocations
 
 
 @router.post("/grants/{grant_id}/revoke")
