@@ -260,12 +260,14 @@ class Repository:
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      limit: int = 100) -> list[RequestRow]:
+                      acts_for: str | None = None, limit: int = 100) -> list[RequestRow]:
         statement = select(RequestRow).order_by(col(RequestRow.created_at).desc()).limit(limit)
         if statuses:
             statement = statement.where(col(RequestRow.status).in_(list(statuses)))
         if requester:
             statement = statement.where(RequestRow.requester == requester)
+        if acts_for:
+            statement = statement.where(RequestRow.acts_for == acts_for)
         return list(self.session.exec(statement))
 
     def stale_requests(self, *, now: datetime) -> list[RequestRow]:
