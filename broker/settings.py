@@ -19,6 +19,14 @@ class BrokerSettings(BaseSettings):
 
     database_url: str = "sqlite:///.broker/broker.db"
     scopes_dir: Path = Path("scopes")
+    # Which environment each target AWS account is (production / staging / dev): a template's role must
+    # be in an account named here, of the template's environment.  BROKER_ACCOUNTS is JSON
+    # ({"123456789012": "dev"}); BROKER_ACCOUNTS_FILE a YAML/JSON file of the same mapping.  Both may be
+    # used; an account named twice with different environments is refused.
+    accounts: dict[str, str] = Field(default_factory=dict)
+    accounts_file: Path | None = None
+    # Roles the broker may hand out start with this (CloudFormation's TargetRolePrefix).
+    target_role_prefix: str = "broker-target-"
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     signing_key_file: Path | None = None
@@ -80,3 +88,29 @@ def load_settings(**overrides: Any) -> BrokerSettings:
             raise InvalidInput(f"configuration file {config_file} cannot be read", code="config_invalid") from exc
     env_values = BrokerSettings().model_dump(exclude_unset=True)
     return BrokerSettings(**{**file_values, **env_values, **overrides})
+
+
+def accounts_configured(settings: BrokerSettings) -> bool:
+    """True when the settings name any account source (lint checks environments only then)."""
+    return bool(settings.accounts) or settings.accounts_file is not None
+
+
+def load_target_accounts(settings: BrokerSettings, *, required: bool = True):
+    """The accounts configuration (:class:`broker.domain.accounts.TargetAccounts`) from the settings and
+    the accounts file.  ``required=False`` (``broker scopes lint``): nothing configured means "do not
+    check accounts"; the broker itself always checks, so an unconfigured broker refuses every role."""
+    from broker.domain.accounts import target_accounts
+
+    sources: list[tuple[str, Any]] = []
+    if settings.accounts:
+        sources.append(("BROKER_ACCOUNTS", settings.accounts))
+    if settings.accounts_file is not None:
+        try:
+            text = settings.accounts_file.read_text(encoding="utf-8")
+            raw = json.loads(text) if settings.accounts_file.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+            raise InvalidInput(f"accounts file {settings.accounts_file} cannot be read ({exc.__class__.__name__})",
+                               code="config_invalid", field="accounts_file") from exc
+        sources.append((str(settings.accounts_file), raw))
+    return target_accounts(*sources, role_prefix=settings.target_role_prefix,
+                           configured=required or bool(sources))

@@ -55,6 +55,9 @@ class PolicySentryActionKnowledge:
     def has_service(self, service: str) -> bool:
         return service.lower() in self._prefixes
 
+    def services(self) -> tuple[str, ...]:
+        return tuple(sorted(self._prefixes))
+
     def _service(self, service: str) -> dict[str, ActionInfo]:
         service = service.lower()
         cached = self._services.get(service)

@@ -15,6 +15,11 @@ Exit codes
             See :mod:`broker.cli.simulate` (``--boundary``, ``--grant``).
 
 Templates are looked up in ``--scopes DIR``, else ``$BROKER_SCOPES_DIR``, else ``./scopes``.
+
+Accounts: given the broker's accounts configuration (``BROKER_ACCOUNTS``, ``BROKER_ACCOUNTS_FILE``,
+``BROKER_CONFIG_FILE``, or ``lint --accounts FILE``) lint refuses a role in an account it does not
+name or of another environment, exactly as the broker does at load.  With none, lint says so on
+stderr and checks everything else (an author without the deployment's configuration can still lint).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def register(subparsers) -> None:
     lint.add_argument("paths", nargs="*", type=Path, help="files or folders (default: $BROKER_SCOPES_DIR or ./scopes)")
     lint.add_argument("--format", choices=["text", "json"], default="text")
     lint.add_argument("--strict", action="store_true", help="warnings count as findings too")
+    lint.add_argument("--accounts", type=Path, default=None, metavar="FILE",
+                      help="accounts configuration (account id -> environment; default: BROKER_ACCOUNTS / "
+                           "BROKER_ACCOUNTS_FILE); without any, accounts are not checked")
     lint.set_defaults(func=run_lint)
 
     def with_template(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +99,14 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------
 # lint
 
+def lint_accounts(accounts_file: Path | None = None):
+    """The accounts configuration lint checks against (not configured: nothing to check)."""
+    from broker.settings import load_settings, load_target_accounts
+
+    overrides = {"accounts_file": accounts_file} if accounts_file is not None else {}
+    return load_target_accounts(load_settings(**overrides), required=False)
+
+
 def run_lint(args: argparse.Namespace) -> int:
     from broker.aws.action_database import default_action_knowledge
     from broker.storage.template_files import read_template, template_files
@@ -108,6 +124,7 @@ def run_lint(args: argparse.Namespace) -> int:
         print(f"error: no template files (*.yaml, *.yml) in {', '.join(map(str, paths))}", file=sys.stderr)
         return EXIT_UNUSABLE
     actions = default_action_knowledge()
+    accounts = lint_accounts(args.accounts)
     unusable = False
     findings: list[Finding] = []
     names: dict[str, str] = {}
@@ -127,7 +144,8 @@ def run_lint(args: argparse.Namespace) -> int:
         names.setdefault(template.name, str(path))
         sizes.append({"template": template.name, "source": str(path),
                       "worst_case_policy_size": worst_case_policy_size(template), "limit": SESSION_POLICY_MAX_CHARS})
-        findings.extend(f.located(source=str(path)) for f in check_template(template, actions=actions))
+        findings.extend(f.located(source=str(path))
+                        for f in check_template(template, actions=actions, accounts=accounts))
     elapsed = time.perf_counter() - started
     errors = sum(f.blocking for f in findings)
     warnings = len(findings) - errors
@@ -135,13 +153,17 @@ def run_lint(args: argparse.Namespace) -> int:
         print(json.dumps({"files": [str(f) for f in files], "templates": sizes,
                           "findings": [f.to_dict() for f in findings],
                           "summary": {"files": len(files), "errors": errors, "warnings": warnings,
-                                      "seconds": round(elapsed, 4), "action_database": actions.source}},
+                                      "seconds": round(elapsed, 4), "action_database": actions.source,
+                                      "accounts_checked": accounts.configured}},
                          indent=2))
     else:
         for finding in findings:
             print(finding)
         print(f"{len(files)} file(s), {errors} error(s), {warnings} warning(s) in {elapsed:.3f}s "
               f"[{actions.source}]", file=sys.stderr)
+    if not accounts.configured:
+        print("note: no accounts configuration (BROKER_ACCOUNTS, BROKER_ACCOUNTS_FILE or --accounts): the "
+              "environment of each role's account was not checked", file=sys.stderr)
     if unusable:
         return EXIT_UNUSABLE
     if errors or (args.strict and warnings):
@@ -179,9 +201,11 @@ def _render_checked(template, params: dict[str, str]):
     from broker.domain.rendering import render_policy, validate_parameters
 
     actions = default_action_knowledge()
+    accounts = lint_accounts()
     values = validate_parameters(template, params)
     rendered = render_policy(template, values)
-    findings = check_template(template, actions=actions) + check_rendered(template, rendered, actions=actions)
+    findings = (check_template(template, actions=actions, accounts=accounts)
+                + check_rendered(template, rendered, actions=actions, accounts=accounts))
     for finding in findings:
         print(finding, file=sys.stderr)
     return values, rendered, [f for f in findings if f.blocking]

@@ -35,10 +35,19 @@ class AccessLevel(StrEnum):
 
 
 class Risk(StrEnum):
-    """Why an action needs a human to look before it is granted."""
+    """Why an action needs a human to look before it is granted: the classes of
+    :mod:`broker.domain.risk` (which holds their sentences, capabilities and approvals), most
+    dangerous first.  The values are part of the finding codes (``undeclared_<value>``)."""
 
-    DESTRUCTIVE = "destructive"                    # deletes, terminates, purges, schedules key deletion
+    ORGANIZATION_CONTROL = "organization-control"  # the organization or account itself
     PERMISSION_CHANGING = "permission-changing"    # changes who may do what (policies, roles, grants)
+    DEFENSE_EVASION = "defense-evasion"            # audit, detection and logging turned off or redirected
+    CODE_EXECUTION = "code-execution"              # code runs as another identity
+    CREDENTIAL_EXPOSURE = "credential-exposure"    # secrets and credentials handed out
+    RESOURCE_EXPOSURE = "resource-exposure"        # public or cross-account access
+    DATA_EXFILTRATION = "data-exfiltration"        # paths that copy data out
+    DESTRUCTIVE = "destructive"                    # deletes, terminates, purges, schedules key deletion
+    PRODUCTION_TRAFFIC = "production-traffic"      # DNS, load balancers, deployments, scaling, databases
 
 
 @dataclass(frozen=True)
@@ -89,63 +98,18 @@ OPTIONAL_RESOURCE_SCOPING: dict[tuple[str, str], str] = {
 }
 
 
-@dataclass(frozen=True)
-class RiskRule:
-    """One row of the classification table: actions whose name matches get ``risk``."""
-
-    risk: Risk
-    reason: str
-    verbs: tuple[str, ...] = ()           # action-name prefixes, any service ("Delete" matches DeleteObject)
-    actions: tuple[str, ...] = ()         # exact service:Action, lower case
-    access_levels: tuple[AccessLevel, ...] = ()
-    # Verbs only count at these levels (removing a tag is not destroying anything).
-    verb_levels: tuple[AccessLevel, ...] = tuple(AccessLevel)
-
-    def matches(self, info: ActionInfo) -> bool:
-        return (info.lower in self.actions
-                or info.access_level in self.access_levels
-                or (info.access_level in self.verb_levels
-                    and any(_starts_with_verb(info.name, verb) for verb in self.verbs)))
-
-
-RISK_RULES: tuple[RiskRule, ...] = (
-    RiskRule(Risk.DESTRUCTIVE, "removes data or infrastructure that may not come back",
-             verbs=("Delete", "Terminate", "Destroy", "Purge", "Remove", "Deregister", "Drop", "Truncate",
-                    "Wipe", "Erase", "BatchDelete", "ForceDelete", "ScheduleKeyDeletion"),
-             verb_levels=(AccessLevel.WRITE, AccessLevel.PERMISSIONS_MANAGEMENT)),
-    RiskRule(Risk.DESTRUCTIVE, "makes data unreadable or stops a running workload",
-             actions=("kms:disablekey", "kms:schedulekeydeletion", "kms:disablekeyrotation",
-                      "ec2:stopinstances", "rds:stopdbinstance", "rds:stopdbcluster",
-                      "s3:putlifecycleconfiguration", "s3:putbucketversioning",
-                      "dynamodb:updatetimetolive", "ecs:deletecluster", "lambda:putfunctionconcurrency",
-                      "cloudformation:updatestack", "cloudformation:executechangeset",
-                      "autoscaling:setdesiredcapacity", "logs:putretentionpolicy")),
-    RiskRule(Risk.PERMISSION_CHANGING, "AWS classifies it as permissions management",
-             access_levels=(AccessLevel.PERMISSIONS_MANAGEMENT,)),
-    RiskRule(Risk.PERMISSION_CHANGING, "lets the caller act as another principal",
-             actions=("iam:passrole", "sts:assumerole", "sts:assumerolewithsaml", "sts:assumerolewithwebidentity",
-                      "sts:getfederationtoken", "iam:createaccesskey", "iam:createloginprofile",
-                      "iam:updateloginprofile", "iam:createservicespecificcredential",
-                      "ssm:startsession", "ec2-instance-connect:sendsshpublickey")),
-)
-
-
-def _starts_with_verb(name: str, verb: str) -> bool:
-    """``DeleteObject`` starts with the verb ``Delete``; ``Deleted``/``Describe`` do not match ``Delete``."""
-    if not name.startswith(verb):
-        return False
-    rest = name[len(verb):]
-    return not rest or not rest[0].islower()
-
-
 def classify(info: ActionInfo) -> frozenset[Risk]:
-    """The risks of one action, from :data:`RISK_RULES`."""
-    return frozenset(rule.risk for rule in RISK_RULES if rule.matches(info))
+    """The risk classes of one action (the taxonomy's rows: :mod:`broker.domain.risk`)."""
+    from broker.domain.risk import classify as _classify
+
+    return _classify(info)
 
 
 def risk_reasons(info: ActionInfo) -> tuple[str, ...]:
-    """Why :func:`classify` flagged the action (one reason per matching rule)."""
-    return tuple(rule.reason for rule in RISK_RULES if rule.matches(info))
+    """Why :func:`classify` flagged the action (one reason per matching row)."""
+    from broker.domain.risk import risk_reasons as _reasons
+
+    return _reasons(info)
 
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z][a-z0-9]*|[a-z0-9]+")
@@ -173,6 +137,9 @@ class ActionKnowledge(Protocol):
     def has_service(self, service: str) -> bool:
         """True when the service prefix is known."""
 
+    def services(self) -> tuple[str, ...]:
+        """Every known service prefix, lower case, sorted."""
+
 
 @dataclass(frozen=True)
 class StaticActionKnowledge:
@@ -195,6 +162,9 @@ class StaticActionKnowledge:
 
     def has_service(self, service: str) -> bool:
         return any(info.service == service.lower() for info in self.actions)
+
+    def services(self) -> tuple[str, ...]:
+        return tuple(sorted({info.service for info in self.actions}))
 
 
 def action_pattern_regex(pattern: str) -> re.Pattern[str]:

@@ -1,8 +1,8 @@
 """Blast radius: what a scope lets an agent do, in words a co-signer reads in seconds.
 
 For a template (placeholders shown as ``{name}`` with their constraints) or for one concrete
-request (the rendered policy), it lists the granted actions grouped by access level with the
-destructive and permission-changing ones first, the resources in plain words ("objects under
+request (the rendered policy), it names each risk class the grant carries in plain words (most
+dangerous first: :mod:`broker.domain.risk`), lists the granted actions with the riskiest first, the resources in plain words ("objects under
 s3://bucket/prefix/"), which grants hold only under conditions (decided by the evaluator),
 the TTL and the approvals needed.  ``to_dict()`` feeds the approval page and the issuance log;
 ``to_text()`` is for people.
@@ -18,6 +18,7 @@ from typing import Any
 from broker.domain.actions import AccessLevel, ActionInfo, ActionKnowledge, Risk, action_words
 from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy
+from broker.domain.risk import RANK, RiskFinding, ordered, risk_of
 from broker.domain.templates import ScopeTemplate
 
 # Most dangerous first: the order a reviewer should read.
@@ -87,6 +88,7 @@ class BlastRadius:
     approval_expires_after: int
     policy_size: int | None
     policy_digest: str | None
+    risk: tuple[RiskFinding, ...] = ()          # each class granted, most dangerous first
 
     @property
     def destructive(self) -> tuple[GrantedAction, ...]:
@@ -109,6 +111,7 @@ class BlastRadius:
         return {
             "template": self.template, "environment": self.environment, "role": self.role,
             "concrete": self.concrete,
+            "risk": [finding.to_dict() for finding in self.risk],
             "destructive": list(dict.fromkeys(a.action for a in self.destructive)),
             "permission_changing": list(dict.fromkeys(a.action for a in self.permission_changing)),
             "by_access_level": by_level,
@@ -143,6 +146,11 @@ class BlastRadius:
         out = [head]
         if self.parameters:
             out.append("Parameters: " + "; ".join(f"{k} = {v}" for k, v in self.parameters.items()))
+        if self.risk:
+            out.append("RISK (most dangerous first):")
+            out.extend(f"  - {finding.line}" for finding in self.risk)
+        else:
+            out.append("RISK: none of the taxonomy's classes.")
         sections: list[tuple[str, list[GrantedAction]]] = [
             ("DESTRUCTIVE", list(self.destructive)),
             ("CHANGES PERMISSIONS", [a for a in self.permission_changing if a not in self.destructive]),
@@ -214,6 +222,7 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
     # One entry per (action, conditions): a grant that holds only under conditions is never merged with
     # one that holds always, or the co-signer would read one as the other.
     granted: dict[tuple[str, tuple[str, ...]], GrantedAction] = {}
+    seen: dict[str, ActionInfo] = {}
     for statement in document["Statement"]:
         patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = tuple(statement["Resource"] if isinstance(statement["Resource"], list)
@@ -222,6 +231,7 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
         for pattern in patterns:
             found = actions.expand(pattern) if any(c in pattern for c in "*?") else (actions.lookup(pattern),)
             infos.extend(info for info in found if info is not None)
+        seen.update((info.lower, info) for info in infos)
         for info in infos:
             # The evaluator decides whether the grant holds for any request or only some.
             decisions = [evaluate([session], AccessRequest(info.key, r)) for r in resources]
@@ -231,19 +241,20 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             merged = tuple(dict.fromkeys((previous.resources if previous else ()) + resources))
             granted[(info.lower, conditions)] = GrantedAction(
                 action=info.key, access_level=info.access_level,
-                risks=tuple(sorted(info.risks)), resources=merged, conditions=conditions,
+                risks=tuple(ordered(info.risks)), resources=merged, conditions=conditions,
                 description=info.description)
-    ordered = sorted(granted.values(), key=lambda g: (Risk.DESTRUCTIVE not in g.risks,
-                                                      Risk.PERMISSION_CHANGING not in g.risks,
-                                                      LEVEL_ORDER.index(g.access_level), g.action, g.conditions))
+    riskiest_first = sorted(granted.values(), key=lambda g: (min((RANK[r] for r in g.risks), default=len(RANK)),
+                                                             LEVEL_ORDER.index(g.access_level), g.action,
+                                                             g.conditions))
     return BlastRadius(
         template=template.name, environment=template.environment.value,
         role=rendered.role_arn if rendered is not None else template.role,
-        concrete=rendered is not None, actions=tuple(ordered),
+        concrete=rendered is not None, actions=tuple(riskiest_first),
         parameters=dict(parameters) if parameters is not None else _parameter_constraints(template),
         ttl_default=template.ttl.default, ttl_max=template.ttl.max,
         approvals=template.approval.approvals, approvers=tuple(template.approval.approvers),
         approval_expires_after=template.approval.expires_after,
         policy_size=rendered.size if rendered is not None else None,
         policy_digest=rendered.digest if rendered is not None else None,
+        risk=tuple(risk_of(seen.values())),
     )

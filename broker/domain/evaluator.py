@@ -315,6 +315,10 @@ def arn_match(pattern: str, arn: str) -> Tri:
     return Tri.of(documented)
 
 
+def _short_arn(pattern: str) -> bool:
+    return pattern.startswith("arn:") and pattern.count(":") < _ARN_HEAD_SEGMENTS
+
+
 def arn_matches(pattern: str, arn: str) -> bool:
     """May ``pattern`` match ``arn``?  (True unless :func:`arn_match` is certain it does not.)"""
     return arn_match(pattern, arn) is not Tri.FALSE
@@ -556,7 +560,11 @@ def evaluate_condition(operator_name: str, key: str, raw_expected: Any, request:
             return Tri.UNKNOWN, f"condition key {key} is not in the request context"
         if any(v.lower() not in {"true", "false"} for v in expected):
             return Tri.UNKNOWN, "Null takes true or false"
-        is_absent = actual is None or len(actual) == 0
+        if actual is not None and len(actual) == 0:
+            # A key present with no value: a "null dataset" to AWS's ForAllValues text, present to an
+            # independent simulator.  Not ours to pick.
+            return Tri.UNKNOWN, f"condition key {key} is given with no value: Null cannot be decided"
+        is_absent = actual is None
         return any_of(Tri.of((v.lower() == "true") == is_absent) for v in expected), ""
     if_exists = name.endswith("IfExists")
     base = name.removesuffix("IfExists")
@@ -582,6 +590,10 @@ def evaluate_condition(operator_name: str, key: str, raw_expected: Any, request:
         return Tri.UNKNOWN, f"condition key {key} has several values; use ForAnyValue/ForAllValues"
     else:
         truth = _single_value(op, expected, actual[0], request, variables)
+    if base.startswith("Arn") and truth is not Tri.FALSE and any(_short_arn(v) for v in expected):
+        # "Each of the six colon-delimited components of the ARN is checked separately" (Condition operators,
+        # ARN): a shorter pattern may match nothing there, negated or not.  Only "false" is certain.
+        return Tri.UNKNOWN, f"condition {operator_name} on {key} has an ARN pattern of fewer than six segments"
     return truth, (_why_unknown(key, expected, actual, request, variables) if truth is Tri.UNKNOWN else "")
 
 

@@ -6,11 +6,13 @@ and again on every rendered session policy before minting (:func:`check_rendered
 rule is a row of data with a code and a reason, run by one generic loop; an empty rule table
 is an error, not a pass.
 
-Declaring risk: a template that grants destructive actions must say ``destructive: true``
-(or list the ``destructive`` capability); one that grants permission-changing actions must
-list the ``permissions-management`` capability.  Either also needs human co-signing
-(``approval.approvals >= 1``).  Production templates need two approvals, or one if every
-action is List/Read and ``approval.read_only_single_approver: true`` says so.
+Declaring risk: every class of the risk taxonomy (:mod:`broker.domain.risk`) that a template's
+actions carry, wildcards expanded, must be declared with that class's capability
+(``capabilities: [code-execution]``; ``destructive: true`` still declares ``destructive``), and
+the template must ask for at least as many co-signers as the class needs.  Production templates
+need two approvals, or one if every action is List/Read and ``approval.read_only_single_approver:
+true`` says so.  Given the accounts configuration (:mod:`broker.domain.accounts`), the role's
+account must be named and be the template's environment.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from broker.domain.accounts import DEFAULT_TARGET_ROLE_PREFIX, TargetAccounts
 from broker.domain.actions import ActionInfo, ActionKnowledge, Risk
+from broker.domain.risk import BY_RISK, CAPABILITIES, ordered, risk_of
 from broker.domain.evaluator import OPERATORS, SET_QUALIFIERS, arn_matches
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy, render_policy
 from broker.domain.templates import PLACEHOLDER, Environment, ScopeTemplate
@@ -30,17 +34,15 @@ from broker.errors import PolicyTooLarge, TemplateError
 
 Severity = Literal["error", "warning"]
 
-# Roles the broker may hand out start with this name (the broker's own role never does).
-TARGET_ROLE_PREFIX = "broker-target-"
+# Roles the broker may hand out start with this name (the broker's own role never does); the
+# accounts configuration may name another (BROKER_TARGET_ROLE_PREFIX).
+TARGET_ROLE_PREFIX = DEFAULT_TARGET_ROLE_PREFIX
 # Warn when a policy uses this share of STS's size limit.
 SIZE_WARNING_RATIO = 0.9
 PRODUCTION_MIN_APPROVALS = 2
 
-# Capabilities a template may declare, and the risk each one acknowledges.
-CAPABILITIES: dict[str, Risk] = {
-    "destructive": Risk.DESTRUCTIVE,
-    "permissions-management": Risk.PERMISSION_CHANGING,
-}
+# Role ARNs a template can reach (the product of its role parameters' enums) checked one by one.
+MAX_ROLE_CHOICES = 256
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class StatementView:
     conditions: Mapping[str, Mapping[str, Any]]
     not_elements: tuple[str, ...] = ()          # NotAction / NotResource present (rendered input only)
     granted: tuple[ActionInfo, ...] = ()        # every action the patterns expand to
+    # NotAction, or a pattern with a wildcard service ("*", "*:Update*"): it grants what the database
+    # cannot list here, so it counts as granting every risk class (fail closed).
+    grants_everything: bool = False
 
     def grants(self, names: Iterable[str]) -> tuple[ActionInfo, ...]:
         wanted = set(names)
@@ -102,7 +107,12 @@ class Subject:
     statements: list[StatementView]
     actions: ActionKnowledge
     rendered: RenderedPolicy | None = None
+    accounts: TargetAccounts | None = None
     findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def role_prefix(self) -> str:
+        return self.accounts.role_prefix if self.accounts is not None else TARGET_ROLE_PREFIX
 
     def add(self, code: str, field_: str, message: str, severity: Severity = "error") -> None:
         self.findings.append(Finding(code, severity, field_, message, template=self.template.name))
@@ -115,6 +125,10 @@ def _as_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _any_service(patterns: Iterable[str]) -> bool:
+    return any(p.strip("*?") == "" or any(c in p.partition(":")[0] for c in "*?") for p in patterns)
 
 
 def _expand(actions: ActionKnowledge, patterns: Iterable[str]) -> tuple[ActionInfo, ...]:
@@ -131,7 +145,7 @@ def _template_views(template: ScopeTemplate, actions: ActionKnowledge) -> list[S
     return [
         StatementView(field=f"statements[{i}]", effect=s.effect, actions=tuple(s.actions),
                       resources=tuple(s.resources), conditions=s.conditions or {},
-                      granted=_expand(actions, s.actions))
+                      granted=_expand(actions, s.actions), grants_everything=_any_service(s.actions))
         for i, s in enumerate(template.statements)
     ]
 
@@ -146,7 +160,8 @@ def _rendered_views(rendered: RenderedPolicy, actions: ActionKnowledge) -> list[
         views.append(StatementView(field=f"policy.Statement[{i}]", effect=str(s.get("Effect", "")),
                                    actions=acts, resources=_as_list(s.get("Resource")),
                                    conditions=s.get("Condition") or {}, not_elements=not_elements,
-                                   granted=_expand(actions, acts)))
+                                   granted=_expand(actions, acts),
+                                   grants_everything="NotAction" in s or _any_service(acts)))
     return views
 
 
@@ -268,19 +283,26 @@ def _rule_conditions(subject: Subject) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Risk: destructive and permission-changing actions must be declared and co-signed.
+# Risk: every class the actions carry is declared and has its co-signers.
 
-def _declared_risks(template: ScopeTemplate) -> set[Risk]:
+def declared_risks(template: ScopeTemplate) -> set[Risk]:
     declared = {CAPABILITIES[c] for c in template.capabilities if c in CAPABILITIES}
     if template.destructive:
         declared.add(Risk.DESTRUCTIVE)
     return declared
 
 
-RISK_DECLARATIONS: dict[Risk, str] = {
-    Risk.DESTRUCTIVE: "declare it with 'destructive: true'",
-    Risk.PERMISSION_CHANGING: "declare it with 'capabilities: [permissions-management]'",
-}
+def _declaration(risk: Risk) -> str:
+    capability = BY_RISK[risk].capability
+    if risk is Risk.DESTRUCTIVE:
+        return "declare it with 'destructive: true' (or 'capabilities: [destructive]')"
+    return f"declare it with 'capabilities: [{capability}]'"
+
+
+def template_risk(subject: Subject) -> list:
+    """The risk classes the subject's statements grant, most dangerous first (see :func:`risk_of`)."""
+    return risk_of((info for s in subject.statements for info in s.granted),
+                   everything=any(s.grants_everything for s in subject.statements))
 
 
 def _rule_risk(subject: Subject) -> None:
@@ -289,21 +311,23 @@ def _rule_risk(subject: Subject) -> None:
         if capability not in CAPABILITIES:
             subject.add("unknown_capability", f"capabilities[{j}]",
                         f"unknown capability {capability!r}; known: {', '.join(sorted(CAPABILITIES))}")
-    declared = _declared_risks(template)
-    present: dict[Risk, list[str]] = {}
-    for s in subject.statements:
-        for info in s.granted:
-            for risk in info.risks:
-                present.setdefault(risk, []).append(info.key)
-    for risk, keys in sorted(present.items()):
-        names = ", ".join(sorted(set(keys)))
-        if risk not in declared:
-            subject.add(f"undeclared_{risk.value.replace('-', '_')}", "statements",
-                        f"grants {risk.value} actions ({names}); {RISK_DECLARATIONS[risk]}")
+    declared = declared_risks(template)
+    present = template_risk(subject)
+    for finding in present:
+        klass = finding.risk_class
+        names = ", ".join(finding.actions)
+        if klass.risk not in declared:
+            subject.add(f"undeclared_{klass.risk.value.replace('-', '_')}", "statements",
+                        f"grants {klass.risk.value} actions ({names}): {klass.sentence}; {_declaration(klass.risk)}")
         if not template.needs_approval:
             subject.add("risk_without_cosigning", "approval.approvals",
-                        f"{risk.value} actions ({names}) need human co-signing (approval.approvals >= 1)")
-    for risk in sorted(declared - set(present)):
+                        f"{klass.risk.value} actions ({names}) need human co-signing "
+                        f"(approval.approvals >= {klass.approvals})")
+        elif template.approval.approvals < klass.approvals:
+            subject.add("risk_approvals", "approval.approvals",
+                        f"{klass.risk.value} actions ({names}) need {klass.approvals} co-signers "
+                        f"({klass.approval_reason}); the template asks for {template.approval.approvals}")
+    for risk in ordered(declared - {f.risk_class.risk for f in present}):
         subject.add("declared_risk_unused", "destructive" if risk is Risk.DESTRUCTIVE else "capabilities",
                     f"declares {risk.value} but grants no such action", severity="warning")
 
@@ -431,9 +455,56 @@ def _rule_role(subject: Subject) -> None:
         return
     if any(c in role for c in "*?"):
         subject.add("role_wildcard", "role", "the role ARN may not contain wildcards")
-    if not match.group(2).startswith(TARGET_ROLE_PREFIX):
+    if not match.group(2).startswith(subject.role_prefix):
         subject.add("role_not_target", "role",
-                    f"the role name must start with {TARGET_ROLE_PREFIX!r} (roles meant to be handed out)")
+                    f"the role name must start with {subject.role_prefix!r} (roles meant to be handed out)")
+
+
+def _role_accounts(subject: Subject) -> list[str] | None:
+    """Every account the role ARN can name (its role parameters are enums); None if unbounded."""
+    template = subject.template
+    if subject.rendered is not None:
+        roles = [subject.rendered.role_arn]
+    else:
+        roles = [template.role]
+        for name in sorted(template.role_parameters()):
+            spec = template.parameters.get(name)
+            if spec is None or not spec.enum:
+                return None                      # _rule_role refuses it (role_parameter_not_fixed)
+            roles = [r.replace("{" + name + "}", value) for r in roles for value in spec.enum]
+            if len(roles) > MAX_ROLE_CHOICES:
+                return None
+    accounts = []
+    for role in roles:
+        match = re.fullmatch(r"arn:aws[a-z-]*:iam::([^:]+):role/.+", role)
+        if match:
+            accounts.append(match.group(1))
+    return list(dict.fromkeys(accounts))
+
+
+def _rule_account_environment(subject: Subject) -> None:
+    """The role's account is named by the accounts configuration and is the template's environment."""
+    if subject.accounts is None or not subject.accounts.configured:
+        return
+    accounts = _role_accounts(subject)
+    if accounts is None:
+        if subject.template.role_parameters() and all(
+                (spec := subject.template.parameters.get(n)) is not None and spec.enum
+                for n in subject.template.role_parameters()):
+            subject.add("role_choices_too_many", "role",
+                        f"the role ARN can name more than {MAX_ROLE_CHOICES} roles; list fewer")
+        return
+    wanted = subject.template.environment
+    for account in accounts:
+        environment = subject.accounts.environment_of(account)
+        if environment is None:
+            subject.add("account_unknown", "role",
+                        f"the role is in account {account}, which the accounts configuration "
+                        f"({subject.accounts.source}) does not name; name its environment there")
+        elif environment is not wanted:
+            subject.add("environment_mismatch", "environment",
+                        f"the template says {wanted.value} but its role is in account {account}, a "
+                        f"{environment.value} account")
 
 
 def _worst_case_values(template: ScopeTemplate) -> dict[str, str]:
@@ -499,11 +570,11 @@ def _rule_not_widened(subject: Subject) -> None:
 
 TEMPLATE_RULES: tuple[Callable[[Subject], None], ...] = (
     _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_risk, _rule_approvals,
-    _rule_escalation, _rule_role, _rule_size,
+    _rule_escalation, _rule_role, _rule_account_environment, _rule_size,
 )
 RENDERED_RULES: tuple[Callable[[Subject], None], ...] = (
-    _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_escalation, _rule_role, _rule_size,
-    _rule_not_widened,
+    _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_risk, _rule_escalation, _rule_role,
+    _rule_account_environment, _rule_size, _rule_not_widened,
 )
 
 
@@ -516,14 +587,18 @@ def _run(rules: Sequence[Callable[[Subject], None]], subject: Subject) -> list[F
     return subject.findings
 
 
-def check_template(template: ScopeTemplate, *, actions: ActionKnowledge) -> list[Finding]:
-    """Every guardrail finding for a parsed template (errors block loading and minting)."""
-    return _run(TEMPLATE_RULES, Subject(template, _template_views(template, actions), actions))
+def check_template(template: ScopeTemplate, *, actions: ActionKnowledge,
+                   accounts: TargetAccounts | None = None) -> list[Finding]:
+    """Every guardrail finding for a parsed template (errors block loading and minting).  Without
+    ``accounts`` (lint with no configuration) the role's account is not checked."""
+    return _run(TEMPLATE_RULES, Subject(template, _template_views(template, actions), actions, accounts=accounts))
 
 
-def check_rendered(template: ScopeTemplate, rendered: RenderedPolicy, *, actions: ActionKnowledge) -> list[Finding]:
+def check_rendered(template: ScopeTemplate, rendered: RenderedPolicy, *, actions: ActionKnowledge,
+                   accounts: TargetAccounts | None = None) -> list[Finding]:
     """Re-check the exact session policy about to be sent to STS (errors refuse minting)."""
-    return _run(RENDERED_RULES, Subject(template, _rendered_views(rendered, actions), actions, rendered=rendered))
+    return _run(RENDERED_RULES, Subject(template, _rendered_views(rendered, actions), actions, rendered=rendered,
+                                        accounts=accounts))
 
 
 class RenderedChecks:
@@ -534,8 +609,9 @@ class RenderedChecks:
     for the same role, and the same findings.  Findings are frozen; the list handed out is a copy.
     """
 
-    def __init__(self, actions: ActionKnowledge, *, maxsize: int = 1024) -> None:
+    def __init__(self, actions: ActionKnowledge, *, maxsize: int = 1024, accounts: TargetAccounts | None = None) -> None:
         self._actions = actions
+        self._accounts = accounts
         self._maxsize = maxsize
         self._seen: OrderedDict[tuple[str, str, str], tuple[Finding, ...]] = OrderedDict()
         self._lock = threading.Lock()
@@ -547,7 +623,7 @@ class RenderedChecks:
             if findings is not None:
                 self._seen.move_to_end(key)
                 return list(findings)
-        findings = tuple(check_rendered(template, rendered, actions=self._actions))
+        findings = tuple(check_rendered(template, rendered, actions=self._actions, accounts=self._accounts))
         with self._lock:
             self._seen[key] = findings
             while len(self._seen) > self._maxsize:

@@ -55,6 +55,12 @@ def parameter_pattern(text: str) -> Any:
                          "lookarounds and \\Z are not supported") from exc
 
 
+def _capability_names() -> tuple[str, ...]:
+    from broker.domain.risk import CAPABILITIES
+
+    return tuple(CAPABILITIES)
+
+
 class Environment(StrEnum):
     DEV = "dev"
     STAGING = "staging"
@@ -180,9 +186,14 @@ class ScopeTemplate(_Strict):
     ttl: TtlRule = Field(default_factory=TtlRule)
     requesters: list[str] = Field(min_length=1)
     approval: ApprovalRule = Field(default_factory=ApprovalRule)
-    # Destructive or permission-changing actions must be declared (guardrails check it).
-    destructive: bool = False
-    capabilities: list[str] = Field(default_factory=list)
+    # Every risk class the actions carry must be declared (guardrails check it; broker.domain.risk).
+    destructive: bool = Field(False, description="declares the destructive risk class (as capabilities: "
+                                                 "[destructive] does)")
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="one entry per risk class the template's actions carry (see README: Risk classes); "
+                    "an undeclared class, or an unknown entry, stops the template from loading",
+        json_schema_extra={"items": {"type": "string", "enum": list(_capability_names())}})
     # The target role's MaxSessionDuration; a TTL above it would fail at STS.
     role_max_session: Annotated[int, Field(ge=STS_MIN_DURATION, le=STS_MAX_DURATION)] = DEFAULT_ROLE_MAX_SESSION
     # Extra session tags (fixed values) added to every session minted for this template.

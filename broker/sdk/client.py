@@ -14,6 +14,7 @@ The client speaks only the HTTP API's JSON; it imports nothing of the server.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -174,6 +175,8 @@ class TokenSource:
         if len(given) > 1:
             raise ConfigurationError(None, "give one of token, token file or token command, not several")
         self._token, self._file, self._command = token, token_file, token_command
+        # The last tokens handed out (a file's or a command's change): what a caller must scrub from output.
+        self._recent: collections.deque[str] = collections.deque(maxlen=4)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "TokenSource":
@@ -189,6 +192,16 @@ class TokenSource:
         return bool(self._token or self._file or self._command)
 
     def token(self) -> str:
+        value = self._read()
+        if value not in self._recent:
+            self._recent.append(value)
+        return value
+
+    def recent(self) -> tuple[str, ...]:
+        """The tokens this source handed out lately (none before the first request): never to be shown."""
+        return tuple(self._recent)
+
+    def _read(self) -> str:
         if self._token:
             return self._token.strip()
         if self._file:

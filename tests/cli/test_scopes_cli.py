@@ -62,7 +62,8 @@ def test_lint_schema_violation_is_a_finding_with_the_field(capsys, tmp_path):
 
 def test_lint_json_lists_findings_and_summary(capsys, tmp_path):
     write(tmp_path, "good.yaml", GOOD)
-    write(tmp_path, "prod.yaml", dict(GOOD, name="prod-zero", environment="production"))
+    reader = yaml.safe_load((REPO_SCOPES / "logs-investigate.yaml").read_text())
+    write(tmp_path, "prod.yaml", dict(reader, name="prod-zero", environment="production"))
     code, out, _ = run(capsys, "scopes", "lint", "--format", "json", str(tmp_path))
     body = json.loads(out)
     assert code == 1
@@ -81,7 +82,7 @@ def test_lint_duplicate_names_across_files(capsys, tmp_path):
 
 
 def test_warnings_pass_unless_strict(capsys, tmp_path):
-    path = write(tmp_path, "w.yaml", dict(GOOD, destructive=True, approval={"approvals": 1, "approvers": ["g:x"]}))
+    path = write(tmp_path, "w.yaml", dict(GOOD, destructive=True, approval={"approvals": 2, "approvers": ["g:x"]}))
     assert run(capsys, "scopes", "lint", str(path))[0] == 0
     assert run(capsys, "scopes", "lint", "--strict", str(path))[0] == 1
 

@@ -64,7 +64,10 @@ def test_json_groups_by_access_level_and_carries_ttl_approvals_and_policy(catalo
     assert body["resources"] == ["arn:aws:ecs:us-east-1:123456789012:service/prod/api"]
     assert body["policy"]["size"] == len(render_policy(catalog.get("ecs-update-service-prod"), validate_parameters(
         catalog.get("ecs-update-service-prod"), {"cluster": "prod", "service": "api"})).json)
-    assert body["summary"][0] == "Can update service on ECS service api in cluster prod (ecs:UpdateService)."
+    assert body["summary"][0] == ("[PRODUCTION-TRAFFIC] Can update service on ECS service api in cluster prod "
+                                  "(ecs:UpdateService).")
+    assert [(r["class"], r["actions"]) for r in body["risk"]] == [("production-traffic", ["ecs:UpdateService"])]
+    assert body["risk"][0]["sentence"].startswith("can change what is served")
 
 
 def test_template_level_shows_placeholders_and_constraints(catalog, actions):

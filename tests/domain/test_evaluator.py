@@ -278,9 +278,13 @@ CONDITION_CASES = [
     ("ArnNotEquals", "aws:SourceArn", "arn:aws:sns:us-east-1:1:topic", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"},
      T),
     ("ArnNotLike", "aws:SourceArn", "arn:aws:sns:*:*:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
-    # the same ARN matching as Resource: a trailing * of a short pattern spans the remaining segments
-    ("ArnLike", "aws:SourceArn", "arn:aws:sns:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, T),
+    # "Each of the six colon-delimited components of the ARN is checked separately": a pattern of fewer than six
+    # segments may match nothing in a condition (an independent simulator: invalid, false even negated), or match
+    # like a Resource pattern (arn:aws:sns:* every SNS ARN).  Only "false" is certain.
+    ("ArnLike", "aws:SourceArn", "arn:aws:sns:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, U),
     ("ArnLike", "aws:SourceArn", "arn:aws:sqs:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
+    ("ArnNotLike", "aws:SourceArn", "arn:aws:sqs:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, U),
+    ("ArnNotEquals", "aws:SourceArn", "arn:aws:sns:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
     ("ArnLike", "aws:SourceArn", "arn:aws:SNS:*:*:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),  # case
     ("StringLike", "aws:SourceArn", "arn:aws:SNS:*", {"aws:SourceArn": "arn:aws:sns:us-east-1:1:x"}, F),
     ("StringLike", "aws:username", "ALICE", {"aws:username": "alice"}, F),            # StringLike is case-sensitive
@@ -288,6 +292,9 @@ CONDITION_CASES = [
     ("Null", "aws:TokenIssueTime", "true", {}, T),
     ("Null", "aws:TokenIssueTime", "true", {"aws:TokenIssueTime": "2024-01-01T00:00:00Z"}, F),
     ("Null", "aws:TokenIssueTime", "false", {"aws:TokenIssueTime": "2024-01-01T00:00:00Z"}, T),
+    ("Null", "aws:TagKeys", "true", {"aws:TagKeys": ["env"]}, F),
+    ("Null", "aws:TagKeys", "false", {"aws:TagKeys": []}, U),     # present with no value: readings differ
+    ("Null", "aws:TagKeys", "true", {"aws:TagKeys": []}, U),
     # ...IfExists
     ("StringEqualsIfExists", "ec2:InstanceType", "t3.micro", {}, T),
     ("StringEqualsIfExists", "ec2:InstanceType", "t3.micro", {"ec2:InstanceType": "m5.large"}, F),
