@@ -119,6 +119,10 @@ def resolve(args: argparse.Namespace) -> Connection:
     tokens: dict[str, Any] = {}
     for source in (flags, environment, {k: context.get(k) for k in TOKEN_KINDS}):
         given = {k: v for k, v in source.items() if v}
+        if given and source is not flags:
+            # NOTE: in the environment, BROKER_TOKEN wins over BROKER_TOKEN_FILE over BROKER_TOKEN_COMMAND (as in
+            # the SDK); flags that name two sources are refused by the client instead.
+            given = dict([next(iter(given.items()))])
         if given:
             tokens = given
             break
