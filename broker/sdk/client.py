@@ -33,6 +33,7 @@ import httpx
 
 from broker.sdk.errors import (ApprovalDenied, ApprovalTimeout, BrokerAPIError, BrokerUnreachable,
                                ConfigurationError, RequestExpired, error_from_response)
+from broker.sdk.waiting import WaitProgress
 
 log = logging.getLogger("broker.sdk")
 
@@ -349,16 +350,25 @@ class BrokerClient:
         return PendingRequest.from_view(self._json("POST", f"/v1/requests/{request_id}/cancel"))
 
     def wait(self, request_id: str, *, timeout: float = 900.0, initial_delay: float = 1.0, max_delay: float = 15.0,
-             on_wait: Callable[[PendingRequest], None] | None = None) -> PendingRequest:
+             on_wait: Callable[[PendingRequest], None] | None = None,
+             on_progress: Callable[[str], None] | None = None) -> PendingRequest:
         """Wait until the request is approved (returns it; then ``redeem``), with exponential backoff.
 
-        Raises ``ApprovalDenied`` (denied, cancelled, failed), ``RequestExpired``, or ``ApprovalTimeout``
-        whose message says who must approve and where.  ``on_wait`` hears of every change.
+        Raises ``ApprovalDenied`` (denied, cancelled, failed; the message carries the denial's reason),
+        ``RequestExpired``, or ``ApprovalTimeout`` whose message says who must approve and where.
+        ``on_wait`` hears of every change.  Each co-signature is told as it arrives, with the time since
+        the request and the time left before it expires, then the outcome (``broker.sdk.waiting``): as a
+        warning of the ``broker.sdk`` logger (so on stderr by default) and to ``on_progress``.
         """
         deadline = self._monotonic() + max(0.0, timeout)
         delay, last_seen = max(0.05, initial_delay), None
+        progress = WaitProgress(request_id)
         while True:
             pending = self.get_request(request_id)
+            for line in progress.lines(pending.view, now=datetime.now(UTC)):
+                log.warning("%s", line)
+                if on_progress is not None:
+                    on_progress(line)
             if pending.status in ("approved", "issued"):
                 return pending
             refusal = FINAL_REFUSALS.get(pending.status)
