@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.sdk.client import DEFAULT_URL, BrokerClient, checked_url
+from broker.sdk.client import DEFAULT_URL, BrokerClient, TokenSource, checked_url
 from broker.sdk.errors import ConfigurationError
 
 CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -88,6 +88,12 @@ class Connection:
     token_file: str | None = None
     token_command: str | None = None
     context: str | None = None
+
+    def bearer(self) -> str | None:
+        """The token itself (read from its file or command now), or None when none is configured."""
+        if not (self.token or self.token_file or self.token_command):
+            return None
+        return TokenSource(token=self.token, token_file=self.token_file, token_command=self.token_command).token()
 
     def client(self) -> BrokerClient:
         if not (self.token or self.token_file or self.token_command):

@@ -66,7 +66,7 @@ def test_every_command_that_calls_the_broker_takes_the_same_connection_options()
         options = {o for a in parser._actions for o in a.option_strings}
         if "--url" in options and path[0] not in ("demo", "mcp", "login"):
             assert {"--token", "--token-file", "--token-command", "--context"} <= options or path[0] in (
-                "audit", "scopes"), path
+                "scopes",), path
 
 
 @pytest.mark.parametrize(("url", "words"), [
