@@ -35,7 +35,7 @@ class LockdownBody(ReasonBody):
 
 
 def _revocations(container: ContainerDep) -> RevocationService:
-    return container.extras["revocations"]
+    return container.revocations
 
 
 @router.get("/grants")

@@ -283,3 +283,14 @@ def test_check_extends_refuses_damage_after_the_checkpoint(damage, reason):
     refusal = log.check_extends(latest, rows, head_seq=SIZE, head_hash=entries[-1]["hash"])
     assert refusal is not None and refusal.reason == reason
 
+
+
+def test_a_checkpoint_of_the_empty_log_comes_first():
+    entries = make_entries(SIZE)
+    empty = signer().sign(0, log.GENESIS_HASH, TIME, prev_checkpoint=log.GENESIS_HASH)
+    lines = chained_export(entries, [empty, *signed_chain(entries, previous=empty)])
+    assert kinds(lines)[0] == "checkpoint"
+    report = verify(lines)
+    assert report.ok and report.first_seq == 1 and report.checkpoints == 4, report.message
+    del lines[1]
+    assert verify(lines).problem == "removed"

@@ -8,6 +8,8 @@ line) still verify.  The verifier streams: it holds one entry and one checkpoint
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,10 +17,11 @@ from typing import IO, Any
 
 import msgspec
 import orjson
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.errors import InvalidInput, LogIntegrityError
-from broker.domain.log.chain import (CHECKPOINT_KEY, ENTRY_PREFIX, EXPORT_KEY, GENESIS_HASH, SEQ_FIELD, canonical_json, entry_line, is_hex64, is_seq)
+from broker.domain.log.chain import (CHECKPOINT_HASH_PREFIX, CHECKPOINT_KEY, ENTRY_PREFIX, EXPORT_KEY, GENESIS_HASH, SEQ_FIELD, canonical_json, entry_line, is_hex64, is_seq)
 from broker.domain.log.checkpoints import Checkpoint, ExportStatement, key_id_of, verify_signature
 
 
@@ -202,6 +205,16 @@ def _classify_gap(expected: int, seq: int, line_no: int,
                     seq=expected, line=line_no)
 
 
+def _signed_by(signed: Checkpoint | ExportStatement, key: Ed25519PublicKey) -> bool:
+    """verify_signature for a key already matched by its key id (the export's many checkpoints)."""
+    try:
+        # NOTE: validate=True refuses non-alphabet characters instead of silently dropping them.
+        key.verify(base64.b64decode(signed.signature, validate=True), signed.message())
+    except (binascii.Error, ValueError, InvalidSignature):
+        return False
+    return True
+
+
 def _keys_by_id(public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
     if not keys:
@@ -224,6 +237,7 @@ class _ExportVerifier:
         self.first_seq: int | None = None
         self.last_seq, self.last_hash, self.last_line = 0, GENESIS_HASH, 0
         self.checkpoint: Checkpoint | None = None  # the latest checkpoint line seen
+        self.checkpoint_hash = ""  # its hash
         self.checkpoint_line = 0
         self.checkpoints = 0
         self.chained = False  # a format-2 checkpoint (one naming its predecessor) was seen
@@ -234,50 +248,97 @@ class _ExportVerifier:
         self.final_line = 0  # the line of the checkpoint after the statement
 
     def run(self, lines: Iterable[bytes | str]) -> VerificationReport:
-        numbered = ((no, (raw.encode("utf-8") if isinstance(raw, str) else raw).removesuffix(b"\n"))
-                    for no, raw in enumerate(lines, start=1))
-        decode, decode_errors, sha256, prefix = _DECODE_LINE, _DECODE_ERRORS, hashlib.sha256, ENTRY_PREFIX
-        for line_no, raw in numbered:
-            if self.final_line:
-                raise _Failure("malformed", f"line {line_no} follows the export's final checkpoint "
-                               f"(line {self.final_line}).", seq=None, line=line_no)
+        # NOTE: the entry path is the verifier's cost (one line per entry), so it keeps its state in locals,
+        # reads a line's chain fields only, and leaves every rare case to a method: a position that is not
+        # "the next seq, chained to the last hash" (the first entry, gaps, a checkpoint not yet placed, the
+        # statement seen: those set last_hash to "" so that the next entry takes the slow path).
+        it = iter(lines)
+        decode, decode_errors, sha256, prefix, unset = _DECODE_LINE, _DECODE_ERRORS, hashlib.sha256, ENTRY_PREFIX, \
+            msgspec.UNSET
+        trusted = self.trusted
+        last_seq, last_hash, last_line, count, unsigned, line_no, final = 0, "", 0, 0, None, 0, False
+        head = self.last_hash  # the real hash of the last entry (last_hash may be "", to force the slow path)
+        for raw in it:
+            line_no += 1
+            if type(raw) is str:
+                raw = raw.encode("utf-8")
             try:
                 fields = decode(raw)
             except decode_errors:
+                raw = raw.removesuffix(b"\n")
                 if not raw:
-                    raise _Failure("malformed", f"line {line_no} is empty.", seq=None,
-                                   line=line_no) from None
+                    raise _Failure("malformed", f"line {line_no} is empty.", seq=None, line=line_no) from None
                 raise _malformed_entry(raw, line_no) from None
-            if fields.checkpoint is not msgspec.UNSET:
-                self._take_checkpoint(raw, line_no)
+            stated = fields.hash
+            if fields.checkpoint is not unset or fields.export is not unset or final:
+                self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
+                self.unsigned = unsigned
+                self._take_other(raw.removesuffix(b"\n"), line_no)
+                # After the statement only the final checkpoint may come: an entry takes the slow path.
+                last_hash = head if self.statement is None and self.unplaced is None and self.first_seq else ""
+                unsigned, final = self.unsigned, bool(self.final_line)
                 continue
-            if fields.export is not msgspec.UNSET:
-                self._take_statement(raw, line_no)
-                continue
-            # --- an entry: the hot path ------------------------------------------------------
-            seq, prev_hash, stated = fields.seq, fields.prev_hash, fields.hash
-            if not (type(seq) is int and seq >= 1 and is_hex64(prev_hash) and is_hex64(stated)):
-                raise _malformed_entry(raw, line_no)
-            if self.statement is not None:
-                raise _Failure("appended", f"entry seq {seq} at line {line_no} follows the export "
-                               f"statement (line {self.statement_line}).", seq=seq, line=line_no)
-            if sha256(prefix + _body_bytes(raw, stated, line_no, seq)).hexdigest() != stated:
-                raise _Failure("modified", f"entry seq {seq} at line {line_no} was modified: its "
-                               "content does not match its hash.", seq=seq, line=line_no)
-            if seq != self.last_seq + 1 or prev_hash != self.last_hash or self.first_seq is None:
-                self._check_position(seq, prev_hash, line_no, numbered)
-            if self.unsigned is None:
-                self.unsigned = (seq, line_no)
-            if seq in self.trusted:
+            seq, prev_hash = fields.seq, fields.prev_hash
+            if type(stated) is not str:
+                raise _malformed_entry(raw.removesuffix(b"\n"), line_no)
+            member = b'"hash":"' + stated.encode("utf-8") + b'"'
+            start = raw.find(member)
+            if start < 0:
+                raise self._bad_entry(raw.removesuffix(b"\n"), line_no)
+            size = len(raw) - (raw[-1] == 10)  # without the newline
+            end = start + len(member)
+            body = raw[:start] + raw[end + 1:size] if raw[end] == 44 else raw[:start - 1] + raw[end:size]  # 44: ","
+            if sha256(prefix + body).hexdigest() != stated:
+                raise self._bad_entry(raw.removesuffix(b"\n"), line_no)
+            if seq != last_seq + 1 or prev_hash != last_hash:
+                self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
+                self.unsigned = unsigned
+                rest = ((number, later.removesuffix(b"\n") if isinstance(later, bytes) else later.encode("utf-8"))
+                        for number, later in enumerate(it, start=line_no + 1))
+                self._check_position(seq, prev_hash, line_no, rest)
+            if unsigned is None:
+                unsigned = (seq, line_no)
+            if trusted and seq in trusted:
                 self._check_trusted(seq, stated, line_no)
-            self.count += 1
-            self.last_seq, self.last_hash, self.last_line = seq, stated, line_no
+            count += 1
+            last_seq, last_hash, last_line, head = seq, stated, line_no, stated
+        self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
+        self.unsigned = unsigned
         return self._finish()
+
+    def _take_other(self, raw: bytes, line_no: int) -> None:
+        """A checkpoint or statement line, or any line after the final checkpoint."""
+        if self.final_line:
+            raise _Failure("malformed", f"line {line_no} follows the export's final checkpoint "
+                           f"(line {self.final_line}).", seq=None, line=line_no)
+        if raw.startswith(b'{"checkpoint":') or CHECKPOINT_KEY in _parse_line(raw, line_no):
+            self._take_checkpoint(raw, line_no)
+        else:
+            self._take_statement(raw, line_no)
+
+    @staticmethod
+    def _bad_entry(raw: bytes, line_no: int) -> _Failure:
+        """An entry line whose bytes do not hash to its stated hash: malformed or modified."""
+        try:
+            fields = _DECODE_LINE(raw)
+        except _DECODE_ERRORS:
+            return _malformed_entry(raw, line_no)
+        seq = fields.seq
+        if not (is_seq(seq) and is_hex64(fields.prev_hash) and is_hex64(fields.hash)):
+            return _malformed_entry(raw, line_no)
+        if raw.find(_HASH_MEMBER + fields.hash.encode("ascii") + b'"') < 0:
+            return _Failure("modified", f"entry seq {seq} at line {line_no} was modified: it is not in the "
+                            "canonical form its hash was computed over.", seq=seq, line=line_no)
+        return _Failure("modified", f"entry seq {seq} at line {line_no} was modified: its content does not "
+                        "match its hash.", seq=seq, line=line_no)
 
     # --- entries ---------------------------------------------------------------------------
     def _check_position(self, seq: int, prev_hash: str, line_no: int,
                         rest: Iterator[tuple[int, bytes]]) -> None:
         last_seq = self.last_seq
+        if self.statement is not None:
+            raise _Failure("appended", f"entry seq {seq} at line {line_no} follows the export statement (line "
+                           f"{self.statement_line}).", seq=seq, line=line_no)
         if self.unplaced is not None:
             if seq > last_seq + 1:
                 raise _classify_gap(last_seq + 1, seq, line_no, rest)
@@ -292,9 +353,9 @@ class _ExportVerifier:
             if seq == 1 and prev_hash != GENESIS_HASH:
                 raise _Failure("broken_chain", f"entry seq 1 at line {line_no} does not start "
                                "from the genesis hash.", seq=1, line=line_no)
-            if self.checkpoints and seq != 1:
-                raise _Failure("malformed", f"a checkpoint stands before entry seq {seq}, the "
-                               "export's first.", seq=seq, line=line_no)
+            if self.checkpoints and seq != 1:  # a seq-0 checkpoint: the export starts at genesis
+                raise _Failure("removed", f"entries seq 1 to seq {seq - 1} removed: a checkpoint of the "
+                               f"empty log precedes entry seq {seq} (line {line_no}).", seq=1, line=line_no)
         elif seq > last_seq + 1:
             raise _classify_gap(last_seq + 1, seq, line_no, rest)
         elif seq <= last_seq:
@@ -344,6 +405,8 @@ class _ExportVerifier:
         self._check_place(checkpoint, line_no)
         self._check_link(checkpoint, previous, line_no)
         self.checkpoint, self.checkpoint_line = checkpoint, line_no
+        # The line is canonical, so its inner object's bytes are canonical(C): the checkpoint's hash input.
+        self.checkpoint_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + raw[len(b'{"checkpoint":'):-1]).hexdigest()
         self.checkpoints += 1
         if self.statement is not None:
             self.final_line = line_no
@@ -354,7 +417,7 @@ class _ExportVerifier:
             raise _Failure("wrong_key", f"the checkpoint for seq {checkpoint.seq} (line {line_no}) "
                            f"names key {checkpoint.key_id}, not the given key "
                            f"{' or '.join(self.keys)}.", seq=checkpoint.seq, line=line_no)
-        if not verify_signature(checkpoint, key):
+        if not _signed_by(checkpoint, key):
             raise _Failure("bad_signature", f"the checkpoint for seq {checkpoint.seq} (line "
                            f"{line_no}) has a forged or damaged signature.", seq=checkpoint.seq,
                            line=line_no)
@@ -392,7 +455,7 @@ class _ExportVerifier:
             return
         self.chained = True
         if previous is not None:
-            expected = previous.hash()
+            expected = self.checkpoint_hash
         elif self.first_seq in (None, 1):
             expected = GENESIS_HASH  # an export from the start holds the first checkpoint too
         else:
@@ -458,7 +521,7 @@ class _ExportVerifier:
                                "but the signed export statement (where the export starts, whether "
                                "it is full) is missing.", seq=None, line=None)
             return
-        if statement.checkpoint != final.hash():
+        if statement.checkpoint != self.checkpoint_hash:
             raise _Failure("statement_mismatch", f"the export statement (line {self.statement_line}) "
                            "names another final checkpoint.", seq=None, line=self.statement_line)
         start = 1 if statement.full else statement.first_seq
