@@ -36,6 +36,7 @@ from broker.usecases.refusal_budget import SUPPRESSION_SUMMARY, RefusalBudget, r
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
 from broker.storage.repository import Repository
+from broker.domain.times import as_utc, iso
 
 log = logging.getLogger("broker.service")
 
@@ -386,7 +387,7 @@ class BrokerService:
 
     def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
         return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
-                 "binding_digest": a.binding_digest, "at": issuance_log.log_time(_aware(a.created_at))}
+                 "binding_digest": a.binding_digest, "at": issuance_log.log_time(as_utc(a.created_at))}
                 for a in repo.approvals_for(request_id)]
 
     def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate) -> set[str]:
@@ -477,7 +478,7 @@ class BrokerService:
         """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit."""
         deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
                     RequestStatus.APPROVED.value: row.redeem_by}.get(row.status)
-        if deadline is None or _aware(deadline) > now:
+        if deadline is None or as_utc(deadline) > now:
             return False
         if repo.transition_request(row.id, from_statuses=[row.status], to_status=RequestStatus.EXPIRED.value,
                                    updated_at=now):
@@ -583,9 +584,9 @@ class BrokerService:
             "environment": row.environment, "parameters": json.loads(row.parameters), "role_arn": row.role_arn,
             "policy": json.loads(row.policy), "policy_digest": row.policy_digest, "ttl_seconds": row.ttl_seconds,
             "binding_digest": row.binding_digest, "requester": row.requester, "acts_for": row.acts_for,
-            "reason": row.reason, "created_at": _iso(row.created_at), "approvals_required": row.approvals_required,
-            "pending_expires_at": _iso(row.pending_expires_at), "approved_at": _iso(row.approved_at),
-            "redeem_by": _iso(row.redeem_by), "issued_at": _iso(row.issued_at),
+            "reason": row.reason, "created_at": iso(row.created_at), "approvals_required": row.approvals_required,
+            "pending_expires_at": iso(row.pending_expires_at), "approved_at": iso(row.approved_at),
+            "redeem_by": iso(row.redeem_by), "issued_at": iso(row.issued_at),
             "links": {"self": f"/v1/requests/{row.id}", "approve": f"/v1/requests/{row.id}/approvals",
                       "redeem": f"/v1/requests/{row.id}/credentials", "page": f"{self.public_url}/ui/requests/{row.id}"},
         }
@@ -655,9 +656,9 @@ def binding_of(row: AnyRequest) -> BindingFacts:
 
 def grant_view(grant: GrantRow | NewGrant, *, ttl_seconds: int) -> dict[str, Any]:
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
-            "expiration": _iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
+            "expiration": iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
             "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,
-            "revoked_at": _iso(grant.revoked_at)}
+            "revoked_at": iso(grant.revoked_at)}
 
 
 def _base_event(kind: str, now: datetime) -> dict[str, Any]:
@@ -677,13 +678,8 @@ def _clean_reason(reason: Any) -> str:
     return reason.strip()
 
 
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else issuance_log.log_time(_aware(moment))
 
 
 __all__ = ["BrokerService", "RequestOutcome", "StorageUnavailable", "binding_of", "grant_view"]
