@@ -1,15 +1,14 @@
 """``broker audit``: query, export, verify and report on the issuance log.
 
 ``verify`` works offline on an export file and the broker's public key.  The other
-sub-commands call the broker's HTTP API (``--url`` or ``BROKER_URL``, ``--token`` or
-``BROKER_TOKEN``); an API error is shown as ``error [code]: message`` with exit code 1.
+sub-commands call the broker's HTTP API (the connection options every command takes: ``--url``, ``--token``,
+``--token-file``, ``--token-command``, ``--context``); an API error is shown as ``error [code]: message`` with exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,10 +18,11 @@ from typing import Any
 
 import httpx
 
-from broker.domain.log import load_public_key, parse_since, verify_export
+from broker.cli.connection import add_api_options, resolve
+from broker.domain.log import (CHECKPOINT_KEY, Checkpoint, load_public_key, parse_since, verify_export,
+                               verify_signature)
 from broker.errors import BrokerError, InvalidInput, Unavailable
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 # Seconds; the export of a large log streams for longer than one read timeout allows.
 HTTP_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
@@ -47,10 +47,13 @@ REPORT_FIRST = ("refusals_by_principal", "refus", "destructive")
 # --- HTTP --------------------------------------------------------------------------------------
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    connection = resolve(args)  # the same --url / token options and defaults as every command
+    args.url = connection.url
     headers = {"Accept": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
-    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT)
+    token = connection.bearer()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=connection.url, headers=headers, timeout=HTTP_TIMEOUT)
 
 
 def _api_error(response: httpx.Response) -> BrokerError:
@@ -151,19 +154,46 @@ def _export(args: argparse.Namespace) -> int:
 
 # --- audit verify --------------------------------------------------------------------------------
 
+def _read_trusted(path: str, keys: list) -> list[Checkpoint]:
+    """Checkpoints an auditor kept: JSON objects (GET /v1/events/checkpoints/latest, or export
+    checkpoint lines), one per line or one per file; each must be signed by one of the keys."""
+    with open(path, "rb") as kept:
+        text = kept.read()
+    checkpoints = []
+    for raw in text.splitlines() or [b""]:
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"{path} is not JSON lines of checkpoints.", code="checkpoint_invalid") from exc
+        checkpoint = Checkpoint.from_dict(data.get(CHECKPOINT_KEY, data) if isinstance(data, dict) else data)
+        if not any(verify_signature(checkpoint, key) for key in keys):
+            raise InvalidInput(f"the trusted checkpoint for seq {checkpoint.seq} in {path} is not signed by the "
+                               "given key.", code="checkpoint_invalid")
+        checkpoints.append(checkpoint)
+    if not checkpoints:
+        raise InvalidInput(f"{path} holds no checkpoint.", code="checkpoint_invalid")
+    return checkpoints
+
+
 def _verify(args: argparse.Namespace) -> int:
+    keys, trusted = [], []
     try:
-        with open(args.public_key, "rb") as pem:
-            public_key = load_public_key(pem.read())
-    except OSError:
-        print(f"error: cannot read the public key file {args.public_key}.", file=sys.stderr)
+        for path in args.public_key:
+            with open(path, "rb") as pem:
+                keys.append(load_public_key(pem.read()))
+        for path in args.trusted_checkpoint or ():
+            trusted.extend(_read_trusted(path, keys))
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}.", file=sys.stderr)
         return EXIT_UNUSABLE
     except InvalidInput as exc:
         print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         with open(args.file, "rb") as export:
-            report = verify_export(export, public_key, require_genesis=args.complete)
+            report = verify_export(export, keys, require_genesis=args.complete, trusted=trusted)
     except OSError:
         print(f"error: cannot read the export file {args.file}.", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -241,10 +271,7 @@ def _report(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
-                        help="broker URL (env BROKER_URL, default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"),
-                        help="API token (env BROKER_TOKEN)")
+    add_api_options(parser)
 
 
 def _add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
@@ -276,10 +303,15 @@ def register(subparsers) -> None:
 
     verify = commands.add_parser("verify", help="check an export offline (exit 1 if tampered)")
     verify.add_argument("file", help="an export from `broker audit export`")
-    verify.add_argument("--public-key", required=True, metavar="PEMFILE",
-                        help="the broker's log key (GET /v1/events/public-key)")
+    verify.add_argument("--public-key", required=True, metavar="PEMFILE", action="append",
+                        help="the broker's log key (GET /v1/events/public-key); repeat it for keys the log "
+                             "was signed with before a rotation")
     verify.add_argument("--complete", action="store_true",
-                        help="require the export to start at seq 1 (not an export --since)")
+                        help="require the export to start at seq 1 (a full export's signed statement "
+                             "requires it anyway)")
+    verify.add_argument("--trusted-checkpoint", metavar="FILE", action="append",
+                        help="a checkpoint kept from earlier (GET /v1/events/checkpoints/latest): refuse an "
+                             "export that does not extend it; repeatable")
     _add_format(verify, ("text", "json"))
     verify.set_defaults(func=_verify)
 

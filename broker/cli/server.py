@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from broker.errors import InvalidInput
+from broker.errors import InvalidInput, LogIntegrityError
 from broker.runtime import oplog
 from broker.settings import BrokerSettings, load_settings
 
@@ -35,14 +35,17 @@ def register(subparsers) -> None:
 
 
 def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60.0) -> None:
-    audit = container.extras["audit"]
-    revocations = container.extras["revocations"]
+    audit = container.audit
+    revocations = container.revocations
     while not stop.wait(every_seconds):
         try:
             # Counts of suppressed refusals whose window is over and that no later refusal carried
             # (before the checkpoint, so it covers them).
             container.service.flush_suppressed_refusals()
-            audit.checkpoint()
+            try:
+                audit.checkpoint()
+            except LogIntegrityError:
+                pass  # a refusal to sign has raised its alarm already; expiry and revocation go on
             container.service.expire_stale()
             # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
             revocations.reconcile_orphans()
@@ -100,7 +103,7 @@ def _shut_down(container, stop: threading.Event, sweeper: threading.Thread) -> N
         logging.getLogger("broker").warning("the periodic sweep did not finish before shutdown")
     _write_suppressed_refusals(container)
     # A checkpoint a boundary asked for may still be signing on its background thread: let it finish.
-    checkpointer = container.extras.get("checkpointer")
+    checkpointer = container.checkpointer
     if checkpointer is not None and not checkpointer.drain(timeout=10):
         logging.getLogger("broker").warning("the last log checkpoint did not finish before shutdown")
 

@@ -38,7 +38,6 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from broker.storage.observed import ObservedDatabase
 from broker.ports import CredentialMinter, MintedCredentials, MintOrder
 from broker.usecases.refusal_budget import REFUSAL_ENTRY_TYPES, SUPPRESSION_SUMMARY, carried_refusals
 
@@ -83,7 +82,10 @@ LOG_ENTRIES = "broker_log_entries_total"
 LOG_LAST_SEQ = "broker_log_last_seq"
 HTTP_DURATION = "broker_http_request_duration_seconds"
 STS_DURATION = "broker_sts_assume_role_duration_seconds"
-METRIC_NAMES = (*(c.name for c in EVENT_COUNTERS.values()), LOG_ENTRIES, LOG_LAST_SEQ, HTTP_DURATION, STS_DURATION)
+# An alarm: the broker refused to sign a checkpoint (broker.usecases.checkpoints), by reason.
+CHECKPOINT_REFUSALS = "broker_log_checkpoint_refusals_total"
+METRIC_NAMES = (*(c.name for c in EVENT_COUNTERS.values()), LOG_ENTRIES, LOG_LAST_SEQ, HTTP_DURATION, STS_DURATION,
+                CHECKPOINT_REFUSALS)
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -107,6 +109,10 @@ class BrokerMetrics:
                                        ("method", "route", "status"), buckets=HTTP_BUCKETS, registry=self.registry)
         self._last_seq = 0
         self._seq_lock = threading.Lock()
+        self.checkpoint_refusals = Counter(
+            CHECKPOINT_REFUSALS.removesuffix("_total"), "Checkpoints the broker refused to sign because the stored "
+            "log does not extend the last signed one (an alarm: investigate the database).", ("reason",),
+            registry=self.registry)
         self.sts_duration = Histogram(STS_DURATION, "AWS STS AssumeRole latency (with retries).", ("outcome",),
                                       buckets=STS_BUCKETS, registry=self.registry)
 
@@ -130,6 +136,9 @@ class BrokerMetrics:
         with self._seq_lock:  # request threads observe concurrently; the gauge only moves up
             self._last_seq = max(self._last_seq, *(int(entry["seq"]) for entry in entries))
             self.log_last_seq.set(self._last_seq)
+
+    def checkpoint_refused(self, reason: str) -> None:
+        self.checkpoint_refusals.labels(reason=_code_label(reason)).inc()
 
     def _template_label(self, name: object) -> str:
         if isinstance(name, str) and self._known_template(name):
@@ -205,30 +214,8 @@ class HttpLatency:
                                               status=str(status)).observe(time.perf_counter() - started)
 
 
-def metrics_for(container) -> BrokerMetrics:
-    """The container's metrics, created (and wired to its log and minter) on first use."""
-    metrics = container.extras.get("metrics")
-    if metrics is not None:
-        return metrics
-
-    def known_template(name: str) -> bool:
-        try:
-            container.catalog.get(name)
-        except Exception:  # noqa: BLE001 - any miss means "not a catalog name"
-            return False
-        return True
-
-    metrics = BrokerMetrics(known_template=known_template)
-    container.extras["metrics"] = metrics
-    database = container.service.database
-    if isinstance(database, ObservedDatabase):
-        database.observers.append(metrics.observe_entries)
-    container.service.minter = TimedMinter(container.service.minter, metrics.sts_duration)
-    return metrics
-
-
 def instrument(app, container) -> BrokerMetrics:
     """Add the latency middleware to ``app`` and return the container's metrics."""
-    metrics = metrics_for(container)
+    metrics = container.metrics
     app.add_middleware(HttpLatency, metrics=metrics, server_timing=container.settings.server_timing)
     return metrics

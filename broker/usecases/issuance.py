@@ -36,6 +36,7 @@ from broker.usecases.refusal_budget import SUPPRESSION_SUMMARY, RefusalBudget, r
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
 from broker.storage.repository import Repository
+from broker.domain.times import as_utc, iso
 
 log = logging.getLogger("broker.service")
 # A redemption refused because the stored request disagrees with what its approvals bind (a database edit).
@@ -51,6 +52,22 @@ IssuanceGate = Callable[[Repository, Principal, ScopeTemplate, datetime], None]
 # Check run inside unit of work B, after STS minted and before the credentials are released (the
 # lockdown): given the environment, raises a BrokerError to withhold them.
 ReleaseGate = Callable[[Repository, str], None]
+
+
+# The approvers' pending list: a page's default and largest size, and how deep it may page.
+PENDING_PAGE = 100
+PENDING_PAGE_MAX = 500
+PENDING_OFFSET_MAX = 100_000
+
+
+@dataclass(frozen=True)
+class DecisionOptions:
+    """What one person may still decide on one request (the approver page shows only these controls)."""
+
+    approve: bool
+    deny: bool
+    decided: Mapping[str, Any] | None = None    # their own decision, when they made one
+    why: str | None = None                      # why a control is missing, in words
 
 
 @dataclass
@@ -77,6 +94,7 @@ class BrokerService:
     blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
     # How many refusals a minute of one principal are logged one by one (see broker.usecases.refusal_budget).
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
+    _risk_cache: dict[tuple[str, str], list[str]] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ request
     def request_credentials(self, *, principal: Principal, template_name: str, parameters: Mapping[str, Any] | None,
@@ -184,12 +202,12 @@ class BrokerService:
                          expiration=minted.expiration)
         try:
             try:
-                self._record_issued(row, grant, actor=actor)
+                self._record_issued(row, grant, actor=actor, risks=self.template_risks(template))
             except StorageDisconnected:
                 # NOTE: the connection died while STS minted (a database restart, a failover): once more, on a
                 # fresh connection, rather than throw away a session the caller is waiting for.
                 log.warning("database connection lost recording request %s; retrying once", row.id)
-                self._record_issued(row, grant, actor=actor, retry=True)
+                self._record_issued(row, grant, actor=actor, risks=self.template_risks(template), retry=True)
         except Unavailable:
             # NOTE: the credentials exist at AWS but are withheld; the open intent makes reconciliation log
             # and revoke them.  Nothing reaches the caller.  (Should the lost connection have hidden a COMMIT
@@ -206,7 +224,22 @@ class BrokerService:
         return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
 
-    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, retry: bool = False) -> None:
+    def template_risks(self, template: ScopeTemplate) -> list[str]:
+        """The risk classes a template's grants carry (the blast radius's, most dangerous first), once per version.
+
+        Written into each ``issued`` entry (``details.risks``), so the log itself says which grants were
+        destructive or risky, whatever the catalog holds later."""
+        key = (template.name, template.version_digest)
+        cached = self._risk_cache.get(key)
+        if cached is None:
+            cached = []
+            if self.blast_radius is not None:
+                cached = [str(finding["class"]) for finding in self.blast_radius(template, None).get("risk") or []]
+            self._risk_cache[key] = cached
+        return list(cached)
+
+    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, risks: Sequence[str],
+                       retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
         with self.database.transaction() as repo:
             repo.lock_log_head()  # first: a lockdown commits before this unit of work or after it
@@ -223,7 +256,8 @@ class BrokerService:
                 raise Conflict("the request changed while credentials were minted", code="request_changed")
             repo.append_event(self._event("issued", row, actor=actor, now=grant.issued_at,
                                           access_key_id=grant.access_key_id,
-                                          expiration=issuance_log.log_time(grant.expiration)))
+                                          expiration=issuance_log.log_time(grant.expiration),
+                                          details={"environment": row.environment, "risks": list(risks)}))
 
     def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError, session_may_exist: bool) -> None:
         now = self.clock.now()
@@ -355,7 +389,7 @@ class BrokerService:
 
     def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
         return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
-                 "binding_digest": a.binding_digest, "at": issuance_log.log_time(_aware(a.created_at))}
+                 "binding_digest": a.binding_digest, "at": issuance_log.log_time(as_utc(a.created_at))}
                 for a in repo.approvals_for(request_id)]
 
     def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate,
@@ -491,7 +525,7 @@ class BrokerService:
         """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit."""
         deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
                     RequestStatus.APPROVED.value: row.redeem_by}.get(row.status)
-        if deadline is None or _aware(deadline) > now:
+        if deadline is None or as_utc(deadline) > now:
             return False
         if repo.transition_request(row.id, from_statuses=[row.status], to_status=RequestStatus.EXPIRED.value,
                                    updated_at=now):
@@ -529,14 +563,54 @@ class BrokerService:
         self._send(outbox)
         return view
 
-    def list_pending(self, *, principal: Principal) -> list[dict[str, Any]]:
+    def list_pending(self, *, principal: Principal, offset: int = 0, limit: int = PENDING_PAGE) -> dict[str, Any]:
+        """One page of the requests waiting for co-signers, newest first, with the totals: how many wait in
+        all (``total``) and per agent (``by_agent``, most first), and where the next page starts."""
         if not (principal.has_role(Role.APPROVER) or principal.has_role(Role.ADMIN)
                 or principal.has_role(Role.REVIEWER)):
             raise Forbidden("only approvers can list pending requests", code="not_an_approver")
+        if not 1 <= limit <= PENDING_PAGE_MAX:
+            raise InvalidInput(f"limit must be between 1 and {PENDING_PAGE_MAX}", code="invalid_limit", field="limit")
+        if not 0 <= offset <= PENDING_OFFSET_MAX:
+            raise InvalidInput(f"offset must be between 0 and {PENDING_OFFSET_MAX}", code="invalid_offset",
+                               field="offset")
         self.expire_stale()
-        with self.database.transaction() as repo:
-            rows = repo.list_requests(statuses=[RequestStatus.PENDING.value])
-            return [self.request_view(r, approvals=self._approval_list(repo, r.id)) for r in rows]
+        with self.database.read() as repo:
+            by_agent = repo.count_requests_by_requester(statuses=[RequestStatus.PENDING.value])
+            rows = repo.list_requests(statuses=[RequestStatus.PENDING.value], limit=limit, offset=offset)
+            views = [self.request_view(r, approvals=self._approval_list(repo, r.id)) for r in rows]
+        total = sum(by_agent.values())
+        following = offset + len(views)
+        return {"requests": views, "total": total, "offset": offset, "limit": limit,
+                "next_offset": following if following < total else None, "by_agent": by_agent}
+
+    def decision_options(self, *, principal: Principal, view: Mapping[str, Any]) -> DecisionOptions:
+        """What ``principal`` may still decide on the request ``view`` shows, by the same rules ``decide``
+        applies (its answer to an actual decision stays the authority)."""
+        decided = next((a for a in view.get("approvals") or [] if a.get("approver") == principal.id), None)
+        if view.get("status") != RequestStatus.PENDING.value or decided is not None:
+            return DecisionOptions(approve=False, deny=False, decided=decided)
+        try:
+            template = self.catalog.get(str(view["template"]))
+        except BrokerError:
+            return DecisionOptions(approve=False, deny=False, why="The scope template is no longer loaded.")
+        if template.version_digest != view.get("template_digest"):
+            return DecisionOptions(approve=False, deny=False, why="The scope template changed since the request "
+                                   "was made; the agent must make a new request.")
+        facts = PendingFacts(str(view["requester"]), view.get("acts_for"), str(view.get("binding_digest")))
+        refusals: dict[str, str] = {}
+        for choice, check in ((Decision.APPROVE, may_approve), (Decision.DENY, may_deny)):
+            try:
+                check(template.approval, facts, principal)
+            except Forbidden as exc:
+                refusals[choice.value] = exc.message
+        approve, deny = "approve" not in refusals, "deny" not in refusals
+        why = None
+        if not approve:
+            reason = refusals["approve"]
+            why = (f"You cannot approve: {reason} (two-person rule); you may deny it." if deny
+                   else f"You cannot decide on this request: {reason}.")
+        return DecisionOptions(approve=approve, deny=deny, why=why)
 
     def _visible_request(self, repo: Repository, principal: Principal, request_id: str, *,
                          for_update: bool = False) -> RequestRow:
@@ -557,9 +631,9 @@ class BrokerService:
             "environment": row.environment, "parameters": json.loads(row.parameters), "role_arn": row.role_arn,
             "policy": json.loads(row.policy), "policy_digest": row.policy_digest, "ttl_seconds": row.ttl_seconds,
             "binding_digest": row.binding_digest, "requester": row.requester, "acts_for": row.acts_for,
-            "reason": row.reason, "created_at": _iso(row.created_at), "approvals_required": row.approvals_required,
-            "pending_expires_at": _iso(row.pending_expires_at), "approved_at": _iso(row.approved_at),
-            "redeem_by": _iso(row.redeem_by), "issued_at": _iso(row.issued_at),
+            "reason": row.reason, "created_at": iso(row.created_at), "approvals_required": row.approvals_required,
+            "pending_expires_at": iso(row.pending_expires_at), "approved_at": iso(row.approved_at),
+            "redeem_by": iso(row.redeem_by), "issued_at": iso(row.issued_at),
             "links": {"self": f"/v1/requests/{row.id}", "approve": f"/v1/requests/{row.id}/approvals",
                       "redeem": f"/v1/requests/{row.id}/credentials", "page": f"{self.public_url}/ui/requests/{row.id}"},
         }
@@ -629,9 +703,9 @@ def binding_of(row: AnyRequest) -> BindingFacts:
 
 def grant_view(grant: GrantRow | NewGrant, *, ttl_seconds: int) -> dict[str, Any]:
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
-            "expiration": _iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
+            "expiration": iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
             "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,
-            "revoked_at": _iso(grant.revoked_at)}
+            "revoked_at": iso(grant.revoked_at)}
 
 
 def _base_event(kind: str, now: datetime) -> dict[str, Any]:
@@ -651,13 +725,8 @@ def _clean_reason(reason: Any) -> str:
     return reason.strip()
 
 
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else issuance_log.log_time(_aware(moment))
 
 
 __all__ = ["BrokerService", "RequestOutcome", "StorageUnavailable", "binding_of", "grant_view"]
