@@ -1,15 +1,14 @@
 """``broker audit``: query, export, verify and report on the issuance log.
 
 ``verify`` works offline on an export file and the broker's public key.  The other
-sub-commands call the broker's HTTP API (``--url`` or ``BROKER_URL``, ``--token`` or
-``BROKER_TOKEN``); an API error is shown as ``error [code]: message`` with exit code 1.
+sub-commands call the broker's HTTP API (the connection options every command takes: ``--url``, ``--token``,
+``--token-file``, ``--token-command``, ``--context``); an API error is shown as ``error [code]: message`` with exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,11 +18,11 @@ from typing import Any
 
 import httpx
 
+from broker.cli.connection import add_api_options, resolve
 from broker.domain.log import (CHECKPOINT_KEY, Checkpoint, load_public_key, parse_since, verify_export,
                                verify_signature)
 from broker.errors import BrokerError, InvalidInput, Unavailable
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 # Seconds; the export of a large log streams for longer than one read timeout allows.
 HTTP_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
@@ -48,10 +47,13 @@ REPORT_FIRST = ("refusals_by_principal", "refus", "destructive")
 # --- HTTP --------------------------------------------------------------------------------------
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    connection = resolve(args)  # the same --url / token options and defaults as every command
+    args.url = connection.url
     headers = {"Accept": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
-    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT)
+    token = connection.bearer()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=connection.url, headers=headers, timeout=HTTP_TIMEOUT)
 
 
 def _api_error(response: httpx.Response) -> BrokerError:
@@ -287,10 +289,7 @@ def _report(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
-                        help="broker URL (env BROKER_URL, default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"),
-                        help="API token (env BROKER_TOKEN)")
+    add_api_options(parser)
 
 
 def _add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
