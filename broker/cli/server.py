@@ -59,13 +59,13 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
          bound: socket.socket | None = None) -> int:
     import uvicorn
 
-    from broker.api.app import create_app
+    from broker.api.app import create_app, server_config
 
     app = create_app(container)
     stop = threading.Event()
     sweeper = threading.Thread(target=_checkpoint_loop, args=(container, stop), daemon=True)
     sweeper.start()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = server_config(app, host=host, port=port)
     server = uvicorn.Server(config)
     if banner:
         print(banner, flush=True)
@@ -140,7 +140,18 @@ def run_serve(args: argparse.Namespace) -> int:
     oplog.configure(settings.log_level, settings.log_format)
     container = build_container(settings)
     warn_about_sign_in(settings)
+    warn_about_proxies(settings)
     return _run(container, args.host or settings.host, args.port or settings.port)
+
+
+def warn_about_proxies(settings: BrokerSettings) -> None:
+    """uvicorn's FORWARDED_ALLOW_IPS is not read (BROKER_TRUSTED_PROXIES is): say so if it is set."""
+    import os
+
+    if os.environ.get("FORWARDED_ALLOW_IPS") and not settings.trusted_proxies:
+        logging.getLogger("broker").warning(
+            "FORWARDED_ALLOW_IPS is set but ignored: the broker believes X-Forwarded-For only from "
+            "BROKER_TRUSTED_PROXIES (unset: the logged source_ip is the TCP peer's)")
 
 
 def warn_about_sign_in(settings: BrokerSettings) -> None:

@@ -13,9 +13,15 @@ also be read at a git revision (``HEAD~1:scopes``) for ``broker scopes diff``.
 
 from __future__ import annotations
 
+<<<<<<< HEAD
 import itertools
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
+=======
+import difflib
+
+from collections.abc import Callable, Iterable, Sequence
+>>>>>>> main
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -58,7 +64,9 @@ class TemplateCatalog:
         try:
             return self._by_name[name].template
         except (KeyError, TypeError):
-            raise TemplateNotFound(f"no scope template named '{name}'", field="template") from None
+            close = difflib.get_close_matches(str(name), list(self._by_name), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise TemplateNotFound(f"no scope template named '{name}'{hint}", field="template") from None
 
     def source_of(self, name: str) -> str:
         return self._by_name[name].source
