@@ -18,11 +18,8 @@ from typing import Any
 
 import httpx
 
-<<<<<<< HEAD
 from broker.cli import governance
-=======
 from broker.cli.connection import add_api_options, resolve
->>>>>>> main
 from broker.domain.log import (CHECKPOINT_KEY, Checkpoint, load_public_key, parse_since, verify_export,
                                verify_signature)
 from broker.errors import BrokerError, InvalidInput, Unavailable

@@ -86,13 +86,10 @@ class Container:
     metrics: BrokerMetrics
     # The approvers' OIDC sign-in: ``ui_oidc.client()`` is None when it is not configured.
     ui_oidc: UiOidcSignIn
-<<<<<<< HEAD
     # The template folder's loader: SIGHUP reloads through it; the sweep writes a pending templates_loaded.
     templates: TemplateLoader
-=======
     # The reviewers' dashboard (its figures shared for a few seconds by the page and its charts).
     review: ReviewDashboard
->>>>>>> main
 
 
 def template_checks() -> tuple[list, list, Any]:
@@ -177,11 +174,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock, audit=audit,
                      revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
-<<<<<<< HEAD
-                     templates=templates)
-=======
+                     templates=templates,
                      review=ReviewDashboard(database=database, clock=clock))
->>>>>>> main
 
 
 def wire_metrics(*, database: Database, catalog: TemplateCatalog, service: BrokerService) -> BrokerMetrics:

@@ -13,15 +13,10 @@ also be read at a git revision (``HEAD~1:scopes``) for ``broker scopes diff``.
 
 from __future__ import annotations
 
-<<<<<<< HEAD
+import difflib
 import itertools
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-=======
-import difflib
-
-from collections.abc import Callable, Iterable, Sequence
->>>>>>> main
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
