@@ -99,7 +99,7 @@ def test_the_log_tables_are_insert_only(broker):
                 "DELETE FROM checkpoints"):
         with pytest.raises(sa.exc.DBAPIError, match="insert-only"):
             attacker.run(sql)
-    assert [e["type"] for e in attacker.entries()] == ["requested", "issued"]
+    assert [e["type"] for e in attacker.entries() if e["type"] != "templates_loaded"] == ["requested", "issued"]
 
 
 def test_cut_newest_entries_and_move_the_head_back_is_not_signed(broker, caplog):
