@@ -81,15 +81,19 @@ class Container:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def template_checks() -> tuple[list, list, Any]:
-    """Guardrail checks for templates and rendered policies, and the blast-radius function."""
+def template_checks(settings: BrokerSettings | None = None) -> tuple[list, list, Any]:
+    """Guardrail checks for templates and rendered policies, and the blast-radius function.  The
+    accounts configuration comes from ``settings``: a role in an account it does not name, or of
+    another environment than the template's, is refused (no settings: nothing named, all refused)."""
     from broker.aws.action_database import default_action_knowledge
     from broker.domain import blast_radius, guardrails
+    from broker.settings import load_target_accounts
 
     actions = default_action_knowledge()
+    accounts = load_target_accounts(settings or BrokerSettings())
     return (
-        [lambda t: guardrails.check_template(t, actions=actions)],
-        [guardrails.RenderedChecks(actions)],
+        [lambda t: guardrails.check_template(t, actions=actions, accounts=accounts)],
+        [guardrails.RenderedChecks(actions, accounts=accounts)],
         lambda t, r: blast_radius.assess(t, actions=actions, rendered=r).to_dict(),
     )
 
@@ -120,7 +124,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     database = ObservedDatabase(build_engine(settings.database_url))
     if run_migrations:
         migrate(database.engine)
-    template_check, rendered_check, blast = template_checks()
+    template_check, rendered_check, blast = template_checks(settings)
     catalog = load_catalog(Path(settings.scopes_dir), checks=template_check)
     clock = clock or SystemClock()
     if minter is None:

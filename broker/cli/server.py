@@ -14,7 +14,7 @@ from pathlib import Path
 
 from broker.errors import InvalidInput
 from broker.runtime import oplog
-from broker.settings import BrokerSettings, load_settings
+from broker.settings import BrokerSettings, accounts_configured, load_settings
 
 
 def register(subparsers) -> None:
@@ -149,7 +149,7 @@ def run_migrate(_args: argparse.Namespace) -> int:
 def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
     """Start fake AWS, seed it, build the container; returns (container, aws, keys)."""
     from broker.api.deps import build_container
-    from broker.runtime.devmode import ensure_signing_key, seed_aws, seed_principals, start_fake_aws
+    from broker.runtime.devmode import DEV_ACCOUNTS, ensure_signing_key, seed_aws, seed_principals, start_fake_aws
 
     state_dir.mkdir(parents=True, exist_ok=True)
     aws = start_fake_aws(aws_port)
@@ -158,6 +158,8 @@ def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
         database_url=f"sqlite:///{(state_dir / 'broker.db').resolve()}", scopes_dir=scopes.resolve(),
         aws_endpoint_url=aws.endpoint_url, signing_key_file=private, public_url=f"http://127.0.0.1:{port}",
         port=port, dev_mode=True, state_dir=state_dir)
+    if not accounts_configured(settings):
+        settings = settings.model_copy(update={"accounts": DEV_ACCOUNTS})
     container = build_container(settings)
     seed_aws(aws.endpoint_url, container.catalog, settings.aws_region)
     keys = seed_principals(container.database, state_dir / "dev-keys.json")
