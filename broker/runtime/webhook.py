@@ -34,9 +34,11 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
     page = (request.get("links") or {}).get("page", "")
     headline = HEADLINES.get(event, event)
     agent, human = request.get("requester", "?"), request.get("acts_for") or "nobody"
+    risk = [entry for entry in request.get("risk") or [] if isinstance(entry, dict)]
+    named = "; ".join(str(entry.get("title", entry.get("class", "?"))) for entry in risk)
     text = (f"Credential request {request.get('id', '?')} for scope {request.get('template', '?')} "
             f"({request.get('environment', '?')}) {headline}. Agent {agent} acting for {human}. "
-            f"Review: {page}")
+            + (f"Risk: {named}. " if named else "") + f"Review: {page}")
     facts = [
         ("Scope", f"{request.get('template', '?')} ({request.get('environment', '?')})"),
         ("Agent", agent),
@@ -49,10 +51,16 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Credential request {headline}*"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_plain(v)}"} for k, v in facts]},
     ]
+    if risk:
+        lines = [f"• *{_plain(str(entry.get('title', '?')).upper())}*: {_plain(entry.get('sentence', ''))} "
+                 f"({_plain(', '.join(map(str, entry.get('actions', [])[:6])))})" for entry in risk]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
+            "*Risk, most dangerous first*\n" + "\n".join(lines))[:2900]}})
     if page:
         blocks.append({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Open the request"}, "url": page}]})
-    return {"text": text, "blocks": blocks, "event": event, "request_id": request.get("id")}
+    return {"text": text, "blocks": blocks, "event": event, "request_id": request.get("id"),
+            "risk": [{key: entry.get(key) for key in ("class", "title", "sentence", "actions")} for entry in risk]}
 
 
 def _plain(value: object) -> str:

@@ -534,6 +534,8 @@ class BrokerService:
                 try:
                     view["blast_radius"] = self.blast_radius(template, render_policy(template,
                                                                                      json.loads(row.parameters)))
+                    # Each risk class of the exact policy, most dangerous first, in plain words.
+                    view["risk"] = view["blast_radius"].get("risk", [])
                 except BrokerError:
                     view["blast_radius"] = None
         return view
