@@ -48,6 +48,8 @@ class BrokerSettings(BaseSettings):
     agent_requests_per_minute: int = 60
     template_requests_per_minute: int = 300
     agent_max_live_grants: int = 20
+    # Requests one agent may have waiting for co-signers at once (so none can bury another under new ones).
+    agent_max_pending_requests: int = 20
     # Refusals of one principal logged one by one per minute (per replica); beyond it they are counted and
     # the count is logged (broker.usecases.refusal_budget).  0 disables the budget (every refusal its own entry); < 0 is refused.
     refusals_per_minute: int = 30

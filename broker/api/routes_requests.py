@@ -6,7 +6,7 @@ import email.message
 import json
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from broker.api.deps import Container, ContainerDep, CurrentPrincipal, client_ip, current_principal
 from broker.api.schemas import ERROR_RESPONSES, CreateRequestBody, DecisionBody, RequestOut
-from broker.usecases.issuance import RequestOutcome
+from broker.usecases.issuance import PENDING_OFFSET_MAX, PENDING_PAGE, PENDING_PAGE_MAX, RequestOutcome
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"], responses=ERROR_RESPONSES)
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
@@ -90,8 +90,12 @@ def parse_json_body(model: type[BodyModel], raw: bytes, content_type: str | None
 
 
 @router.get("")
-def list_requests(container: ContainerDep, principal: CurrentPrincipal, status: str = "pending") -> dict[str, Any]:
-    return {"requests": container.service.list_pending(principal=principal)}
+def list_requests(container: ContainerDep, principal: CurrentPrincipal, status: str = "pending",
+                  offset: int = Query(0, ge=0, le=PENDING_OFFSET_MAX),
+                  limit: int = Query(PENDING_PAGE, ge=1, le=PENDING_PAGE_MAX)) -> dict[str, Any]:
+    """Requests waiting for co-signers, newest first, one page at a time: ``requests``, ``total`` (all that
+    wait), ``by_agent`` (how many each agent has waiting) and ``next_offset`` (null on the last page)."""
+    return container.service.list_pending(principal=principal, offset=offset, limit=limit)
 
 
 @router.get("/{request_id}", response_model=RequestOut, response_model_exclude_unset=True)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from pathlib import Path
 
+from broker.cli.token_guard import protect_token_from_children
 from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest, iso_time
 from broker.sdk.credential_process import CredentialCache, ScopeCredentials
 from broker.sdk.errors import BrokerAPIError
@@ -70,7 +71,11 @@ def add_scope_options(parser: argparse.ArgumentParser, *, reason_required: bool 
 
 
 def client_from(args: argparse.Namespace) -> BrokerClient:
-    return BrokerClient(args.url, token_file=args.token_file, token_command=args.token_command)
+    client = BrokerClient(args.url, token_file=args.token_file, token_command=args.token_command)
+    # NOTE: the client holds the token source from here on: the commands `exec` starts must not reach it
+    # (not in this process's environment, this process not readable by them: broker.cli.token_guard).
+    protect_token_from_children()
+    return client
 
 
 def scope_from(args: argparse.Namespace, client: BrokerClient) -> ScopeCredentials:
@@ -337,7 +342,7 @@ def run_mcp(args: argparse.Namespace) -> int:
     from broker.cli.mcp_server import serve
 
     return serve(url=args.url, token_file=args.token_file, token_command=args.token_command,
-                 cache_dir=args.cache_dir)
+                 cache_dir=args.cache_dir, region=args.region, pass_env=args.pass_env)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -383,6 +388,12 @@ def register(subparsers) -> None:
     mcp = subparsers.add_parser("mcp", help="Model Context Protocol server (stdio) for coding agents")
     add_broker_options(mcp)
     mcp.add_argument("--cache-dir", type=Path, default=None)
+    mcp.add_argument("--region", default=None,
+                     help="AWS_REGION for run_with_scope's commands (default $AWS_REGION, $AWS_DEFAULT_REGION, "
+                          "us-east-1)")
+    mcp.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                     help="a host variable run_with_scope's commands may see (repeatable; by default only PATH, "
+                          "HOME, locale, proxy and AWS endpoint/region settings)")
     mcp.set_defaults(func=run_mcp)
 
     demo = subparsers.add_parser("demo", help="replay the seed incident against a dev broker, step by step")

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from broker.domain.log import load_public_key, parse_since, verify_export
+from broker.domain.log import (CHECKPOINT_KEY, Checkpoint, load_public_key, parse_since, verify_export,
+                               verify_signature)
 from broker.errors import BrokerError, InvalidInput, Unavailable
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -151,19 +152,46 @@ def _export(args: argparse.Namespace) -> int:
 
 # --- audit verify --------------------------------------------------------------------------------
 
+def _read_trusted(path: str, keys: list) -> list[Checkpoint]:
+    """Checkpoints an auditor kept: JSON objects (GET /v1/events/checkpoints/latest, or export
+    checkpoint lines), one per line or one per file; each must be signed by one of the keys."""
+    with open(path, "rb") as kept:
+        text = kept.read()
+    checkpoints = []
+    for raw in text.splitlines() or [b""]:
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"{path} is not JSON lines of checkpoints.", code="checkpoint_invalid") from exc
+        checkpoint = Checkpoint.from_dict(data.get(CHECKPOINT_KEY, data) if isinstance(data, dict) else data)
+        if not any(verify_signature(checkpoint, key) for key in keys):
+            raise InvalidInput(f"the trusted checkpoint for seq {checkpoint.seq} in {path} is not signed by the "
+                               "given key.", code="checkpoint_invalid")
+        checkpoints.append(checkpoint)
+    if not checkpoints:
+        raise InvalidInput(f"{path} holds no checkpoint.", code="checkpoint_invalid")
+    return checkpoints
+
+
 def _verify(args: argparse.Namespace) -> int:
+    keys, trusted = [], []
     try:
-        with open(args.public_key, "rb") as pem:
-            public_key = load_public_key(pem.read())
-    except OSError:
-        print(f"error: cannot read the public key file {args.public_key}.", file=sys.stderr)
+        for path in args.public_key:
+            with open(path, "rb") as pem:
+                keys.append(load_public_key(pem.read()))
+        for path in args.trusted_checkpoint or ():
+            trusted.extend(_read_trusted(path, keys))
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}.", file=sys.stderr)
         return EXIT_UNUSABLE
     except InvalidInput as exc:
         print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         with open(args.file, "rb") as export:
-            report = verify_export(export, public_key, require_genesis=args.complete)
+            report = verify_export(export, keys, require_genesis=args.complete, trusted=trusted)
     except OSError:
         print(f"error: cannot read the export file {args.file}.", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -276,10 +304,15 @@ def register(subparsers) -> None:
 
     verify = commands.add_parser("verify", help="check an export offline (exit 1 if tampered)")
     verify.add_argument("file", help="an export from `broker audit export`")
-    verify.add_argument("--public-key", required=True, metavar="PEMFILE",
-                        help="the broker's log key (GET /v1/events/public-key)")
+    verify.add_argument("--public-key", required=True, metavar="PEMFILE", action="append",
+                        help="the broker's log key (GET /v1/events/public-key); repeat it for keys the log "
+                             "was signed with before a rotation")
     verify.add_argument("--complete", action="store_true",
-                        help="require the export to start at seq 1 (not an export --since)")
+                        help="require the export to start at seq 1 (a full export's signed statement "
+                             "requires it anyway)")
+    verify.add_argument("--trusted-checkpoint", metavar="FILE", action="append",
+                        help="a checkpoint kept from earlier (GET /v1/events/checkpoints/latest): refuse an "
+                             "export that does not extend it; repeatable")
     _add_format(verify, ("text", "json"))
     verify.set_defaults(func=_verify)
 

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from broker.errors import InvalidInput
+from broker.errors import InvalidInput, LogIntegrityError
 from broker.runtime import oplog
 from broker.settings import BrokerSettings, accounts_configured, load_settings
 
@@ -42,7 +42,10 @@ def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60
             # Counts of suppressed refusals whose window is over and that no later refusal carried
             # (before the checkpoint, so it covers them).
             container.service.flush_suppressed_refusals()
-            audit.checkpoint()
+            try:
+                audit.checkpoint()
+            except LogIntegrityError:
+                pass  # a refusal to sign has raised its alarm already; expiry and revocation go on
             container.service.expire_stale()
             # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
             revocations.reconcile_orphans()

@@ -5,7 +5,8 @@ request (the rendered policy), it names each risk class the grant carries in pla
 dangerous first: :mod:`broker.domain.risk`), lists the granted actions with the riskiest first, the resources in plain words ("objects under
 s3://bucket/prefix/"), which grants hold only under conditions (decided by the evaluator),
 the TTL and the approvals needed.  ``to_dict()`` feeds the approval page and the issuance log;
-``to_text()`` is for people.
+``to_text()`` is for people.  ``headline()`` is the one sentence an approver reads first: the most
+dangerous thing the credentials can do, with its target.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ RESOURCE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p)
     (r"arn:aws[a-z-]*:cloudformation:[^:]*:[^:]*:stack/(?P<n>[^/]+)/\*", "CloudFormation stack {n}"),
     (r"arn:aws[a-z-]*:iam::[^:]*:role/(?P<r>.+)", "IAM role {r}"),
 ))
+
+
+# How many targets the headline names before it counts the rest.
+HEADLINE_TARGETS = 2
 
 
 def describe_resource(resource: str) -> str:
@@ -102,6 +107,39 @@ class BlastRadius:
     def resources(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r for a in self.actions for r in a.resources))
 
+    @property
+    def danger(self) -> str:
+        """The headline's label: the most dangerous risk class of the first grant (``destructive``,
+        ``permission-changing``, ...), else ``write`` or ``read-only`` (``none`` when nothing known is granted)."""
+        if not self.actions:
+            return "none"
+        first = self.actions[0]
+        if first.risks:
+            return first.risks[0].value
+        return "read-only" if first.access_level.read_only else "write"
+
+    def headline(self) -> str:
+        """The most dangerous thing these credentials can do, with its target, in one sentence.
+
+        ``actions`` is ordered most dangerous first, so the first grant is the one named; the rest are counted.
+        """
+        if not self.actions:
+            return (f"These credentials grant no action the broker knows ({self.environment}): "
+                    "read the exact policy before deciding.")
+        first = self.actions[0]
+        name = first.action.split(":", 1)[1]
+        targets = [describe_resource(r) for r in first.resources]
+        where = "; ".join(targets[:HEADLINE_TARGETS])
+        if len(targets) > HEADLINE_TARGETS:
+            where += f" and {len(targets) - HEADLINE_TARGETS} more"
+        text = f"Can {action_words(name)} on {where} in {self.environment}"
+        if first.conditions:
+            text += " only when " + " and ".join(first.conditions)
+        others = len({a.action for a in self.actions[1:]} - {first.action})
+        if others:
+            text += f", plus {others} other action{'s' if others > 1 else ''}"
+        return text + "."
+
     def to_dict(self) -> dict[str, Any]:
         by_level: dict[str, list[str]] = {}
         for granted in self.actions:
@@ -123,6 +161,8 @@ class BlastRadius:
                          "expires_after": self.approval_expires_after},
             "policy": {"size": self.policy_size, "limit": SESSION_POLICY_MAX_CHARS, "digest": self.policy_digest},
             "summary": self.sentences(),
+            "headline": self.headline(),
+            "danger": self.danger,
         }
 
     def sentences(self) -> list[str]:

@@ -126,10 +126,18 @@ class AccessRequest:
         wanted = key.lower()
         for name, raw in self.context.items():
             if name.lower() == wanted:
-                return (raw,) if isinstance(raw, (str, KnownSuffix)) else tuple(raw)
+                values = (raw,) if isinstance(raw, (str, KnownSuffix, bool, int, float)) else tuple(raw)
+                return tuple(_context_text(v) for v in values)
         if self.context_complete or wanted in {a.lower() for a in self.absent}:
             return None
         return UNKNOWN_VALUE
+
+
+def _context_text(value: Any) -> str | KnownSuffix:
+    """A context value as IAM sees it: text (JSON booleans as ``true``/``false``, numbers as written)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, (str, KnownSuffix)) else str(value)
 
 
 class _Unknown:

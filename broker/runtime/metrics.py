@@ -83,7 +83,10 @@ LOG_ENTRIES = "broker_log_entries_total"
 LOG_LAST_SEQ = "broker_log_last_seq"
 HTTP_DURATION = "broker_http_request_duration_seconds"
 STS_DURATION = "broker_sts_assume_role_duration_seconds"
-METRIC_NAMES = (*(c.name for c in EVENT_COUNTERS.values()), LOG_ENTRIES, LOG_LAST_SEQ, HTTP_DURATION, STS_DURATION)
+# An alarm: the broker refused to sign a checkpoint (broker.usecases.checkpoints), by reason.
+CHECKPOINT_REFUSALS = "broker_log_checkpoint_refusals_total"
+METRIC_NAMES = (*(c.name for c in EVENT_COUNTERS.values()), LOG_ENTRIES, LOG_LAST_SEQ, HTTP_DURATION, STS_DURATION,
+                CHECKPOINT_REFUSALS)
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -107,6 +110,10 @@ class BrokerMetrics:
                                        ("method", "route", "status"), buckets=HTTP_BUCKETS, registry=self.registry)
         self._last_seq = 0
         self._seq_lock = threading.Lock()
+        self.checkpoint_refusals = Counter(
+            CHECKPOINT_REFUSALS.removesuffix("_total"), "Checkpoints the broker refused to sign because the stored "
+            "log does not extend the last signed one (an alarm: investigate the database).", ("reason",),
+            registry=self.registry)
         self.sts_duration = Histogram(STS_DURATION, "AWS STS AssumeRole latency (with retries).", ("outcome",),
                                       buckets=STS_BUCKETS, registry=self.registry)
 
@@ -130,6 +137,9 @@ class BrokerMetrics:
         with self._seq_lock:  # request threads observe concurrently; the gauge only moves up
             self._last_seq = max(self._last_seq, *(int(entry["seq"]) for entry in entries))
             self.log_last_seq.set(self._last_seq)
+
+    def checkpoint_refused(self, reason: str) -> None:
+        self.checkpoint_refusals.labels(reason=_code_label(reason)).inc()
 
     def _template_label(self, name: object) -> str:
         if isinstance(name, str) and self._known_template(name):
@@ -224,6 +234,9 @@ def metrics_for(container) -> BrokerMetrics:
     if isinstance(database, ObservedDatabase):
         database.observers.append(metrics.observe_entries)
     container.service.minter = TimedMinter(container.service.minter, metrics.sts_duration)
+    audit = container.extras.get("audit")
+    if audit is not None and audit.checkpointer is not None:
+        audit.checkpointer.alarm = metrics
     return metrics
 
 

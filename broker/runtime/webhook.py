@@ -1,5 +1,8 @@
 """Webhook notifications for approvers (Slack-compatible JSON), sent off the request path.
 
+A message says what the credentials can do (the blast radius's headline), the request's risks and
+its parameter values, and links to the approver page; approving stays on the page.
+
 ``WebhookNotifier.notify`` only puts a message on a small bounded queue; one daemon
 thread posts it with a short timeout.  A slow, failing or unreachable webhook never
 blocks or fails a request: a full queue drops the message and every failure is
@@ -29,26 +32,50 @@ HEADLINES: dict[str, str] = {
 MAX_QUEUE = 1000
 
 
+def risk_labels(request: dict[str, Any]) -> list[str]:
+    """The request's risk classes in words, most dangerous first (the blast radius's ``risk``)."""
+    blast = request.get("blast_radius") or {}
+    return [str(finding.get("title") or finding.get("class")) for finding in blast.get("risk") or []
+            if isinstance(finding, dict)]
+
+
 def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
-    """The Slack-compatible message for one event: plain ``text`` plus ``blocks`` with the same facts."""
+    """The Slack-compatible message for one event: plain ``text`` plus ``blocks`` with the same facts.
+
+    It says what the credentials can do (the blast radius's headline), the risks and the parameter
+    values, so an approver knows from the message alone whether to open the page now.  Approving stays
+    on the page: the message carries a link, never an approve action.
+    """
     page = (request.get("links") or {}).get("page", "")
     headline = HEADLINES.get(event, event)
     agent, human = request.get("requester", "?"), request.get("acts_for") or "nobody"
-    risk = [entry for entry in request.get("risk") or [] if isinstance(entry, dict)]
-    named = "; ".join(str(entry.get("title", entry.get("class", "?"))) for entry in risk)
+    blast = request.get("blast_radius") or {}
+    what = blast.get("headline") or "What these credentials can do is not known: read the request page."
+    risks = risk_labels(request)
+    risk = [entry for entry in request.get("risk") or blast.get("risk") or [] if isinstance(entry, dict)]
+    parameters = {str(k): str(v) for k, v in sorted((request.get("parameters") or {}).items())}
+    shown_parameters = ", ".join(f"{k}={v}" for k, v in parameters.items()) or "none"
+    risk_text = ", ".join(r.upper() for r in risks)
+    denied = request.get("decided_reason") if event == "denied" else None
     text = (f"Credential request {request.get('id', '?')} for scope {request.get('template', '?')} "
-            f"({request.get('environment', '?')}) {headline}. Agent {agent} acting for {human}. "
-            + (f"Risk: {named}. " if named else "") + f"Review: {page}")
+            f"({request.get('environment', '?')}) {headline}. {risk_text + ': ' if risk_text else ''}{what} "
+            f"Parameters: {shown_parameters}. Agent {agent} acting for {human}."
+            f"{' Denied because: ' + str(denied)[:300] + '.' if denied else ''} Review: {page}")
     facts = [
         ("Scope", f"{request.get('template', '?')} ({request.get('environment', '?')})"),
+        ("Risk", ", ".join(risks) or "none flagged"),
+        ("Parameters", shown_parameters),
         ("Agent", agent),
         ("Acts for", human),
         ("Reason", str(request.get("reason", ""))[:300]),
         ("Approvals", f"{request.get('approvals_counted', 0)} of {request.get('approvals_required', 0)}"),
         ("TTL", f"{request.get('ttl_seconds', '?')} s"),
     ]
+    if denied:
+        facts.append(("Denied because", str(denied)[:300]))
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Credential request {headline}*"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Credential request {headline}*\n"
+                                     f"{'*' + _plain(risk_text) + '* ' if risk_text else ''}{_plain(what)}"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_plain(v)}"} for k, v in facts]},
     ]
     if risk:
@@ -59,7 +86,9 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
     if page:
         blocks.append({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Open the request"}, "url": page}]})
-    return {"text": text, "blocks": blocks, "event": event, "request_id": request.get("id"),
+    return {"text": _plain(text), "blocks": blocks, "event": event, "request_id": request.get("id"),
+            "template": request.get("template"), "environment": request.get("environment"),
+            "headline": what, "risks": risks, "parameters": parameters,
             "risk": [{key: entry.get(key) for key in ("class", "title", "sentence", "actions")} for entry in risk]}
 
 

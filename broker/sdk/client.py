@@ -14,6 +14,7 @@ The client speaks only the HTTP API's JSON; it imports nothing of the server.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -31,6 +32,7 @@ import httpx
 
 from broker.sdk.errors import (ApprovalDenied, ApprovalTimeout, BrokerAPIError, BrokerUnreachable,
                                ConfigurationError, RequestExpired, error_from_response)
+from broker.sdk.waiting import WaitProgress
 
 log = logging.getLogger("broker.sdk")
 
@@ -141,6 +143,8 @@ class TokenSource:
         if len(given) > 1:
             raise ConfigurationError(None, "give one of token, token file or token command, not several")
         self._token, self._file, self._command = token, token_file, token_command
+        # The last tokens handed out (a file's or a command's change): what a caller must scrub from output.
+        self._recent: collections.deque[str] = collections.deque(maxlen=4)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "TokenSource":
@@ -156,6 +160,16 @@ class TokenSource:
         return bool(self._token or self._file or self._command)
 
     def token(self) -> str:
+        value = self._read()
+        if value not in self._recent:
+            self._recent.append(value)
+        return value
+
+    def recent(self) -> tuple[str, ...]:
+        """The tokens this source handed out lately (none before the first request): never to be shown."""
+        return tuple(self._recent)
+
+    def _read(self) -> str:
         if self._token:
             return self._token.strip()
         if self._file:
@@ -278,16 +292,25 @@ class BrokerClient:
         return PendingRequest.from_view(self._json("POST", f"/v1/requests/{request_id}/cancel"))
 
     def wait(self, request_id: str, *, timeout: float = 900.0, initial_delay: float = 1.0, max_delay: float = 15.0,
-             on_wait: Callable[[PendingRequest], None] | None = None) -> PendingRequest:
+             on_wait: Callable[[PendingRequest], None] | None = None,
+             on_progress: Callable[[str], None] | None = None) -> PendingRequest:
         """Wait until the request is approved (returns it; then ``redeem``), with exponential backoff.
 
-        Raises ``ApprovalDenied`` (denied, cancelled, failed), ``RequestExpired``, or ``ApprovalTimeout``
-        whose message says who must approve and where.  ``on_wait`` hears of every change.
+        Raises ``ApprovalDenied`` (denied, cancelled, failed; the message carries the denial's reason),
+        ``RequestExpired``, or ``ApprovalTimeout`` whose message says who must approve and where.
+        ``on_wait`` hears of every change.  Each co-signature is told as it arrives, with the time since
+        the request and the time left before it expires, then the outcome (``broker.sdk.waiting``): as a
+        warning of the ``broker.sdk`` logger (so on stderr by default) and to ``on_progress``.
         """
         deadline = self._monotonic() + max(0.0, timeout)
         delay, last_seen = max(0.05, initial_delay), None
+        progress = WaitProgress(request_id)
         while True:
             pending = self.get_request(request_id)
+            for line in progress.lines(pending.view, now=datetime.now(UTC)):
+                log.warning("%s", line)
+                if on_progress is not None:
+                    on_progress(line)
             if pending.status in ("approved", "issued"):
                 return pending
             refusal = FINAL_REFUSALS.get(pending.status)

@@ -146,12 +146,22 @@ class LogHeadRow(SQLModel, table=True):
 
 
 class CheckpointRow(SQLModel, table=True):
+    """One signed checkpoint, in the order they were signed (``position``, 1, 2, ...).
+
+    Insert-only: migration 0009's triggers refuse UPDATE and DELETE (and TRUNCATE), and nothing in
+    the broker issues them.  ``prev_checkpoint`` is the hash of the checkpoint before (NULL for
+    format-1 rows signed before 0009) and unique, so two checkpoints cannot name one predecessor.
+    """
+
     __tablename__ = "checkpoints"
-    seq: int = Field(primary_key=True)
+    position: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(index=True)
     head_hash: str = Field(max_length=64)
     time: str = Field(max_length=40)
     key_id: str = Field(max_length=32)
     signature: str = Field(max_length=200)
+    prev_checkpoint: str | None = Field(default=None, max_length=64, unique=True)
+    hash: str = Field(max_length=64, unique=True)
 
 
 class SettingRow(SQLModel, table=True):

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, update
+from sqlalchemy import Table, bindparam, cast, func, insert, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, SQLModel, col, select
@@ -41,6 +42,11 @@ _INTENTS: Table = MintIntentRow.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _LOG_HEAD: Table = LogHeadRow.__table__  # type: ignore[attr-defined]
 _SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
+_CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[attr-defined]
+# Reviewer query filters -> the entry field each matches (in the hashed body).
+EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "template", "type": "type",
+                       "request_id": "request_id", "access_key_id": "access_key_id", "actor": "actor",
+                       "grant_id": "grant_id"}
 
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
@@ -110,6 +116,10 @@ _ISSUANCE_COUNTS = core_select(
     .where(_REQUESTS.c.status == "issuing", _REQUESTS.c.requester == bindparam("agent"))
     .scalar_subquery()
 ).label("agent_live_grants"),
+    core_select(func.count()).select_from(_REQUESTS)
+    .where(_REQUESTS.c.requester == bindparam("agent"), _REQUESTS.c.status == "pending",
+           _REQUESTS.c.pending_expires_at > bindparam("now", type_=_REQUESTS.c.pending_expires_at.type))
+    .scalar_subquery().label("agent_pending_requests"),
 )
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
@@ -260,13 +270,22 @@ class Repository:
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      limit: int = 100) -> list[RequestRow]:
-        statement = select(RequestRow).order_by(col(RequestRow.created_at).desc()).limit(limit)
+                      limit: int = 100, offset: int = 0) -> list[RequestRow]:
+        """Newest first (ties by id, so pages never overlap)."""
+        statement = (select(RequestRow).order_by(col(RequestRow.created_at).desc(), col(RequestRow.id))
+                     .limit(limit).offset(offset))
         if statuses:
             statement = statement.where(col(RequestRow.status).in_(list(statuses)))
         if requester:
             statement = statement.where(RequestRow.requester == requester)
         return list(self.session.exec(statement))
+
+    def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]:
+        """How many requests in ``statuses`` each requester has, most first."""
+        n = func.count().label("n")
+        statement = (core_select(_REQUESTS.c.requester, n).where(_REQUESTS.c.status.in_(list(statuses)))
+                     .group_by(_REQUESTS.c.requester).order_by(n.desc(), _REQUESTS.c.requester))
+        return {requester: int(count) for requester, count in self._core.execute(statement)}
 
     def stale_requests(self, *, now: datetime) -> list[RequestRow]:
         pending = select(RequestRow).where(RequestRow.status == "pending", col(RequestRow.pending_expires_at) < now)
@@ -396,7 +415,8 @@ class Repository:
         return self._head
 
     def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:
-        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` at ``now``."""
+        """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` and
+        ``agent_pending_requests`` (still waiting for co-signers) at ``now``."""
         row = self._core.execute(_ISSUANCE_COUNTS, {"agent": agent, "template": template, "since": since,
                                                     "now": now}).one()
         return {name: int(value) for name, value in row._mapping.items()}
@@ -417,6 +437,13 @@ class Repository:
         return self._core.execute(
             core_select(func.min(_GRANTS.c.expiration))
             .where(_GRANTS.c.agent == agent, _GRANTS.c.expiration > now, _GRANTS.c.revoked_at.is_(None))
+        ).scalar_one_or_none()
+
+    def earliest_pending_expiry(self, *, requester: str, now: datetime) -> datetime | None:
+        return self._core.execute(
+            core_select(func.min(_REQUESTS.c.pending_expires_at))
+            .where(_REQUESTS.c.requester == requester, _REQUESTS.c.status == "pending",
+                   _REQUESTS.c.pending_expires_at > now)
         ).scalar_one_or_none()
 
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -451,30 +478,58 @@ class Repository:
 
     def query_events(self, *, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
                      since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
-        statement = select(EventRow).where(col(EventRow.seq) > after_seq).order_by(col(EventRow.seq)).limit(limit)
-        columns = {"agent": EventRow.actor, "human": EventRow.acts_for, "template": EventRow.template,
-                   "type": EventRow.type, "request_id": EventRow.request_id, "access_key_id": EventRow.access_key_id,
-                   "actor": EventRow.actor, "grant_id": EventRow.grant_id}
+        """Entries matching ``filters`` (EVENT_FILTER_FIELDS) and times, oldest first.
+
+        NOTE: every condition reads the stored body, the canonical JSON the hash covers, never the columns
+        copied from it for the issuance path: editing a column cannot hide an entry from a reviewer.  Log
+        times compare as strings (one fixed width format).
+        """
+        statement = (core_select(_EVENTS.c.body).where(_EVENTS.c.seq > after_seq).order_by(_EVENTS.c.seq)
+                     .limit(limit))
         for name, value in filters.items():
             if value is not None:
-                statement = statement.where(columns[name] == value)
+                statement = statement.where(self._body_field(EVENT_FILTER_FIELDS[name]) == value)
         if since is not None:
-            statement = statement.where(col(EventRow.time) >= since)
+            statement = statement.where(self._body_field("time") >= issuance_log.log_time(since))
         if until is not None:
-            statement = statement.where(col(EventRow.time) < until)
-        return [json.loads(row.body) for row in self.session.exec(statement)]
+            statement = statement.where(self._body_field("time") < issuance_log.log_time(until))
+        return [json.loads(row.body) for row in self._core.execute(statement)]
+
+    def _body_field(self, name: str) -> Any:
+        """A top-level string member of the stored entry body, as SQL."""
+        if self._postgres:
+            return func.jsonb_extract_path_text(cast(_EVENTS.c.body, JSONB), name)
+        return func.json_extract(_EVENTS.c.body, f"$.{name}")
 
     def add_checkpoint(self, checkpoint: issuance_log.Checkpoint) -> None:
-        self.session.merge(CheckpointRow(seq=checkpoint.seq, head_hash=checkpoint.head_hash, time=checkpoint.time,
-                                         key_id=checkpoint.key_id, signature=checkpoint.signature))
+        """Insert the next checkpoint (the caller holds the log's lock).  Never an overwrite: a row at
+        the same position, or a second successor of one checkpoint, fails the unit of work."""
+        latest = self._core.execute(core_select(func.max(_CHECKPOINTS.c.position))).scalar_one_or_none()
+        self._core.execute(insert(_CHECKPOINTS).values(
+            position=(latest or 0) + 1, seq=checkpoint.seq, head_hash=checkpoint.head_hash, time=checkpoint.time,
+            key_id=checkpoint.key_id, signature=checkpoint.signature,
+            prev_checkpoint=checkpoint.prev_checkpoint, hash=checkpoint.hash()))
 
     def latest_checkpoint(self) -> issuance_log.Checkpoint | None:
-        row = self.session.exec(select(CheckpointRow).order_by(col(CheckpointRow.seq).desc())).first()
-        if row is None:
-            return None
-        return issuance_log.Checkpoint(seq=row.seq, head_hash=row.head_hash, time=row.time, key_id=row.key_id,
-                                       signature=row.signature)
+        row = self._core.execute(core_select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.position.desc()).limit(1)).first()
+        return None if row is None else _checkpoint(row)
 
+    def checkpoints(self, *, from_seq: int = 0) -> list[issuance_log.Checkpoint]:
+        """The checkpoints signing seq ``from_seq`` or later, in the order they were signed."""
+        rows = self._core.execute(core_select(_CHECKPOINTS).where(_CHECKPOINTS.c.seq >= from_seq)
+                                  .order_by(_CHECKPOINTS.c.position))
+        return [_checkpoint(row) for row in rows]
+
+    def stored_entry_lines(self, *, from_seq: int) -> list[bytes]:
+        """The stored lines (canonical JSON, what was hashed) of every entry from ``from_seq`` on, by seq."""
+        rows = self._core.execute(core_select(_EVENTS.c.body).where(_EVENTS.c.seq >= from_seq)
+                                  .order_by(_EVENTS.c.seq))
+        return [row.body.encode("utf-8") for row in rows]
+
+
+def _checkpoint(row: Any) -> issuance_log.Checkpoint:
+    return issuance_log.Checkpoint(seq=row.seq, head_hash=row.head_hash, time=row.time, key_id=row.key_id,
+                                   signature=row.signature, prev_checkpoint=row.prev_checkpoint)
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -11,11 +13,14 @@ from typing import Any
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
-from broker.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
+from broker.errors import Forbidden, InvalidInput, NotFound
 from broker.ports import Clock
 from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
                              carried_refusals)
 from broker.storage.engine import Database
+from broker.usecases.checkpoints import Checkpointer
+
+log = logging.getLogger("broker.audit")
 
 EVENT_FILTERS = ("agent", "human", "template", "type", "request_id", "access_key_id", "grant_id")
 PAGE_MAX = 1000
@@ -59,11 +64,155 @@ def _reason(entry: Mapping[str, Any]) -> str:
     return code if isinstance(code, str) and code else UNATTRIBUTED
 
 
+def unverified_seqs(entries: list[dict[str, Any]]) -> list[int]:
+    """The seqs of entries whose stored body does not match its own hash (edited in the database)."""
+    bad = [entry.get("seq") for entry in entries if issuance_log.entry_hash(entry) != entry.get("hash")]
+    if bad:
+        log.warning("reviewer query: stored entries seq %s do not match their hashes", bad[:20])
+    return bad
+
+
+# Where a request's rows must agree with its log entries: row attribute -> entry field (of `issued`).
+_GRANT_FIELDS = {"id": "grant_id", "access_key_id": "access_key_id"}
+_REQUEST_FIELDS = {"template": "template", "template_digest": "template_digest", "policy_digest": "policy_digest",
+                   "requester": "actor"}
+
+
+def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[dict[str, Any]]) -> list[str]:
+    """What the database rows of one request say that its log entries do not (empty: they agree)."""
+    found = [f"entry seq {seq} does not match its hash" for seq in unverified_seqs(events)]
+    issued = next((entry for entry in events if entry.get("type") == "issued"), None)
+    if issued is not None:
+        for row, fields, what in ((grant, _GRANT_FIELDS, "grant"), (request, _REQUEST_FIELDS, "request")):
+            if row is None:
+                found.append(f"the {what} row of the issued entry (seq {issued['seq']}) is missing")
+                continue
+            found += [f"{what}.{attribute} is {getattr(row, attribute)!r}, the issued entry says {issued.get(field)!r}"
+                      for attribute, field in fields.items() if getattr(row, attribute) != issued.get(field)]
+    elif grant is not None:
+        found.append(f"grant {grant.id} has no issued entry in the log")
+    for decision, kind in (("approve", "cosigned"), ("deny", "denied")):
+        rows = sorted(a.approver for a in approvals if a.decision == decision)
+        logged = sorted(entry.get("actor") or "" for entry in events if entry.get("type") == kind)
+        if rows != logged:
+            found.append(f"approvals ({decision}) by {rows} in the database, {logged} in the log")
+    return found
+
+
+# Entries that move a request to a state; the last one in the range is where the request stands.
+REQUEST_STATES = ("pending", "approved", "denied", "expired", "cancelled", "redeeming", "issued", "failed")
+# Decisions (and refused decisions) a person other than the requester takes on a request.
+DECISIONS = ("cosigned", "denied", "refused")
+
+
+def _agent_row() -> dict[str, Any]:
+    return {"issued": 0, "refused": 0, "approvals": 0, "cosignatures": 0, "denied": 0, "pending": 0, "waits": []}
+
+
+class ReportTally:
+    """The report's figures over entries read oldest first; every request counts once in each figure."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(_agent_row)
+        self.approvers: dict[str, Counter[str]] = defaultdict(Counter)
+        self.refusers: dict[str, RefusalFigures] = defaultdict(RefusalFigures)
+        self.refusals: list[dict[str, Any]] = []
+        self.destructive: list[dict[str, Any]] = []
+        self.high_risk: list[dict[str, Any]] = []
+        self._opened: dict[str, datetime] = {}
+        self._approved: set[str] = set()
+        self._denied: set[str] = set()
+        self._state: dict[str, tuple[tuple[str, str], str]] = {}
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        kind = entry["type"]
+        if kind in ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY):
+            self.refusers[entry.get("actor") or "?"].add(entry)
+        if kind == SUPPRESSION_SUMMARY:
+            return  # a count only: no template, no request
+        details = entry.get("details") or {}
+        request_id = entry.get("request_id")
+        actor = entry.get("actor") or "?"
+        requester = details.get("requester") if request_id else None
+        # A request's entries belong to its agent, whoever wrote them; others belong to their actor.
+        key = (requester or actor, entry.get("template") or "?")
+        by_someone_else = requester is not None and actor != requester
+        if kind in ("refused", SUPPRESSION_STARTED):
+            self.refusals.append({"seq": entry["seq"], "time": entry["time"], "actor": entry.get("actor"),
+                                  "template": entry.get("template"), "reason_code": entry.get("reason_code"),
+                                  "type": kind})
+            if by_someone_else:
+                self.approvers[actor]["refused"] += 1  # a refused decision: the decider's, not the agent's
+            else:
+                self.rows[key]["refused"] += 1
+        elif kind == "cosigned":
+            self.rows[key]["cosignatures"] += 1
+            self.approvers[actor]["approved"] += 1
+        elif kind == "denied":
+            self.approvers[actor]["denied"] += 1
+            if request_id not in self._denied:
+                self._denied.add(request_id)
+                self.rows[key]["denied"] += 1
+        elif kind == "approved" and request_id not in self._approved:
+            self._approved.add(request_id)
+            self.rows[key]["approvals"] += 1
+            if request_id in self._opened:
+                self.rows[key]["waits"].append((_time(entry) - self._opened[request_id]).total_seconds())
+        elif kind == "issued":
+            self.rows[key]["issued"] += 1
+            self._note_risk(entry, details)
+        elif kind == "pending":
+            self._opened[request_id] = _time(entry)
+        if request_id and kind in REQUEST_STATES:
+            self._state[request_id] = (key, kind)
+
+    def _note_risk(self, entry: Mapping[str, Any], details: Mapping[str, Any]) -> None:
+        risks = [str(r) for r in details.get("risks") or [] if isinstance(r, str)]
+        environment = details.get("environment")
+        shown = {"seq": entry["seq"], "time": entry["time"], "template": entry.get("template"),
+                 "request_id": entry.get("request_id"), "actor": entry.get("actor"),
+                 "access_key_id": entry.get("access_key_id"), "risks": risks, "environment": environment}
+        if "destructive" in risks:
+            self.destructive.append(shown)
+        elif risks or environment == "production":
+            self.high_risk.append(shown)
+
+    def view(self) -> dict[str, Any]:
+        for key, state in self._state.values():
+            if state == "pending":
+                self.rows[key]["pending"] += 1
+        summary = []
+        for (agent, template), stats in sorted(self.rows.items()):
+            waits = stats.pop("waits")
+            summary.append({"agent": agent, "template": template, **stats,
+                            "median_time_to_approve_seconds": statistics.median(waits) if waits else None})
+        summary.sort(key=lambda r: (-r["refused"], -r["denied"], r["agent"], r["template"]))
+        by_principal = sorted((figures.view(refuser) for refuser, figures in self.refusers.items()),
+                              key=lambda r: (-r["suppressed"], -r["refused"], r["principal"]))
+        approvers = [{"approver": who, "approved": counts["approved"], "denied": counts["denied"],
+                      "refused": counts["refused"]} for who, counts in sorted(self.approvers.items())]
+        return {"refused_total": sum(r["refused"] for r in by_principal),
+                "suppressed_total": sum(r["suppressed"] for r in by_principal),
+                "refusals_by_principal": by_principal, "refusals": self.refusals,
+                "destructive_grants": self.destructive, "high_risk_grants": self.high_risk,
+                "approvers": approvers, "by_agent_and_template": summary}
+
+
+def _time(entry: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+
+
 @dataclass
 class AuditLog:
     database: Database
     signer: issuance_log.CheckpointSigner
     clock: Clock
+    # Signs checkpoints, only over a log that extends the last one (broker.usecases.checkpoints).
+    checkpointer: Checkpointer | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpointer is None:
+            self.checkpointer = Checkpointer(database=self.database, signer=self.signer, clock=self.clock)
 
     def query(self, *, principal: Principal, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
               since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
@@ -75,18 +224,14 @@ class AuditLog:
                                        until=until)
         more = len(events) > limit
         events = events[:limit]
-        return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None}
+        return {"events": events, "next_after_seq": events[-1]["seq"] if more and events else None,
+                "unverified_seqs": unverified_seqs(events)}
 
     def checkpoint(self) -> issuance_log.Checkpoint:
-        """Sign the current head (idempotent for an unchanged head).
-
-        Two replicas may sign the same head at once; the loser's insert conflicts, and the
-        second attempt finds the winner's checkpoint.
-        """
-        try:
-            return self._checkpoint_once()
-        except StorageUnavailable:
-            return self._checkpoint_once()
+        """Sign the current head (idempotent for an unchanged head); CheckpointRefused when the log does
+        not extend the last signed checkpoint."""
+        assert self.checkpointer is not None
+        return self.checkpointer.checkpoint()
 
     def latest_checkpoint(self, *, principal: Principal) -> issuance_log.Checkpoint:
         """The newest signed checkpoint, as stored (reading takes none)."""
@@ -97,64 +242,93 @@ class AuditLog:
             raise NotFound("no checkpoint has been signed yet", code="checkpoint_not_found")
         return latest
 
-    def _checkpoint_once(self) -> issuance_log.Checkpoint:
-        with self.database.transaction() as repo:
-            seq, head = repo.log_head()
-            latest = repo.latest_checkpoint()
-            if latest is not None and latest.seq == seq and latest.key_id == self.signer.key_id:
-                return latest
-            checkpoint = self.signer.sign(seq, head, issuance_log.log_time(self.clock.now()))
-            repo.add_checkpoint(checkpoint)
-            return checkpoint
-
     def export(self, *, principal: Principal, since: datetime | None = None) -> Iterator[bytes]:
-        """JSONL: entries (from ``since``) up to a fresh checkpoint, then the checkpoint line."""
+        """JSONL (docs/log-format.md, section 8): the entries (from ``since``) up to a fresh checkpoint, every
+        checkpoint after the entry it signs, then the signed export statement and the final checkpoint."""
         require_reviewer(principal)
-        checkpoint = self.checkpoint()
+        final = self.checkpoint()
+        entries = self._entries_up_to(final.seq, since=since)
+        first = next(entries, None)
+        first_seq = first["seq"] if first is not None else final.seq + 1
+        with self.database.transaction() as repo:
+            checkpoints = [c for c in repo.checkpoints(from_seq=first_seq if since is not None else 0)
+                           if c.seq <= final.seq]
+        # NOTE: the final checkpoint ends the export (after the statement) even if a replica has signed a newer one.
+        checkpoints = checkpoints[:checkpoints.index(final) + 1] if final in checkpoints else [*checkpoints, final]
+        statement = self.signer.sign_export(final, first_seq=first_seq,
+                                            since=issuance_log.log_time(since) if since is not None else None,
+                                            time=issuance_log.log_time(self.clock.now()))
+        all_entries = entries if first is None else itertools.chain([first], entries)
+        yield from issuance_log.chained_export_lines(all_entries, checkpoints, statement)
+
+    def _entries_up_to(self, last_seq: int, *, since: datetime | None) -> Iterator[dict[str, Any]]:
         after = 0
         while True:
             with self.database.transaction() as repo:
                 page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
-            page = [entry for entry in page if entry["seq"] <= checkpoint.seq]
-            for entry in page:
-                yield issuance_log.entry_line(entry) + b"\n"
+            page = [entry for entry in page if entry["seq"] <= last_seq]
+            yield from page
             if len(page) < PAGE_MAX:
                 break
             after = page[-1]["seq"]
-        yield issuance_log.canonical_json({issuance_log.CHECKPOINT_KEY: checkpoint.to_dict()}) + b"\n"
 
     def correlate(self, *, principal: Principal, access_key_id: str | None = None,
                   source_identity: str | None = None) -> dict[str, Any]:
-        """From what CloudTrail shows (access key id or SourceIdentity) to request, template and approvals."""
+        """From what CloudTrail shows (access key id or SourceIdentity) to request, template and approvals.
+
+        The log decides what matches an access key id: an ``issued`` entry naming it is found even if the
+        grant row was edited or removed.  (SourceIdentity is not in the entries: it is looked up in the grants.)
+        Each match says where the database rows disagree with the log's entries (``mismatches``).
+        """
         require_reviewer(principal)
         if not access_key_id and not source_identity:
             raise InvalidInput("give an access_key_id or a source_identity", code="missing_filter")
         with self.database.transaction() as repo:
             grants = repo.find_grants(access_key_id=access_key_id or None, source_identity=source_identity or None)
-            if not grants:
+            logged = (repo.query_events(filters={"type": "issued", "access_key_id": access_key_id}, limit=50)
+                      if access_key_id else [])
+            request_ids = list(dict.fromkeys([grant.request_id for grant in grants[-50:]]
+                                             + [entry["request_id"] for entry in logged if entry.get("request_id")]))
+            if not request_ids:
                 raise NotFound("no grant matches", code="grant_not_found")
-            results = []
-            for grant in grants[-50:]:
-                request = repo.get_request(grant.request_id)
-                results.append({
-                    "grant": {"id": grant.id, "access_key_id": grant.access_key_id, "role_arn": grant.role_arn,
-                              "source_identity": grant.source_identity, "session_name": grant.session_name,
-                              "issued_at": issuance_log.log_time(grant.issued_at),
-                              "expiration": issuance_log.log_time(grant.expiration),
-                              "revoked_at": grant.revoked_at and issuance_log.log_time(grant.revoked_at)},
-                    "request": None if request is None else {
-                        "id": request.id, "template": request.template, "template_digest": request.template_digest,
-                        "requester": request.requester, "acts_for": request.acts_for, "reason": request.reason,
-                        "policy_digest": request.policy_digest, "status": request.status},
-                    "approvals": [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
-                                   "at": issuance_log.log_time(a.created_at)}
-                                  for a in repo.approvals_for(grant.request_id)],
-                    "events": repo.query_events(filters={"request_id": grant.request_id}, limit=PAGE_MAX),
-                })
+            results = [self._match(repo, request_id) for request_id in request_ids[-50:]]
         return {"matches": results}
+
+    @staticmethod
+    def _match(repo: Any, request_id: str) -> dict[str, Any]:
+        grant, request = repo.grant_for_request(request_id), repo.get_request(request_id)
+        approvals = repo.approvals_for(request_id)
+        events = repo.query_events(filters={"request_id": request_id}, limit=PAGE_MAX)
+        mismatches = _disagreements(grant, request, approvals, events)
+        return {
+            "grant": None if grant is None else {
+                "id": grant.id, "access_key_id": grant.access_key_id, "role_arn": grant.role_arn,
+                "source_identity": grant.source_identity, "session_name": grant.session_name,
+                "issued_at": issuance_log.log_time(grant.issued_at),
+                "expiration": issuance_log.log_time(grant.expiration),
+                "revoked_at": grant.revoked_at and issuance_log.log_time(grant.revoked_at)},
+            "request": None if request is None else {
+                "id": request.id, "template": request.template, "template_digest": request.template_digest,
+                "requester": request.requester, "acts_for": request.acts_for, "reason": request.reason,
+                "policy_digest": request.policy_digest, "status": request.status},
+            "approvals": [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
+                           "at": issuance_log.log_time(a.created_at)} for a in approvals],
+            "events": events,
+            "log_agrees": not mismatches,
+            "mismatches": mismatches,
+        }
 
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.
+
+        Per agent and template (``by_agent_and_template``), each request counts once: ``pending``
+        is the requests still waiting for co-signers at the end of the range, ``approvals`` the
+        requests that were approved (however many co-signed), ``cosignatures`` the approvals given,
+        ``denied`` the denied requests.  Rows are the agents' (the requester of a request's
+        entries); approvers are counted as approvers in ``approvers`` (approvals given, denials,
+        refused decisions), never as agent rows.  ``destructive_grants`` lists the grants whose
+        ``issued`` entry declares the destructive risk, ``high_risk_grants`` the other risky ones
+        (permission-changing, or production).
 
         Refusals include the ones the refusal budget counted instead of logging (broker.usecases.refusal_budget):
         ``refused_total`` is every refusal, ``suppressed_total`` those without a ``refused`` entry of
@@ -166,62 +340,14 @@ class AuditLog:
         ``refusals_suppressed``): the budget does not record a suppressed refusal's template.
         """
         require_reviewer(principal)
-        rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-            lambda: {"issued": 0, "refused": 0, "approvals": 0, "denied": 0, "pending": 0, "waits": []})
-        opened: dict[str, datetime] = {}
-        refusals: list[dict[str, Any]] = []
-        refusers: dict[str, RefusalFigures] = defaultdict(RefusalFigures)
-        destructive: list[dict[str, Any]] = []
+        tally = ReportTally()
         after = 0
         while True:
             with self.database.transaction() as repo:
                 page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
             for entry in page:
-                kind = entry["type"]
-                if kind in ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY):
-                    refusers[entry.get("actor") or "?"].add(entry)
-                if kind == SUPPRESSION_SUMMARY:
-                    continue  # a count only: no template, no request
-                key = (entry.get("actor") if kind in ("requested", "refused", SUPPRESSION_STARTED, "issued", "pending")
-                       else (entry.get("details") or {}).get("requester") or entry.get("actor") or "?",
-                       entry.get("template") or "?")
-                stats = rows[key]
-                when = datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
-                if kind == "issued":
-                    stats["issued"] += 1
-                    if (entry.get("details") or {}).get("destructive"):
-                        destructive.append(entry)
-                elif kind in ("refused", SUPPRESSION_STARTED):
-                    stats["refused"] += 1
-                    refusals.append({"seq": entry["seq"], "time": entry["time"], "actor": entry.get("actor"),
-                                     "template": entry.get("template"), "reason_code": entry.get("reason_code"),
-                                     "type": kind})
-                elif kind == "pending":
-                    stats["pending"] += 1
-                    opened[entry["request_id"]] = when
-                elif kind == "cosigned":
-                    stats["approvals"] += 1
-                elif kind == "denied":
-                    stats["denied"] += 1
-                elif kind == "approved" and entry.get("request_id") in opened:
-                    stats["approvals"] += 1
-                    stats["waits"].append((when - opened[entry["request_id"]]).total_seconds())
+                tally.add(entry)
             if len(page) < PAGE_MAX:
                 break
             after = page[-1]["seq"]
-        summary = []
-        for (agent, template), stats in sorted(rows.items()):
-            waits = stats.pop("waits")
-            summary.append({"agent": agent, "template": template, **stats,
-                            "median_time_to_approve_seconds": statistics.median(waits) if waits else None})
-        summary.sort(key=lambda r: (-r["refused"], -r["denied"], r["agent"], r["template"]))
-        by_principal = sorted((figures.view(refuser) for refuser, figures in refusers.items()),
-                              key=lambda r: (-r["suppressed"], -r["refused"], r["principal"]))
-        return {"since": issuance_log.log_time(since),
-                "refused_total": sum(r["refused"] for r in by_principal),
-                "suppressed_total": sum(r["suppressed"] for r in by_principal),
-                "refusals_by_principal": by_principal, "refusals": refusals,
-                "destructive_grants": [{"seq": e["seq"], "time": e["time"], "template": e.get("template"),
-                                        "request_id": e.get("request_id"), "actor": e.get("actor"),
-                                        "access_key_id": e.get("access_key_id")} for e in destructive],
-                "by_agent_and_template": summary}
+        return {"since": issuance_log.log_time(since), **tally.view()}

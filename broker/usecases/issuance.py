@@ -51,6 +51,22 @@ IssuanceGate = Callable[[Repository, Principal, ScopeTemplate, datetime], None]
 ReleaseGate = Callable[[Repository, str], None]
 
 
+# The approvers' pending list: a page's default and largest size, and how deep it may page.
+PENDING_PAGE = 100
+PENDING_PAGE_MAX = 500
+PENDING_OFFSET_MAX = 100_000
+
+
+@dataclass(frozen=True)
+class DecisionOptions:
+    """What one person may still decide on one request (the approver page shows only these controls)."""
+
+    approve: bool
+    deny: bool
+    decided: Mapping[str, Any] | None = None    # their own decision, when they made one
+    why: str | None = None                      # why a control is missing, in words
+
+
 @dataclass
 class RequestOutcome:
     request: dict[str, Any]
@@ -75,6 +91,7 @@ class BrokerService:
     blast_radius: Callable[[ScopeTemplate, RenderedPolicy | None], dict[str, Any]] | None = None
     # How many refusals a minute of one principal are logged one by one (see broker.usecases.refusal_budget).
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
+    _risk_cache: dict[tuple[str, str], list[str]] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ request
     def request_credentials(self, *, principal: Principal, template_name: str, parameters: Mapping[str, Any] | None,
@@ -182,12 +199,12 @@ class BrokerService:
                          expiration=minted.expiration)
         try:
             try:
-                self._record_issued(row, grant, actor=actor)
+                self._record_issued(row, grant, actor=actor, risks=self.template_risks(template))
             except StorageDisconnected:
                 # NOTE: the connection died while STS minted (a database restart, a failover): once more, on a
                 # fresh connection, rather than throw away a session the caller is waiting for.
                 log.warning("database connection lost recording request %s; retrying once", row.id)
-                self._record_issued(row, grant, actor=actor, retry=True)
+                self._record_issued(row, grant, actor=actor, risks=self.template_risks(template), retry=True)
         except Unavailable:
             # NOTE: the credentials exist at AWS but are withheld; the open intent makes reconciliation log
             # and revoke them.  Nothing reaches the caller.  (Should the lost connection have hidden a COMMIT
@@ -204,7 +221,22 @@ class BrokerService:
         return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
 
-    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, retry: bool = False) -> None:
+    def template_risks(self, template: ScopeTemplate) -> list[str]:
+        """The risk classes a template's grants carry (the blast radius's, most dangerous first), once per version.
+
+        Written into each ``issued`` entry (``details.risks``), so the log itself says which grants were
+        destructive or risky, whatever the catalog holds later."""
+        key = (template.name, template.version_digest)
+        cached = self._risk_cache.get(key)
+        if cached is None:
+            cached = []
+            if self.blast_radius is not None:
+                cached = [str(finding["class"]) for finding in self.blast_radius(template, None).get("risk") or []]
+            self._risk_cache[key] = cached
+        return list(cached)
+
+    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, risks: Sequence[str],
+                       retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
         with self.database.transaction() as repo:
             repo.lock_log_head()  # first: a lockdown commits before this unit of work or after it
@@ -221,7 +253,8 @@ class BrokerService:
                 raise Conflict("the request changed while credentials were minted", code="request_changed")
             repo.append_event(self._event("issued", row, actor=actor, now=grant.issued_at,
                                           access_key_id=grant.access_key_id,
-                                          expiration=issuance_log.log_time(grant.expiration)))
+                                          expiration=issuance_log.log_time(grant.expiration),
+                                          details={"environment": row.environment, "risks": list(risks)}))
 
     def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError, session_may_exist: bool) -> None:
         now = self.clock.now()
@@ -482,14 +515,54 @@ class BrokerService:
         self._send(outbox)
         return view
 
-    def list_pending(self, *, principal: Principal) -> list[dict[str, Any]]:
+    def list_pending(self, *, principal: Principal, offset: int = 0, limit: int = PENDING_PAGE) -> dict[str, Any]:
+        """One page of the requests waiting for co-signers, newest first, with the totals: how many wait in
+        all (``total``) and per agent (``by_agent``, most first), and where the next page starts."""
         if not (principal.has_role(Role.APPROVER) or principal.has_role(Role.ADMIN)
                 or principal.has_role(Role.REVIEWER)):
             raise Forbidden("only approvers can list pending requests", code="not_an_approver")
+        if not 1 <= limit <= PENDING_PAGE_MAX:
+            raise InvalidInput(f"limit must be between 1 and {PENDING_PAGE_MAX}", code="invalid_limit", field="limit")
+        if not 0 <= offset <= PENDING_OFFSET_MAX:
+            raise InvalidInput(f"offset must be between 0 and {PENDING_OFFSET_MAX}", code="invalid_offset",
+                               field="offset")
         self.expire_stale()
-        with self.database.transaction() as repo:
-            rows = repo.list_requests(statuses=[RequestStatus.PENDING.value])
-            return [self.request_view(r, approvals=self._approval_list(repo, r.id)) for r in rows]
+        with self.database.read() as repo:
+            by_agent = repo.count_requests_by_requester(statuses=[RequestStatus.PENDING.value])
+            rows = repo.list_requests(statuses=[RequestStatus.PENDING.value], limit=limit, offset=offset)
+            views = [self.request_view(r, approvals=self._approval_list(repo, r.id)) for r in rows]
+        total = sum(by_agent.values())
+        following = offset + len(views)
+        return {"requests": views, "total": total, "offset": offset, "limit": limit,
+                "next_offset": following if following < total else None, "by_agent": by_agent}
+
+    def decision_options(self, *, principal: Principal, view: Mapping[str, Any]) -> DecisionOptions:
+        """What ``principal`` may still decide on the request ``view`` shows, by the same rules ``decide``
+        applies (its answer to an actual decision stays the authority)."""
+        decided = next((a for a in view.get("approvals") or [] if a.get("approver") == principal.id), None)
+        if view.get("status") != RequestStatus.PENDING.value or decided is not None:
+            return DecisionOptions(approve=False, deny=False, decided=decided)
+        try:
+            template = self.catalog.get(str(view["template"]))
+        except BrokerError:
+            return DecisionOptions(approve=False, deny=False, why="The scope template is no longer loaded.")
+        if template.version_digest != view.get("template_digest"):
+            return DecisionOptions(approve=False, deny=False, why="The scope template changed since the request "
+                                   "was made; the agent must make a new request.")
+        facts = PendingFacts(str(view["requester"]), view.get("acts_for"), str(view.get("binding_digest")))
+        refusals: dict[str, str] = {}
+        for choice, check in ((Decision.APPROVE, may_approve), (Decision.DENY, may_deny)):
+            try:
+                check(template.approval, facts, principal)
+            except Forbidden as exc:
+                refusals[choice.value] = exc.message
+        approve, deny = "approve" not in refusals, "deny" not in refusals
+        why = None
+        if not approve:
+            reason = refusals["approve"]
+            why = (f"You cannot approve: {reason} (two-person rule); you may deny it." if deny
+                   else f"You cannot decide on this request: {reason}.")
+        return DecisionOptions(approve=approve, deny=deny, why=why)
 
     def _visible_request(self, repo: Repository, principal: Principal, request_id: str, *,
                          for_update: bool = False) -> RequestRow:

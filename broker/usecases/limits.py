@@ -9,7 +9,10 @@ limits hold across broker replicas:
 * ``template_requests_per_minute``: requests for one template in the last 60 s, all agents
   together (``template_rate_limited``): this bounds what the broker as a whole can ask STS
   for, so no single agent exhausts the account's AssumeRole quota;
-* ``agent_max_live_grants``: unexpired, unrevoked grants an agent holds (``too_many_live_grants``).
+* ``agent_max_live_grants``: unexpired, unrevoked grants an agent holds (``too_many_live_grants``);
+* ``agent_max_pending_requests``: requests of an agent waiting for co-signers
+  (``too_many_pending_requests``), checked only for templates that need approval: no agent can bury
+  another's request in the approvers' list under a flood of its own.
 
 Refused requests are not stored, so they do not count: a flooding agent gets its quota and
 429s, never a lockout.  ``0`` disables a limit.  On PostgreSQL the gate first takes the lock
@@ -51,6 +54,8 @@ class Limit:
     counted: str  # a key of Repository.issuance_counts
     retry_after: Callable[[Repository, Principal, ScopeTemplate, datetime], int]
     message: str
+    # Which requests the limit binds (every one unless it says otherwise).
+    applies: Callable[[ScopeTemplate], bool] = lambda _template: True
 
 
 def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
@@ -67,6 +72,12 @@ def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
     return retry_after
 
 
+def _pending_retry(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
+    # A slot frees when the agent's oldest waiting request expires (sooner if it is decided or cancelled).
+    expiry = repo.earliest_pending_expiry(requester=principal.id, now=now)
+    return 1 if expiry is None else _seconds_until(expiry, now)
+
+
 def _grant_retry(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
     # NOTE: none expiring means the budget is taken by issuances in flight: they settle within seconds.
     expiry = repo.earliest_live_grant_expiry(agent=principal.id, now=now)
@@ -81,7 +92,7 @@ class RateLimitGate:
 
     @classmethod
     def from_settings(cls, *, agent_requests_per_minute: int, template_requests_per_minute: int,
-                      agent_max_live_grants: int) -> "RateLimitGate":
+                      agent_max_live_grants: int, agent_max_pending_requests: int = 0) -> "RateLimitGate":
         table = (
             Limit("rate_limited", agent_requests_per_minute, "agent_requests",
                   _window_retry(agent_requests_per_minute, by_template=False),
@@ -91,6 +102,9 @@ class RateLimitGate:
                   "this scope template was requested {count} times in the last minute (limit {maximum})"),
             Limit("too_many_live_grants", agent_max_live_grants, "agent_live_grants", _grant_retry,
                   "this agent holds {count} live grants (limit {maximum}); revoke or let some expire"),
+            Limit("too_many_pending_requests", agent_max_pending_requests, "agent_pending_requests", _pending_retry,
+                  "this agent has {count} requests waiting for co-signers (limit {maximum}); cancel some or wait "
+                  "for decisions", applies=lambda template: template.needs_approval),
         )
         for limit in table:
             if limit.maximum < 0:
@@ -112,6 +126,8 @@ class RateLimitGate:
         repo.lock_log_head()
         counts = repo.issuance_counts(agent=principal.id, template=template.name, since=now - WINDOW, now=now)
         for limit in self.limits:
+            if not limit.applies(template):
+                continue
             count = counts[limit.counted]
             if count >= limit.maximum:
                 retry = limit.retry_after(repo, principal, template, now)

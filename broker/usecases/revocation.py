@@ -471,7 +471,8 @@ def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSourc
                                     refusal_budget=refusal_budget or RefusalBudget.disabled())
     limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
                                          template_requests_per_minute=settings.template_requests_per_minute,
-                                         agent_max_live_grants=settings.agent_max_live_grants)
+                                         agent_max_live_grants=settings.agent_max_live_grants,
+                                         agent_max_pending_requests=settings.agent_max_pending_requests)
     return revocations, [revocations.lockdown_gate, limits], [revocations.lockdown_gate, limits.for_redemption()]
 
 

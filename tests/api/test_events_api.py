@@ -74,6 +74,11 @@ def page(broker, principal: str = "human:rita", **params):
     return response.json()
 
 
+def entry_lines(lines: list[bytes]) -> list[bytes]:
+    """An export's entry lines (not its checkpoints or its export statement)."""
+    return [raw for raw in lines if not raw.startswith((b'{"checkpoint":', b'{"export":'))]
+
+
 def export(broker) -> bytes:
     response = broker.get("/v1/events/export", "human:rita")
     assert response.status_code == 200, response.text
@@ -202,19 +207,20 @@ def test_export_verifies_offline_with_the_served_key(broker, tmp_path, capsys):
     run_traffic(broker)
     content = export(broker)
     lines = content.splitlines()
-    assert len(lines) == len(broker.events()) + 1
+    assert len(entry_lines(lines)) == len(broker.events())
+    assert lines[-2].startswith(b'{"export":') and lines[-1].startswith(b'{"checkpoint":')
     assert verify_file(tmp_path, broker, content) == 0
     assert "verified" in capsys.readouterr().out
     report = issuance_log.verify_export(lines, issuance_log.load_public_key(
         broker.client.get("/v1/events/public-key").content), require_genesis=True)
-    assert report.ok and report.entries == len(lines) - 1
+    assert report.ok and report.entries == len(entry_lines(lines)) and report.full
 
 
 @pytest.mark.parametrize("field_name", ["actor", "template", "access_key_id", "reason_code"])
 def test_an_edited_export_fails_naming_the_entry(broker, tmp_path, capsys, field_name):
     run_traffic(broker)
     lines = export(broker).splitlines()
-    victim = next(i for i, raw in enumerate(lines[:-1]) if json.loads(raw).get(field_name))
+    victim = next(i for i, raw in enumerate(lines[:-2]) if json.loads(raw).get(field_name))
     entry = json.loads(lines[victim])
     entry[field_name] = "tampered"
     lines[victim] = issuance_log.entry_line(entry)
@@ -239,7 +245,7 @@ def test_export_since_starts_mid_log_and_still_verifies(broker, tmp_path):
     response = broker.get("/v1/events/export", "human:rita", params={"since": "10m"})
     assert response.status_code == 200
     lines = response.content.splitlines()
-    assert [json.loads(raw)["type"] for raw in lines[:-1]] == ["requested", "issued"]
+    assert [json.loads(raw)["type"] for raw in entry_lines(lines)] == ["requested", "issued"]
     assert verify_file(tmp_path, broker, response.content) == 0
 
 

@@ -29,13 +29,13 @@ def test_pending_request_names_its_risk_and_the_webhook_carries_it(broker):
     assert view["risk"][0]["approvals"] == 1 and view["risk"][0]["capability"] == "production-traffic"
     body = webhook_body(event="pending", request=view)
     assert body["risk"] == [{k: view["risk"][0][k] for k in ("class", "title", "sentence", "actions")}]
-    assert "Risk: production traffic and availability." in body["text"]
+    assert "PRODUCTION TRAFFIC AND AVAILABILITY" in body["text"]
     assert any("PRODUCTION TRAFFIC AND AVAILABILITY" in b.get("text", {}).get("text", "") for b in body["blocks"])
 
 
 def test_webhook_without_risk_says_nothing_about_it():
     body = webhook_body(event="pending", request={"id": "r1", "links": {"page": "http://x/ui/requests/r1"}})
-    assert body["risk"] == [] and "Risk:" not in body["text"]
+    assert body["risk"] == [] and "PRODUCTION" not in body["text"]
 
 
 def test_webhook_risk_text_cannot_format_the_message():

@@ -2,7 +2,9 @@
 
 Run: ``python -m tests.bench.bench_log [COUNT]`` (default 1,000,000 entries).  Not a test:
 it prints figures.  Entries are realistic (uuids, times, parameters, approvals) and are
-streamed through a temporary export file, so memory stays flat.
+streamed through a temporary export file, so memory stays flat.  The export is format 2, as the
+broker writes it: a chained checkpoint every CHECKPOINT_EVERY entries (BROKER_CHECKPOINT_EVERY's
+default), the signed export statement and the final checkpoint; verify checks every one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from broker.domain import log
 
+CHECKPOINT_EVERY = 100
 TYPES = ("requested", "approved", "issued", "refused", "expired", "revoked")
 
 
@@ -45,7 +48,7 @@ def main(count: int) -> None:
     signer = log.CheckpointSigner(log.generate_signing_key())
     fd, path = tempfile.mkstemp(suffix=".jsonl")
     try:
-        prev_hash, size = log.GENESIS_HASH, 0
+        prev_hash, size, checkpoint = log.GENESIS_HASH, 0, None
         with os.fdopen(fd, "wb") as out:
             began, began_cpu = time.perf_counter(), time.process_time()
             for seq in range(1, count + 1):
@@ -53,17 +56,23 @@ def main(count: int) -> None:
                 line = log.entry_line(entry) + b"\n"
                 out.write(line)
                 prev_hash, size = entry["hash"], size + len(line)
+                if seq % CHECKPOINT_EVERY == 0 or seq == count:
+                    checkpoint = signer.sign(seq, prev_hash, log.log_time(datetime.now(UTC)),
+                                             prev_checkpoint=checkpoint.hash() if checkpoint else log.GENESIS_HASH)
+                    if seq != count:
+                        out.write(log.checkpoint_line(checkpoint))
             sealed, sealed_cpu = time.perf_counter() - began, time.process_time() - began_cpu
-            checkpoint = signer.sign(count, prev_hash, log.log_time(datetime.now(UTC)))
-            out.write(log.canonical_json({"checkpoint": checkpoint.to_dict()}) + b"\n")
+            statement = signer.sign_export(checkpoint, first_seq=1, since=None, time=checkpoint.time)
+            out.write(log.statement_line(statement) + log.checkpoint_line(checkpoint))
         print(f"entries: {count:,}  (avg line {size / count:.0f} bytes, file {size / 1e6:.0f} MB)")
-        print(f"seal + serialize: {count / sealed:,.0f} entries/s wall ({sealed:.1f} s), "
+        print(f"seal + serialize + sign: {count / sealed:,.0f} entries/s wall ({sealed:.1f} s), "
               f"{count / sealed_cpu:,.0f} entries/s CPU ({sealed_cpu:.1f} s)")
         with open(path, "rb") as export:
             began, began_cpu = time.perf_counter(), time.process_time()
             report = log.verify_export(export, signer.public_key)
             verified, verified_cpu = time.perf_counter() - began, time.process_time() - began_cpu
-        assert report.ok and report.entries == count, report
+        assert report.ok and report.entries == count and report.full, report
+        print(f"checkpoints: {report.checkpoints:,} (one every {CHECKPOINT_EVERY} entries), all verified")
         print(f"verify export:    {count / verified:,.0f} entries/s wall ({verified:.1f} s), "
               f"{count / verified_cpu:,.0f} entries/s CPU ({verified_cpu:.1f} s)")
         print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "

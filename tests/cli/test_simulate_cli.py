@@ -200,3 +200,20 @@ def test_context_given_overrides_what_the_grant_fills_in(capsys, tmp_path, two_g
     code, out, _ = run(capsys, "--grant", revoked.grant_id, *base, "--context",
                        "aws:PrincipalTag/broker-grant-id=someone-else")
     assert code == 1 and "BrokerRevokedSessions" in out
+
+
+def test_the_role_id_makes_aws_userid_exact(capsys, tmp_path, two_grants):
+    broker, revoked, live = two_grants
+    log, roles = export_log(broker, tmp_path), role_policies(broker, tmp_path)
+    base = ["--scopes", TEST_SCOPES, "--action", "s3:GetObject", "--resource", OBJECT, "--log", log, *roles,
+            "--format", "json"]
+    code, out, _ = run(capsys, "--grant", live.grant_id, *base, "--role-id", "AROAEXAMPLE123456789")
+    assert code == 0 and json.loads(out)["grant"]["context"]["aws:userid"] == f"AROAEXAMPLE123456789:{live.session_name}"
+    # a role policy that names the role id decides only when it is known
+    pinned = write(tmp_path, "pinned.json", {"Version": "2012-10-17", "Statement": [
+        {"Sid": "OnlyThisRoleId", "Effect": "Deny", "Action": "*", "Resource": "*",
+         "Condition": {"StringNotLike": {"aws:userid": "AROAEXAMPLE123456789:*"}}}]})
+    assert run(capsys, "--grant", live.grant_id, *base, "--role-policy", pinned)[0] == 3
+    assert run(capsys, "--grant", live.grant_id, *base, "--role-policy", pinned, "--role-id",
+               "AROAEXAMPLE123456789")[0] == 0
+    assert run(capsys, "--grant", live.grant_id, *base, "--role-policy", pinned, "--role-id", "AROAOTHER")[0] == 1

@@ -102,3 +102,50 @@ def test_wildcard_actions_are_expanded_and_ordered_by_danger(actions):
 ])
 def test_resources_in_plain_words(arn, words):
     assert describe_resource(arn) == words
+
+
+def _template(actions_: list[str], resources: list[str], **extra):
+    return template_from_mapping({
+        "name": "h", "description": "d", "environment": extra.pop("environment", "dev"),
+        "role": "arn:aws:iam::1:role/broker-target-h",
+        "statements": [{"actions": actions_, "resources": resources}], "requesters": ["agent:*"],
+        "approval": {"approvals": 1, "approvers": ["group:sre"]}, **extra}, source="h.yaml")
+
+
+@pytest.mark.parametrize(("name", "params", "danger", "headline"), [
+    ("prod-stack-recreate", {"stack_name": "cost-explorer-api"}, "destructive",
+     "Can delete stack on CloudFormation stack cost-explorer-api in production, plus 2 other actions."),
+    ("ecs-update-service-prod", {"cluster": "prod", "service": "api"}, "production-traffic",
+     "Can update service on ECS service api in cluster prod in production, plus 1 other action."),
+    ("s3-read-prefix", {"prefix": "invoices/2024"}, "read-only",
+     "Can get object on objects under s3://broker-demo-bucket/invoices/2024/ in dev, plus 1 other action."),
+])
+def test_the_headline_names_the_most_dangerous_grant_and_its_target(catalog, actions, name, params, danger,
+                                                                     headline):
+    radius = concrete(catalog, actions, name, **params)
+    assert radius.danger == danger
+    assert radius.headline() == headline
+    assert radius.to_dict()["headline"] == headline and radius.to_dict()["danger"] == danger
+
+
+def test_the_headline_puts_a_permission_change_before_writes_and_counts_extra_targets(actions):
+    roles = [f"arn:aws:iam::1:role/broker-target-r{i}" for i in range(4)]
+    radius = assess(_template(["iam:PutRolePolicy", "s3:PutObject"], roles,
+                              capabilities=["permissions-management"]), actions=actions)
+    assert radius.danger == "permission-changing"
+    assert radius.headline() == ("Can put role policy on IAM role broker-target-r0; IAM role broker-target-r1 "
+                                 "and 2 more in dev, plus 1 other action.")
+
+
+def test_the_headline_of_a_conditional_grant_says_when(catalog, actions):
+    template = _template(["s3:ListBucket"], ["arn:aws:s3:::b"])
+    conditional = template.model_copy(update={"statements": [template.statements[0].model_copy(
+        update={"conditions": {"StringLike": {"s3:prefix": ["p/*"]}}})]})
+    assert assess(conditional, actions=actions).headline() == \
+        "Can list bucket on bucket s3://b in dev only when s3:prefix StringLike p/*."
+
+
+def test_a_headline_with_nothing_known_says_so(actions):
+    radius = assess(_template(["s3:NoSuchAction"], ["*"]), actions=actions)
+    assert radius.danger == "none"
+    assert radius.headline().startswith("These credentials grant no action the broker knows")

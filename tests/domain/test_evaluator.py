@@ -245,6 +245,8 @@ CONDITION_CASES = [
     ("NumericLessThan", "s3:max-keys", "0.3", {"s3:max-keys": "0.1"}, T),
     ("NumericEquals", "s3:max-keys", "0.3", {"s3:max-keys": ".3"}, T),
     ("NumericEquals", "s3:max-keys", "NaN", {"s3:max-keys": "NaN"}, U),              # not an IAM number
+    ("NumericLessThan", "aws:MultiFactorAuthAge", "3600", {"aws:MultiFactorAuthAge": 60}, T),   # a number given
+    ("Bool", "aws:SecureTransport", "true", {"aws:SecureTransport": True}, T),                  # a boolean given
     ("NumericEquals", "s3:max-keys", "1_0", {"s3:max-keys": "10"}, U),
     ("NumericEquals", "s3:max-keys", "1e1", {"s3:max-keys": "10"}, U),
     # Date (ISO 8601 and epoch seconds)

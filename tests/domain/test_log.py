@@ -273,7 +273,7 @@ def test_intact_export_verifies():
     report = verify(standard_export())
     assert report == log.VerificationReport(
         ok=True, entries=SIZE, checkpoint_seq=SIZE, first_bad_seq=None, line=None, problem="",
-        message=report.message, first_seq=1, starts_mid_log=False)
+        message=report.message, first_seq=1, starts_mid_log=False, checkpoints=1)
     assert "taken as given" not in report.message
 
 

@@ -74,6 +74,45 @@ def test_body_is_slack_compatible_with_a_link_to_the_page(event):
     assert "agent:demo" in body["text"] and "human:alice" in body["text"]
 
 
+DESTRUCTIVE = {**VIEW, "template": "prod-stack-recreate", "parameters": {"stack_name": "cost-explorer-api",
+                                                                    "account": "123456789012"},
+               "blast_radius": {"risk": [{"class": "destructive", "title": "destruction"}],
+                                "headline": "Can delete stack on CloudFormation stack cost-explorer-api in "
+                                            "production, plus 2 other actions."}}
+
+
+def test_the_message_says_what_the_credentials_can_do_with_the_risk_and_the_parameters():
+    body = webhook_body(event="pending", request=DESTRUCTIVE)
+    headline = DESTRUCTIVE["blast_radius"]["headline"]
+    assert (f"needs co-signing. DESTRUCTION: {headline} Parameters: account=123456789012, "
+            "stack_name=cost-explorer-api.") in body["text"]
+    assert body["headline"] == headline and body["risks"] == ["destruction"]
+    assert body["parameters"] == {"account": "123456789012", "stack_name": "cost-explorer-api"}
+    assert f"*DESTRUCTION* {headline}" in body["blocks"][0]["text"]["text"]
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n", 1)[1] for f in body["blocks"][1]["fields"]}
+    assert fields["*Risk*"] == "destruction"
+    assert fields["*Parameters*"] == "account=123456789012, stack_name=cost-explorer-api"
+    # Approving stays on the page: the only action is a link.
+    assert [e["type"] for e in body["blocks"][-1]["elements"]] == ["button"] and "url" in body["blocks"][-1]["elements"][0]
+
+
+def test_every_risk_class_most_dangerous_first_and_unknown_reach_is_said():
+    classes = [{"class": "permission-changing", "title": "permission changes and privilege escalation"},
+               {"class": "destructive", "title": "destruction"}]
+    body = webhook_body(event="pending", request={**DESTRUCTIVE, "blast_radius": {
+        **DESTRUCTIVE["blast_radius"], "risk": classes}})
+    assert body["risks"] == ["permission changes and privilege escalation", "destruction"]
+    bare = webhook_body(event="pending", request=VIEW)
+    assert bare["risks"] == [] and "not known: read the request page" in bare["text"]
+
+
+def test_a_denial_carries_its_reason():
+    body = webhook_body(event="denied", request={**DESTRUCTIVE, "status": "denied",
+                                                 "decided_reason": "wrong stack <@U1>"})
+    assert "Denied because: wrong stack &lt;@U1&gt;." in body["text"]
+    assert "<@U1>" not in json.dumps(body)
+
+
 def test_notifications_reach_the_webhook(webhook):
     notifier = WebhookNotifier(webhook.url)
     for event in ("pending", "approved", "denied", "expired", "cosigned"):
@@ -140,6 +179,13 @@ def test_broker_notifies_on_pending_and_approved_and_survives_a_dead_webhook(mot
         assert notifier.flush(5)
         assert [b["event"] for b in webhook.received] == ["pending", "approved"]
         assert f"https://broker.example/ui/requests/{rid}" in webhook.received[0]["text"]
+        # The real request's blast radius: its headline, parameters and risk travel with the message.
+        pending = webhook.received[0]
+        assert pending["headline"] == ("Can update service on ECS service checkout in cluster prod in production, "
+                                       "plus 1 other action.")
+        assert pending["headline"] in pending["text"] and "service=checkout" in pending["text"]
+        assert pending["parameters"]["service"] == "checkout"
+        assert pending["risks"] == ["production traffic and availability"]
         # Requests' secrets never travel to the webhook.
         assert all("secret" not in json.dumps(b).lower() for b in webhook.received)
 

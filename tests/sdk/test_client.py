@@ -87,21 +87,30 @@ def test_wait_returns_when_two_approvers_cosign_then_redeem(live_broker):
 
         worker = threading.Thread(target=cosign)
         worker.start()
-        approved = agent.wait(pending.id, timeout=30, initial_delay=0.05, max_delay=0.2, on_wait=seen.append)
+        told: list[str] = []
+        approved = agent.wait(pending.id, timeout=30, initial_delay=0.05, max_delay=0.2, on_wait=seen.append,
+                              on_progress=told.append)
         worker.join()
         assert approved.status == "approved" and approved.approvals_counted == 2
         issued = agent.redeem(pending.id)
     assert issued.is_production and issued.request_id == pending.id
     assert seen and all(s.status == "pending" for s in seen)
+    # Each co-signature once, in order, then the outcome.
+    cosigned = [line for line in told if " approved (" in line and "human:" in line]
+    assert [line.split(": ", 1)[1].split(" approved")[0] for line in cosigned] == ["human:bob", "human:carol"]
+    assert "(1 of 2)" in cosigned[0] and "(2 of 2)" in cosigned[1] and "after the request" in cosigned[0]
+    assert told[-1].startswith(f"request {pending.id}: approved (2 of 2)")
 
 
 def test_wait_on_a_denied_request_raises_approval_denied(live_broker):
     with live_broker.client() as agent, live_broker.client("human:bob") as bob:
         pending = agent.request("test-prod-ecs", {"service": "checkout"}, reason=REASON)
         bob.decide(pending.id, "deny", "absolutely not")
+        told: list[str] = []
         with pytest.raises(ApprovalDenied) as caught:
-            agent.wait(pending.id, timeout=5, initial_delay=0.05)
+            agent.wait(pending.id, timeout=5, initial_delay=0.05, on_progress=told.append)
     assert "absolutely not" in caught.value.message
+    assert told == [f"request {pending.id}: denied by human:bob 0s after the request: absolutely not"]
 
 
 class FakeTime:

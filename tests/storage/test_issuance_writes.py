@@ -132,9 +132,10 @@ def test_plain_values_call_default_factories_per_row():
 
 
 def _add_request(database: Database, request_id: str, *, requester: str, template: str, created_at: datetime,
-                 status: str = "issued") -> None:
+                 status: str = "issued", pending_expires_at: datetime | None = None) -> None:
     row = _request(request_id, "g-" + request_id)
     row.requester, row.template, row.created_at, row.status = requester, template, created_at, status
+    row.pending_expires_at = pending_expires_at
     with database.transaction() as repo:
         repo.add_request(row)
 
@@ -165,11 +166,21 @@ def test_issuance_counts_count_what_each_limit_bounds(database):
     _add_grant(database, "g2", agent="agent:a", expiration=NOW)
     _add_grant(database, "g3", agent="agent:a", expiration=NOW + timedelta(seconds=900), revoked=True)
     _add_grant(database, "g4", agent="agent:b", expiration=NOW + timedelta(seconds=900))
+    # Waiting for co-signers: until their wait ends (an expired one not yet swept does not count).
+    old = since - timedelta(hours=2)
+    _add_request(database, "q8", requester="agent:a", template="p", created_at=old, status="pending",
+                 pending_expires_at=NOW + timedelta(seconds=1))
+    _add_request(database, "q9", requester="agent:a", template="p", created_at=old, status="pending",
+                 pending_expires_at=NOW)
+    _add_request(database, "q10", requester="agent:b", template="p", created_at=old, status="pending",
+                 pending_expires_at=NOW + timedelta(seconds=60))
     with database.transaction() as repo:
         assert repo.issuance_counts(agent="agent:a", template="t", since=since, now=NOW) == {
-            "agent_requests": 3, "template_requests": 3, "agent_live_grants": 2}
+            "agent_requests": 3, "template_requests": 3, "agent_live_grants": 2, "agent_pending_requests": 1}
         assert repo.issuance_counts(agent="agent:c", template="none", since=since, now=NOW) == {
-            "agent_requests": 0, "template_requests": 0, "agent_live_grants": 0}
+            "agent_requests": 0, "template_requests": 0, "agent_live_grants": 0, "agent_pending_requests": 0}
+        assert repo.earliest_pending_expiry(requester="agent:a", now=NOW) == NOW + timedelta(seconds=1)
+        assert repo.count_requests_by_requester(statuses=["pending"]) == {"agent:a": 2, "agent:b": 1}
 
 
 def test_the_log_head_a_unit_of_work_holds_advances_with_each_append(database):

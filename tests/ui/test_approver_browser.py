@@ -6,38 +6,18 @@ request (blast radius, exact policy, TTL) and approve it with a reason; the agen
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, TEST_SCOPES, build_harness
+from tests.conftest import TEST_SCOPES, build_harness
 from tests.live_server import serve
+from tests.ui.conftest import Approver
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
-CHROMIUM = os.environ.get("BROKER_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path("/tmp/broker-approver-request.png")
 PROD = {"template": "test-prod-ecs", "parameters": {"service": "checkout"},
         "reason": "roll out checkout 1.2.3 <b>now</b>"}
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not Path(CHROMIUM).exists():
-        message = f"chromium is required for the browser tests and is missing at {CHROMIUM}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -47,48 +27,6 @@ def site(moto_server, tmp_path):
     with serve(harness.client.app) as server:
         yield harness, server
     harness.container.database.engine.dispose()
-
-
-class Approver:
-    """One person's browser context; records every page's HTML for the no-secrets check."""
-
-    def __init__(self, browser, base_url: str, key: str) -> None:
-        self.context = browser.new_context(base_url=base_url)
-        self.page = self.context.new_page()
-        self.key = key
-        self.seen_html: list[str] = []
-
-    def goto(self, path: str) -> None:
-        self.page.goto(path)
-        self.record()
-
-    def record(self) -> None:
-        self.seen_html.append(self.page.content())
-
-    def sign_in(self, next_path: str = "/ui/requests") -> None:
-        self.goto(next_path)
-        assert "/ui/sign-in" in self.page.url  # not signed in yet: sent to the sign-in page
-        self.page.fill("#key", self.key)
-        with self.page.expect_navigation():
-            self.page.click("main button[type=submit]")
-        self.record()
-        assert self.page.url.endswith(next_path), self.page.inner_text("main")
-
-    def decide(self, request_id: str, decision: str, reason: str) -> None:
-        self.goto(f"/ui/requests/{request_id}")
-        self.page.fill("#decision-reason", reason)
-        with self.page.expect_navigation():
-            self.page.click(f"#{decision}")
-        self.record()
-
-    def sign_out(self) -> None:
-        with self.page.expect_navigation():
-            self.page.click("header form.signout button")
-        self.record()
-        assert "/ui/sign-in" in self.page.url
-
-    def close(self) -> None:
-        self.context.close()
 
 
 def test_two_approvers_approve_in_the_browser_and_the_agent_redeems(chromium, site):
@@ -123,8 +61,7 @@ def test_two_approvers_approve_in_the_browser_and_the_agent_redeems(chromium, si
 
         assert json.loads(page.inner_text("#policy")) == api_view["policy"]
         assert page.inner_text("#binding") == api_view["binding_digest"]
-        page.set_viewport_size({"width": 1200, "height": 1800})
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        bob.screenshot("request-test-prod-ecs-full", full_page=True)
 
         bob.decide(rid, "approve", "change ticket CHG-7 checked")
         assert "Your approval was recorded." in bob.page.inner_text("main")
@@ -132,11 +69,19 @@ def test_two_approvers_approve_in_the_browser_and_the_agent_redeems(chromium, si
         assert bob.page.inner_text("#counted") == "1"
         assert "change ticket CHG-7 checked" in bob.page.inner_text("#approvals")
 
-        # Alice is the human the agent acts for: the page says so and the broker refuses her approval.
+        # Bob has decided: no controls are offered to him any more.
+        assert bob.page.locator("#approve, #deny, #decision-reason").count() == 0
+        assert "You approved this request" in bob.page.inner_text("#decision")
+
+        # Alice is the human the agent acts for: the page offers her no Approve (she may still veto), and
+        # the broker refuses her approval when posted anyway.
         alice.sign_in(f"/ui/requests/{rid}")
-        assert "you cannot approve it" in alice.page.inner_text("main")
-        alice.decide(rid, "approve", "it is mine")
-        assert "approver_is_principal_human" in alice.page.inner_text(".error")
+        assert "You cannot approve" in alice.page.inner_text("#decision")
+        assert alice.page.locator("#approve").count() == 0 and alice.page.locator("#deny").count() == 1
+        token = alice.page.locator("form input[name=csrf_token]").first.get_attribute("value")
+        refused = alice.context.request.post(f"/ui/requests/{rid}/decision", max_redirects=0,
+                                             form={"decision": "approve", "reason": "it is mine", "csrf_token": token})
+        assert refused.status == 403 and "approver_is_principal_human" in refused.text()
         assert harness.get(f"/v1/requests/{rid}", "human:bob").json()["approvals_counted"] == 1
 
         # Carol approves too: the request is approved.

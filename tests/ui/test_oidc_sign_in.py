@@ -538,7 +538,6 @@ def test_concurrent_callbacks_with_one_state_consume_it_once(idp, db_url, moto_s
 
 # --- a real browser ----------------------------------------------------------------------------
 
-from tests.ui.test_approver_browser import chromium  # noqa: E402,F401 - the module-scoped browser fixture
 
 
 @pytest.mark.browser

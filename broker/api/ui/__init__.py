@@ -8,7 +8,9 @@ token; every page is sent with a strict Content-Security-Policy and ``no-store``
 
 from broker.api.ui.oidc import router as oidc_router
 from broker.api.ui.pages import router
+from broker.api.ui.review import router as review_router
 
 router.include_router(oidc_router)  # OIDC sign-in: /ui/login/oidc, /ui/oidc/callback
+router.include_router(review_router)  # the reviewers' dashboard: /ui/review
 
 __all__ = ["router"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+from datetime import UTC, datetime
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi.responses import Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from broker.api.deps import Container, ContainerDep, client_ip
+from broker.api.ui import time_words
 from broker.api.ui.security import (SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, clear_cookie, html, new_csrf_token,
                                     redirect, safe_next, secured, set_cookie, uses_https)
 from broker.domain.principals import Principal, Role
@@ -32,14 +34,20 @@ STYLESHEET = (HERE / "static" / "ui.css").read_bytes()
 # Who may use the pages: humans with one of these roles (agents never).
 PAGE_ROLES = (Role.APPROVER, Role.REVIEWER, Role.ADMIN)
 MAX_FORM_FIELD = 4000
+# Requests on one page of the pending list.
+LIST_PAGE = 25
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def render(name: str, *, status_code: int = 200, **context: Any) -> Response:
-    return html(TEMPLATES.get_template(name).render(**context), status_code=status_code)
+def render(name: str, *, status_code: int = 200, now: datetime | None = None, **context: Any) -> Response:
+    """A page; times in it read relative to ``now`` (the broker's clock), the exact time on hover."""
+    moment_now = now or datetime.now(UTC)
+    return html(TEMPLATES.get_template(name).render(moment=lambda text: time_words.moment(text, moment_now),
+                                                    span=time_words.span, **context),
+                status_code=status_code)
 
 
 def key_sign_in_enabled(container: Container) -> bool:
@@ -117,10 +125,10 @@ def request_page(container: Container, session: UiSession, principal: Principal,
         view = container.service.get_request(principal=principal, request_id=request_id)
     except BrokerError as exc:
         return error_page(exc, session, principal)
-    own = principal.id in (view["requester"], view.get("acts_for"))
-    return render("request.html", status_code=error.status if error else 200, view=view, principal=principal,
-                  csrf_token=session.csrf_token, error=error, notice=notice, own=own,
-                  policy_text=json.dumps(view["policy"], indent=2, sort_keys=True),
+    options = container.service.decision_options(principal=principal, view=view)
+    return render("request.html", status_code=error.status if error else 200, now=container.clock.now(),
+                  view=view, principal=principal, csrf_token=session.csrf_token, error=error, notice=notice,
+                  options=options, policy_text=json.dumps(view["policy"], indent=2, sort_keys=True),
                   blast=view.get("blast_radius") or {})
 
 
@@ -203,16 +211,20 @@ async def sign_out(request: Request, container: ContainerDep) -> Response:
 
 
 @router.get("/requests")
-def pending(request: Request, container: ContainerDep) -> Response:
+def pending(request: Request, container: ContainerDep, page: str = "1") -> Response:
     resolved = current_session(request, container)
     if resolved is None:
         return to_sign_in("/ui/requests")
     session, principal = resolved
+    number = int(page) if page.isdigit() and 0 < len(page) <= 6 else 1
     try:
-        requests = container.service.list_pending(principal=principal)
+        listing = container.service.list_pending(principal=principal, offset=(max(1, number) - 1) * LIST_PAGE,
+                                                 limit=LIST_PAGE)
     except BrokerError as exc:
         return error_page(exc, session, principal)
-    return render("pending.html", requests=requests, principal=principal, csrf_token=session.csrf_token)
+    pages = max(1, -(-listing["total"] // LIST_PAGE))
+    return render("pending.html", now=container.clock.now(), listing=listing, page=max(1, number), pages=pages,
+                  principal=principal, csrf_token=session.csrf_token)
 
 
 @router.get("/requests/{request_id}")

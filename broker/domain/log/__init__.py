@@ -1,60 +1,46 @@
-"""The issuance log: canonical entries, a hash chain, signed checkpoints, export verification.
+"""The issuance log: canonical entries, a hash chain, chained signed checkpoints, exports.
 
 Every event the broker records (a request, a refusal, an approval, an issue, a revocation...)
 is one *entry*: a flat JSON object (see :data:`ENTRY_FIELDS`) that never holds a secret.
-Entries form a hash chain; a signed *checkpoint* commits to the head of the chain, so anyone
-holding the broker's public key can check an export offline (``broker audit verify``).
+Entries form a hash chain (:mod:`.chain`); a signed *checkpoint* commits to the head of the chain
+and names the checkpoint before it (:mod:`.checkpoints`), so anyone holding the broker's public
+key can check an export offline (:mod:`.export`, ``broker audit verify``).
 
-Canonical serialization (the bytes that are hashed, and the bytes of an export line)
-------------------------------------------------------------------------------------
-``canonical_json(obj)`` is ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
-ensure_ascii=False, allow_nan=False)`` encoded as UTF-8:
+The format, byte by byte, with test vectors, is ``docs/log-format.md``: it is the reference, and
+``tests/conformance/`` checks it with a verifier written from that document alone.
 
-* object keys sorted by code point, no whitespace anywhere, non-ASCII characters written
-  as themselves (UTF-8), control characters and ``"``/``\\`` escaped the way Python's
-  :mod:`json` does;
-* NaN and Infinity are refused; floats are written with Python's shortest round-trip
-  ``repr`` (entries should not need floats: times are strings, counts are integers).
-
-Hash chain
-----------
-``entry_hash(entry) = sha256(ENTRY_PREFIX || canonical_json(entry without "hash")).hexdigest()``.
-The hashed object includes ``seq`` and ``prev_hash``; the first entry (``seq`` 1) has
-``prev_hash == GENESIS_HASH``.  Each later entry's ``prev_hash`` is the ``hash`` of the entry
-before it, and ``seq`` is gapless from 1.
-
-Checkpoints
------------
-A checkpoint is ``{seq, head_hash, time, key_id}`` signed with Ed25519 over
-``CHECKPOINT_PREFIX || canonical_json({seq, head_hash, time, key_id})``.  ``key_id`` is the
-first 16 hex characters of sha256 of the raw 32-byte public key.  An empty log's checkpoint
-is ``seq 0`` with ``head_hash == GENESIS_HASH``.
-
-Export format (JSONL)
----------------------
-One entry per line, each line exactly ``canonical_json(entry)`` (the entry *with* its
-``hash``), then one last line ``{"checkpoint": {...}}`` holding the latest checkpoint
-(``Checkpoint.to_dict()``).  Lines end with ``\\n``.  Because an export line is the canonical
-form, a verifier hashes the line's own bytes with the ``"hash":"..."`` member cut out: any
-changed byte changes the hash, so non-canonical lines (extra spaces, reordered keys,
-``\\u`` escapes) are rejected as modified.  An export may start at ``seq > 1``
-(``export --since``): the first entry's ``prev_hash`` is then taken as given, and everything
-after it must chain up to the checkpoint.
+* ``canonical_json(obj)``: ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
+  ensure_ascii=False, allow_nan=False)`` as UTF-8;
+* ``entry_hash = sha256(0x00 || canonical_json(entry without "hash"))``; seq 1 chains to
+  ``GENESIS_HASH = sha256(b"agent-credential-broker/issuance-log/v1/genesis")``;
+* a checkpoint is Ed25519 over ``0x01 || canonical_json({seq, head_hash, time, key_id,
+  prev_checkpoint})``; ``prev_checkpoint`` is ``sha256(0x02 || canonical_json(previous
+  checkpoint))`` (``GENESIS_HASH`` for the first; absent in format-1 checkpoints);
+* an export statement is Ed25519 over ``0x03 || canonical_json({checkpoint, first_seq, full,
+  since, time, key_id})``.
 """
 
-from broker.domain.log.chain import (CHECKPOINT_KEY, CHECKPOINT_PREFIX, ENTRY_FIELDS, ENTRY_PREFIX, GENESIS_HASH, GENESIS_LABEL,
-                    HASH_FIELD, PREV_HASH_FIELD, SEQ_FIELD, SINCE_UNITS, canonical_json, entry_hash, entry_line,
-                    is_hex64, is_seq, log_time, parse_since, seal_entry)
-from broker.domain.log.checkpoints import (Checkpoint, CheckpointSigner, checkpoint_message, generate_signing_key, key_id_of,
-                          load_public_key, load_signing_key, private_key_pem, public_key_pem, verify_checkpoint)
-from broker.domain.log.export import (PROBLEMS, VerificationReport, export_lines, require_intact, verify_chain, verify_export,
-                     write_export)
+from broker.domain.log.chain import (CHECKPOINT_HASH_PREFIX, CHECKPOINT_KEY, CHECKPOINT_PREFIX, EARLIEST_TIME, ENTRY_FIELDS,
+                    ENTRY_PREFIX, EXPORT_KEY, EXPORT_PREFIX, GENESIS_HASH, GENESIS_LABEL, HASH_FIELD,
+                    LATEST_TIME, PREV_HASH_FIELD, SEQ_FIELD, SINCE_UNITS, canonical_json, entry_hash,
+                    entry_line, is_hex64, is_seq, log_time, parse_since, seal_entry)
+from broker.domain.log.checkpoints import (PREV_CHECKPOINT_FIELD, Checkpoint, CheckpointSigner, ExportStatement, MessageSigner,
+                          checkpoint_message, generate_signing_key, key_id_of, load_public_key,
+                          load_signing_key, private_key_pem, public_key_pem, verify_checkpoint,
+                          verify_signature)
+from broker.domain.log.export import (PROBLEMS, SigningRefusal, VerificationReport, chained_export_lines, check_extends,
+                     checkpoint_line, export_lines, require_intact, statement_line, verify_chain,
+                     verify_export, write_export)
 
 __all__ = [
-    "CHECKPOINT_KEY", "CHECKPOINT_PREFIX", "ENTRY_FIELDS", "ENTRY_PREFIX", "GENESIS_HASH", "GENESIS_LABEL",
-    "HASH_FIELD", "PREV_HASH_FIELD", "PROBLEMS", "SEQ_FIELD", "SINCE_UNITS", "Checkpoint", "CheckpointSigner",
-    "VerificationReport", "canonical_json", "checkpoint_message", "entry_hash", "entry_line", "export_lines",
-    "generate_signing_key", "is_hex64", "is_seq", "key_id_of", "load_public_key", "load_signing_key", "log_time",
-    "parse_since", "private_key_pem", "public_key_pem", "require_intact", "seal_entry", "verify_chain",
-    "verify_checkpoint", "verify_export", "write_export",
+    "CHECKPOINT_HASH_PREFIX", "CHECKPOINT_KEY", "CHECKPOINT_PREFIX", "EARLIEST_TIME", "ENTRY_FIELDS",
+    "ENTRY_PREFIX", "EXPORT_KEY", "EXPORT_PREFIX", "GENESIS_HASH", "GENESIS_LABEL", "HASH_FIELD",
+    "LATEST_TIME", "PREV_CHECKPOINT_FIELD", "PREV_HASH_FIELD", "PROBLEMS", "SEQ_FIELD", "SINCE_UNITS",
+    "Checkpoint", "CheckpointSigner", "ExportStatement", "MessageSigner", "SigningRefusal",
+    "VerificationReport", "canonical_json", "chained_export_lines", "check_extends",
+    "checkpoint_line", "checkpoint_message", "entry_hash", "entry_line", "export_lines",
+    "generate_signing_key", "is_hex64", "is_seq", "key_id_of", "load_public_key", "load_signing_key",
+    "log_time", "parse_since", "private_key_pem", "public_key_pem", "require_intact", "seal_entry",
+    "statement_line", "verify_chain", "verify_checkpoint", "verify_export", "verify_signature",
+    "write_export",
 ]

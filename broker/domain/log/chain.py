@@ -1,4 +1,8 @@
-"""Entries and the hash chain: canonical JSON, domain prefixes, the genesis hash, sealing, log times."""
+"""Entries and the hash chain: canonical JSON, domain prefixes, the genesis hash, sealing.
+
+The exact rules are in ``docs/log-format.md`` (sections 2 to 4); this module is their one
+implementation in the broker.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ from broker.errors import InvalidInput
 # --- Domain separation -------------------------------------------------------------------
 # Like RFC 6962 section 2.1 (and RFC 9162 section 2.1.1), which hashes Merkle leaves as
 # SHA-256(0x00 || leaf) and interior nodes as SHA-256(0x01 || left || right), every hash or
-# signature input starts with a prefix naming what it is, so an entry can never be passed
-# off as a checkpoint message (or the other way round).
-ENTRY_PREFIX = b"\x00"
-CHECKPOINT_PREFIX = b"\x01"
-# The prev_hash of entry seq 1 (and the head of an empty log).
+# signature input starts with a byte naming what it is, so no one kind of object can be
+# passed off as another.
+ENTRY_PREFIX = b"\x00"            # entry hash input
+CHECKPOINT_PREFIX = b"\x01"       # checkpoint signature input
+CHECKPOINT_HASH_PREFIX = b"\x02"  # checkpoint hash input (what the next checkpoint names)
+EXPORT_PREFIX = b"\x03"           # export statement signature input
+# The prev_hash of entry seq 1, the head of an empty log, and the prev_checkpoint of the
+# first checkpoint.
 GENESIS_LABEL = b"agent-credential-broker/issuance-log/v1/genesis"
 GENESIS_HASH = hashlib.sha256(GENESIS_LABEL).hexdigest()
 
@@ -26,6 +33,7 @@ HASH_FIELD = "hash"
 PREV_HASH_FIELD = "prev_hash"
 SEQ_FIELD = "seq"
 CHECKPOINT_KEY = "checkpoint"
+EXPORT_KEY = "export"
 
 # The fields of an entry besides seq/prev_hash/hash, all JSON types.
 ENTRY_FIELDS = (
@@ -37,10 +45,8 @@ ENTRY_FIELDS = (
 _HEX_DIGITS = "0123456789abcdef"
 
 
-# --- Canonical form and the chain ----------------------------------------------------------
-
 def canonical_json(obj: Any) -> bytes:
-    """The canonical bytes of ``obj`` (see the module docstring)."""
+    """The canonical bytes of ``obj`` (docs/log-format.md, section 2)."""
     try:
         # NOTE: every argument is part of the on-disk format; changing any breaks old logs.
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -52,6 +58,7 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def is_hex64(value: object) -> bool:
+    """64 lowercase hex characters (a SHA-256 digest as written in the log)."""
     # str.strip instead of a regex: this runs twice per line when verifying an export.
     return type(value) is str and len(value) == 64 and not value.strip(_HEX_DIGITS)
 
@@ -106,17 +113,37 @@ def log_time(moment: datetime) -> str:
 # Relative `--since` units, as data.
 SINCE_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
 _RELATIVE = re.compile(r"([1-9][0-9]{0,5})([dhm])\Z")
+# The times a query or an export may name: outside them a value is a mistake (or a probe), and
+# near year 1 or 9999 it would not survive time zone arithmetic or a database's range.
+EARLIEST_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def parse_since(text: str, now: datetime) -> datetime:
-    """``7d``, ``24h``, ``30m`` (before ``now``) or an ISO 8601 time (naive means UTC)."""
+    """``7d``, ``24h``, ``30m`` (before ``now``) or an ISO 8601 time (naive means UTC).
+
+    The time must fall in [EARLIEST_TIME, LATEST_TIME); anything else is InvalidInput
+    (``invalid_time``), never an overflow.
+    """
     value = text.strip()
     relative = _RELATIVE.match(value)
-    if relative:
-        return now - int(relative.group(1)) * SINCE_UNITS[relative.group(2)]
     try:
-        moment = datetime.fromisoformat(value)
+        if relative:
+            moment = now - int(relative.group(1)) * SINCE_UNITS[relative.group(2)]
+        else:
+            moment = datetime.fromisoformat(value)
+            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except ValueError as exc:
         raise InvalidInput(f"Cannot read {text!r} as a time: use 7d, 24h, 30m or an ISO time.",
                            code="invalid_time", field="since") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise _out_of_range(text) from exc
+    if not EARLIEST_TIME <= moment < LATEST_TIME:
+        raise _out_of_range(text)
+    return moment
+
+
+def _out_of_range(text: str) -> InvalidInput:
+    return InvalidInput(f"{text!r} is out of range: times must fall between "
+                        f"{EARLIEST_TIME.year} and {LATEST_TIME.year}.", code="invalid_time",
+                        field="since")

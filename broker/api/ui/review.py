@@ -1,0 +1,60 @@
+"""The reviewers' dashboard pages: ``/ui/review`` and its charts (``/ui/review/charts/NAME.svg``).
+
+Reviewers and admins only (the use case checks).  Each chart is its own SVG answer, drawn from
+only the part of the figures it shows; the page shows the same figures as tables.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from broker.api.deps import ContainerDep
+from broker.api.ui.charts import CHART_CSP, CHARTS
+from broker.api.ui.pages import current_session, error_page, render, to_sign_in
+from broker.api.ui.security import secured
+from broker.errors import BrokerError, NotFound
+from broker.usecases.review import RANGES, ReviewDashboard
+
+router = APIRouter(prefix="/review", include_in_schema=False)  # under the pages' /ui
+
+
+def _dashboard(container) -> ReviewDashboard:
+    return ReviewDashboard(database=container.database, clock=container.clock)
+
+
+@router.get("")
+def review(request: Request, container: ContainerDep, range: str | None = None) -> Response:  # noqa: A002
+    resolved = current_session(request, container)
+    if resolved is None:
+        return to_sign_in("/ui/review")
+    session, principal = resolved
+    try:
+        figures = _dashboard(container).figures(principal=principal, range_name=range)
+    except BrokerError as exc:
+        return error_page(exc, session, principal)
+    links = {"over-time": figures.events_link(type="issued"), "refusals": figures.events_link(type="refused"),
+             "time-to-approve": figures.events_link(type="approved"),
+             "live-grants": figures.events_link(type="issued"), "risky-grants": figures.events_link(type="issued"),
+             "revocations": figures.events_link(type="revoked"), "lockdowns": figures.events_link(type="lockdown")}
+    return render("review.html", now=container.clock.now(), f=figures, links=links, ranges=list(RANGES),
+                  principal=principal, csrf_token=session.csrf_token)
+
+
+@router.get("/charts/{name}.svg")
+def chart(name: str, request: Request, container: ContainerDep, range: str | None = None) -> Response:  # noqa: A002
+    resolved = current_session(request, container)
+    if resolved is None:
+        return secured(Response(status_code=401))
+    session, principal = resolved
+    try:
+        if name not in CHARTS:
+            raise NotFound("no such chart", code="chart_not_found")
+        part, draw = CHARTS[name]
+        figures = _dashboard(container).figures(principal=principal, range_name=range, parts=[part])
+    except BrokerError as exc:
+        return error_page(exc, session, principal)
+    response = secured(Response(draw(figures), media_type="image/svg+xml"))
+    # NOTE: the SVG's own style sheet (pygal's) needs inline style; it runs no script and loads nothing.
+    response.headers["Content-Security-Policy"] = CHART_CSP
+    return response

@@ -1,0 +1,162 @@
+"""Signing checkpoints: only over a log that extends the last signed checkpoint.
+
+The broker signs whatever its database says unless it checks first: with write access to the
+database, someone could cut the newest entries and move the head back, or rewrite an old entry
+and re-chain everything after it, and have the broker sign the result.  So before signing, in the
+unit of work that holds the log's lock:
+
+* the last stored checkpoint must be signed by this broker's key (or a previous key it was given);
+* the checkpoints this process signed or accepted before must all still be there, chained;
+* the stored entries from the last checkpoint's seq to the head must chain from the entry that
+  checkpoint signed (same hash at its seq, each entry matching its own hash), and the head must
+  not be behind it (``broker.domain.log.check_extends``).
+
+Otherwise the broker refuses to sign (``CheckpointRefused``) and raises the alarm: an ERROR line on
+the ``broker.audit`` logger, ``broker_log_checkpoint_refusals_total{reason}``, and, once per
+last checkpoint and reason, a ``checkpoint_refused`` entry when the log can still be written.
+Exports and ``POST /v1/events/checkpoints`` then fail with 409 ``checkpoint_refused`` until an
+operator restores the database.  What this cannot catch (entries cut before any checkpoint
+covered them, or a rewrite by whoever holds both the database and the key) is what trusted
+checkpoints and anchors are for.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from broker.domain import log as issuance_log
+from broker.errors import LogIntegrityError, StorageUnavailable
+from broker.ports import Clock
+from broker.storage.engine import Database
+from broker.storage.repository import Repository
+
+log = logging.getLogger("broker.audit")
+
+CHECKPOINT_REFUSED = "checkpoint_refused"  # the log entry type of a refusal
+# A stand-in for "no checkpoint yet": the stored chain must then start from genesis.
+_GENESIS = issuance_log.Checkpoint(seq=0, head_hash=issuance_log.GENESIS_HASH, time="", key_id="0" * 16,
+                                   signature="")
+
+
+class CheckpointRefused(LogIntegrityError):
+    """The stored log does not extend the last signed checkpoint: nothing is signed."""
+
+    code = "checkpoint_refused"
+    status = 409
+
+
+class RefusalAlarm(Protocol):
+    """Where a refusal to sign is counted (the metrics)."""
+
+    def checkpoint_refused(self, reason: str) -> None: ...
+
+
+@dataclass
+class Checkpointer:
+    database: Database
+    signer: issuance_log.CheckpointSigner
+    clock: Clock
+    alarm: RefusalAlarm | None = None
+    # Keys that signed this log before a key rotation: their checkpoints may precede ours.
+    previous_keys: Sequence[Ed25519PublicKey] = ()
+    _known: issuance_log.Checkpoint | None = field(default=None, init=False)
+    _alerted: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def checkpoint(self) -> issuance_log.Checkpoint:
+        """Sign the current head if the log extends the last checkpoint (idempotent for an unchanged
+        head).  Two replicas serialize on the log's lock; a lost insert race is retried once."""
+        try:
+            return self._checkpoint_once()
+        except StorageUnavailable:
+            return self._checkpoint_once()
+
+    def _checkpoint_once(self) -> issuance_log.Checkpoint:
+        with self.database.transaction() as repo:
+            head_seq, head_hash = repo.lock_log_head()
+            latest = repo.latest_checkpoint()
+            refusal = self._refusal(repo, latest, head_seq, head_hash)
+            if refusal is None:
+                if latest is not None and latest.seq == head_seq and latest.key_id == self.signer.key_id:
+                    checkpoint = latest
+                else:
+                    checkpoint = self.signer.sign(
+                        head_seq, head_hash, issuance_log.log_time(self.clock.now()),
+                        prev_checkpoint=latest.hash() if latest is not None else issuance_log.GENESIS_HASH)
+                    repo.add_checkpoint(checkpoint)
+        if refusal is not None:
+            self._raise_alarm(refusal, latest, head_seq)
+            raise CheckpointRefused(f"refusing to sign a checkpoint: {refusal.message}",
+                                    details={"reason": refusal.reason})
+        with self._lock:
+            self._known = checkpoint
+        return checkpoint
+
+    # --- the checks ------------------------------------------------------------------------
+    def _refusal(self, repo: Repository, latest: issuance_log.Checkpoint | None, head_seq: int,
+                 head_hash: str) -> issuance_log.SigningRefusal | None:
+        with self._lock:
+            known = self._known
+        if latest is not None and not self._signed_by_us(latest):
+            return issuance_log.SigningRefusal(
+                "checkpoint_unverifiable", f"the last stored checkpoint (seq {latest.seq}, key {latest.key_id}) "
+                "is not signed by this broker's key or a previous key it was given.")
+        if known is not None:
+            missing = self._known_missing(repo, known)
+            if missing is not None:
+                return missing
+        base = latest or _GENESIS
+        return issuance_log.check_extends(base, repo.stored_entry_lines(from_seq=max(base.seq, 1)),
+                                          head_seq=head_seq, head_hash=head_hash)
+
+    def _signed_by_us(self, checkpoint: issuance_log.Checkpoint) -> bool:
+        return any(issuance_log.verify_signature(checkpoint, key)
+                   for key in (self.signer.public_key, *self.previous_keys))
+
+    def _known_missing(self, repo: Repository, known: issuance_log.Checkpoint) -> issuance_log.SigningRefusal | None:
+        """The checkpoints since the last one this process saw must start with it and chain."""
+        chain = repo.checkpoints(from_seq=known.seq)
+        hashes = [checkpoint.hash() for checkpoint in chain]
+        if known.hash() not in hashes:
+            return issuance_log.SigningRefusal(
+                "checkpoint_removed", f"the checkpoint for seq {known.seq} this broker signed or accepted is no "
+                "longer stored: checkpoints were removed or replaced.")
+        later = chain[hashes.index(known.hash()) + 1:]
+        previous = known
+        for checkpoint in later:
+            if checkpoint.prev_checkpoint != previous.hash() or not self._signed_by_us(checkpoint):
+                return issuance_log.SigningRefusal(
+                    "checkpoint_removed", f"the stored checkpoint for seq {checkpoint.seq} does not chain from "
+                    f"the one for seq {previous.seq}: checkpoints were removed or inserted.")
+            previous = checkpoint
+        return None
+
+    # --- the alarm -------------------------------------------------------------------------
+    def _raise_alarm(self, refusal: issuance_log.SigningRefusal, latest: issuance_log.Checkpoint | None,
+                     head_seq: int) -> None:
+        log.error("refusing to sign a log checkpoint (%s): %s", refusal.reason, refusal.message)
+        if self.alarm is not None:
+            self.alarm.checkpoint_refused(refusal.reason)
+        latest_hash = latest.hash() if latest is not None else issuance_log.GENESIS_HASH
+        with self._lock:
+            if (latest_hash, refusal.reason) in self._alerted:
+                return
+            self._alerted.add((latest_hash, refusal.reason))
+        body = dict.fromkeys(issuance_log.ENTRY_FIELDS)
+        body.update(event_id=str(uuid.uuid4()), time=issuance_log.log_time(self.clock.now()),
+                    type=CHECKPOINT_REFUSED, actor="broker", reason_code=refusal.reason,
+                    details={"message": refusal.message, "head_seq": head_seq,
+                             "checkpoint_seq": latest.seq if latest is not None else None,
+                             "checkpoint_hash": latest_hash})
+        try:
+            with self.database.transaction() as repo:
+                repo.append_event(body)
+        except Exception:  # noqa: BLE001 - the log may be what is broken; the alarm above stands
+            log.error("the checkpoint_refused entry could not be written", exc_info=True)

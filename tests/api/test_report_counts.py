@@ -1,0 +1,107 @@
+"""`GET /v1/events/report` (`broker audit report`) on a known log: every count pinned.
+
+Each request counts once (approved, pending, denied), co-signatures are counted apart, approvers are
+counted as approvers (never as agent rows), and destructive and high-risk grants are listed from
+what their ``issued`` entries say.  SQLite and PostgreSQL, against moto.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import TEST_SCOPES, build_harness
+
+STACK_TEMPLATE = """
+name: test-prod-stack
+description: Delete and recreate one stack in production.
+environment: production
+role: "arn:aws:iam::123456789012:role/broker-target-test-stack"
+destructive: true
+parameters:
+  stack_name: {type: string, enum: ["cost-explorer-api", "billing-api"]}
+statements:
+  - actions: ["cloudformation:DeleteStack", "cloudformation:CreateStack", "cloudformation:DescribeStacks"]
+    resources: ["arn:aws:cloudformation:us-east-1:123456789012:stack/{stack_name}/*"]
+ttl: {default: 900, max: 900}
+requesters: ["agent:*"]
+approval: {approvals: 2, approvers: ["group:sre"], expires_after: 1800, redeem_within: 600}
+"""
+STACK = {"template": "test-prod-stack", "parameters": {"stack_name": "cost-explorer-api"}, "reason": "recreate"}
+ECS = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "roll out 1.2.3"}
+S3 = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "read the cost reports"}
+
+
+@pytest.fixture
+def broker(db_url, moto_server, tmp_path):
+    scopes = tmp_path / "scopes"
+    shutil.copytree(TEST_SCOPES, scopes)
+    (scopes / "stack.yaml").write_text(STACK_TEMPLATE)
+    harness = build_harness(db_url=db_url, scopes=scopes, aws_endpoint=moto_server.endpoint_url,
+                            state_dir=tmp_path / "state")
+    yield harness
+    harness.container.database.engine.dispose()
+
+
+def ask(broker, agent: str, payload: dict) -> str:
+    response = broker.post("/v1/requests", agent, json=payload)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def decide(broker, request_id: str, who: str, decision: str = "approve", status: int = 200) -> None:
+    response = broker.post(f"/v1/requests/{request_id}/approvals", who, json={"decision": decision, "reason": "ok"})
+    assert response.status_code == status, response.text
+
+
+def approved_and_redeemed(broker, agent: str, payload: dict, *, wait: float) -> None:
+    request_id = ask(broker, agent, payload)
+    decide(broker, request_id, "human:bob")
+    broker.clock.advance(wait)
+    decide(broker, request_id, "human:carol")
+    assert broker.post(f"/v1/requests/{request_id}/credentials", agent).status_code == 201
+
+
+def test_each_count_of_the_report_on_a_known_log(broker):
+    approved_and_redeemed(broker, "agent:demo", STACK, wait=60)          # destructive, production
+    approved_and_redeemed(broker, "agent:demo", STACK, wait=180)         # destructive, production
+    approved_and_redeemed(broker, "agent:demo", ECS, wait=30)            # production (high risk)
+    denied = ask(broker, "agent:demo", ECS)
+    decide(broker, denied, "human:alice", status=403)                    # the agent's own human: refused
+    decide(broker, denied, "human:carol", "deny")
+    waiting = ask(broker, "agent:other", ECS)                            # agent:other acts for bob
+    decide(broker, waiting, "human:alice")                               # 1 of 2: still pending
+    assert broker.post("/v1/requests", "agent:demo", json=S3).status_code == 201  # dev, no risk
+
+    response = broker.get("/v1/events/report", "human:rita", params={"since": "7d"})
+    assert response.status_code == 200, response.text
+    report = response.json()
+
+    rows = {(r["agent"], r["template"]): r for r in report["by_agent_and_template"]}
+    assert set(rows) == {("agent:demo", "test-prod-stack"), ("agent:demo", "test-prod-ecs"),
+                         ("agent:other", "test-prod-ecs"), ("agent:demo", "test-s3-read")}
+    counted = ("issued", "approvals", "cosignatures", "denied", "pending", "refused")
+    assert {key: tuple(row[c] for c in counted) for key, row in rows.items()} == {
+        ("agent:demo", "test-prod-stack"): (2, 2, 4, 0, 0, 0),
+        ("agent:demo", "test-prod-ecs"): (1, 1, 2, 1, 0, 0),
+        ("agent:other", "test-prod-ecs"): (0, 0, 1, 0, 1, 0),
+        ("agent:demo", "test-s3-read"): (1, 0, 0, 0, 0, 0),
+    }
+    assert sum(r["approvals"] for r in rows.values()) == 3 and sum(r["pending"] for r in rows.values()) == 1
+    assert rows[("agent:demo", "test-prod-stack")]["median_time_to_approve_seconds"] == pytest.approx(120)
+
+    assert report["approvers"] == [
+        {"approver": "human:alice", "approved": 1, "denied": 0, "refused": 1},
+        {"approver": "human:bob", "approved": 3, "denied": 0, "refused": 0},
+        {"approver": "human:carol", "approved": 3, "denied": 1, "refused": 0},
+    ]
+    destructive = report["destructive_grants"]
+    assert [(g["template"], g["actor"], g["environment"]) for g in destructive] == [
+        ("test-prod-stack", "agent:demo", "production")] * 2
+    assert all("destructive" in g["risks"] and g["access_key_id"].startswith("ASIA") for g in destructive)
+    assert [(g["template"], g["environment"], g["risks"]) for g in report["high_risk_grants"]] == [
+        ("test-prod-ecs", "production", ["production-traffic"])]
+    # The approver's refused decision is a refusal in the log (and the report's list), not the agent's.
+    assert [(r["actor"], r["reason_code"]) for r in report["refusals"]] == [
+        ("human:alice", "approver_is_principal_human")]
