@@ -37,7 +37,7 @@ def list_events(container: ContainerDep, principal: CurrentPrincipal, agent: str
     now = container.clock.now()
     filters = {"agent": agent, "human": human, "template": template, "type": type, "request_id": request_id,
                "access_key_id": access_key_id, "grant_id": grant_id}
-    return container.extras["audit"].query(principal=principal, filters=filters, after_seq=after_seq, limit=limit,
+    return container.audit.query(principal=principal, filters=filters, after_seq=after_seq, limit=limit,
                                            since=_time(since, "since", now), until=_time(until, "until", now))
 
 
@@ -45,7 +45,7 @@ def list_events(container: ContainerDep, principal: CurrentPrincipal, agent: str
     200: {"description": "The log as JSON lines, oldest first.", "content": {"application/x-ndjson": {}}}})
 def export_events(container: ContainerDep, principal: CurrentPrincipal, since: str | None = None) -> StreamingResponse:
     since_at = _time(since, "since", container.clock.now())
-    lines = container.extras["audit"].export(principal=principal, since=since_at)
+    lines = container.audit.export(principal=principal, since=since_at)
     first = next(lines)  # authorization and the checkpoint happen before the response starts
     return StreamingResponse(iter([first, *lines]), media_type="application/x-ndjson")
 
@@ -63,22 +63,22 @@ def take_checkpoint(container: ContainerDep, principal: CurrentPrincipal) -> dic
     from broker.usecases.audit import require_reviewer
 
     require_reviewer(principal)
-    return container.extras["audit"].checkpoint().to_dict()
+    return container.audit.checkpoint().to_dict()
 
 
 @router.get("/checkpoints/latest")
 def latest_checkpoint(container: ContainerDep, principal: CurrentPrincipal) -> dict[str, Any]:
-    return container.extras["audit"].latest_checkpoint(principal=principal).to_dict()
+    return container.audit.latest_checkpoint(principal=principal).to_dict()
 
 
 @router.get("/correlate")
 def correlate(container: ContainerDep, principal: CurrentPrincipal, access_key_id: str | None = None,
               source_identity: str | None = None) -> dict[str, Any]:
-    return container.extras["audit"].correlate(principal=principal, access_key_id=access_key_id,
+    return container.audit.correlate(principal=principal, access_key_id=access_key_id,
                                                source_identity=source_identity)
 
 
 @router.get("/report")
 def report(container: ContainerDep, principal: CurrentPrincipal, since: str = "7d") -> dict[str, Any]:
     since_at = _time(since, "since", container.clock.now())
-    return container.extras["audit"].report(principal=principal, since=since_at)
+    return container.audit.report(principal=principal, since=since_at)

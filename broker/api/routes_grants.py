@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import ContainerDep, CurrentPrincipal, client_ip
 from broker.api.schemas import ERROR_RESPONSES
+from broker.usecases.listing import visible_grants
 from broker.usecases.revocation import RevocationService
 
 router = APIRouter(prefix="/v1", tags=["revocation"], responses=ERROR_RESPONSES)
@@ -34,7 +35,16 @@ class LockdownBody(ReasonBody):
 
 
 def _revocations(container: ContainerDep) -> RevocationService:
-    return container.extras["revocations"]
+    return container.revocations
+
+
+@router.get("/grants")
+def list_grants(container: ContainerDep, principal: CurrentPrincipal, agent: str | None = None,
+                access_key_id: str | None = None, include_expired: bool = False) -> dict[str, Any]:
+    """Grants (issued sessions) with their access key id, agent, template and expiry: live ones unless
+    ``include_expired``.  Admins and reviewers see all; others their own and their agents'."""
+    return {"grants": visible_grants(container.database, container.clock, principal, agent=agent,
+                                     access_key_id=access_key_id, include_expired=include_expired)}
 
 
 @router.post("/grants/{grant_id}/revoke")

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from broker.api.deps import Container, ContainerDep, CurrentPrincipal, client_ip, current_principal
 from broker.api.schemas import ERROR_RESPONSES, CreateRequestBody, DecisionBody, RequestOut
+from broker.usecases import listing
 from broker.usecases.issuance import PENDING_OFFSET_MAX, PENDING_PAGE, PENDING_PAGE_MAX, RequestOutcome
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"], responses=ERROR_RESPONSES)
@@ -96,6 +97,14 @@ def list_requests(container: ContainerDep, principal: CurrentPrincipal, status: 
     """Requests waiting for co-signers, newest first, one page at a time: ``requests``, ``total`` (all that
     wait), ``by_agent`` (how many each agent has waiting) and ``next_offset`` (null on the last page)."""
     return container.service.list_pending(principal=principal, offset=offset, limit=limit)
+
+
+@router.get("/mine")
+def my_requests(container: ContainerDep, principal: CurrentPrincipal, status: str | None = None,
+                limit: int = 50) -> dict[str, Any]:
+    """The caller's own requests (made by it, or by an agent acting for it), newest first."""
+    return {"requests": listing.my_requests(container.service, principal, statuses=[status] if status else None,
+                                            limit=limit)}
 
 
 @router.get("/{request_id}", response_model=RequestOut, response_model_exclude_unset=True)

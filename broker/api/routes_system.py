@@ -34,7 +34,6 @@ def metrics(container: ContainerDep) -> Response:
 
     Unauthenticated like /healthz, for the scraper; keep it on the internal network.
     """
-    from broker.runtime.metrics import metrics_for
 
-    body, content_type = metrics_for(container).exposition()
+    body, content_type = container.metrics.exposition()
     return Response(content=body, media_type=content_type)

@@ -1,19 +1,18 @@
 """``broker revoke``, ``revoke-all``, ``lockdown``, ``lockdown-lift``, ``lockdown-status``: the kill switch.
 
-HTTP calls to the broker (``--url`` or ``BROKER_URL``, ``--token`` or ``BROKER_TOKEN``); an
-API error is shown as ``error [code]: message`` with exit code 1.
+HTTP calls to the broker through the SDK's client (the connection options of ``broker.cli.connection``); an
+API error is shown as ``error [code]: message`` with exit code 1.  Answers print as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
-from broker.cli.requests import call_api
-
-DEFAULT_URL = "http://127.0.0.1:8080"
+from broker.cli.connection import add_api_options, client_for
+from broker.cli.requests import call_api, resolve_grant_id
+from broker.errors import InvalidInput, NotFound
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -26,7 +25,18 @@ def _show(payload: Any) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    return _show(_call(args, "POST", f"/v1/grants/{args.grant_id}/revoke", {"reason": args.reason}))
+    if bool(args.grant_id) == bool(args.access_key_id):
+        raise InvalidInput("give a GRANT_ID or --access-key-id (one of them)", code="invalid_revoke_target")
+    if args.access_key_id:
+        with client_for(args) as client:
+            found = client.grants(access_key_id=args.access_key_id, include_expired=True)
+        if not found:
+            raise NotFound(f"no grant you can see has the access key id {args.access_key_id}",
+                           code="grant_not_found", field="access_key_id")
+        grant_id = found[-1]["id"]
+    else:
+        grant_id = resolve_grant_id(args, args.grant_id)
+    return _show(_call(args, "POST", f"/v1/grants/{grant_id}/revoke", {"reason": args.reason}))
 
 
 def _revoke_all(args: argparse.Namespace) -> int:
@@ -51,40 +61,47 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
-                        help="broker URL (env BROKER_URL, default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"), help="API token (env BROKER_TOKEN)")
+    add_api_options(parser)
 
 
 def register(subparsers) -> None:
-    revoke = subparsers.add_parser("revoke", help="revoke one grant: AWS refuses its session from now on")
-    revoke.add_argument("grant_id")
-    revoke.add_argument("--reason", required=True)
+    revoke = subparsers.add_parser("revoke", help="revoke one grant: AWS refuses its session from now on",
+                                   epilog="example: broker revoke 3f2a --reason 'agent misbehaved'\n"
+                                          "         broker revoke --access-key-id ASIA... --reason 'key in a log'",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    revoke.add_argument("grant_id", nargs="?", default=None,
+                        help="grant id, or a unique prefix of at least 4 characters (broker grants list)")
+    revoke.add_argument("--access-key-id", default=None, help="the grant of this AWS access key id instead")
+    revoke.add_argument("--reason", required=True, help="why (recorded in the issuance log)")
     _api_options(revoke)
     revoke.set_defaults(func=_revoke)
 
     revoke_all = subparsers.add_parser("revoke-all", help="revoke every session issued so far for an agent, "
-                                                          "a template or a role")
+                                                          "a template or a role",
+                                       epilog="example: broker revoke-all --agent agent:demo --reason 'key leak'")
     target = revoke_all.add_mutually_exclusive_group(required=True)
-    target.add_argument("--agent", help="e.g. agent:demo")
+    target.add_argument("--agent", help="every session of this agent, e.g. agent:demo")
     target.add_argument("--template", help="a scope template name")
     target.add_argument("--role", help="a target role ARN")
-    revoke_all.add_argument("--reason", required=True)
+    revoke_all.add_argument("--reason", required=True, help="why (recorded in the issuance log)")
     _api_options(revoke_all)
     revoke_all.set_defaults(func=_revoke_all)
 
-    lock = subparsers.add_parser("lockdown", help="refuse every new issuance for an environment (admin)")
+    lock = subparsers.add_parser("lockdown", help="refuse every new issuance for an environment (admin)",
+                                 epilog="example: broker lockdown production --reason 'incident 77'")
     lock.add_argument("environment", help="dev, staging, production or all")
-    lock.add_argument("--reason", required=True)
+    lock.add_argument("--reason", required=True, help="why (recorded in the issuance log)")
     _api_options(lock)
     lock.set_defaults(func=_lockdown)
 
-    lift = subparsers.add_parser("lockdown-lift", help="request, or confirm as a second admin, lifting a lockdown")
-    lift.add_argument("environment")
-    lift.add_argument("--reason", required=True)
+    lift = subparsers.add_parser("lockdown-lift", help="request, or confirm as a second admin, lifting a lockdown",
+                                 epilog="example: broker lockdown-lift production --reason 'resolved'")
+    lift.add_argument("environment", help="dev, staging, production or all")
+    lift.add_argument("--reason", required=True, help="why (recorded in the issuance log)")
     _api_options(lift)
     lift.set_defaults(func=_lift)
 
-    status = subparsers.add_parser("lockdown-status", help="show active lockdowns")
+    status = subparsers.add_parser("lockdown-status", help="show active lockdowns",
+                                   epilog="example: broker lockdown-status")
     _api_options(status)
     status.set_defaults(func=_status)

@@ -1,9 +1,9 @@
 """Agent-side commands: ``credential-process``, ``exec``, ``profile``, ``mcp``, ``demo``.
 
-They find the broker through ``--url`` or ``BROKER_URL`` and the agent's identity through
-``BROKER_TOKEN`` / ``BROKER_TOKEN_FILE`` / ``BROKER_TOKEN_COMMAND`` (``--token-file`` and
-``--token-command`` also work; there is no ``--token`` flag, so a secret never lands in a
-command line, a shell history or an AWS config file).
+They find the broker and the agent's identity like every command (``broker.cli.connection``: ``--url``,
+``--token-file`` / ``--token-command`` / ``--token``, ``--context``, or BROKER_URL / BROKER_TOKEN_FILE /
+BROKER_TOKEN_COMMAND / BROKER_TOKEN).  Prefer a token file or command: a ``--token`` lands in shell history,
+and ``broker profile`` never writes a literal token into an AWS config file.
 
 Exit codes: 0 success (``exec``: the child's code), 1 the broker refused or failed,
 3 the request waits for human approval (who must approve and the link are on stderr).
@@ -18,10 +18,12 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 from pathlib import Path
 
+from broker.cli.connection import add_api_options, client_for, resolve
 from broker.cli.token_guard import protect_token_from_children
 from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest, iso_time
 from broker.sdk.credential_process import CredentialCache, ScopeCredentials
@@ -38,7 +40,6 @@ BROKER_VARIABLES = ("BROKER_TOKEN", "BROKER_TOKEN_FILE", "BROKER_TOKEN_COMMAND")
 # Static keys the caller may have: with `exec --server` the child must use the endpoint, not these.
 STATIC_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 DEFAULT_REGION = "us-east-1"
-DEFAULT_BROKER_URL = "http://127.0.0.1:8080"
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -67,11 +68,11 @@ def add_scope_options(parser: argparse.ArgumentParser, *, reason_required: bool 
     parser.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (the template bounds it)")
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="wait this long for co-signers of a production scope (default: do not wait)")
-    add_broker_options(parser)
+    add_api_options(parser)
 
 
 def client_from(args: argparse.Namespace) -> BrokerClient:
-    client = BrokerClient(args.url, token_file=args.token_file, token_command=args.token_command)
+    client = client_for(args)
     # NOTE: the client holds the token source from here on: the commands `exec` starts must not reach it
     # (not in this process's environment, this process not readable by them: broker.cli.token_guard).
     protect_token_from_children()
@@ -95,9 +96,26 @@ def report_error(exc: BrokerAPIError) -> int:
     return EXIT_REFUSED
 
 
+def wait_progress(wait_seconds: float, *, clock=time.monotonic, out=sys.stderr):
+    """``on_wait`` for ``--wait``: each change of the request, with the time waited and the time left."""
+    started = clock()
+
+    def show(pending: PendingRequest) -> None:
+        elapsed = clock() - started
+        print(f"waiting ({_duration(elapsed)} elapsed, {_duration(max(0.0, wait_seconds - elapsed))} left): "
+              f"{pending.message()}", file=out, flush=True)
+
+    return show
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
 def obtain(args: argparse.Namespace) -> IssuedCredentials | PendingRequest:
     with client_from(args) as client:
-        return scope_from(args, client).obtain(wait_seconds=args.wait)
+        return scope_from(args, client).obtain(wait_seconds=args.wait, on_wait=wait_progress(args.wait))
 
 
 def obtain_or_exit_code(args: argparse.Namespace) -> IssuedCredentials | int:
@@ -281,18 +299,20 @@ def write_profile(config_file: Path, name: str, line: str, settings: Mapping[str
 
 
 def _embedded_token_source(args: argparse.Namespace) -> None:
-    """Fill ``args.token_file`` / ``args.token_command`` from the flags or the environment, or refuse.
-
-    NOTE: a literal token (BROKER_TOKEN) is never written into an AWS config file."""
-    if not (args.token_file or args.token_command):
-        args.token_file = os.environ.get("BROKER_TOKEN_FILE") or None
-        args.token_command = None if args.token_file else (os.environ.get("BROKER_TOKEN_COMMAND") or None)
-    if not (args.token_file or args.token_command):
+    """Fill ``args.url`` and ``args.token_file`` / ``args.token_command`` from the flags, the environment or the
+    context, or refuse.  NOTE: a literal token (--token, BROKER_TOKEN) is never written into an AWS config file."""
+    connection = resolve(args)
+    if connection.token:
         raise BrokerAPIError("no_token_source", "a profile must say where the broker token comes from: pass "
-                             "--token-file FILE or --token-command CMD (a literal BROKER_TOKEN is never written "
+                             "--token-file FILE or --token-command CMD (a literal token is never written "
                              "into an AWS config file)", 0)
+    args.url, args.token = connection.url, None
+    args.token_file, args.token_command = connection.token_file, connection.token_command
     if args.token_file:
         args.token_file = str(Path(args.token_file).expanduser().resolve())
+    if not (args.token_file or args.token_command):
+        raise BrokerAPIError("no_token_source", "a profile must say where the broker token comes from: pass "
+                             "--token-file FILE or --token-command CMD", 0)
 
 
 def _check_parameters(template: Mapping[str, Any], params: Mapping[str, str]) -> None:
@@ -320,7 +340,6 @@ def run_profile(args: argparse.Namespace) -> int:
     endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     try:
         _embedded_token_source(args)
-        args.url = args.url or os.environ.get("BROKER_URL") or DEFAULT_BROKER_URL
         line = credential_process_line(args)
         with client_from(args) as client:
             # The template must exist, and the parameters fit it, before a profile names them.

@@ -1,15 +1,14 @@
 """``broker audit``: query, export, verify and report on the issuance log.
 
 ``verify`` works offline on an export file and the broker's public key.  The other
-sub-commands call the broker's HTTP API (``--url`` or ``BROKER_URL``, ``--token`` or
-``BROKER_TOKEN``); an API error is shown as ``error [code]: message`` with exit code 1.
+sub-commands call the broker's HTTP API (the connection options every command takes: ``--url``, ``--token``,
+``--token-file``, ``--token-command``, ``--context``); an API error is shown as ``error [code]: message`` with exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,11 +18,11 @@ from typing import Any
 
 import httpx
 
+from broker.cli.connection import add_api_options, resolve
 from broker.domain.log import (CHECKPOINT_KEY, Checkpoint, load_public_key, parse_since, verify_export,
                                verify_signature)
 from broker.errors import BrokerError, InvalidInput, Unavailable
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 # Seconds; the export of a large log streams for longer than one read timeout allows.
 HTTP_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
@@ -48,10 +47,13 @@ REPORT_FIRST = ("refusals_by_principal", "refus", "destructive")
 # --- HTTP --------------------------------------------------------------------------------------
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    connection = resolve(args)  # the same --url / token options and defaults as every command
+    args.url = connection.url
     headers = {"Accept": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
-    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT)
+    token = connection.bearer()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=connection.url, headers=headers, timeout=HTTP_TIMEOUT)
 
 
 def _api_error(response: httpx.Response) -> BrokerError:
@@ -175,23 +177,41 @@ def _read_trusted(path: str, keys: list) -> list[Checkpoint]:
     return checkpoints
 
 
+def _anchored(url: str, keys: list) -> list[Checkpoint]:
+    """The checkpoints anchored at ``s3://bucket/prefix`` (AWS credentials and endpoint from the environment)."""
+    from broker.aws.anchors import S3CheckpointAnchors, parse_anchor_url
+
+    bucket, prefix = parse_anchor_url(url)
+    anchored = S3CheckpointAnchors(bucket=bucket, prefix=prefix).checkpoints()
+    for checkpoint in anchored:
+        if not any(verify_signature(checkpoint, key) for key in keys):
+            raise InvalidInput(f"the anchored checkpoint for seq {checkpoint.seq} in {url} is not signed by the "
+                               "given key.", code="anchor_invalid")
+    if not anchored:
+        raise InvalidInput(f"no checkpoint is anchored in {url}.", code="anchor_invalid")
+    return anchored
+
+
 def _verify(args: argparse.Namespace) -> int:
-    keys, trusted = [], []
+    keys, trusted, anchored = [], [], []
     try:
         for path in args.public_key:
             with open(path, "rb") as pem:
                 keys.append(load_public_key(pem.read()))
         for path in args.trusted_checkpoint or ():
             trusted.extend(_read_trusted(path, keys))
+        if args.anchors:
+            anchored = _anchored(args.anchors, keys)
     except OSError as exc:
         print(f"error: cannot read {exc.filename}.", file=sys.stderr)
         return EXIT_UNUSABLE
-    except InvalidInput as exc:
+    except BrokerError as exc:  # unreadable keys or checkpoints, anchors unavailable
         print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         with open(args.file, "rb") as export:
-            report = verify_export(export, keys, require_genesis=args.complete, trusted=trusted)
+            report = verify_export(export, keys, require_genesis=args.complete, trusted=trusted,
+                                   anchored=anchored)
     except OSError:
         print(f"error: cannot read the export file {args.file}.", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -269,10 +289,7 @@ def _report(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
-                        help="broker URL (env BROKER_URL, default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"),
-                        help="API token (env BROKER_TOKEN)")
+    add_api_options(parser)
 
 
 def _add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
@@ -313,6 +330,9 @@ def register(subparsers) -> None:
     verify.add_argument("--trusted-checkpoint", metavar="FILE", action="append",
                         help="a checkpoint kept from earlier (GET /v1/events/checkpoints/latest): refuse an "
                              "export that does not extend it; repeatable")
+    verify.add_argument("--anchors", metavar="s3://BUCKET/PREFIX",
+                        help="check the export against every checkpoint anchored there (BROKER_ANCHOR_BUCKET): "
+                             "names a fork or a missing tail; AWS credentials from the environment")
     _add_format(verify, ("text", "json"))
     verify.set_defaults(func=_verify)
 

@@ -1,25 +1,26 @@
-"""``broker requests pending|show``, ``broker approve``, ``broker deny``: co-signing from a terminal.
+"""``broker requests pending | mine | show | cancel``, ``broker approve``, ``broker deny``, ``broker grants list``.
 
-HTTP calls to the broker (``--url`` or ``BROKER_URL``, ``--token`` or ``BROKER_TOKEN``); an API
-error is shown as ``error [code]: message`` with exit code 1 (by ``broker.cli.main``).
-``--format json`` prints the API's JSON unchanged.
+HTTP calls to the broker through the SDK's client (``broker.cli.connection``: ``--url``, ``--token`` /
+``--token-file`` / ``--token-command``, ``--context``, or their BROKER_* variables); an API error is shown as
+``error [code]: message`` with exit code 1 (by ``broker.cli.main``).  ``--format json`` prints the API's JSON
+unchanged.  A request or grant id may be given as a unique prefix of at least 4 characters.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+from broker.cli.connection import add_api_options, client_for
+from broker.cli.output import add_format_option, emit, one_line, table
+from broker.errors import BrokerError, InvalidInput, NotFound
+from broker.sdk.errors import BrokerAPIError, Forbidden
 
-from broker.errors import BrokerError, InvalidInput, Unavailable
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-HTTP_TIMEOUT = httpx.Timeout(30.0)
+FULL_ID_CHARS = 36  # a UUID
+MIN_PREFIX = 4
 # Columns of `requests pending`: header -> how to read it from a request view.
 PENDING_COLUMNS: dict[str, Any] = {
     "ID": lambda r: r["id"],
@@ -29,7 +30,7 @@ PENDING_COLUMNS: dict[str, Any] = {
     "ACTS FOR": lambda r: r.get("acts_for"),
     "APPROVALS": lambda r: f"{r.get('approvals_counted', 0)}/{r.get('approvals_required', 0)}",
     "EXPIRES": lambda r: r.get("pending_expires_at"),
-    "REASON": lambda r: _one_line(r.get("reason"), 40),
+    "REASON": lambda r: one_line(r.get("reason"), 40),
 }
 # Lines of `requests show`: label -> how to read it.
 SHOW_FIELDS: dict[str, Any] = {
@@ -38,7 +39,7 @@ SHOW_FIELDS: dict[str, Any] = {
     "Scope": lambda r: f"{r['template']} ({r.get('environment')})",
     "Agent": lambda r: r.get("requester"),
     "Acts for": lambda r: r.get("acts_for"),
-    "Reason": lambda r: _one_line(r.get("reason"), 200),
+    "Reason": lambda r: one_line(r.get("reason"), 200),
     "Parameters": lambda r: ", ".join(f"{k}={v}" for k, v in sorted((r.get("parameters") or {}).items())),
     "Role": lambda r: r.get("role_arn"),
     "TTL": lambda r: f"{r.get('ttl_seconds')} s (starts at redemption)",
@@ -53,53 +54,83 @@ SHOW_FIELDS: dict[str, Any] = {
 }
 
 
-def _one_line(text: Any, limit: int) -> str:
-    flat = " ".join(str(text or "").split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+MINE_COLUMNS: dict[str, Any] = {
+    "ID": lambda r: r["id"][:8], "STATUS": lambda r: r["status"], "TEMPLATE": lambda r: r["template"],
+    "ENV": lambda r: r.get("environment"), "CREATED": lambda r: r.get("created_at"),
+    "GRANT": lambda r: (r.get("grant_id") or "")[:8], "REASON": lambda r: one_line(r.get("reason"), 40),
+}
+GRANT_COLUMNS: dict[str, Any] = {
+    "GRANT": lambda g: g["id"][:8], "ACCESS KEY ID": lambda g: g["access_key_id"], "AGENT": lambda g: g["agent"],
+    "ACTS FOR": lambda g: g.get("acts_for"), "TEMPLATE": lambda g: g["template"],
+    "EXPIRES": lambda g: g["expiration"], "STATUS": lambda g: g["status"],
+}
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
 
-def call_api(args: argparse.Namespace, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-    """One JSON call; the API's ``{"error": {...}}`` becomes a BrokerError with its code and status."""
-    headers = {"Accept": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
+def call_api(args: argparse.Namespace, method: str, path: str, body: Mapping[str, Any] | None = None,
+             params: Mapping[str, Any] | None = None) -> Any:
+    """One JSON call through the SDK's client (its one error decoder); an error answer, or none, is raised as a
+    ``BrokerError`` with the API's code and status, as the commands report it."""
     try:
-        with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT,
-                          trust_env=False) as client:
-            response = client.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        raise Unavailable(f"Cannot talk to the broker at {args.url}.", code="broker_unreachable") from exc
-    if response.status_code >= 400:
+        with client_for(args) as client:
+            return client.call(method, path, json=body, params=params)
+    except BrokerAPIError as exc:
+        failure = BrokerError(exc.message, code=exc.code)
+        failure.status = exc.status
+        raise failure from exc
+
+
+def _unique(prefix: str, ids: list[str], kind: str) -> str:
+    matches = sorted({i for i in ids if i.startswith(prefix)})
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound(f"no {kind} you can see starts with {prefix!r}", code=f"{kind}_not_found", field="id")
+    raise InvalidInput(f"{prefix!r} names {len(matches)} {kind}s ({', '.join(m[:12] for m in matches[:5])}): "
+                       "give more characters", code="ambiguous_id", field="id")
+
+
+def _checked(given: str, kind: str) -> bool:
+    """True when ``given`` is a whole id; False for a prefix to look up; an error when it is neither."""
+    if not given or len(given) > 64:
+        raise InvalidInput(f"a {kind} id is 1 to 64 characters", code=f"invalid_{kind}_id", field="id")
+    if len(given) >= FULL_ID_CHARS:
+        return True
+    if len(given) < MIN_PREFIX:
+        raise InvalidInput(f"give at least {MIN_PREFIX} characters of the {kind} id", code=f"invalid_{kind}_id",
+                           field="id")
+    return False
+
+
+def resolve_request_id(args: argparse.Namespace, given: str) -> str:
+    """A full request id, from a unique prefix of the ids this principal can list (its own, and pending ones)."""
+    if _checked(given, "request"):
+        return given
+    with client_for(args) as client:
+        ids = [r["id"] for r in client.my_requests()]
         try:
-            error = response.json()["error"]
-            failure = BrokerError(str(error["message"]), code=str(error["code"]))
-        except (ValueError, KeyError, TypeError):
-            failure = BrokerError(f"The broker answered HTTP {response.status_code}.", code="http_error")
-        failure.status = response.status_code
-        raise failure
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise Unavailable("The broker's answer is not JSON.", code="broker_unreachable") from exc
+            ids += [r["id"] for r in client.pending_requests()]
+        except Forbidden:
+            pass  # an agent lists only its own
+    return _unique(given, ids, "request")
+
+
+def resolve_grant_id(args: argparse.Namespace, given: str) -> str:
+    if _checked(given, "grant"):
+        return given
+    with client_for(args) as client:
+        return _unique(given, [g["id"] for g in client.grants(include_expired=True)], "grant")
 
 
 def _request_path(request_id: str, suffix: str = "") -> str:
-    if not request_id or len(request_id) > 64:
-        raise InvalidInput("a request id is 1 to 64 characters", code="invalid_request_id", field="id")
     return f"/v1/requests/{quote(request_id, safe='')}{suffix}"
 
 
 # --- rendering -----------------------------------------------------------------------------------
 
 def render_pending(requests: list[Mapping[str, Any]]) -> str:
-    if not requests:
-        return "No requests are waiting for approval."
-    cells = [[str(read(r) or "-") for read in PENDING_COLUMNS.values()] for r in requests]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(PENDING_COLUMNS)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in [list(PENDING_COLUMNS), *cells])
+    return table(PENDING_COLUMNS, requests, empty="No requests are waiting for approval.")
 
 
 def render_request(view: Mapping[str, Any]) -> str:
@@ -110,7 +141,7 @@ def render_request(view: Mapping[str, Any]) -> str:
     if approvals:
         lines.append("")
         lines.append("Decisions so far:")
-        lines += [f"  {a['at']}  {a['approver']}  {a['decision']}  {_one_line(a.get('reason'), 80)}"
+        lines += [f"  {a['at']}  {a['approver']}  {a['decision']}  {one_line(a.get('reason'), 80)}"
                   for a in approvals]
     blast = view.get("blast_radius") or {}
     if blast.get("summary"):
@@ -126,59 +157,93 @@ def render_request(view: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if args.format == "json" else text)
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 def _pending(args: argparse.Namespace) -> int:
     data = call_api(args, "GET", "/v1/requests")
-    requests = list(data.get("requests") or [])
-    _emit(args, data, render_pending(requests))
+    emit(args, data, render_pending(list(data.get("requests") or [])))
+    return 0
+
+
+def _mine(args: argparse.Namespace) -> int:
+    data = call_api(args, "GET", "/v1/requests/mine", params={"status": args.status})
+    emit(args, data, table(MINE_COLUMNS, list(data.get("requests") or []), empty="You have no requests."))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    view = call_api(args, "GET", _request_path(args.id))
-    _emit(args, view, render_request(view))
+    view = call_api(args, "GET", _request_path(resolve_request_id(args, args.id)))
+    emit(args, view, render_request(view))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    view = call_api(args, "POST", _request_path(resolve_request_id(args, args.id), "/cancel"))
+    emit(args, view, f"request {view['id']} ({view['template']}) is {view['status']}")
     return 0
 
 
 def _decide(args: argparse.Namespace) -> int:
     if not args.reason or not args.reason.strip():
         raise InvalidInput("a reason is required (--reason)", code="missing_reason", field="reason")
-    view = call_api(args, "POST", _request_path(args.id, "/approvals"),
+    view = call_api(args, "POST", _request_path(resolve_request_id(args, args.id), "/approvals"),
                     {"decision": args.decision, "reason": args.reason})
     verb = "approved" if args.decision == "approve" else "denied"
     text = (f"You {verb} request {view['id']} ({view['template']}). Status: {view['status']}; "
             f"approvals {view.get('approvals_counted', 0)} of {view.get('approvals_required', 0)}.")
-    _emit(args, view, text)
+    emit(args, view, text)
+    return 0
+
+
+def _grants(args: argparse.Namespace) -> int:
+    data = call_api(args, "GET", "/v1/grants", params={"agent": args.agent, "access_key_id": args.access_key_id,
+                                                        "include_expired": "true" if args.all else None})
+    emit(args, data, table(GRANT_COLUMNS, list(data.get("grants") or []), empty="No live grants."))
     return 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
-                        help="broker URL (env BROKER_URL, default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("BROKER_TOKEN"),
-                        help="your API key or OIDC token (env BROKER_TOKEN)")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    add_api_options(parser)
+    add_format_option(parser)
 
 
 def register(subparsers) -> None:
-    requests = subparsers.add_parser("requests", help="credential requests waiting for co-signers")
+    requests = subparsers.add_parser("requests", help="credential requests: pending, your own, one in full, cancel")
     sub = requests.add_subparsers(dest="requests_command", metavar="COMMAND", required=True)
-    pending = sub.add_parser("pending", help="list requests waiting for approval (approvers)")
+    pending = sub.add_parser("pending", help="list requests waiting for approval (approvers)",
+                             epilog="example: broker requests pending --format json")
     _add_common(pending)
     pending.set_defaults(func=_pending)
-    show = sub.add_parser("show", help="one request: agent, human, reason, blast radius, exact policy")
-    show.add_argument("id")
+    mine = sub.add_parser("mine", help="your own requests (or your agents'), newest first",
+                          epilog="example: broker requests mine --status pending")
+    mine.add_argument("--status", default=None, help="only requests in this state (pending, issued, denied, ...)")
+    _add_common(mine)
+    mine.set_defaults(func=_mine)
+    show = sub.add_parser("show", help="one request: agent, human, reason, blast radius, exact policy",
+                          epilog="example: broker requests show 3f2a   (a unique prefix is enough)")
+    show.add_argument("id", help="request id, or a unique prefix of at least 4 characters")
     _add_common(show)
     show.set_defaults(func=_show)
+    cancel = sub.add_parser("cancel", help="withdraw your own pending request",
+                            epilog="example: broker requests cancel 3f2a")
+    cancel.add_argument("id", help="request id, or a unique prefix of at least 4 characters")
+    _add_common(cancel)
+    cancel.set_defaults(func=_cancel)
     for decision, name, help_text in (("approve", "approve", "co-sign a pending request"),
                                       ("deny", "deny", "deny a pending request")):
-        parser = subparsers.add_parser(name, help=help_text)
-        parser.add_argument("id")
+        parser = subparsers.add_parser(name, help=help_text,
+                                       epilog=f"example: broker {name} 3f2a --reason 'change ticket CHG-118'")
+        parser.add_argument("id", help="request id, or a unique prefix of at least 4 characters")
         parser.add_argument("--reason", required=True, help="why (recorded in the issuance log)")
         _add_common(parser)
         parser.set_defaults(func=_decide, decision=decision)
+
+    grants = subparsers.add_parser("grants", help="issued sessions: access key id, agent, template, expiry")
+    grants_sub = grants.add_subparsers(dest="grants_command", metavar="COMMAND", required=True)
+    listing = grants_sub.add_parser("list", help="live grants you may see (admins and reviewers: all)",
+                                    epilog="example: broker grants list --agent agent:demo --format json")
+    listing.add_argument("--agent", default=None, help="only this agent's grants")
+    listing.add_argument("--access-key-id", default=None, help="the grant of this AWS access key id")
+    listing.add_argument("--all", action="store_true", help="include expired and revoked grants")
+    _add_common(listing)
+    listing.set_defaults(func=_grants)

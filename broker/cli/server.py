@@ -35,8 +35,8 @@ def register(subparsers) -> None:
 
 
 def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60.0) -> None:
-    audit = container.extras["audit"]
-    revocations = container.extras["revocations"]
+    audit = container.audit
+    revocations = container.revocations
     while not stop.wait(every_seconds):
         try:
             # Counts of suppressed refusals whose window is over and that no later refusal carried
@@ -58,13 +58,13 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
          bound: socket.socket | None = None) -> int:
     import uvicorn
 
-    from broker.api.app import create_app
+    from broker.api.app import create_app, server_config
 
     app = create_app(container)
     stop = threading.Event()
     sweeper = threading.Thread(target=_checkpoint_loop, args=(container, stop), daemon=True)
     sweeper.start()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = server_config(app, host=host, port=port)
     server = uvicorn.Server(config)
     if banner:
         print(banner, flush=True)
@@ -103,7 +103,7 @@ def _shut_down(container, stop: threading.Event, sweeper: threading.Thread) -> N
         logging.getLogger("broker").warning("the periodic sweep did not finish before shutdown")
     _write_suppressed_refusals(container)
     # A checkpoint a boundary asked for may still be signing on its background thread: let it finish.
-    checkpointer = container.extras.get("checkpointer")
+    checkpointer = container.checkpointer
     if checkpointer is not None and not checkpointer.drain(timeout=10):
         logging.getLogger("broker").warning("the last log checkpoint did not finish before shutdown")
 
@@ -125,7 +125,18 @@ def run_serve(args: argparse.Namespace) -> int:
     oplog.configure(settings.log_level, settings.log_format)
     container = build_container(settings)
     warn_about_sign_in(settings)
+    warn_about_proxies(settings)
     return _run(container, args.host or settings.host, args.port or settings.port)
+
+
+def warn_about_proxies(settings: BrokerSettings) -> None:
+    """uvicorn's FORWARDED_ALLOW_IPS is not read (BROKER_TRUSTED_PROXIES is): say so if it is set."""
+    import os
+
+    if os.environ.get("FORWARDED_ALLOW_IPS") and not settings.trusted_proxies:
+        logging.getLogger("broker").warning(
+            "FORWARDED_ALLOW_IPS is set but ignored: the broker believes X-Forwarded-For only from "
+            "BROKER_TRUSTED_PROXIES (unset: the logged source_ip is the TCP peer's)")
 
 
 def warn_about_sign_in(settings: BrokerSettings) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from broker.domain.sts_rules import TAG_GRANT, TAG_TEMPLATE
 from broker.errors import InvalidInput, PolicyTooLarge
+from broker.domain.times import as_utc
 
 POLICY_NAME = "broker-revocations"
 # IAM quota: "Role policy size cannot exceed 10,240 characters" (all inline policies of a role together).
@@ -145,12 +146,12 @@ def revoke_all_cutoff(now: datetime) -> datetime:
     ``aws:TokenIssueTime`` with second precision, and ``DateLessThan`` is strict, so every session
     issued up to and including ``now``'s second is denied (one issued later in that same second is
     denied too: fail closed)."""
-    return _aware(now).replace(microsecond=0) + timedelta(seconds=1)
+    return as_utc(now).replace(microsecond=0) + timedelta(seconds=1)
 
 
 def live_entries(entries: Iterable[RevocationEntry], *, now: datetime) -> list[RevocationEntry]:
     """Entries whose credentials may still be in use at ``now`` (expiry plus the skew margin)."""
-    return [e for e in entries if _aware(e.expires_at) + CLOCK_SKEW_MARGIN > now]
+    return [e for e in entries if as_utc(e.expires_at) + CLOCK_SKEW_MARGIN > now]
 
 
 def merge_revoke_all(entries: Sequence[RevocationEntry]) -> list[RevocationEntry]:
@@ -253,16 +254,14 @@ def _text(value: Any) -> str:
     return value
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse(text: Any) -> datetime:
     if not isinstance(text, str):
         raise ValueError("expected an ISO 8601 time")
-    return _aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 def iam_time(moment: datetime) -> str:
     """ISO 8601 UTC with a Z, seconds precision (what IAM's Date operators expect)."""
-    return _aware(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return as_utc(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

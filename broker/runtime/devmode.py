@@ -134,6 +134,9 @@ def seed_principals(database: Database, keys_file: Path,
     with database.transaction() as repo:
         for principal_id, (roles, groups, acts_for) in (principals or DEV_PRINCIPALS).items():
             repo.upsert_principal(principal_id=principal_id, roles=roles, groups=groups, acts_for=acts_for, now=now)
+            # NOTE: dev seeding restores its cast (upsert alone keeps a disabled principal disabled); a key
+            # revoked when it was disabled stays revoked, and a new one is made below.
+            repo.set_principal_disabled(principal_id, False)
             token = existing.get(principal_id)
             if token:
                 parsed = parse_api_key(token)

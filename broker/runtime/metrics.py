@@ -38,7 +38,6 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from broker.storage.observed import ObservedDatabase
 from broker.ports import CredentialMinter, MintedCredentials, MintOrder
 from broker.usecases.refusal_budget import REFUSAL_ENTRY_TYPES, SUPPRESSION_SUMMARY, carried_refusals
 
@@ -215,33 +214,8 @@ class HttpLatency:
                                               status=str(status)).observe(time.perf_counter() - started)
 
 
-def metrics_for(container) -> BrokerMetrics:
-    """The container's metrics, created (and wired to its log and minter) on first use."""
-    metrics = container.extras.get("metrics")
-    if metrics is not None:
-        return metrics
-
-    def known_template(name: str) -> bool:
-        try:
-            container.catalog.get(name)
-        except Exception:  # noqa: BLE001 - any miss means "not a catalog name"
-            return False
-        return True
-
-    metrics = BrokerMetrics(known_template=known_template)
-    container.extras["metrics"] = metrics
-    database = container.service.database
-    if isinstance(database, ObservedDatabase):
-        database.observers.append(metrics.observe_entries)
-    container.service.minter = TimedMinter(container.service.minter, metrics.sts_duration)
-    audit = container.extras.get("audit")
-    if audit is not None and audit.checkpointer is not None:
-        audit.checkpointer.alarm = metrics
-    return metrics
-
-
 def instrument(app, container) -> BrokerMetrics:
     """Add the latency middleware to ``app`` and return the container's metrics."""
-    metrics = metrics_for(container)
+    metrics = container.metrics
     app.add_middleware(HttpLatency, metrics=metrics, server_timing=container.settings.server_timing)
     return metrics

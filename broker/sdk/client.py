@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -36,6 +37,8 @@ from broker.sdk.waiting import WaitProgress
 
 log = logging.getLogger("broker.sdk")
 
+# Where every command looks when nothing names a broker (what `broker dev` serves); the SDK itself needs a URL.
+DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
 TOKEN_COMMAND_TIMEOUT = 30.0
 # Request states after which waiting is pointless (the request will never be approved).
@@ -133,6 +136,36 @@ def credentials_from_body(body: Mapping[str, Any]) -> IssuedCredentials:
         environment=str(body.get("environment", "")), grant=dict(body.get("grant") or {}))
 
 
+# ----------------------------------------------------------------------------- the broker's URL
+def checked_url(url: str) -> str:
+    """``url`` without a trailing slash, or a clear error for the usual mistakes (no scheme, ``/v1``)."""
+    text = str(url).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        guess = f" (did you mean http://{text}?)" if "://" not in text else ""
+        raise ConfigurationError("invalid_broker_url", f"the broker URL {text!r} needs http:// or https://{guess}")
+    if parts.path.rstrip("/").endswith("/v1"):
+        raise ConfigurationError("invalid_broker_url", f"the broker URL names the server, not the API: use "
+                                 f"{text.removesuffix('/v1')} (without /v1)")
+    if parts.query or parts.fragment:
+        raise ConfigurationError("invalid_broker_url", f"the broker URL {text!r} must not have a query or fragment")
+    return text
+
+
+def unreachable_message(url: str, exc: Exception) -> str:
+    """Why a call got no HTTP answer, naming the http/https mix-up when that is what happened."""
+    said = str(exc).lower()
+    if url.startswith("https://") and ("wrong version number" in said or "record layer" in said
+                                       or "packet length" in said):
+        return f"the broker at {url} does not speak TLS: use http://{url.removeprefix('https://')}"
+    if url.startswith("https://") and "certificate" in said:
+        return f"the broker at {url} presented a certificate this machine does not trust"
+    if url.startswith("http://") and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return (f"the broker at {url} closed the connection without an HTTP answer: if it serves HTTPS, use "
+                f"https://{url.removeprefix('http://')}")
+    return f"cannot reach the broker at {url} ({exc.__class__.__name__}): is it running? (broker dev starts one)"
+
+
 # ----------------------------------------------------------------------------- tokens
 class TokenSource:
     """Where the agent's bearer token comes from: a literal, a file, or a command printing an OIDC token."""
@@ -218,7 +251,8 @@ class BrokerClient:
                  sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic) -> None:
         url = url or os.environ.get("BROKER_URL")
         if not url:
-            raise ConfigurationError(None, "no broker URL: pass url= or set BROKER_URL")
+            # NOTE: the SDK does not guess (the CLI falls back to DEFAULT_URL, where `broker dev` serves).
+            raise ConfigurationError(None, f"no broker URL: pass url= or set BROKER_URL (broker dev: {DEFAULT_URL})")
         if any((token, token_file, token_command)):
             self.tokens = TokenSource(token=token, token_file=token_file, token_command=token_command)
         else:
@@ -226,7 +260,7 @@ class BrokerClient:
         if not self.tokens.configured:
             raise ConfigurationError(None, "no broker token: set BROKER_TOKEN, BROKER_TOKEN_FILE or "
                                            "BROKER_TOKEN_COMMAND (or pass token=)")
-        self.url = url.rstrip("/")
+        self.url = checked_url(url)
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
                                   headers={"User-Agent": "agent-broker-sdk/1"})
         self._sleep, self._monotonic = sleep, monotonic
@@ -247,7 +281,10 @@ class BrokerClient:
         try:
             response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.HTTPError as exc:
-            raise BrokerUnreachable(None, f"cannot reach the broker at {self.url} ({exc.__class__.__name__})") from exc
+            raise BrokerUnreachable(None, unreachable_message(self.url, exc)) from exc
+        if response.status_code == 400 and self.url.startswith("http://") and b"HTTPS" in response.content[:300]:
+            raise BrokerUnreachable(None, f"the broker at {self.url} speaks HTTPS: use https://"
+                                          f"{self.url.removeprefix('http://')}")
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -263,6 +300,27 @@ class BrokerClient:
         except ValueError as exc:
             raise BrokerAPIError("malformed_response", "the broker's answer was not JSON", response.status_code) \
                 from exc
+
+    def call(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
+        """Any API call (``/v1/...``): its JSON answer, or the typed error of the API's ``{"error": ...}``."""
+        return self._json(method, path, json=json, params={k: v for k, v in (params or {}).items() if v is not None})
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the broker says this token is: id, roles, acts_for, groups, auth_method."""
+        return self._json("GET", "/v1/whoami")
+
+    def my_requests(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """This principal's own requests (as requester, or as the human an agent acts for), newest first."""
+        return list(self.call("GET", "/v1/requests/mine", params={"status": status}).get("requests", []))
+
+    def grants(self, *, agent: str | None = None, access_key_id: str | None = None,
+               include_expired: bool = False) -> list[dict[str, Any]]:
+        """Grants (issued sessions) this principal may see; live ones unless ``include_expired``."""
+        params = {"agent": agent, "access_key_id": access_key_id, "include_expired": include_expired or None}
+        return list(self.call("GET", "/v1/grants", params=params).get("grants", []))
+
+    def revoke_grant(self, grant_id: str, *, reason: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/grants/{quote(grant_id, safe='')}/revoke", json={"reason": reason})
 
     # ------------------------------------------------------------------ agent use cases
     def request(self, template: str, params: Mapping[str, Any] | None = None, *, reason: str,
@@ -381,5 +439,5 @@ class BrokerClient:
         return self._send("GET", "/v1/events/public-key", auth=False).content
 
 
-__all__ = ["BrokerClient", "IssuedCredentials", "PendingRequest", "TokenSource", "credentials_from_body",
+__all__ = ["DEFAULT_URL", "BrokerClient", "checked_url", "IssuedCredentials", "PendingRequest", "TokenSource", "credentials_from_body",
            "iso_time", "parse_time"]

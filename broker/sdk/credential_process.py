@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,7 +140,8 @@ class ScopeCredentials:
         return scope_key(url=self.client.url, identity_hash=self.client.tokens.identity_hash(),
                          template=self.template, params=self.params)
 
-    def obtain(self, *, wait_seconds: float = 0.0) -> IssuedCredentials | PendingRequest:
+    def obtain(self, *, wait_seconds: float = 0.0,
+               on_wait: Callable[[PendingRequest], None] | None = None) -> IssuedCredentials | PendingRequest:
         key = self.key
         cached = self.cache.load(key, margin=self.refresh_margin)
         if cached is not None:
@@ -155,7 +156,7 @@ class ScopeCredentials:
             self.cache.remember_pending(key, answer.id)
             if wait_seconds <= 0:
                 return answer
-            self.client.wait(answer.id, timeout=wait_seconds)
+            self.client.wait(answer.id, timeout=wait_seconds, on_wait=on_wait)
             answer = self.client.redeem(answer.id)
         self.cache.store(key, answer)
         return answer

@@ -270,7 +270,7 @@ class Repository:
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      limit: int = 100, offset: int = 0) -> list[RequestRow]:
+                      acts_for: str | None = None, limit: int = 100, offset: int = 0) -> list[RequestRow]:
         """Newest first (ties by id, so pages never overlap)."""
         statement = (select(RequestRow).order_by(col(RequestRow.created_at).desc(), col(RequestRow.id))
                      .limit(limit).offset(offset))
@@ -278,6 +278,8 @@ class Repository:
             statement = statement.where(col(RequestRow.status).in_(list(statuses)))
         if requester:
             statement = statement.where(RequestRow.requester == requester)
+        if acts_for:
+            statement = statement.where(RequestRow.acts_for == acts_for)
         return list(self.session.exec(statement))
 
     def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]:

@@ -7,6 +7,8 @@ guardrails).  A folder with a broken template does not load at all: fail closed.
 
 from __future__ import annotations
 
+import difflib
+
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,9 @@ class TemplateCatalog:
         try:
             return self._by_name[name].template
         except (KeyError, TypeError):
-            raise TemplateNotFound(f"no scope template named '{name}'", field="template") from None
+            close = difflib.get_close_matches(str(name), list(self._by_name), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise TemplateNotFound(f"no scope template named '{name}'{hint}", field="template") from None
 
     def source_of(self, name: str) -> str:
         return self._by_name[name].source

@@ -37,6 +37,7 @@ from sqlmodel import Field, SQLModel, col, delete, func, select
 from broker.errors import RateLimited
 from broker.storage.repository import Repository
 from broker.storage.ui_sessions import token_digest
+from broker.domain.times import aware_like
 
 FLOW_LIFETIME = timedelta(minutes=10)
 # Outstanding (unexpired, unfinished) flows: a person signing in has one or two; a whole office behind
@@ -178,7 +179,7 @@ class UiOidcFlowStore:
         # NOTE: one-time use is decided by the DELETE's row count, not by the read above: of two
         # concurrent callbacks with the same state, only the one whose DELETE removed the row goes on.
         removed = self._session.exec(delete(UiOidcFlowRow).where(col(UiOidcFlowRow.id) == key)).rowcount
-        if removed != 1 or _aware(expires_at, now) <= now:
+        if removed != 1 or aware_like(expires_at, now) <= now:
             return None
         return flow
 
@@ -199,8 +200,4 @@ class UiOidcFlowStore:
                                                     source=source, now=now)).one()
         if oldest is None:
             return 1
-        return max(1, math.ceil((_aware(oldest, now) - now).total_seconds()))
-
-
-def _aware(moment: datetime, like: datetime) -> datetime:
-    return moment if moment.tzinfo or like.tzinfo is None else moment.replace(tzinfo=like.tzinfo)
+        return max(1, math.ceil((aware_like(oldest, now) - now).total_seconds()))

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from broker.storage.repository import Repository
+from broker.domain.times import aware_like
 
 # Absolute lifetime and idle timeout of an approver session.
 SESSION_LIFETIME = timedelta(hours=8)
@@ -79,7 +80,7 @@ class UiSessionStore:
         row = self._session.get(UiSessionRow, token_digest(token))
         if row is None:
             return None
-        if _aware(row.expires_at, now) <= now or _aware(row.last_seen_at, now) + SESSION_IDLE <= now:
+        if aware_like(row.expires_at, now) <= now or aware_like(row.last_seen_at, now) + SESSION_IDLE <= now:
             self._session.delete(row)
             return None
         row.last_seen_at = now
@@ -99,7 +100,3 @@ class UiSessionStore:
 
     def count(self) -> int:
         return len(list(self._session.exec(select(UiSessionRow.id))))
-
-
-def _aware(moment: datetime, like: datetime) -> datetime:
-    return moment if moment.tzinfo or like.tzinfo is None else moment.replace(tzinfo=like.tzinfo)

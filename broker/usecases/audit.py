@@ -19,6 +19,7 @@ from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUM
                              carried_refusals)
 from broker.storage.engine import Database
 from broker.usecases.checkpoints import Checkpointer
+from broker.domain.times import parse_time
 
 log = logging.getLogger("broker.audit")
 
@@ -199,7 +200,7 @@ class ReportTally:
 
 
 def _time(entry: Mapping[str, Any]) -> datetime:
-    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+    return parse_time(entry["time"])
 
 
 @dataclass

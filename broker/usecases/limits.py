@@ -32,17 +32,15 @@ from broker.domain.principals import Principal
 from broker.domain.templates import ScopeTemplate
 from broker.errors import RateLimited
 from broker.storage.repository import Repository
+from broker.domain.times import as_utc
 
 WINDOW = timedelta(seconds=60)
 
 
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
-    return max(1, math.ceil((_aware(moment) - now).total_seconds()))
+    return max(1, math.ceil((as_utc(moment) - now).total_seconds()))
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
             return int(WINDOW.total_seconds())
         # NOTE: the window includes its start (created_at >= now - 60 s): that request still counts at exactly
         # edge + 60 s, so the first whole second after it.
-        return max(1, math.floor((_aware(edge) + WINDOW - now).total_seconds()) + 1)
+        return max(1, math.floor((as_utc(edge) + WINDOW - now).total_seconds()) + 1)
     return retry_after
 
 

@@ -42,7 +42,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from broker.domain import log as issuance_log
@@ -60,6 +60,7 @@ from broker.usecases.issuance import append_refusal, grant_view
 from broker.storage.engine import Database
 from broker.storage.models import GrantRow
 from broker.storage.repository import Repository
+from broker.domain.times import as_utc, iso, parse_time
 
 log = logging.getLogger("broker.revocation")
 
@@ -86,12 +87,8 @@ class Change:
     view: dict[str, Any]
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else issuance_log.log_time(_aware(moment))
 
 
 def _event(kind: str, *, now: datetime, actor: str, acts_for: str | None = None, source_ip: str | None = None,
@@ -105,7 +102,7 @@ def _event(kind: str, *, now: datetime, actor: str, acts_for: str | None = None,
     if grant is not None:
         body.update(request_id=grant.request_id, grant_id=grant.id, template=grant.template,
                     policy_digest=grant.policy_digest, access_key_id=grant.access_key_id,
-                    expiration=_iso(grant.expiration))
+                    expiration=iso(grant.expiration))
     return body
 
 
@@ -201,13 +198,13 @@ class RevocationService:
             assert grant is not None
             if grant.revoked_at is not None:
                 raise Conflict("this grant is already revoked", code="grant_already_revoked")
-            if _aware(grant.expiration) <= now:
+            if as_utc(grant.expiration) <= now:
                 raise Conflict("this grant's credentials have already expired", code="grant_expired")
             grant.revoked_at, grant.revoked_by = now, principal.id
             repo.save_grant(grant)
             entries.append(rules.RevokedSession(role_arn=grant.role_arn, grant_id=grant.id,
                                                 session_name=grant.session_name,
-                                                expires_at=_aware(grant.expiration)))
+                                                expires_at=as_utc(grant.expiration)))
             event = _event("revoked", now=now, actor=principal.id, acts_for=principal.acts_for, source_ip=source_ip,
                            grant=grant, reason=reason, agent=grant.agent, on_behalf_of=grant.acts_for,
                            role_arn=grant.role_arn, session_name=grant.session_name)
@@ -259,7 +256,7 @@ class RevocationService:
                 entries.append(rules.RevokeAll(role_arn=role, scope=scope, value=narrowed, cutoff=cutoff,
                                                expires_at=self._expiry_for_role(role, cutoff)))
             for grant in grants:
-                if _aware(grant.issued_at) < cutoff:
+                if as_utc(grant.issued_at) < cutoff:
                     grant.revoked_at, grant.revoked_by = now, principal.id
                     repo.save_grant(grant)
             event = _event("revoked_all", now=now, actor=principal.id, acts_for=principal.acts_for,
@@ -325,7 +322,7 @@ class RevocationService:
         now = self.clock.now()
         with self.database.transaction() as repo:
             stale = [i.grant_id for i in repo.unresolved_intents()
-                     if _aware(i.created_at) <= now - timedelta(seconds=self.orphan_grace_seconds)]
+                     if as_utc(i.created_at) <= now - timedelta(seconds=self.orphan_grace_seconds)]
         done = []
         for grant_id in stale:
             try:
@@ -347,14 +344,14 @@ class RevocationService:
         session_name = request.session_name if request is not None else intent.grant_id
         entries.append(rules.RevokedSession(role_arn=intent.role_arn, grant_id=intent.grant_id,
                                             session_name=session_name,
-                                            expires_at=_aware(intent.created_at) + timedelta(seconds=ttl)))
+                                            expires_at=as_utc(intent.created_at) + timedelta(seconds=ttl)))
         if request is not None:
             repo.transition_request(request.id, from_statuses=[RequestStatus.ISSUING.value],
                                     to_status=RequestStatus.FAILED.value, updated_at=now, decided_reason="orphaned")
         repo.resolve_intent(intent.grant_id)
         event = _event("orphaned", now=now, actor="broker", reason_code="orphaned_mint",
                        role_arn=intent.role_arn, session_name=session_name, revoked=True,
-                       intent_created_at=_iso(intent.created_at),
+                       intent_created_at=iso(intent.created_at),
                        requester=request.requester if request is not None else None)
         event.update(request_id=intent.request_id, grant_id=intent.grant_id,
                      template=request.template if request is not None else None)
@@ -370,7 +367,7 @@ class RevocationService:
             repo.lock_log_head()
             if repo.get_setting(LOCKDOWN_KEY.format(scope=scope)) is not None:
                 raise Conflict(f"'{scope}' is already locked down", code="already_locked_down")
-            state = {"environment": scope, "by": principal.id, "reason": reason, "at": _iso(now)}
+            state = {"environment": scope, "by": principal.id, "reason": reason, "at": iso(now)}
             repo.set_setting(LOCKDOWN_KEY.format(scope=scope), json.dumps(state), now=now)
             repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
             repo.append_event(_event("lockdown", now=now, actor=principal.id, source_ip=source_ip,
@@ -390,8 +387,8 @@ class RevocationService:
                 raise Conflict(f"'{scope}' is not locked down", code="not_locked_down")
             pending = self._pending_lift(repo, scope, now)
             if pending is None:
-                lift = {"environment": scope, "requested_by": principal.id, "reason": reason, "at": _iso(now),
-                        "expires_at": _iso(now + timedelta(seconds=self.lift_request_seconds))}
+                lift = {"environment": scope, "requested_by": principal.id, "reason": reason, "at": iso(now),
+                        "expires_at": iso(now + timedelta(seconds=self.lift_request_seconds))}
                 repo.set_setting(LIFT_KEY.format(scope=scope), json.dumps(lift), now=now)
                 repo.append_event(_event("lockdown_lift_requested", now=now, actor=principal.id, source_ip=source_ip,
                                          environment=scope, reason=reason))
@@ -412,7 +409,7 @@ class RevocationService:
         if raw is None:
             return None
         pending = json.loads(raw)
-        expires = datetime.fromisoformat(pending["expires_at"].replace("Z", "+00:00"))
+        expires = parse_time(pending["expires_at"])
         return pending if expires > now else None
 
     def _admin_scope(self, principal: Principal, environment: str, *, source_ip: str | None, action: str) -> str:

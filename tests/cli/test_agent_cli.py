@@ -234,7 +234,10 @@ def test_the_written_profile_works_in_the_aws_cli_as_printed(token_file, agent_e
 def test_profile_refuses_what_the_broker_would_refuse_and_writes_nothing(token_file, tmp_path, argv, code, capsys):
     config = tmp_path / "aws-config"
     assert main(["profile", *argv, "--name", "p", "--reason", REASON, "--config-file", str(config)]) == 1
-    assert f"[{code}]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"[{code}]" in err
+    if code == "template_not_found":
+        assert "did you mean 'test-s3-read'?" in err
     assert not config.exists()
 
 

@@ -203,7 +203,7 @@ def test_a_lockdown_that_commits_while_sts_mints_withholds_the_credentials(db_ur
         assert broker.get(f"/v1/requests/{request_id}", "agent:demo").json()["status"] == "failed"
         # The session STS minted is nobody's: reconciliation logs it as an orphan and denies it at AWS.
         broker.clock.advance(61)
-        assert broker.container.extras["revocations"].reconcile_orphans() == [events[0]["grant_id"]]
+        assert broker.container.revocations.reconcile_orphans() == [events[0]["grant_id"]]
         assert broker.events()[-1]["type"] == "orphaned"
         assert session_is_named(read_deny_policy(moto_server.endpoint_url), grant_id=events[0]["grant_id"])
     finally:

@@ -82,7 +82,7 @@ def test_the_broker_checkpoints_every_n_entries(moto_server, tmp_path):
                             aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "s", checkpoint_every=3)
     with harness.container.database.transaction() as repo:
         assert repo.latest_checkpoint() is None
-    checkpointer = harness.container.extras["checkpointer"]
+    checkpointer = harness.container.checkpointer
     for _ in range(4):  # 8 entries: requested + issued each
         assert harness.post("/v1/requests", "agent:demo", json=S3).status_code == 201
         assert checkpointer.drain()  # it is signed in the background, right after the boundary's commit

@@ -80,6 +80,18 @@ def test_the_figures_of_a_known_log(logged):
         principal=RITA, range_name="24h").totals["issued"] == 0
 
 
+def test_the_page_and_its_charts_share_one_computation_for_a_few_seconds(logged):
+    dashboard = ReviewDashboard(database=logged.container.database, clock=logged.clock, fresh_for=30)
+    page = dashboard.figures(principal=RITA, range_name="24h")
+    assert logged.post("/v1/requests", "agent:demo", json=S3).status_code == 201
+    logged.clock.advance(10)
+    assert dashboard.figures(principal=RITA, range_name="24h", parts=["over_time"]) is page   # the chart's
+    with pytest.raises(Forbidden):                                    # authorization is never cached
+        dashboard.figures(principal=Principal(id="human:bob", roles=frozenset({Role.APPROVER})), range_name="24h")
+    logged.clock.advance(21)
+    assert dashboard.figures(principal=RITA, range_name="24h").totals["issued"] == 4
+
+
 def test_only_reviewers_and_admins_and_only_the_offered_ranges(logged):
     dashboard = ReviewDashboard(database=logged.container.database, clock=logged.clock)
     with pytest.raises(Forbidden):
@@ -148,3 +160,19 @@ def test_the_dashboard_in_a_browser(chromium, site, size):
             rita.screenshot(f"review-{size}", full_page=True)
         finally:
             rita.close()
+
+
+def test_suppressed_refusals_count_once_in_the_figures(budgeted):
+    from tests.conftest import REFUSAL_BUDGET
+
+    flood = 5
+    for _ in range(REFUSAL_BUDGET + flood):
+        assert budgeted.post("/v1/requests", "agent:demo", json={**S3, "template": "no-such-x"}).status_code == 404
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 1
+    figures = ReviewDashboard(database=budgeted.container.database, clock=budgeted.clock).figures(
+        principal=RITA, range_name="24h")
+    assert figures.refusals_by_reason == {"template_not_found": REFUSAL_BUDGET + flood}
+    assert figures.totals["refused"] == REFUSAL_BUDGET + flood
+    report = budgeted.get("/v1/events/report", "human:rita", params={"since": "24h"}).json()
+    assert report["refused_total"] == REFUSAL_BUDGET + flood  # the report and the dashboard agree

@@ -1,0 +1,190 @@
+"""The composition root: builds the broker's adapters and use cases once, from its settings.
+
+``build_container`` is the one place that knows which implementation stands behind each port; the API
+(:mod:`broker.api.deps`), ``broker serve`` and ``broker dev`` all start from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.aws.action_database import default_action_knowledge
+from broker.aws.anchors import S3CheckpointAnchors
+from broker.domain import blast_radius, guardrails
+from broker.domain import log as issuance_log
+from broker.errors import InvalidInput
+from broker.identity.authenticator import Authenticator
+from broker.identity.oidc import OidcVerifier, load_issuer_configs
+from broker.identity.oidc.relying_party import UiOidcClient, load_ui_oidc_config
+from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
+from broker.runtime.background import CheckpointEvery, InBackground
+from broker.runtime.metrics import BrokerMetrics, TimedMinter
+from broker.settings import BrokerSettings, load_target_accounts
+from broker.storage.directory import DirectoryAdapter
+from broker.storage.engine import Database, build_engine
+from broker.storage.migrations import migrate
+from broker.storage.observed import ObservedDatabase
+from broker.storage.template_files import TemplateCatalog, load_catalog
+from broker.usecases.audit import AuditLog
+from broker.usecases.checkpoints import Checkpointer
+from broker.usecases.issuance import BrokerService
+from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.review import ReviewDashboard
+from broker.usecases.revocation import RevocationService, start_up, wire_revocation
+
+log = logging.getLogger("broker.api")
+
+
+class UiOidcSignIn:
+    """The approvers' OIDC client, built on first use and then shared (one JWKS cache).
+
+    NOTE: built lazily on purpose: a misconfigured sign-in must not stop the broker (issuance and
+    key sign-in go on); the sign-in page answers 503 with the configuration's fault instead, on every
+    attempt, since a failed build is not remembered.
+    """
+
+    def __init__(self, settings: BrokerSettings, *, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._built = False
+        self._client: UiOidcClient | None = None
+
+    def client(self) -> UiOidcClient | None:
+        with self._lock:
+            if not self._built:
+                config = load_ui_oidc_config(self._settings)  # raises (503) while misconfigured
+                self._client = (None if config is None
+                                else UiOidcClient(config, clock=lambda: self._clock.now().timestamp()))
+                self._built = True
+            return self._client
+
+
+@dataclass
+class Container:
+    """Everything one broker process is made of, built once by :func:`build_container`.
+
+    Typed fields, no lookup by name: a route or command asks for ``container.audit``, and a missing
+    service is an AttributeError at the first test, not a KeyError in production.
+    """
+
+    settings: BrokerSettings
+    database: Database
+    catalog: TemplateCatalog
+    service: BrokerService
+    authenticator: Authenticator
+    signer: issuance_log.CheckpointSigner
+    clock: Clock
+    audit: AuditLog
+    revocations: RevocationService
+    checkpointer: InBackground
+    metrics: BrokerMetrics
+    # The approvers' OIDC sign-in: ``ui_oidc.client()`` is None when it is not configured.
+    ui_oidc: UiOidcSignIn
+    # The reviewers' dashboard (its figures shared for a few seconds by the page and its charts).
+    review: ReviewDashboard
+
+
+def template_checks(settings: BrokerSettings | None = None) -> tuple[list, list, Any]:
+    """Guardrail checks for templates and rendered policies, and the blast-radius function.  The
+    accounts configuration comes from ``settings``: a role in an account it does not name, or of
+    another environment than the template's, is refused (no settings: nothing named, all refused)."""
+    actions = default_action_knowledge()
+    accounts = load_target_accounts(settings or BrokerSettings())
+    return (
+        [lambda t: guardrails.check_template(t, actions=actions, accounts=accounts)],
+        [guardrails.RenderedChecks(actions, accounts=accounts)],
+        lambda t, r: blast_radius.assess(t, actions=actions, rendered=r).to_dict(),
+    )
+
+
+def load_oidc_verifiers(path: Path | None) -> list[OidcVerifier]:
+    return [OidcVerifier(config) for config in load_issuer_configs(path)]
+
+
+def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
+    if settings.signing_key_file is None:
+        if not settings.dev_mode:
+            # NOTE: an ephemeral key would make every checkpoint unverifiable after a restart, and
+            # different on each replica: refuse to start instead.
+            raise InvalidInput("BROKER_SIGNING_KEY_FILE must name the Ed25519 key that signs log checkpoints",
+                               code="config_invalid", field="signing_key_file")
+        log.warning("BROKER_SIGNING_KEY_FILE is not set: dev mode signs checkpoints with an EPHEMERAL key")
+        return issuance_log.CheckpointSigner(issuance_log.generate_signing_key())
+    try:
+        pem = settings.signing_key_file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"signing key {settings.signing_key_file} cannot be read", code="config_invalid") from exc
+    return issuance_log.CheckpointSigner(issuance_log.load_signing_key(pem))
+
+
+def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
+                    notifier: Notifier | None = None, run_migrations: bool = True, revoker=None) -> Container:
+    # Observed: metrics and periodic checkpoints see each committed unit of work's log entries.
+    database = ObservedDatabase(build_engine(settings.database_url))
+    if run_migrations:
+        migrate(database.engine)
+    template_check, rendered_check, blast = template_checks(settings)
+    catalog = load_catalog(Path(settings.scopes_dir), checks=template_check)
+    clock = clock or SystemClock()
+    if minter is None:
+        from broker.aws.sts import StsMinter
+        minter = StsMinter(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    # One budget for every use case that logs refusals (per principal, per replica: see broker.usecases.refusal_budget).
+    refusal_budget = RefusalBudget(per_minute=settings.refusals_per_minute, clock=clock)
+    revocations, gates, redeem_gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
+                                                       revoker=revoker, refusal_budget=refusal_budget)
+    if notifier is None and settings.webhook_url:
+        from broker.runtime.webhook import WebhookNotifier  # only when a webhook is configured
+        notifier = WebhookNotifier(settings.webhook_url)
+    service = BrokerService(catalog=catalog, database=database, minter=minter, clock=clock,
+                            rendered_checks=rendered_check, notifier=notifier or NullNotifier(),
+                            public_url=settings.public_url.rstrip("/"), blast_radius=blast, gates=gates,
+                            redeem_gates=redeem_gates, release_gates=[revocations.check_lockdown],
+                            refusal_budget=refusal_budget)
+    directory = DirectoryAdapter(database)
+    authenticator = Authenticator(api_keys=directory, principals=directory,
+                                  oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file), now=clock.now)
+    signer = load_signer(settings)
+    anchors = None
+    if settings.anchor_bucket:  # every checkpoint also goes off the host (Object Lock, compliance mode)
+        anchors = S3CheckpointAnchors(bucket=settings.anchor_bucket, prefix=settings.anchor_prefix,
+                                      retention_days=settings.anchor_retention_days,
+                                      endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    audit = AuditLog(database=database, signer=signer, clock=clock,
+                     checkpointer=Checkpointer(database=database, signer=signer, clock=clock, anchors=anchors))
+    # NOTE: the checkpoint a boundary calls for is signed on a background thread, not inside the request
+    # whose entry crossed it (it would add a transaction and a signature to every Nth response).
+    checkpointer = InBackground(audit.checkpoint, name="log-checkpoint")
+    if settings.checkpoint_every > 0:
+        database.observers.append(CheckpointEvery(checkpointer, every=settings.checkpoint_every))
+    metrics = wire_metrics(database=database, catalog=catalog, service=service)
+    if audit.checkpointer is not None:
+        audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)
+    ui_oidc = UiOidcSignIn(settings, clock=clock)
+    start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
+    return Container(settings=settings, database=database, catalog=catalog, service=service,
+                     authenticator=authenticator, signer=signer, clock=clock, audit=audit,
+                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
+                     review=ReviewDashboard(database=database, clock=clock))
+
+
+def wire_metrics(*, database: Database, catalog: TemplateCatalog, service: BrokerService) -> BrokerMetrics:
+    """The process's metrics: fed by the log's observer, timing the minter's STS calls."""
+
+    def known_template(name: str) -> bool:
+        try:
+            catalog.get(name)
+        except Exception:  # noqa: BLE001 - any miss means "not a catalog name"
+            return False
+        return True
+
+    metrics = BrokerMetrics(known_template=known_template)
+    if isinstance(database, ObservedDatabase):
+        database.observers.append(metrics.observe_entries)
+    service.minter = TimedMinter(service.minter, metrics.sts_duration)
+    return metrics

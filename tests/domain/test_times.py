@@ -1,0 +1,44 @@
+"""broker.domain.times: one way to read, compare and write the broker's times."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from broker.domain.times import as_utc, aware_like, iso, parse_time
+
+NAIVE = datetime(2026, 1, 2, 3, 4, 5, 6)
+PLUS2 = timezone(timedelta(hours=2))
+
+
+@pytest.mark.parametrize(("moment", "expected"), [
+    (NAIVE, NAIVE.replace(tzinfo=UTC)),
+    (NAIVE.replace(tzinfo=PLUS2), NAIVE.replace(tzinfo=PLUS2)),
+])
+def test_as_utc_takes_naive_as_utc_and_keeps_aware(moment, expected):
+    assert as_utc(moment) == expected and as_utc(moment).tzinfo is not None
+
+
+def test_aware_like_follows_the_other_side():
+    assert aware_like(NAIVE, NAIVE) is NAIVE
+    assert aware_like(NAIVE, NAIVE.replace(tzinfo=UTC)).tzinfo is UTC
+
+
+@pytest.mark.parametrize(("moment", "text"), [
+    (None, None),
+    (NAIVE, "2026-01-02T03:04:05.000006Z"),
+    (NAIVE.replace(tzinfo=PLUS2), "2026-01-02T01:04:05.000006Z"),
+])
+def test_iso_is_the_log_form(moment, text):
+    assert iso(moment) == text
+
+
+@pytest.mark.parametrize("text", ["2026-01-02T03:04:05.000006Z", "2026-01-02T03:04:05.000006+00:00",
+                                  "2026-01-02T03:04:05.000006"])
+def test_parse_time_round_trips(text):
+    assert iso(parse_time(text)) == "2026-01-02T03:04:05.000006Z"
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01T00:00:00Z"])
+def test_parse_time_refuses_what_is_not_a_time(text):
+    with pytest.raises(ValueError):
+        parse_time(text)
