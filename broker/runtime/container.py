@@ -33,6 +33,7 @@ from broker.usecases.audit import AuditLog
 from broker.usecases.checkpoints import Checkpointer
 from broker.usecases.issuance import BrokerService
 from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.review import ReviewDashboard
 from broker.usecases.revocation import RevocationService, start_up, wire_revocation
 
 log = logging.getLogger("broker.api")
@@ -84,6 +85,8 @@ class Container:
     metrics: BrokerMetrics
     # The approvers' OIDC sign-in: ``ui_oidc.client()`` is None when it is not configured.
     ui_oidc: UiOidcSignIn
+    # The reviewers' dashboard (its figures shared for a few seconds by the page and its charts).
+    review: ReviewDashboard
 
 
 def template_checks() -> tuple[list, list, Any]:
@@ -163,7 +166,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock, audit=audit,
-                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc)
+                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
+                     review=ReviewDashboard(database=database, clock=clock))
 
 
 def wire_metrics(*, database: Database, catalog: TemplateCatalog, service: BrokerService) -> BrokerMetrics:
