@@ -41,6 +41,11 @@ class BrokerSettings(BaseSettings):
     trusted_proxies: str = ""
     max_body_bytes: int = 64 * 1024
     checkpoint_every: int = 100
+    # Checkpoint anchors: each signed checkpoint is also put in this S3 bucket (Object Lock, COMPLIANCE mode,
+    # retained anchor_retention_days), where the broker cannot rewrite it (broker.aws.anchors).  None: off.
+    anchor_bucket: str | None = None
+    anchor_prefix: str = "checkpoints/"
+    anchor_retention_days: int = 400
     # Add a Server-Timing header (the app's own time and the STS call's) to every response: for
     # measuring the broker's overhead from outside.  Off by default: callers need not see timings.
     server_timing: bool = False
