@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -35,8 +36,16 @@ class BrokerSettings(BaseSettings):
     webhook_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma- or space-separated IP
+    # addresses or networks).  Empty (the default): none, the logged source_ip is always the TCP peer's.
+    trusted_proxies: str = ""
     max_body_bytes: int = 64 * 1024
     checkpoint_every: int = 100
+    # Checkpoint anchors: each signed checkpoint is also put in this S3 bucket (Object Lock, COMPLIANCE mode,
+    # retained anchor_retention_days), where the broker cannot rewrite it (broker.aws.anchors).  None: off.
+    anchor_bucket: str | None = None
+    anchor_prefix: str = "checkpoints/"
+    anchor_retention_days: int = 400
     # Add a Server-Timing header (the app's own time and the STS call's) to every response: for
     # measuring the broker's overhead from outside.  Off by default: callers need not see timings.
     server_timing: bool = False
@@ -76,6 +85,19 @@ class BrokerSettings(BaseSettings):
     # Comma- or space-separated name=value pairs (e.g. "hd=example.com" for Google, "tid=<tenant id>"
     # for Entra ID): every named claim must be present and be exactly that string.  Empty: none.
     ui_oidc_required_claims: str = ""
+
+
+def trusted_proxy_networks(settings: BrokerSettings) -> list[str]:
+    """``trusted_proxies`` as networks (an address is its /32 or /128); ``config_invalid`` for anything else
+    (host names, ports, ``*``: write the networks out, e.g. ``0.0.0.0/0`` if that is really meant)."""
+    networks = []
+    for item in settings.trusted_proxies.replace(",", " ").split():
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise InvalidInput(f"BROKER_TRUSTED_PROXIES: {item[:60]!r} is not an IP address or network",
+                               code="config_invalid", field="trusted_proxies") from None
+    return networks
 
 
 def load_settings(**overrides: Any) -> BrokerSettings:

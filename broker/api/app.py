@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import Container
 from broker.errors import BrokerError
+from broker.settings import trusted_proxy_networks
 
 log = logging.getLogger("broker.api")
 
@@ -76,6 +77,21 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
         code = "unknown_field"
     message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid request"))
     return error_response(422, code, message, field)
+
+
+def server_config(app: FastAPI, **options: Any):
+    """The ``uvicorn.Config`` every broker server uses (``broker serve``, ``broker dev``, the tests' servers).
+
+    NOTE: uvicorn believes X-Forwarded-For/-Proto from loopback unless told otherwise, so any local client
+    could write the source_ip of its own log entries: the headers are read only from BROKER_TRUSTED_PROXIES
+    (default none), and FORWARDED_ALLOW_IPS (uvicorn's own variable) is never consulted.
+    """
+    import uvicorn
+
+    trusted = trusted_proxy_networks(app.state.container.settings)
+    options.setdefault("log_level", "warning")
+    options.setdefault("access_log", False)
+    return uvicorn.Config(app, proxy_headers=bool(trusted), forwarded_allow_ips=trusted, **options)
 
 
 def create_app(container: Container) -> FastAPI:

@@ -177,23 +177,41 @@ def _read_trusted(path: str, keys: list) -> list[Checkpoint]:
     return checkpoints
 
 
+def _anchored(url: str, keys: list) -> list[Checkpoint]:
+    """The checkpoints anchored at ``s3://bucket/prefix`` (AWS credentials and endpoint from the environment)."""
+    from broker.aws.anchors import S3CheckpointAnchors, parse_anchor_url
+
+    bucket, prefix = parse_anchor_url(url)
+    anchored = S3CheckpointAnchors(bucket=bucket, prefix=prefix).checkpoints()
+    for checkpoint in anchored:
+        if not any(verify_signature(checkpoint, key) for key in keys):
+            raise InvalidInput(f"the anchored checkpoint for seq {checkpoint.seq} in {url} is not signed by the "
+                               "given key.", code="anchor_invalid")
+    if not anchored:
+        raise InvalidInput(f"no checkpoint is anchored in {url}.", code="anchor_invalid")
+    return anchored
+
+
 def _verify(args: argparse.Namespace) -> int:
-    keys, trusted = [], []
+    keys, trusted, anchored = [], [], []
     try:
         for path in args.public_key:
             with open(path, "rb") as pem:
                 keys.append(load_public_key(pem.read()))
         for path in args.trusted_checkpoint or ():
             trusted.extend(_read_trusted(path, keys))
+        if args.anchors:
+            anchored = _anchored(args.anchors, keys)
     except OSError as exc:
         print(f"error: cannot read {exc.filename}.", file=sys.stderr)
         return EXIT_UNUSABLE
-    except InvalidInput as exc:
+    except BrokerError as exc:  # unreadable keys or checkpoints, anchors unavailable
         print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         with open(args.file, "rb") as export:
-            report = verify_export(export, keys, require_genesis=args.complete, trusted=trusted)
+            report = verify_export(export, keys, require_genesis=args.complete, trusted=trusted,
+                                   anchored=anchored)
     except OSError:
         print(f"error: cannot read the export file {args.file}.", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -312,6 +330,9 @@ def register(subparsers) -> None:
     verify.add_argument("--trusted-checkpoint", metavar="FILE", action="append",
                         help="a checkpoint kept from earlier (GET /v1/events/checkpoints/latest): refuse an "
                              "export that does not extend it; repeatable")
+    verify.add_argument("--anchors", metavar="s3://BUCKET/PREFIX",
+                        help="check the export against every checkpoint anchored there (BROKER_ANCHOR_BUCKET): "
+                             "names a fork or a missing tail; AWS credentials from the environment")
     _add_format(verify, ("text", "json"))
     verify.set_defaults(func=_verify)
 

@@ -58,13 +58,13 @@ def _run(container, host: str, port: int, banner: str | None = None, after_start
          bound: socket.socket | None = None) -> int:
     import uvicorn
 
-    from broker.api.app import create_app
+    from broker.api.app import create_app, server_config
 
     app = create_app(container)
     stop = threading.Event()
     sweeper = threading.Thread(target=_checkpoint_loop, args=(container, stop), daemon=True)
     sweeper.start()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = server_config(app, host=host, port=port)
     server = uvicorn.Server(config)
     if banner:
         print(banner, flush=True)
@@ -125,7 +125,18 @@ def run_serve(args: argparse.Namespace) -> int:
     oplog.configure(settings.log_level, settings.log_format)
     container = build_container(settings)
     warn_about_sign_in(settings)
+    warn_about_proxies(settings)
     return _run(container, args.host or settings.host, args.port or settings.port)
+
+
+def warn_about_proxies(settings: BrokerSettings) -> None:
+    """uvicorn's FORWARDED_ALLOW_IPS is not read (BROKER_TRUSTED_PROXIES is): say so if it is set."""
+    import os
+
+    if os.environ.get("FORWARDED_ALLOW_IPS") and not settings.trusted_proxies:
+        logging.getLogger("broker").warning(
+            "FORWARDED_ALLOW_IPS is set but ignored: the broker believes X-Forwarded-For only from "
+            "BROKER_TRUSTED_PROXIES (unset: the logged source_ip is the TCP peer's)")
 
 
 def warn_about_sign_in(settings: BrokerSettings) -> None:
@@ -154,7 +165,9 @@ def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
     from broker.api.deps import build_container
     from broker.runtime.devmode import ensure_signing_key, seed_aws, seed_principals, start_fake_aws
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # NOTE: the state folder holds the database, the keys and the signing key: its user's alone.
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
     aws = start_fake_aws(aws_port)
     private, _public = ensure_signing_key(state_dir)
     settings = load_settings(

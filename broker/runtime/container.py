@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.aws.action_database import default_action_knowledge
+from broker.aws.anchors import S3CheckpointAnchors
 from broker.domain import blast_radius, guardrails
 from broker.domain import log as issuance_log
 from broker.errors import InvalidInput
@@ -29,8 +30,10 @@ from broker.storage.migrations import migrate
 from broker.storage.observed import ObservedDatabase
 from broker.storage.template_files import TemplateCatalog, load_catalog
 from broker.usecases.audit import AuditLog
+from broker.usecases.checkpoints import Checkpointer
 from broker.usecases.issuance import BrokerService
 from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.review import ReviewDashboard
 from broker.usecases.revocation import RevocationService, start_up, wire_revocation
 
 log = logging.getLogger("broker.api")
@@ -82,6 +85,8 @@ class Container:
     metrics: BrokerMetrics
     # The approvers' OIDC sign-in: ``ui_oidc.client()`` is None when it is not configured.
     ui_oidc: UiOidcSignIn
+    # The reviewers' dashboard (its figures shared for a few seconds by the page and its charts).
+    review: ReviewDashboard
 
 
 def template_checks() -> tuple[list, list, Any]:
@@ -142,7 +147,13 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     authenticator = Authenticator(api_keys=directory, principals=directory,
                                   oidc_verifiers=load_oidc_verifiers(settings.oidc_issuers_file), now=clock.now)
     signer = load_signer(settings)
-    audit = AuditLog(database=database, signer=signer, clock=clock)
+    anchors = None
+    if settings.anchor_bucket:  # every checkpoint also goes off the host (Object Lock, compliance mode)
+        anchors = S3CheckpointAnchors(bucket=settings.anchor_bucket, prefix=settings.anchor_prefix,
+                                      retention_days=settings.anchor_retention_days,
+                                      endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    audit = AuditLog(database=database, signer=signer, clock=clock,
+                     checkpointer=Checkpointer(database=database, signer=signer, clock=clock, anchors=anchors))
     # NOTE: the checkpoint a boundary calls for is signed on a background thread, not inside the request
     # whose entry crossed it (it would add a transaction and a signature to every Nth response).
     checkpointer = InBackground(audit.checkpoint, name="log-checkpoint")
@@ -155,7 +166,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock, audit=audit,
-                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc)
+                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
+                     review=ReviewDashboard(database=database, clock=clock))
 
 
 def wire_metrics(*, database: Database, catalog: TemplateCatalog, service: BrokerService) -> BrokerMetrics:

@@ -120,6 +120,8 @@ class EventRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_events_time", "time"),
         Index("ix_events_type", "type"),
+        # The dashboard's range counts by type (broker.storage.log_figures).
+        Index("ix_events_type_time", "type", "time"),
     )
     seq: int = Field(primary_key=True)
     event_id: str = Field(max_length=64, unique=True)

@@ -27,12 +27,13 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.domain import log as issuance_log
-from broker.errors import LogIntegrityError, StorageUnavailable
+from broker.errors import BrokerError, LogIntegrityError, StorageUnavailable
 from broker.ports import Clock
 from broker.storage.engine import Database
 from broker.storage.repository import Repository
@@ -58,6 +59,12 @@ class RefusalAlarm(Protocol):
     def checkpoint_refused(self, reason: str) -> None: ...
 
 
+class CheckpointAnchors(Protocol):
+    """An append-only place off the host that keeps every signed checkpoint (broker.aws.anchors)."""
+
+    def put(self, checkpoint: issuance_log.Checkpoint, *, now: datetime) -> str: ...
+
+
 @dataclass
 class Checkpointer:
     database: Database
@@ -66,6 +73,7 @@ class Checkpointer:
     alarm: RefusalAlarm | None = None
     # Keys that signed this log before a key rotation: their checkpoints may precede ours.
     previous_keys: Sequence[Ed25519PublicKey] = ()
+    anchors: CheckpointAnchors | None = None
     _known: issuance_log.Checkpoint | None = field(default=None, init=False)
     _alerted: set[tuple[str, str]] = field(default_factory=set, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -83,6 +91,7 @@ class Checkpointer:
             head_seq, head_hash = repo.lock_log_head()
             latest = repo.latest_checkpoint()
             refusal = self._refusal(repo, latest, head_seq, head_hash)
+            signed = False
             if refusal is None:
                 if latest is not None and latest.seq == head_seq and latest.key_id == self.signer.key_id:
                     checkpoint = latest
@@ -91,13 +100,25 @@ class Checkpointer:
                         head_seq, head_hash, issuance_log.log_time(self.clock.now()),
                         prev_checkpoint=latest.hash() if latest is not None else issuance_log.GENESIS_HASH)
                     repo.add_checkpoint(checkpoint)
+                    signed = True
         if refusal is not None:
             self._raise_alarm(refusal, latest, head_seq)
             raise CheckpointRefused(f"refusing to sign a checkpoint: {refusal.message}",
                                     details={"reason": refusal.reason})
         with self._lock:
             self._known = checkpoint
+        if signed and self.anchors is not None:
+            self._anchor(checkpoint)
         return checkpoint
+
+    def _anchor(self, checkpoint: issuance_log.Checkpoint) -> None:
+        """Put a newly signed checkpoint off the host.  It is signed and stored already: a failure is an
+        ERROR on broker.audit (alert on it), not a failed checkpoint."""
+        assert self.anchors is not None
+        try:
+            self.anchors.put(checkpoint, now=self.clock.now())
+        except BrokerError:
+            log.error("the checkpoint for seq %s could not be anchored", checkpoint.seq, exc_info=True)
 
     # --- the checks ------------------------------------------------------------------------
     def _refusal(self, repo: Repository, latest: issuance_log.Checkpoint | None, head_seq: int,

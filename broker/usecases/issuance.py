@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain import log as issuance_log
+from broker.domain.mint_plan import MintPlan, plan_mint
 from broker.domain.principals import Principal, Role
-from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
+from broker.domain.rendering import RenderedPolicy, render_policy
 from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus,
                                     counted_approvals, may_approve, may_deny, require_status)
-from broker.domain.sts_rules import resolve_ttl, role_session_name, session_tags, source_identity_for
 from broker.domain.templates import ScopeTemplate
+from broker.domain.text import unsafe_characters
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
@@ -39,6 +40,8 @@ from broker.storage.repository import Repository
 from broker.domain.times import as_utc, iso
 
 log = logging.getLogger("broker.service")
+# A redemption refused because the stored request disagrees with what its approvals bind (a database edit).
+STORED_REQUEST_ALTERED = "stored_request_altered"
 
 MAX_REASON = 1000
 # A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
@@ -104,31 +107,28 @@ class BrokerService:
                 raise Forbidden(f"'{principal.id}' may not request the scope '{template.name}'",
                                 code="requester_not_allowed", field="template")
             reason = _clean_reason(reason)
-            values = validate_parameters(template, parameters)
-            ttl = resolve_ttl(template, ttl_seconds)
-            rendered = render_policy(template, values)
-            self._check_rendered(template, rendered)
-            source_identity = source_identity_for(principal.id)
+            request_id, grant_id = str(uuid.uuid4()), str(uuid.uuid4())
+            plan = plan_mint(template, request_id=request_id, grant_id=grant_id, requester=principal.id,
+                             acts_for=principal.acts_for, parameters=parameters, ttl_seconds=ttl_seconds)
+            self._check_rendered(template, plan.policy)
         except BrokerError as exc:
             self._log_refusal(principal=principal, template_name=template_name, error=exc, source_ip=source_ip, now=now)
             raise
-        request_id, grant_id = str(uuid.uuid4()), str(uuid.uuid4())
-        tags = session_tags(request_id=request_id, template=template, agent=principal.id, human=principal.human,
-                            grant_id=grant_id)
+        # NOTE: the row is the plan's stored form, field for field (what a redemption checks it against).
+        stored = plan.stored_form()
         row = NewRequest(
-            id=request_id, template=template.name, template_digest=template.version_digest,
-            environment=template.environment.value, parameters=json.dumps(values, sort_keys=True),
-            role_arn=rendered.role_arn, policy=rendered.json, policy_digest=rendered.digest, ttl_seconds=ttl,
-            session_tags=json.dumps([[t["Key"], t["Value"]] for t in tags]),
-            source_identity=source_identity, session_name=role_session_name(principal.id, request_id),
-            grant_id=grant_id, binding_digest="", requester=principal.id, acts_for=principal.acts_for, reason=reason,
-            source_ip=source_ip, status=RequestStatus.PENDING.value, approvals_required=template.approval.approvals,
-            created_at=now, updated_at=now,
+            id=request_id, template=plan.template, template_digest=plan.template_digest,
+            environment=template.environment.value, parameters=json.dumps(stored["parameters"], sort_keys=True),
+            role_arn=plan.role_arn, policy=plan.policy.json, policy_digest=plan.policy.digest,
+            ttl_seconds=plan.ttl_seconds, session_tags=json.dumps(stored["session_tags"]),
+            source_identity=plan.source_identity, session_name=plan.session_name, grant_id=grant_id,
+            binding_digest=stored["binding_digest"], requester=principal.id, acts_for=principal.acts_for,
+            reason=reason, source_ip=source_ip, status=RequestStatus.PENDING.value,
+            approvals_required=template.approval.approvals, created_at=now, updated_at=now,
         )
-        row.binding_digest = binding_of(row).digest()
         if template.needs_approval:
             return self._open_pending(row, template, principal, now)
-        return self._issue_now(row, template, principal, now)
+        return self._issue_now(row, template, principal, plan, now)
 
     def _check_rendered(self, template: ScopeTemplate, rendered: RenderedPolicy) -> None:
         for check in self.rendered_checks:
@@ -165,7 +165,7 @@ class BrokerService:
         self.notifier.notify(event="pending", request=view)
         return RequestOutcome(request=view)
 
-    def _issue_now(self, row: NewRequest, template: ScopeTemplate, principal: Principal,
+    def _issue_now(self, row: NewRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
                    now: datetime) -> RequestOutcome:
         row.status = RequestStatus.ISSUING.value
         try:
@@ -178,12 +178,15 @@ class BrokerService:
                 self._log_refusal(principal=principal, template_name=template.name, error=exc,
                                   source_ip=row.source_ip, now=now)
             raise
-        return self._mint_and_record(row, template, actor=principal.id)
+        return self._mint_and_record(row, template, plan, actor=principal.id)
 
-    def _mint_and_record(self, row: AnyRequest, template: ScopeTemplate, *, actor: str) -> RequestOutcome:
-        order = MintOrder(role_arn=row.role_arn, session_name=row.session_name, policy_json=row.policy,
-                          duration_seconds=row.ttl_seconds, source_identity=row.source_identity,
-                          tags=[{"Key": k, "Value": v} for k, v in json.loads(row.session_tags)])
+    def _mint_and_record(self, row: AnyRequest, template: ScopeTemplate, plan: MintPlan, *,
+                         actor: str) -> RequestOutcome:
+        # NOTE: every field from the plan (re-derived from the template and what the approvals bind), none from
+        # the stored row: a row edited in the database is never what STS receives.
+        order = MintOrder(role_arn=plan.role_arn, session_name=plan.session_name, policy_json=plan.policy.json,
+                          duration_seconds=plan.ttl_seconds, source_identity=plan.source_identity,
+                          tags=[{"Key": k, "Value": v} for k, v in plan.session_tags])
         try:
             minted = self.minter.mint(order)
         except BrokerError as exc:
@@ -193,10 +196,10 @@ class BrokerService:
                                  session_may_exist=bool(exc.details.get("outcome_unknown")))
             raise
         now = self.clock.now()
-        grant = NewGrant(id=row.grant_id, request_id=row.id, template=row.template, agent=row.requester,
-                         acts_for=row.acts_for, role_arn=row.role_arn, access_key_id=minted.access_key_id,
-                         source_identity=row.source_identity, session_name=row.session_name,
-                         policy_digest=row.policy_digest, environment=row.environment, issued_at=now,
+        grant = NewGrant(id=plan.grant_id, request_id=row.id, template=plan.template, agent=row.requester,
+                         acts_for=row.acts_for, role_arn=plan.role_arn, access_key_id=minted.access_key_id,
+                         source_identity=plan.source_identity, session_name=plan.session_name,
+                         policy_digest=plan.policy.digest, environment=row.environment, issued_at=now,
                          expiration=minted.expiration)
         try:
             try:
@@ -390,8 +393,10 @@ class BrokerService:
                  "binding_digest": a.binding_digest, "at": issuance_log.log_time(as_utc(a.created_at))}
                 for a in repo.approvals_for(request_id)]
 
-    def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate) -> set[str]:
-        """Approvals that still stand now: same binding, approver still allowed (re-checked)."""
+    def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate,
+                 binding_digest: str | None = None) -> set[str]:
+        """Approvals that still stand now: same binding (``binding_digest``, by default the row's recomputed),
+        approver still allowed (re-checked)."""
         signatures = [CoSignature(approver=a.approver, decision=Decision(a.decision), binding_digest=a.binding_digest,
                                   reason=a.reason, at=a.created_at) for a in repo.approvals_for(row.id)]
         facts = PendingFacts(row.requester, row.acts_for, row.binding_digest)
@@ -405,7 +410,8 @@ class BrokerService:
                 still_allowed[sig.approver] = True
             except Forbidden:
                 still_allowed[sig.approver] = False
-        return counted_approvals(signatures, binding_digest=binding_of(row).digest(), still_allowed=still_allowed)
+        return counted_approvals(signatures, binding_digest=binding_digest or binding_of(row).digest(),
+                                 still_allowed=still_allowed)
 
     def redeem(self, *, principal: Principal, request_id: str) -> RequestOutcome:
         now = self.clock.now()
@@ -430,25 +436,67 @@ class BrokerService:
             if template.version_digest != row.template_digest:
                 raise Conflict("the scope template changed since approval; a new request is needed",
                                code="approval_void")
-            rendered = render_policy(template, json.loads(row.parameters))
-            if rendered.digest != row.policy_digest or binding_of(row).digest() != row.binding_digest:
-                raise Conflict("the policy changed since approval; a new request is needed", code="approval_void")
-            self._check_rendered(template, rendered)
+            # NOTE: what is minted is derived again from the template and what the approvals bind; the row's
+            # rendered policy, role, tags, ... are only compared with it (see broker.domain.mint_plan).
+            plan, altered = self._plan_for_stored(template, row)
+            if plan is not None:
+                self._check_rendered(template, plan.policy)
             with self.database.transaction() as repo:
                 self._run_gates(self.redeem_gates, repo, principal, template, now)
-                if len(self._counted(repo, row, template)) < template.approval.approvals:
-                    raise Conflict("the approvals no longer stand (an approver was removed)", code="approval_void")
-                # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.
-                if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
-                                               to_status=RequestStatus.ISSUING.value, updated_at=now):
-                    raise Conflict("the request was already redeemed", code="request_already_redeemed")
-                repo.add_intent(mint_intent_for(row, now))
-                repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
+                if plan is not None and len(self._counted(repo, row, template, plan.binding().digest())) \
+                        < template.approval.approvals:
+                    raise Conflict("the approvals no longer stand (an approver was removed, or what they approved "
+                                   "changed)", code="approval_void")
+                if altered:
+                    self._fail_altered(repo, row, plan, altered, actor=principal.id, now=now)
+                else:
+                    # NOTE: the conditional update is the lock: exactly one concurrent redeemer wins.
+                    if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
+                                                   to_status=RequestStatus.ISSUING.value, updated_at=now):
+                        raise Conflict("the request was already redeemed", code="request_already_redeemed")
+                    repo.add_intent(mint_intent_for(row, now))
+                    repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
         except (Forbidden, Conflict, GuardrailViolation) as exc:
             self._log_request_refusal(request_id=request_id, principal=principal, error=exc, source_ip=None)
             raise
+        if altered:
+            # Logged as failed above (in the same unit of work as the request's move to failed), not as a refusal.
+            raise Conflict("the stored request differs from what was approved (the database was edited); nothing "
+                           "was minted and the request is failed", code=STORED_REQUEST_ALTERED,
+                           details={"altered": list(altered)})
         row.status = RequestStatus.ISSUING.value
-        return self._mint_and_record(row, template, actor=principal.id)
+        return self._mint_and_record(row, template, plan, actor=principal.id)
+
+    @staticmethod
+    def _plan_for_stored(template: ScopeTemplate, row: RequestRow) -> tuple[MintPlan | None, tuple[str, ...]]:
+        """The plan re-derived for a stored request, and the stored fields that disagree with it."""
+        try:
+            plan = plan_mint(template, request_id=row.id, grant_id=row.grant_id, requester=row.requester,
+                             acts_for=row.acts_for, parameters=json.loads(row.parameters), ttl_seconds=row.ttl_seconds)
+        except BrokerError as exc:
+            # A stored value no request could have had (the template is unchanged: its digest matched).
+            return None, (exc.field or "parameters",)
+        except ValueError:
+            return None, ("parameters",)
+        try:
+            stored = {**{name: getattr(row, name) for name in plan.stored_form()},
+                      "parameters": json.loads(row.parameters), "session_tags": json.loads(row.session_tags)}
+        except ValueError:
+            return plan, ("session_tags",)
+        return plan, plan.disagreements(stored)
+
+    def _fail_altered(self, repo: Repository, row: RequestRow, plan: MintPlan | None, altered: tuple[str, ...], *,
+                      actor: str, now: datetime) -> None:
+        """The request ends failed, with a ``failed`` entry naming the altered fields; nothing is minted."""
+        if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
+                                       to_status=RequestStatus.FAILED.value, updated_at=now,
+                                       decided_reason=STORED_REQUEST_ALTERED):
+            raise Conflict("the request was already redeemed", code="request_already_redeemed")
+        row.status = RequestStatus.FAILED.value
+        # NOTE: the entry carries what was approved (the plan's digest), not the edited row's.
+        approved = {"policy_digest": plan.policy.digest} if plan is not None else {}
+        repo.append_event(self._event("failed", row, actor=actor, now=now, reason_code=STORED_REQUEST_ALTERED,
+                                      details={"altered": list(altered)}, **approved))
 
     def cancel(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
         now = self.clock.now()
@@ -672,9 +720,10 @@ def _clean_reason(reason: Any) -> str:
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput("a reason is required: say what the credentials are for", code="missing_reason",
                            field="reason")
-    if len(reason) > MAX_REASON or any(ord(c) < 32 and c not in "\t\n" for c in reason):
-        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters", code="invalid_reason",
-                           field="reason")
+    if len(reason) > MAX_REASON or unsafe_characters(reason):
+        # NOTE: control and bidirectional characters would make what approvers read differ from what was written.
+        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters (no control or bidirectional "
+                           "formatting characters)", code="invalid_reason", field="reason")
     return reason.strip()
 
 

@@ -7,6 +7,7 @@ query that lists the entries behind it, so a reviewer goes from a bar to the log
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Figures:
     risky_grants: list[dict[str, Any]] = field(default_factory=list)
     revocations: dict[str, int] = field(default_factory=dict)
     revocation_entries: list[dict[str, Any]] = field(default_factory=list)
+    parts: set[str] = field(default_factory=set)                           # the parts filled in
 
     def events_link(self, **filters: str) -> str:
         """The ``GET /v1/events`` query listing the entries behind a figure."""
@@ -82,19 +84,36 @@ def bucket_labels(since: datetime, until: datetime, bucketing: Bucketing) -> lis
 
 @dataclass
 class ReviewDashboard:
+    """The figures, computed at most once per ``fresh_for`` seconds and range: the page and its five
+    chart images (each a request of its own) share one computation, and a reload storm costs one."""
+
     database: Database
     clock: Clock
+    fresh_for: float = 30.0
+    _cache: dict[str, Figures] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def figures(self, *, principal: Principal, range_name: str | None = None,
                 parts: Iterable[str] = PARTS) -> Figures:
         require_reviewer(principal)
         chosen = range_of(range_name)
-        until = self.clock.now()
-        figures = Figures(range=chosen, since=until - RANGES[chosen], until=until)
         wanted = set(parts)
         unknown = wanted - set(PARTS)
         if unknown:
             raise InvalidInput(f"unknown dashboard part {sorted(unknown)[0]!r}", code="invalid_part")
+        now = self.clock.now()
+        with self._lock:
+            cached = self._cache.get(chosen)
+            if cached is not None and wanted <= cached.parts and \
+                    timedelta(0) <= now - cached.until <= timedelta(seconds=self.fresh_for):
+                return cached
+        figures = self._compute(chosen, wanted, until=now)
+        with self._lock:
+            self._cache[chosen] = figures
+        return figures
+
+    def _compute(self, chosen: str, wanted: set[str], *, until: datetime) -> Figures:
+        figures = Figures(range=chosen, since=until - RANGES[chosen], until=until)
         fillers: Mapping[str, Callable[[LogFigures, Figures], None]] = {
             "over_time": _over_time, "refusals": _refusals, "time_to_approve": _time_to_approve,
             "live_grants": _live_grants, "risky_grants": _risky_grants, "revocations": _revocations}
@@ -103,6 +122,7 @@ class ReviewDashboard:
             for part in PARTS:
                 if part in wanted:
                     fillers[part](queries, figures)
+                    figures.parts.add(part)
         return figures
 
 

@@ -142,10 +142,10 @@ def test_redeem_and_cancel_at_once_wait_in_one_lock_order_and_never_deadlock(rep
     holds_head, go = threading.Event(), threading.Event()
     counted = service._counted  # noqa: SLF001 - a pause inside redeem's unit of work, after its gates
 
-    def pause_then_count(repo, row, template):
+    def pause_then_count(*args):
         holds_head.set()
         assert go.wait(20)
-        return counted(repo, row, template)
+        return counted(*args)
 
     service._counted = pause_then_count  # noqa: SLF001
     answers: dict = {}

@@ -12,7 +12,6 @@ figures and one chart's SVG.  PostgreSQL: a throw-away database on ``--pg-url`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -78,7 +77,7 @@ def fill(database: Database, entries: int) -> float:
                              "time": datetime.fromisoformat(entry["time"].replace("Z", "+00:00")),
                              "type": entry["type"], "request_id": entry["request_id"], "grant_id": entry["grant_id"],
                              "actor": entry["actor"], "acts_for": entry["acts_for"], "template": entry["template"],
-                             "access_key_id": entry["access_key_id"], "body": json.dumps(entry, sort_keys=True),
+                             "access_key_id": entry["access_key_id"], "body": issuance_log.canonical_json(entry).decode(),
                              "prev_hash": "0" * 64, "hash": "0" * 64})
             connection.execute(events.insert(), rows)
         grants = [{"id": str(uuid.uuid4()), "request_id": str(uuid.uuid4()), "template": ("s3-read-prefix",
@@ -91,24 +90,26 @@ def fill(database: Database, entries: int) -> float:
     return time.perf_counter() - began
 
 
-def measure(label: str, url: str, entries: int) -> None:
+def measure(label: str, url: str, entries: int, *, fill_it: bool = True) -> None:
     database = Database(build_engine(url))
     migrate(database.engine)
-    filled = fill(database, entries)
-    if database.is_postgres:
-        with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.exec_driver_sql("VACUUM ANALYZE")
-    print(f"{label}: {entries:,} entries written in {filled:.1f} s")
-    dashboard = ReviewDashboard(database=database, clock=FixedClock())
+    if fill_it:
+        filled = fill(database, entries)
+        print(f"{label}: {entries:,} entries written in {filled:.1f} s")
+    with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE" if database.is_postgres else "ANALYZE")
+    def dashboard() -> ReviewDashboard:  # a fresh one each time: its few seconds' cache would hide the work
+        return ReviewDashboard(database=database, clock=FixedClock())
+
     reviewer = Principal(id="human:rita", roles=frozenset({Role.REVIEWER}))
     for range_name in RANGES:
         timings = []
         for part in PARTS:
             began = time.perf_counter()
-            dashboard.figures(principal=reviewer, range_name=range_name, parts=[part])
+            dashboard().figures(principal=reviewer, range_name=range_name, parts=[part])
             timings.append(f"{part} {1000 * (time.perf_counter() - began):6.0f} ms")
         began = time.perf_counter()
-        figures = dashboard.figures(principal=reviewer, range_name=range_name)
+        figures = dashboard().figures(principal=reviewer, range_name=range_name)
         whole = time.perf_counter() - began
         from broker.api.ui.charts import over_time
 
@@ -127,9 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--pg-url", default=PG_ADMIN_URL)
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--sqlite-file", default=None,
+                        help="keep the SQLite log in this file and reuse it when it exists (filling takes minutes)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        measure("sqlite", f"sqlite:///{folder}/dashboard.db", args.entries)
+    if args.sqlite_file:
+        exists = os.path.exists(args.sqlite_file)
+        measure("sqlite", f"sqlite:///{args.sqlite_file}", args.entries, fill_it=not exists)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            measure("sqlite", f"sqlite:///{folder}/dashboard.db", args.entries)
     if args.sqlite_only:
         return
     import sqlalchemy

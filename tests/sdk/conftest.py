@@ -42,7 +42,9 @@ def _free_port() -> int:
 def serve_harness(harness: BrokerHarness, port: int):
     import uvicorn
 
-    config = uvicorn.Config(harness.client.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    from broker.api.app import server_config
+
+    config = server_config(harness.client.app, host="127.0.0.1", port=port)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -93,6 +93,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              r"(if not repo\.transition_request\(row\.id, from_statuses=\[RequestStatus\.APPROVED\.value)\],",
              r"\1, RequestStatus.ISSUING.value, RequestStatus.ISSUED.value],",
              "the conditional update that lets exactly one redeemer win (the update still runs, unguarded)"),
+    Mutation("mint-from-stored-row", "broker/usecases/issuance.py",
+             r"policy_json=plan\.policy\.json", "policy_json=row.policy",
+             "STS gets the policy re-rendered from what the approvals bind, not the stored text"),
+    Mutation("redeem-stored-row-check", "broker/usecases/issuance.py",
+             r"                if altered:\n", "                if False:\n",
+             "a stored row that disagrees with its approved rendering fails instead of being minted"),
     Mutation("redeem-not-requester", "broker/usecases/issuance.py",
              r"if row\.requester != principal\.id:", "if False:", "only the requesting agent redeems"),
     Mutation("request-visibility", "broker/usecases/issuance.py",
@@ -115,6 +121,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "botocore's DEBUG records with secrets (AssumeRole answers, the broker's own token) kept out of the log"),
     Mutation("api-after-seq-bound", "broker/api/routes_events.py",
              r"Query\(0, ge=0, le=MAX_SEQ\)", "Query(0, ge=0)", "after_seq bounded to the column's range"),
+    # --- the issuance log (issue 15, finding 1)
+    Mutation("log-sign-only-an-extension", "broker/usecases/checkpoints.py",
+             r"refusal = self\._refusal\(repo, latest, head_seq, head_hash\)", "refusal = None",
+             "no checkpoint over a log that does not extend the last one"),
+    Mutation("log-head-not-behind", "broker/domain/log/export.py",
+             r"if head_seq < latest\.seq:", "if False:", "the head may not be behind the last checkpoint"),
+    Mutation("log-remembered-checkpoints", "broker/usecases/checkpoints.py",
+             r"if known is not None:", "if False:", "checkpoints this broker signed must still be stored"),
+    Mutation("log-trusted-fork", "broker/domain/log/export.py",
+             r"if trusted\.head_hash != this_hash:", "if False:", "an export must extend a trusted checkpoint"),
 )
 
 

@@ -50,9 +50,7 @@ def checkpoint(broker):
 
 
 def refusals_metric(broker, reason: str | None = None) -> float:
-    from broker.runtime.metrics import metrics_for
-
-    registry = metrics_for(broker.container).registry
+    registry = broker.container.metrics.registry
     return sum(sample.value for metric in registry.collect() for sample in metric.samples
                if sample.name == "broker_log_checkpoint_refusals_total"
                and reason in (None, sample.labels.get("reason")))

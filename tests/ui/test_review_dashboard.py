@@ -5,6 +5,7 @@ page in headless Chromium at a laptop's and a phone's size (screenshots in tests
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput
 from broker.usecases.review import ReviewDashboard
-from tests.conftest import TEST_SCOPES, build_harness
+from tests.conftest import TEST_SCOPES, FrozenClock, build_harness
 from tests.live_server import serve
 from tests.ui.conftest import DESKTOP, PHONE, Approver
 from tests.ui.test_pages import sign_in
@@ -42,10 +43,14 @@ def known_log(harness) -> None:
         == 201
 
 
+# Mid-hour, so the known log's few minutes fall in one hour's bucket whatever the wall clock says.
+START = datetime(2026, 12, 2, 12, 20, tzinfo=UTC)
+
+
 @pytest.fixture
 def logged(db_url, moto_server, tmp_path):
     harness = build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
-                            state_dir=tmp_path / "state", dev_mode=True)
+                            state_dir=tmp_path / "state", dev_mode=True, clock=FrozenClock(START))
     known_log(harness)
     yield harness
     harness.container.database.engine.dispose()
@@ -78,6 +83,18 @@ def test_the_figures_of_a_known_log(logged):
     logged.clock.advance(2 * 86400)
     assert ReviewDashboard(database=logged.container.database, clock=logged.clock).figures(
         principal=RITA, range_name="24h").totals["issued"] == 0
+
+
+def test_the_page_and_its_charts_share_one_computation_for_a_few_seconds(logged):
+    dashboard = ReviewDashboard(database=logged.container.database, clock=logged.clock, fresh_for=30)
+    page = dashboard.figures(principal=RITA, range_name="24h")
+    assert logged.post("/v1/requests", "agent:demo", json=S3).status_code == 201
+    logged.clock.advance(10)
+    assert dashboard.figures(principal=RITA, range_name="24h", parts=["over_time"]) is page   # the chart's
+    with pytest.raises(Forbidden):                                    # authorization is never cached
+        dashboard.figures(principal=Principal(id="human:bob", roles=frozenset({Role.APPROVER})), range_name="24h")
+    logged.clock.advance(21)
+    assert dashboard.figures(principal=RITA, range_name="24h").totals["issued"] == 4
 
 
 def test_only_reviewers_and_admins_and_only_the_offered_ranges(logged):
@@ -148,3 +165,19 @@ def test_the_dashboard_in_a_browser(chromium, site, size):
             rita.screenshot(f"review-{size}", full_page=True)
         finally:
             rita.close()
+
+
+def test_suppressed_refusals_count_once_in_the_figures(budgeted):
+    from tests.conftest import REFUSAL_BUDGET
+
+    flood = 5
+    for _ in range(REFUSAL_BUDGET + flood):
+        assert budgeted.post("/v1/requests", "agent:demo", json={**S3, "template": "no-such-x"}).status_code == 404
+    budgeted.clock.advance(61)
+    assert budgeted.container.service.flush_suppressed_refusals() == 1
+    figures = ReviewDashboard(database=budgeted.container.database, clock=budgeted.clock).figures(
+        principal=RITA, range_name="24h")
+    assert figures.refusals_by_reason == {"template_not_found": REFUSAL_BUDGET + flood}
+    assert figures.totals["refused"] == REFUSAL_BUDGET + flood
+    report = budgeted.get("/v1/events/report", "human:rita", params={"since": "24h"}).json()
+    assert report["refused_total"] == REFUSAL_BUDGET + flood  # the report and the dashboard agree

@@ -14,13 +14,9 @@ from broker.api.ui.charts import CHART_CSP, CHARTS
 from broker.api.ui.pages import current_session, error_page, render, to_sign_in
 from broker.api.ui.security import secured
 from broker.errors import BrokerError, NotFound
-from broker.usecases.review import RANGES, ReviewDashboard
+from broker.usecases.review import RANGES
 
 router = APIRouter(prefix="/review", include_in_schema=False)  # under the pages' /ui
-
-
-def _dashboard(container) -> ReviewDashboard:
-    return ReviewDashboard(database=container.database, clock=container.clock)
 
 
 @router.get("")
@@ -30,7 +26,7 @@ def review(request: Request, container: ContainerDep, range: str | None = None) 
         return to_sign_in("/ui/review")
     session, principal = resolved
     try:
-        figures = _dashboard(container).figures(principal=principal, range_name=range)
+        figures = container.review.figures(principal=principal, range_name=range)
     except BrokerError as exc:
         return error_page(exc, session, principal)
     links = {"over-time": figures.events_link(type="issued"), "refusals": figures.events_link(type="refused"),
@@ -38,6 +34,7 @@ def review(request: Request, container: ContainerDep, range: str | None = None) 
              "live-grants": figures.events_link(type="issued"), "risky-grants": figures.events_link(type="issued"),
              "revocations": figures.events_link(type="revoked"), "lockdowns": figures.events_link(type="lockdown")}
     return render("review.html", now=container.clock.now(), f=figures, links=links, ranges=list(RANGES),
+                  fresh_for=container.review.fresh_for,
                   principal=principal, csrf_token=session.csrf_token)
 
 
@@ -51,7 +48,7 @@ def chart(name: str, request: Request, container: ContainerDep, range: str | Non
         if name not in CHARTS:
             raise NotFound("no such chart", code="chart_not_found")
         part, draw = CHARTS[name]
-        figures = _dashboard(container).figures(principal=principal, range_name=range, parts=[part])
+        figures = container.review.figures(principal=principal, range_name=range, parts=[part])
     except BrokerError as exc:
         return error_page(exc, session, principal)
     response = secured(Response(draw(figures), media_type="image/svg+xml"))

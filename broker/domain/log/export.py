@@ -226,12 +226,14 @@ class _ExportVerifier:
     """Walks an export line by line; raises _Failure at the first problem."""
 
     def __init__(self, public_keys: dict[str, Ed25519PublicKey], *, require_genesis: bool,
-                 trusted: Sequence[Checkpoint]) -> None:
+                 trusted: Sequence[Checkpoint], anchored: Sequence[Checkpoint] = ()) -> None:
         self.keys = public_keys
         self.require_genesis = require_genesis
         self.trusted: dict[int, list[Checkpoint]] = {}
-        for checkpoint in trusted:
+        for checkpoint in (*trusted, *anchored):
             self.trusted.setdefault(checkpoint.seq, []).append(checkpoint)
+        # Anchors before an export's first entry are not its concern (an export --since): skipped, not refused.
+        self.skippable = {checkpoint.seq for checkpoint in anchored} - {checkpoint.seq for checkpoint in trusted}
         self.trusted_met = 0
         self.count = 0
         self.first_seq: int | None = None
@@ -545,6 +547,8 @@ class _ExportVerifier:
                                line=None)
             if seq == 0 and first_seq == 1:
                 self.trusted_met += len(checkpoints)  # the genesis head: any full chain extends it
+            elif seq < first_seq and seq in self.skippable:
+                continue
             elif seq < first_seq:
                 raise _Failure("trusted_not_covered", f"the export starts at seq {first_seq}, after "
                                f"the trusted checkpoint's seq {seq}: export from seq {seq} or "
@@ -576,7 +580,7 @@ class _ExportVerifier:
 def verify_export(lines: Iterable[bytes | str],
                   public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey], *,
                   require_genesis: bool = False, trusted: Sequence[Checkpoint] = (),
-                  ) -> VerificationReport:
+                  anchored: Sequence[Checkpoint] = ()) -> VerificationReport:
     """Verify an export (an iterable of its lines, e.g. an open binary file).
 
     Stops at the first problem and names the first bad entry (``first_bad_seq``, ``line``).
@@ -584,10 +588,11 @@ def verify_export(lines: Iterable[bytes | str],
     its predecessor.  An export starting after seq 1 is accepted (its first prev_hash taken as
     given, ``starts_mid_log`` set) unless its signed statement says it is full, or
     ``require_genesis``.  ``trusted`` checkpoints (kept by an auditor, or anchored off the host)
-    must each be extended: the export's entry at their seq has their head hash.
+    must each be extended: the export's entry at their seq has their head hash.  ``anchored`` checkpoints
+    (read from the anchors) are the same, except that those before the export's first entry are skipped.
     """
     verifier = _ExportVerifier(_keys_by_id(public_key), require_genesis=require_genesis,
-                               trusted=trusted)
+                               trusted=trusted, anchored=anchored)
     try:
         return verifier.run(lines)
     except _Failure as failure:

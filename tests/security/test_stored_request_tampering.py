@@ -1,0 +1,133 @@
+"""Someone with write access to the database edits an approved request before it is redeemed (issue 15 item 2).
+
+Two humans approved ``test-prod-ecs`` for ``checkout``.  Whatever is then changed in the stored row, STS
+receives exactly the policy and role re-rendered from the template and parameters the approvals bind, or
+nothing: a row that disagrees with that rendering is refused, the request ends ``failed`` with the code
+``stored_request_altered`` and a ``failed`` entry in the log; a change to what the approvals bind
+(parameters, TTL, template) voids them (``approval_void``).  moto's record of every session it minted
+(``/moto-api/data.json``) shows what STS received.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlmodel import func, select
+
+from broker.storage.models import GrantRow, RequestRow
+from tests.conftest import moto_sts_sessions
+from tests.security.attack_tally import record
+from tests.security.conftest import reset_principals
+
+PROD = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "deploy hotfix 7"}
+STAR = json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "S0", "Effect": "Allow", "Action": ["*"],
+                                                             "Resource": ["*"]}]}, separators=(",", ":"))
+ADMIN_ROLE = "arn:aws:iam::123456789012:role/broker-target-admin"
+
+
+@pytest.fixture
+def tamper(security_broker):
+    yield security_broker
+    reset_principals(security_broker)
+
+
+def _approved(harness) -> dict:
+    created = harness.post("/v1/requests", "agent:demo", json=PROD)
+    assert created.status_code == 202, created.text
+    request_id = created.json()["id"]
+    for approver in ("human:bob", "human:carol"):
+        answer = harness.post(f"/v1/requests/{request_id}/approvals", approver,
+                              json={"decision": "approve", "reason": "looked at the diff"})
+        assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "approved"
+    return created.json()
+
+
+def _edit(harness, request_id: str, **columns) -> None:
+    with harness.container.database.transaction() as repo:
+        row = repo.session.get(RequestRow, request_id)
+        for name, value in columns.items():
+            setattr(row, name, value)
+        repo.session.add(row)
+
+
+def _grants(harness, request_id: str) -> int:
+    with harness.container.database.transaction() as repo:
+        return int(repo.session.exec(select(func.count()).select_from(GrantRow)
+                                     .where(GrantRow.request_id == request_id)).one())
+
+
+def _entries(harness, request_id: str) -> list[dict]:
+    return [e for e in harness.events() if e["request_id"] == request_id]
+
+
+# What the stored row says that the approvals do not bind directly (derived from what they bind).
+ALTERED = {
+    "policy": {"policy": STAR},
+    "role": {"role_arn": ADMIN_ROLE},
+    "policy and its digest": {"policy": STAR, "policy_digest": "sha256:" + "0" * 64},
+    "session tags": {"session_tags": json.dumps([["broker:agent", "agent:someone-else"]])},
+    "source identity": {"source_identity": "human.root"},
+    "session name": {"session_name": "innocent-looking-name"},
+    "requester": {"requester": "agent:other"},
+    "acts for": {"acts_for": "human:dave"},
+    "grant id": {"grant_id": "00000000-0000-0000-0000-000000000000"},
+    "binding digest": {"binding_digest": "sha256:" + "1" * 64},
+    "parameters outside the template": {"parameters": json.dumps({"account": "123456789012", "service": "*"})},
+    "ttl beyond the template": {"ttl_seconds": 43200},
+}
+
+
+@pytest.mark.parametrize("columns", list(ALTERED.values()), ids=list(ALTERED))
+def test_an_altered_row_is_never_minted(tamper, columns):
+    approved = _approved(tamper)
+    rendered_policy = approved["policy"]
+    _edit(tamper, approved["id"], **columns)
+    before = moto_sts_sessions(tamper.aws_endpoint)
+
+    redeemed = tamper.post(f"/v1/requests/{approved['id']}/credentials", "agent:demo")
+
+    if "requester" in columns:   # the row now names another agent: agent:demo no longer even sees it
+        assert redeemed.status_code == 404, redeemed.text
+    else:
+        assert redeemed.status_code == 409, redeemed.text
+        assert redeemed.json()["error"]["code"] in {"stored_request_altered", "approval_void"}, redeemed.text
+    after = moto_sts_sessions(tamper.aws_endpoint)
+    assert len(after) == len(before), "STS was called"
+    assert all(json.loads(s["policy"] or "{}") != json.loads(STAR) for s in after)
+    assert _grants(tamper, approved["id"]) == 0
+    assert json.dumps(rendered_policy)  # what was approved stays what the log shows
+    record("stored-row tampering: altered before redemption", refused=True)
+
+
+@pytest.mark.parametrize("columns", [ALTERED["policy"], ALTERED["role"], ALTERED["session tags"],
+                                     ALTERED["source identity"], ALTERED["session name"]],
+                         ids=["policy", "role", "session tags", "source identity", "session name"])
+def test_a_row_disagreeing_with_its_approved_rendering_fails_and_is_logged(tamper, columns):
+    approved = _approved(tamper)
+    _edit(tamper, approved["id"], **columns)
+
+    redeemed = tamper.post(f"/v1/requests/{approved['id']}/credentials", "agent:demo")
+
+    assert redeemed.status_code == 409, redeemed.text
+    assert redeemed.json()["error"]["code"] == "stored_request_altered"
+    state = tamper.get(f"/v1/requests/{approved['id']}", "human:rita").json()
+    assert state["status"] == "failed" and state["decided_reason"] == "stored_request_altered"
+    kinds = [(e["type"], e["reason_code"]) for e in _entries(tamper, approved["id"])]
+    assert ("failed", "stored_request_altered") in kinds and not any(k == "issued" for k, _ in kinds)
+    failed = next(e for e in _entries(tamper, approved["id"]) if e["type"] == "failed")
+    assert failed["policy_digest"] == approved["policy_digest"] and failed["details"]["altered"]
+    # And a second try does not get further: the request is failed for good.
+    again = tamper.post(f"/v1/requests/{approved['id']}/credentials", "agent:demo")
+    assert again.status_code == 409 and _grants(tamper, approved["id"]) == 0
+
+
+def test_the_untouched_control_is_minted_with_the_rendered_policy_and_role(tamper):
+    approved = _approved(tamper)
+    redeemed = tamper.post(f"/v1/requests/{approved['id']}/credentials", "agent:demo")
+    assert redeemed.status_code == 201, redeemed.text
+    session = next(s for s in moto_sts_sessions(tamper.aws_endpoint)
+                   if s["access_key_id"] == redeemed.json()["credentials"]["access_key_id"])
+    assert json.loads(session["policy"]) == approved["policy"]
+    assert session["role_arn"] == approved["role_arn"]
