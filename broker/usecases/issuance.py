@@ -29,6 +29,7 @@ from broker.domain.rendering import RenderedPolicy, render_policy
 from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus,
                                     counted_approvals, may_approve, may_deny, require_status)
 from broker.domain.templates import ScopeTemplate
+from broker.domain.text import unsafe_characters
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
@@ -719,9 +720,10 @@ def _clean_reason(reason: Any) -> str:
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput("a reason is required: say what the credentials are for", code="missing_reason",
                            field="reason")
-    if len(reason) > MAX_REASON or any(ord(c) < 32 and c not in "\t\n" for c in reason):
-        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters", code="invalid_reason",
-                           field="reason")
+    if len(reason) > MAX_REASON or unsafe_characters(reason):
+        # NOTE: control and bidirectional characters would make what approvers read differ from what was written.
+        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters (no control or bidirectional "
+                           "formatting characters)", code="invalid_reason", field="reason")
     return reason.strip()
 
 
