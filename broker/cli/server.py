@@ -165,7 +165,9 @@ def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
     from broker.api.deps import build_container
     from broker.runtime.devmode import DEV_ACCOUNTS, ensure_signing_key, seed_aws, seed_principals, start_fake_aws
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # NOTE: the state folder holds the database, the keys and the signing key: its user's alone.
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
     aws = start_fake_aws(aws_port)
     private, _public = ensure_signing_key(state_dir)
     settings = load_settings(
