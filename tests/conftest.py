@@ -248,11 +248,12 @@ def build_harness(*, db_url: str, scopes: Path, aws_endpoint: str, state_dir: Pa
 
     from broker.api.app import create_app
     from broker.api.deps import build_container
-    from broker.runtime.devmode import DEV_PRINCIPALS, ensure_signing_key, seed_aws, seed_principals
+    from broker.runtime.devmode import DEV_ACCOUNTS, DEV_PRINCIPALS, ensure_signing_key, seed_aws, seed_principals
     from broker.settings import BrokerSettings
 
     state_dir.mkdir(parents=True, exist_ok=True)
     private, _ = ensure_signing_key(state_dir)
+    settings_overrides.setdefault("accounts", DEV_ACCOUNTS)
     settings = BrokerSettings(database_url=db_url, scopes_dir=scopes, aws_endpoint_url=aws_endpoint,
                               signing_key_file=private, **settings_overrides)
     clock = clock or FrozenClock()

@@ -35,4 +35,6 @@ def get_template(name: str, container: ContainerDep, principal: CurrentPrincipal
     view = template_view(template, allowed=any(principal.matches(s) for s in template.requesters))
     if container.service.blast_radius is not None:
         view["blast_radius"] = container.service.blast_radius(template, None)
+        # Each risk class the template grants, most dangerous first, in plain words.
+        view["risk"] = view["blast_radius"].get("risk", [])
     return view

@@ -70,6 +70,19 @@ class S3CheckpointAnchors:
                                     f"s3://{self.bucket}/{self.prefix}") from exc
         return key
 
+    def latest(self) -> issuance_log.Checkpoint | None:
+        """The anchored checkpoint with the highest seq (keys sort by seq), or None."""
+        last = None
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                keys = [item["Key"] for item in page.get("Contents", [])]
+                last = max([*keys, *([last] if last else [])]) if keys else last
+            if last is None:
+                return None
+            return _checkpoint_of(self._s3.get_object(Bucket=self.bucket, Key=last)["Body"].read(), last)
+        except (BotoCoreError, ClientError) as exc:
+            raise AnchorUnavailable(f"the anchors in s3://{self.bucket}/{self.prefix} cannot be read") from exc
+
     def checkpoints(self) -> list[issuance_log.Checkpoint]:
         """Every anchored checkpoint, by seq; an object that is not a checkpoint line is an error."""
         found: list[issuance_log.Checkpoint] = []

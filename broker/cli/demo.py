@@ -32,7 +32,7 @@ from typing import Any
 from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest
 from broker.sdk.errors import ApprovalDenied, BrokerAPIError, Forbidden
 
-ACCOUNT = "123456789012"
+ACCOUNT = "444455556666"         # the FAKE production account (broker dev names it)
 STACK = "cost-explorer-api"
 OTHER_STACK = "billing-api"
 BUGFIX_TEMPLATE = "cost-explorer-read"

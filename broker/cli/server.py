@@ -14,7 +14,7 @@ from pathlib import Path
 
 from broker.errors import InvalidInput, LogIntegrityError
 from broker.runtime import oplog
-from broker.settings import BrokerSettings, load_settings
+from broker.settings import BrokerSettings, accounts_configured, load_settings
 
 
 def register(subparsers) -> None:
@@ -178,15 +178,19 @@ def run_migrate(_args: argparse.Namespace) -> int:
 def prepare_dev(*, port: int, scopes: Path, state_dir: Path, aws_port: int):
     """Start fake AWS, seed it, build the container; returns (container, aws, keys)."""
     from broker.api.deps import build_container
-    from broker.runtime.devmode import ensure_signing_key, seed_aws, seed_principals, start_fake_aws
+    from broker.runtime.devmode import DEV_ACCOUNTS, ensure_signing_key, seed_aws, seed_principals, start_fake_aws
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # NOTE: the state folder holds the database, the keys and the signing key: its user's alone.
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
     aws = start_fake_aws(aws_port)
     private, _public = ensure_signing_key(state_dir)
     settings = load_settings(
         database_url=f"sqlite:///{(state_dir / 'broker.db').resolve()}", scopes_dir=scopes.resolve(),
         aws_endpoint_url=aws.endpoint_url, signing_key_file=private, public_url=f"http://127.0.0.1:{port}",
         port=port, dev_mode=True, state_dir=state_dir)
+    if not accounts_configured(settings):
+        settings = settings.model_copy(update={"accounts": DEV_ACCOUNTS})
     container = build_container(settings)
     seed_aws(aws.endpoint_url, container.catalog, settings.aws_region)
     keys = seed_principals(container.database, state_dir / "dev-keys.json")

@@ -83,4 +83,4 @@ def target_accounts(*sources: tuple[str, Any], role_prefix: str = DEFAULT_TARGET
             merged[account] = environment
         names.append(source)
     return TargetAccounts(merged if configured else None, role_prefix=role_prefix,
-                          source=" + ".join(names) or "configuration")
+                          source=" + ".join(names) or "empty: set BROKER_ACCOUNTS or BROKER_ACCOUNTS_FILE")

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
+# A group that names a person: every principal id of one human carries the same one (README, *Approvers*).
+PERSON_GROUP_PREFIX = "person:"
+
+
 class Role(StrEnum):
     AGENT = "agent"
     APPROVER = "approver"
@@ -32,6 +36,13 @@ class Principal:
 
     def has_role(self, role: Role) -> bool:
         return role in self.roles
+
+    @property
+    def person(self) -> str:
+        """Who this is for the two-person rule: the directory's ``person:NAME`` group linking one person's ids
+        (an API-key id and an OIDC subject), or the id itself when none links it."""
+        linked = sorted(g for g in self.groups if g.startswith(PERSON_GROUP_PREFIX))
+        return linked[0] if linked else self.id
 
     @property
     def human(self) -> str:

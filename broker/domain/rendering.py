@@ -9,13 +9,16 @@ text.  A value that could widen the policy is refused before substitution.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from broker.domain.templates import PLACEHOLDER, ParameterSpec, ScopeTemplate, Statement, parameter_pattern
+from broker.domain.templates import (PLACEHOLDER, ParameterSpec, ScopeTemplate, Statement, condition_operator,
+                                     parameter_pattern)
 from broker.errors import InvalidParameter, PolicyTooLarge
 
 # STS: "The plaintext that you use for both inline and managed session policies can't exceed 2,048
@@ -134,6 +137,53 @@ VALIDATORS: dict[str, Callable[[str, ParameterSpec, Any], str]] = {
 }
 
 
+# Condition values a parameter fills are checked by what the operator compares (the widening rules above are
+# about ARNs: 0.0.0.0/0 passes them).  IP networks no wider than these prefixes:
+MIN_IPV4_PREFIX = 16
+MIN_IPV6_PREFIX = 48
+
+
+def _ip_problem(text: str) -> str | None:
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return "is not an IP address or network"
+    least = MIN_IPV4_PREFIX if network.version == 4 else MIN_IPV6_PREFIX
+    return None if network.prefixlen >= least else f"is wider than a /{least} network"
+
+
+def _date_problem(text: str) -> str | None:
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return "is not an ISO 8601 date"
+    return None
+
+
+CONDITION_VALUE_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "IpAddress": _ip_problem,
+    "NotIpAddress": _ip_problem,
+    "Numeric": lambda text: None if re.fullmatch(r"-?[0-9]{1,18}(\.[0-9]{1,9})?", text) else "is not a number",
+    "Date": _date_problem,
+    "Bool": lambda text: None if text in ("true", "false") else "is not true or false",
+}
+
+
+def _check_condition_values(template: ScopeTemplate, values: Mapping[str, str]) -> None:
+    """Each condition value a parameter fills must be of the kind its operator compares."""
+    for statement in template.statements:
+        for operator, by_key in (statement.conditions or {}).items():
+            base, _negated = condition_operator(operator)
+            check = next((c for prefix, c in CONDITION_VALUE_CHECKS.items() if base.startswith(prefix)), None)
+            if check is None:
+                continue
+            for raw in (v for value in by_key.values() for v in ([value] if isinstance(value, str) else value)):
+                names = PLACEHOLDER.findall(raw)
+                problem = check(substitute(raw, values)) if names else None
+                if problem:
+                    raise _reject(names[0], f"{problem}, as the condition {operator} needs")
+
+
 def validate_parameters(template: ScopeTemplate, supplied: Mapping[str, Any] | None) -> dict[str, str]:
     """Return every declared parameter's validated string value (defaults filled in)."""
     if supplied is None:
@@ -151,6 +201,7 @@ def validate_parameters(template: ScopeTemplate, supplied: Mapping[str, Any] | N
             raise InvalidParameter(f"parameter '{name}' is required", code="missing_parameter",
                                    field=f"parameters.{name}")
         values[name] = VALIDATORS[spec.type](name, spec, raw)
+    _check_condition_values(template, values)
     return values
 
 

@@ -98,6 +98,9 @@ class PendingFacts:
     requester: str
     acts_for: str | None
     binding_digest: str
+    # The person (``Principal.person``) of the human the agent acts for, when the directory knows them: their
+    # other ids may not approve either.
+    acts_for_person: str | None = None
 
 
 def may_approve(rule: ApprovalRule, facts: PendingFacts, approver: Principal) -> None:
@@ -111,7 +114,9 @@ def may_approve(rule: ApprovalRule, facts: PendingFacts, approver: Principal) ->
         raise Forbidden("an agent cannot co-sign a request", code="agent_cannot_approve")
     if approver.id == facts.requester:
         raise Forbidden("the requester cannot approve their own request", code="self_approval")
-    if facts.acts_for is not None and approver.id == facts.acts_for:
+    if facts.acts_for is not None and (approver.id == facts.acts_for
+                                       or (facts.acts_for_person is not None
+                                           and approver.person == facts.acts_for_person)):
         raise Forbidden("the human an agent acts for cannot approve that agent's request",
                         code="approver_is_principal_human")
     if not any(approver.matches(selector) for selector in rule.approvers):
@@ -130,19 +135,19 @@ def may_deny(rule: ApprovalRule, facts: PendingFacts, principal: Principal) -> N
 
 
 def counted_approvals(signatures: Iterable[CoSignature], *, binding_digest: str,
-                      still_allowed: Mapping[str, bool]) -> set[str]:
-    """Distinct humans whose approval of *this exact binding* still stands.
+                      still_allowed: Mapping[str, bool], person_of: Mapping[str, str] | None = None) -> set[str]:
+    """Distinct humans whose approval of *this exact binding* still stands (one approver id per person).
 
     ``still_allowed`` says, for each approver id, whether they pass :func:`may_approve` now
-    (re-checked at redemption: a removed approver no longer counts).
+    (re-checked at redemption: a removed approver no longer counts).  ``person_of`` maps an approver id to
+    its person (``Principal.person``): two ids of one person count once.
     """
-    return {
-        sig.approver
-        for sig in signatures
-        if sig.decision is Decision.APPROVE
-        and sig.binding_digest == binding_digest
-        and still_allowed.get(sig.approver, False)
-    }
+    counted: dict[str, str] = {}
+    for sig in signatures:
+        if (sig.decision is Decision.APPROVE and sig.binding_digest == binding_digest
+                and still_allowed.get(sig.approver, False)):
+            counted.setdefault((person_of or {}).get(sig.approver, sig.approver), sig.approver)
+    return set(counted.values())
 
 
 def require_status(current: RequestStatus, allowed: Iterable[RequestStatus], *, action: str) -> None:

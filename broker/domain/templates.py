@@ -61,6 +61,14 @@ def _capability_names() -> tuple[str, ...]:
     return tuple(CAPABILITIES)
 
 
+def condition_operator(operator: str) -> tuple[str, bool]:
+    """An IAM condition operator's base name (no ``ForAllValues:``/``ForAnyValue:``, no ``IfExists``) and
+    whether it is negated (``NotIpAddress``, ``StringNotEquals``, ...)."""
+    base = operator.split(":", 1)[1] if ":" in operator else operator
+    base = base.removesuffix("IfExists")
+    return base, "Not" in base
+
+
 class Environment(StrEnum):
     DEV = "dev"
     STAGING = "staging"
@@ -225,6 +233,16 @@ class ScopeTemplate(_Strict):
                 f"ttl.max {self.ttl.max} exceeds the role's maximum session duration {self.role_max_session}")
         if not self.role.startswith("arn:"):
             raise ValueError("role must be an IAM role ARN")
+        for statement in self.statements:
+            for operator, by_key in (statement.conditions or {}).items():
+                if not condition_operator(operator)[1]:
+                    continue
+                # NOTE: whatever the agent puts in a negated condition can only make the Allow apply more widely.
+                free = sorted(name for name in PLACEHOLDER.findall(" ".join(_condition_strings({operator: by_key})))
+                              if name in self.parameters and not self.parameters[name].is_fixed_list)
+                if free:
+                    raise ValueError(f"parameter {free[0]!r} is used in the negated condition {operator}: only a "
+                                     "fixed-list (enum) parameter may be, as any other value could widen the statement")
         return self
 
     def placeholders(self) -> set[str]:
@@ -259,10 +277,14 @@ def _condition_strings(conditions: dict[str, dict[str, str | list[str]]] | None)
     return out
 
 
+# libyaml's safe loader parses the same documents several times faster than the pure-Python one.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_template(text: str, *, source: str) -> ScopeTemplate:
     """Parse one template's YAML text; errors name the source and the field."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (libyaml's when present)
     except yaml.YAMLError as exc:
         raise TemplateError(f"{source}: not valid YAML ({exc.__class__.__name__})", code="template_unreadable",
                             details={"source": source}) from exc

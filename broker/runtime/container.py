@@ -24,7 +24,7 @@ from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, System
 from broker.runtime.background import CheckpointEvery, InBackground
 from broker.runtime.metrics import BrokerMetrics, TimedMinter
 from broker.runtime.template_loading import TemplateLoader
-from broker.settings import BrokerSettings
+from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import migrate
@@ -92,12 +92,15 @@ class Container:
     review: ReviewDashboard
 
 
-def template_checks() -> tuple[list, list, Any]:
-    """Guardrail checks for templates and rendered policies, and the blast-radius function."""
+def template_checks(settings: BrokerSettings | None = None) -> tuple[list, list, Any]:
+    """Guardrail checks for templates and rendered policies, and the blast-radius function.  The
+    accounts configuration comes from ``settings``: a role in an account it does not name, or of
+    another environment than the template's, is refused (no settings: nothing named, all refused)."""
     actions = default_action_knowledge()
+    accounts = load_target_accounts(settings or BrokerSettings())
     return (
-        [lambda t: guardrails.check_template(t, actions=actions)],
-        [guardrails.RenderedChecks(actions)],
+        [lambda t: guardrails.check_template(t, actions=actions, accounts=accounts)],
+        [guardrails.RenderedChecks(actions, accounts=accounts)],
         lambda t, r: blast_radius.assess(t, actions=actions, rendered=r).to_dict(),
     )
 
@@ -128,7 +131,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     database = ObservedDatabase(build_engine(settings.database_url))
     if run_migrations:
         migrate(database.engine)
-    template_check, rendered_check, blast = template_checks()
+    template_check, rendered_check, blast = template_checks(settings)
     clock = clock or SystemClock()
     # Checks, signatures, then a templates_loaded entry: a folder that fails any of them does not start.
     templates = TemplateLoader(settings=settings, database=database, clock=clock, checks=template_check,

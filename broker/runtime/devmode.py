@@ -40,6 +40,8 @@ DEV_PRINCIPALS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] =
     # A second admin: lifting a lockdown takes two different admins (one requests, the other confirms).
     "human:ops": (("admin",), (), None),
 }
+# FAKE accounts of broker dev: the shipped dev templates' and the shipped production templates' (moto serves both).
+DEV_ACCOUNTS: dict[str, str] = {"123456789012": "dev", "444455556666": "production"}
 TRUST_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
     "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}]})

@@ -52,6 +52,7 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
     blast = request.get("blast_radius") or {}
     what = blast.get("headline") or "What these credentials can do is not known: read the request page."
     risks = risk_labels(request)
+    risk = [entry for entry in request.get("risk") or blast.get("risk") or [] if isinstance(entry, dict)]
     parameters = {str(k): str(v) for k, v in sorted((request.get("parameters") or {}).items())}
     shown_parameters = ", ".join(f"{k}={v}" for k, v in parameters.items()) or "none"
     risk_text = ", ".join(r.upper() for r in risks)
@@ -77,12 +78,18 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
                                      f"{'*' + _plain(risk_text) + '* ' if risk_text else ''}{_plain(what)}"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_plain(v)}"} for k, v in facts]},
     ]
+    if risk:
+        lines = [f"• *{_plain(str(entry.get('title', '?')).upper())}*: {_plain(entry.get('sentence', ''))} "
+                 f"({_plain(', '.join(map(str, entry.get('actions', [])[:6])))})" for entry in risk]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
+            "*Risk, most dangerous first*\n" + "\n".join(lines))[:2900]}})
     if page:
         blocks.append({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Open the request"}, "url": page}]})
     return {"text": _plain(text), "blocks": blocks, "event": event, "request_id": request.get("id"),
             "template": request.get("template"), "environment": request.get("environment"),
-            "headline": what, "risks": risks, "parameters": parameters}
+            "headline": what, "risks": risks, "parameters": parameters,
+            "risk": [{key: entry.get(key) for key in ("class", "title", "sentence", "actions")} for entry in risk]}
 
 
 def _plain(value: object) -> str:

@@ -8,6 +8,7 @@ appends with ``SELECT ... FOR UPDATE`` on the log head row.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -45,12 +46,22 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _private_database_file(path: Path) -> None:
+    """A new SQLite database is its user's alone: a new folder 0700, the file 0600 (SQLite gives its -wal and
+    -shm files the database file's mode).  An existing file keeps the mode its operator chose."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def build_engine(url: str) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_database_file(Path(parsed.database))
         in_memory = parsed.database in (None, "", ":memory:")
         # NOTE: LIFO: the connection used last is handed out next, with its page cache still valid (file
         # databases: a queue pool; an in-memory one has a single-connection pool and takes no such option).

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
+from broker.domain.text import unsafe_characters
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
 from broker.ports import Clock
 from broker.usecases.refusal_budget import RefusalBudget
@@ -106,7 +107,7 @@ def _clean_reason(reason: str | None, *, required: bool) -> str | None:
                                field="reason")
         return None
     text = str(reason).strip()
-    if len(text) > MAX_REASON or any(ord(c) < 32 and c not in "\t\n" for c in text):
+    if len(text) > MAX_REASON or unsafe_characters(text):
         raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters", code="invalid_reason",
                            field="reason")
     return text

@@ -64,6 +64,8 @@ class CheckpointAnchors(Protocol):
 
     def put(self, checkpoint: issuance_log.Checkpoint, *, now: datetime) -> str: ...
 
+    def latest(self) -> issuance_log.Checkpoint | None: ...
+
 
 @dataclass
 class Checkpointer:
@@ -125,6 +127,8 @@ class Checkpointer:
                  head_hash: str) -> issuance_log.SigningRefusal | None:
         with self._lock:
             known = self._known
+        if known is None and self.anchors is not None:
+            known = self._latest_anchored()
         if latest is not None and not self._signed_by_us(latest):
             return issuance_log.SigningRefusal(
                 "checkpoint_unverifiable", f"the last stored checkpoint (seq {latest.seq}, key {latest.key_id}) "
@@ -136,6 +140,22 @@ class Checkpointer:
         base = latest or _GENESIS
         return issuance_log.check_extends(base, repo.stored_entry_lines(from_seq=max(base.seq, 1)),
                                           head_seq=head_seq, head_hash=head_hash)
+
+    def _latest_anchored(self) -> issuance_log.Checkpoint | None:
+        """After a start, the newest anchored checkpoint is what the stored ones must still contain: a database
+        rolled back (entries and checkpoints cut) across a restart is refused too."""
+        assert self.anchors is not None
+        try:
+            anchored = self.anchors.latest()
+        except BrokerError:
+            log.error("the anchored checkpoints cannot be read: signing without comparing with them", exc_info=True)
+            return None
+        if anchored is not None and not self._signed_by_us(anchored):
+            log.error("the newest anchored checkpoint (seq %s) is not signed by this broker's key", anchored.seq)
+            return None
+        with self._lock:
+            self._known = self._known or anchored
+        return anchored
 
     def _signed_by_us(self, checkpoint: issuance_log.Checkpoint) -> bool:
         return any(issuance_log.verify_signature(checkpoint, key)

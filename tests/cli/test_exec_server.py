@@ -141,3 +141,22 @@ def test_a_scope_that_needs_approval_again_is_a_clear_503():
 def test_two_runs_get_different_tokens():
     with CredentialServer(lambda: _issued(1, 30)) as one, CredentialServer(lambda: _issued(2, 30)) as two:
         assert one.token != two.token and one.url != two.url
+
+
+def test_wait_shows_the_time_waited_and_the_time_left():
+    import io
+
+    from broker.cli.agent import wait_progress
+
+    now = [100.0]
+    out = io.StringIO()
+    show = wait_progress(300, clock=lambda: now[0], out=out)
+    pending = PendingRequest(id="r1", status="pending", template="prod", environment="production",
+                             approvals_required=2, approvals_counted=1, approvers=("group:sre",), page_url=None)
+    now[0] = 172.0
+    show(pending)
+    now[0] = 500.0
+    show(pending)
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("waiting (1m12s elapsed, 3m48s left): request r1") and "1 so far" in first
+    assert second.startswith("waiting (6m40s elapsed, 0s left)")

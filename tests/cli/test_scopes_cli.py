@@ -13,7 +13,7 @@ from broker.cli.main import main
 from broker.domain.rendering import render_policy, validate_parameters
 
 REPO_SCOPES = Path(__file__).resolve().parents[2] / "scopes"
-STACK_ARN = "arn:aws:cloudformation:us-east-1:123456789012:stack/cost-explorer-api/0f1e"
+STACK_ARN = "arn:aws:cloudformation:us-east-1:444455556666:stack/cost-explorer-api/0f1e"
 GOOD = yaml.safe_load((REPO_SCOPES / "lambda-deploy-dev.yaml").read_text())
 
 
@@ -140,7 +140,7 @@ def test_simulate_allowed_denied_undecidable(capsys):
     code, out, _ = simulate(capsys, "--action", "cloudformation:DeleteStack", "--resource", STACK_ARN)
     assert code == 0 and out.startswith("allowed: allowed by Allow 'RecreateOneStack' in session policy")
     code, out, _ = simulate(capsys, "--action", "cloudformation:DeleteStack", "--resource",
-                            "arn:aws:cloudformation:us-east-1:123456789012:stack/billing-db/1")
+                            "arn:aws:cloudformation:us-east-1:444455556666:stack/billing-db/1")
     assert code == 1 and out.startswith("denied:")
     code, out, _ = simulate(capsys, "--action", "s3:ListBucket", "--resource", "arn:aws:s3:::broker-demo-bucket",
                             name="s3-read-prefix", params=())

@@ -41,7 +41,7 @@ NON_OBJECT_MANIFESTS = {"kustomization.yaml"}
 BROKER_ENVIRONMENT = {
     "BROKER_DATABASE_URL", "BROKER_SCOPES_DIR", "BROKER_AWS_ENDPOINT_URL", "BROKER_AWS_REGION",
     "BROKER_SIGNING_KEY_FILE", "BROKER_OIDC_ISSUERS_FILE", "BROKER_PUBLIC_URL", "BROKER_WEBHOOK_URL",
-    "BROKER_HOST", "BROKER_PORT",
+    "BROKER_HOST", "BROKER_PORT", "BROKER_ACCOUNTS", "BROKER_TARGET_ROLE_PREFIX",
 }
 # Settings that hold a secret: never a literal value in a Kubernetes manifest.
 SECRET_ENVIRONMENT = {"BROKER_DATABASE_URL"}
@@ -404,7 +404,12 @@ def test_configmap_scope_templates_load_as_the_server_loads_them(tmp_path: Path)
         assert filename == f"{parse_template(text, source=filename).name}.yaml"
         (tmp_path / filename).write_text(text)
     # The same guardrail checks `broker serve` runs at start: a finding raises.
-    template_checks, _, _ = deps.template_checks()
+    from broker.settings import BrokerSettings
+
+    environment = find_object("ConfigMap", "broker-config")["data"]
+    settings = BrokerSettings(accounts=json.loads(environment["BROKER_ACCOUNTS"]),
+                              target_role_prefix=environment["BROKER_TARGET_ROLE_PREFIX"])
+    template_checks, _, _ = deps.template_checks(settings)
     load_catalog(tmp_path, checks=template_checks)
 
 

@@ -61,7 +61,7 @@ def test_json_groups_by_access_level_and_carries_ttl_approvals_and_policy(catalo
     assert body["by_access_level"] == {"Write": ["ecs:UpdateService"], "Read": ["ecs:DescribeServices"]}
     assert body["ttl"] == {"default": 900, "max": 1800}
     assert body["approval"]["approvals"] == 2 and body["approval"]["approvers"] == ["group:sre"]
-    assert body["resources"] == ["arn:aws:ecs:us-east-1:123456789012:service/prod/api"]
+    assert body["resources"] == ["arn:aws:ecs:us-east-1:444455556666:service/prod/api"]
     assert body["policy"]["size"] == len(render_policy(catalog.get("ecs-update-service-prod"), validate_parameters(
         catalog.get("ecs-update-service-prod"), {"cluster": "prod", "service": "api"})).json)
     assert body["summary"][0] == ("[PRODUCTION-TRAFFIC] Can update service on ECS service api in cluster prod "

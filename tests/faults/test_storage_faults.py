@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from broker.api.app import create_app
 from broker.api.deps import build_container
 from broker.aws.sts import StsMinter
+from broker.runtime.devmode import DEV_ACCOUNTS
 from broker.domain.revocation import session_is_named
 from broker.errors import Conflict
 from broker.ports import MintedCredentials, MintOrder
@@ -55,7 +56,7 @@ def test_postgres_on_a_closed_port(moto_server, tmp_path, pg_url):
     sessions_before = len(moto_sts_sessions(moto_server.endpoint_url))
     url = f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/nowhere"
     settings = BrokerSettings(database_url=url, scopes_dir=TEST_SCOPES, aws_endpoint_url=moto_server.endpoint_url,
-                              signing_key_file=tmp_path / "state" / "log-signing-key.pem")
+                              signing_key_file=tmp_path / "state" / "log-signing-key.pem", accounts=DEV_ACCOUNTS)
     container = build_container(settings, clock=good.clock, run_migrations=False)   # start-up survives
     client = TestClient(create_app(container), raise_server_exceptions=False)
     _assert_storage_unavailable(client.post("/v1/requests", headers=good.auth("agent:demo"), json=S3_REQUEST))
@@ -73,7 +74,7 @@ def test_sqlite_read_only_every_request_is_503(moto_server, tmp_path):
     sessions_before = len(moto_sts_sessions(moto_server.endpoint_url))
     settings = BrokerSettings(database_url=f"sqlite:///file:{path}?mode=ro&uri=true", scopes_dir=TEST_SCOPES,
                               aws_endpoint_url=moto_server.endpoint_url,
-                              signing_key_file=writable.state_dir / "log-signing-key.pem")
+                              signing_key_file=writable.state_dir / "log-signing-key.pem", accounts=DEV_ACCOUNTS)
     container = build_container(settings, clock=writable.clock, run_migrations=False)
     client = TestClient(create_app(container), raise_server_exceptions=False)
     _assert_storage_unavailable(client.post("/v1/requests", headers=writable.auth("agent:demo"), json=S3_REQUEST))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.runtime.devmode import DEV_PRINCIPALS, ensure_signing_key, free_port, seed_principals
+from broker.runtime.devmode import DEV_ACCOUNTS, DEV_PRINCIPALS, ensure_signing_key, free_port, seed_principals
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import migrate
 from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES
@@ -82,6 +83,7 @@ def start_replica(name: str, *, database_url: str, signing_key: Path, aws_endpoi
         "BROKER_AWS_ENDPOINT_URL": aws_endpoint,
         "BROKER_HOST": "127.0.0.1",
         "BROKER_PORT": str(port),
+        "BROKER_ACCOUNTS": json.dumps(DEV_ACCOUNTS),
         "BROKER_PUBLIC_URL": f"http://127.0.0.1:{port}",
         # The tests drive hundreds of requests per minute from two agents: no rate limits here.
         "BROKER_AGENT_REQUESTS_PER_MINUTE": "0",

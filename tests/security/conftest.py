@@ -38,6 +38,7 @@ def reset_principals(harness) -> None:
         for principal_id, (roles, groups, acts_for) in STANDARD_PRINCIPALS.items():
             repo.upsert_principal(principal_id=principal_id, roles=roles, groups=groups, acts_for=acts_for,
                                   now=datetime.now(UTC))
+            repo.set_principal_disabled(principal_id, False)  # upsert keeps a disabled principal disabled
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

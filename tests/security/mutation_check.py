@@ -131,6 +131,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "botocore's DEBUG records with secrets (AssumeRole answers, the broker's own token) kept out of the log"),
     Mutation("api-after-seq-bound", "broker/api/routes_events.py",
              r"Query\(0, ge=0, le=MAX_SEQ\)", "Query(0, ge=0)", "after_seq bounded to the column's range"),
+    # --- the issuance log (issue 15, finding 1)
+    Mutation("log-sign-only-an-extension", "broker/usecases/checkpoints.py",
+             r"refusal = self\._refusal\(repo, latest, head_seq, head_hash\)", "refusal = None",
+             "no checkpoint over a log that does not extend the last one"),
+    Mutation("log-head-not-behind", "broker/domain/log/export.py",
+             r"if head_seq < latest\.seq:", "if False:", "the head may not be behind the last checkpoint"),
+    Mutation("log-remembered-checkpoints", "broker/usecases/checkpoints.py",
+             r"if known is not None:", "if False:", "checkpoints this broker signed must still be stored"),
+    Mutation("log-trusted-fork", "broker/domain/log/export.py",
+             r"if trusted\.head_hash != this_hash:", "if False:", "an export must extend a trusted checkpoint"),
 )
 
 

@@ -140,7 +140,7 @@ def test_parameters_changed_after_approval_void_it(abuse):
     approved = _approved(abuse)
     with abuse.container.database.transaction() as repo:
         row = repo.session.get(RequestRow, approved["id"])
-        row.parameters = '{"account": "123456789012", "service": "billing"}'
+        row.parameters = '{"account": "444455556666", "service": "billing"}'
         repo.session.add(row)
     before = len(moto_sts_sessions(abuse.aws_endpoint))
     _refused(abuse.post(f"/v1/requests/{approved['id']}/credentials", "agent:demo"), 409, "approval_void",

@@ -5,6 +5,7 @@ page in headless Chromium at a laptop's and a phone's size (screenshots in tests
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput
 from broker.usecases.review import ReviewDashboard
-from tests.conftest import TEST_SCOPES, build_harness
+from tests.conftest import TEST_SCOPES, FrozenClock, build_harness
 from tests.live_server import serve
 from tests.ui.conftest import DESKTOP, PHONE, Approver
 from tests.ui.test_pages import sign_in
@@ -42,10 +43,14 @@ def known_log(harness) -> None:
         == 201
 
 
+# Mid-hour, so the known log's few minutes fall in one hour's bucket whatever the wall clock says.
+START = datetime(2026, 12, 2, 12, 20, tzinfo=UTC)
+
+
 @pytest.fixture
 def logged(db_url, moto_server, tmp_path):
     harness = build_harness(db_url=db_url, scopes=TEST_SCOPES, aws_endpoint=moto_server.endpoint_url,
-                            state_dir=tmp_path / "state", dev_mode=True)
+                            state_dir=tmp_path / "state", dev_mode=True, clock=FrozenClock(START))
     known_log(harness)
     yield harness
     harness.container.database.engine.dispose()
