@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,44 @@ def _private_database_file(path: Path) -> None:
         pass
 
 
-def build_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class PostgresSessionLimits:
+    """How long a broker PostgreSQL session may wait or hold, so one stalled replica cannot stop the fleet.
+
+    * ``lock_timeout_ms``: a statement waiting longer than this for a lock (the log head's row, held by a
+      frozen replica) fails; the request answers 503 ``storage_unavailable`` instead of hanging.
+    * ``statement_timeout_ms``: no statement runs longer than this.
+    * ``idle_in_transaction_ms``: the server ends a session that sits inside a transaction doing nothing
+      for this long (a replica stopped while it held the log's lock): its transaction rolls back and the
+      lock is free.  The broker itself never waits on anything outside the database inside a transaction.
+    * ``keepalive_seconds``: TCP keepalives on both ends (idle seconds; probes every half of it, 3 lost
+      probes drop the connection), so a vanished host's connections and locks do not linger.
+
+    0 turns a limit off (PostgreSQL's own meaning of 0).  From ``BROKER_DB_*`` settings.
+    """
+
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 30_000
+    idle_in_transaction_ms: int = 15_000
+    keepalive_seconds: int = 10
+
+    def connect_args(self) -> dict[str, object]:
+        options = (f"-c lock_timeout={self.lock_timeout_ms} -c statement_timeout={self.statement_timeout_ms} "
+                   f"-c idle_in_transaction_session_timeout={self.idle_in_transaction_ms}")
+        args: dict[str, object] = {"connect_timeout": 5}
+        if self.keepalive_seconds > 0:
+            interval = max(1, self.keepalive_seconds // 2)
+            # The server's keepalives (a vanished broker host) and the client's (a vanished database host).
+            options += (f" -c tcp_keepalives_idle={self.keepalive_seconds} -c tcp_keepalives_interval={interval}"
+                        " -c tcp_keepalives_count=3")
+            args.update(keepalives=1, keepalives_idle=self.keepalive_seconds, keepalives_interval=interval,
+                        keepalives_count=3,
+                        # NOTE: unacknowledged data (a request sent to a vanished server) also gives up.
+                        tcp_user_timeout=(self.keepalive_seconds + 3 * interval) * 1000)
+        return {**args, "options": options}
+
+
+def build_engine(url: str, *, postgres_limits: PostgresSessionLimits | None = None) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -92,7 +130,7 @@ def build_engine(url: str) -> Engine:
         return engine
     # NOTE: LIFO: the connection used last (its server backend warm) is handed out next.
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True,
-                           connect_args={"connect_timeout": 5})
+                           connect_args=(postgres_limits or PostgresSessionLimits()).connect_args())
     ping_idle_connections(engine)
     return engine
 

@@ -94,3 +94,13 @@ def cut_database(admin_url: str, database_url: str, *, allow: bool) -> None:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (name,))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_migrated_url(pg_admin_url, pg_migrated_template) -> Iterator[str]:
+    """A fresh PostgreSQL database, already migrated (a copy of the session's template: no migration run)."""
+    from tests.conftest import _fresh_pg_database
+
+    url, drop = _fresh_pg_database(pg_admin_url, template=pg_migrated_template)
+    yield url
+    drop()
