@@ -7,13 +7,14 @@ appends with ``SELECT ... FOR UPDATE`` on the log head row.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -214,6 +215,28 @@ class WalCheckpointer:
         threading.Thread(target=run, name="sqlite-wal-checkpoint", daemon=True).start()
 
 
+class _NamedLocks:
+    """Process-wide locks by name (every ``Database`` on one URL shares them: replicas in one process)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, url: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((url, name), threading.Lock())
+
+
+_NAMED_LOCKS = _NamedLocks()
+# How long ``Database.exclusive`` waits for a name another thread of this process holds.
+EXCLUSIVE_WAIT_SECONDS = 30.0
+
+
+def _advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock`` (Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class Database:
     """Hands out units of work.  Repositories never commit; the unit of work does, once."""
 
@@ -258,6 +281,38 @@ class Database:
                 yield repo
             finally:
                 repo.close()
+
+    @contextmanager
+    def exclusive(self, names: Iterable[str], *, wait_seconds: float = EXCLUSIVE_WAIT_SECONDS) -> Iterator[None]:
+        """Hold one lock per name (taken in sorted order) for the block, across replicas: a thread lock in this
+        process and, on PostgreSQL, a session advisory lock on a connection of its own.  It is no unit of work
+        and not the log's lock: what the block does outside the database (an IAM call) stalls nobody else.
+        A name held elsewhere for longer than ``wait_seconds`` (PostgreSQL: the lock timeout) is a 503.
+        """
+        ordered = sorted(set(names))
+        url = self.engine.url.render_as_string(hide_password=True)
+        with ExitStack() as stack:
+            for name in ordered:
+                lock = _NAMED_LOCKS.get(url, name)
+                if not lock.acquire(timeout=wait_seconds):
+                    raise StorageUnavailable("another broker thread has held this lock for too long; nothing was "
+                                             "done", code="storage_unavailable")
+                stack.callback(lock.release)
+            if self.is_postgres and ordered:
+                with self._storage_errors():
+                    connection = stack.enter_context(self.engine.connect().execution_options(
+                        isolation_level="AUTOCOMMIT"))
+                    stack.callback(self._release_advisory_locks, connection)
+                    for name in ordered:
+                        connection.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": _advisory_key(name)})
+            yield
+
+    @staticmethod
+    def _release_advisory_locks(connection) -> None:
+        try:
+            connection.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+        except (DBAPIError, SQLAlchemyError):  # a lost connection has lost its locks with it
+            connection.invalidate()
 
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:

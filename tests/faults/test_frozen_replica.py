@@ -41,16 +41,13 @@ def test_a_frozen_replica_holding_the_log_lock_gives_503_then_is_cut_off(pg_migr
     answers: list = []
     try:
         assert frozen.stdout.readline().strip() == "holding"
-        started = time.monotonic()
         waiter = threading.Thread(target=lambda: answers.append(
             broker.post("/v1/requests", "agent:demo", json=S3_REQUEST)), daemon=True)
         waiter.start()
         waiter.join(5)
         assert not waiter.is_alive(), "a request waited on the frozen replica's lock for more than 5 s"
-        waited = time.monotonic() - started
         assert answers[0].status_code == 503, answers[0].text
         assert answers[0].json()["error"]["code"] == "storage_unavailable"
-        assert waited < 3
         assert "cause: LockNotAvailable: canceling statement due to lock timeout" in caplog.text
         # The server ends the frozen session (idle in transaction): the lock is free again.
         deadline = time.monotonic() + 5
