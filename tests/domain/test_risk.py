@@ -137,7 +137,7 @@ def test_every_class_has_examples_sentence_capability_and_approvals():
 
 @pytest.mark.parametrize(("klass", "action", "pattern"), EXAMPLES, ids=[e[1] for e in EXAMPLES])
 def test_undeclared_class_is_refused_exact_wildcard_and_mixed(actions, klass, action, pattern):
-    assert klass in actions.lookup(action).risks
+    assert klass in risk.classify(actions.lookup(action))
     for granted in ([action], [pattern], [["s3:GetObject"], [pattern, "s3:ListBucket"]]):
         found = codes(check_template(template(granted), actions=actions))
         assert undeclared(klass) in found and "risk_without_cosigning" in found, granted
@@ -146,8 +146,8 @@ def test_undeclared_class_is_refused_exact_wildcard_and_mixed(actions, klass, ac
 @pytest.mark.parametrize(("klass", "action", "pattern"), EXAMPLES, ids=[e[1] for e in EXAMPLES])
 def test_declared_class_with_its_cosigners_passes_the_risk_rule(actions, klass, action, pattern):
     info = actions.lookup(action)
-    capabilities = [risk.BY_RISK[r].capability for r in info.risks]
-    needed = max(risk.BY_RISK[r].approvals for r in info.risks)
+    capabilities = [risk.BY_RISK[r].capability for r in risk.classify(info)]
+    needed = max(risk.BY_RISK[r].approvals for r in risk.classify(info))
     found = codes(check_template(template([action], capabilities=capabilities, approvals=needed), actions=actions))
     assert not {c for c in found if c.startswith("undeclared_") or c.startswith("risk_")}, found
     if needed > 1:      # one co-signer too few is refused, with the class named
@@ -219,7 +219,7 @@ def test_reasons_name_where_the_knowledge_comes_from(actions):
     rows = [row for row in risk.RISK_ROWS if "cloudsplaining" in row.source]
     assert {row.risk for row in rows} >= {Risk.PERMISSION_CHANGING, Risk.CODE_EXECUTION, Risk.CREDENTIAL_EXPOSURE,
                                           Risk.RESOURCE_EXPOSURE}
-    assert not actions.lookup("s3:GetObject").risks      # NOT_SECRET: scoped reads are the point of a read template
+    assert not risk.classify(actions.lookup("s3:GetObject"))      # NOT_SECRET: scoped reads are the point of a read template
 
 
 def test_every_curated_row_names_actions_the_database_knows(actions):
@@ -257,7 +257,7 @@ def test_the_summary_is_most_dangerous_first_with_plain_words(actions):
 def _flagged(actions) -> list[str]:
     """Every action the taxonomy flags, in every service of the database."""
     return sorted(info.key for service in actions.services() for info in actions.expand(f"{service}:*")
-                  if info.risks)
+                  if risk.classify(info))
 
 
 @st.composite
@@ -301,7 +301,7 @@ def test_property_a_flagged_action_is_never_granted_undeclared(actions, data):
     target = actions.lookup(action)
     assert target.key in {i.key for i in actions.expand(pattern)}
     # Declare every class but one the target carries, and ask for plenty of co-signers: still refused.
-    missing = data.draw(st.sampled_from(sorted(target.risks)))
+    missing = data.draw(st.sampled_from(sorted(risk.classify(target))))
     others = [risk.BY_RISK[r].capability for r in Risk if r is not missing]
     extra = data.draw(st.sampled_from(([], ["s3:GetObject"], ["logs:FilterLogEvents", "s3:ListBucket"])))
     tpl = template([extra, [pattern]] if extra else [pattern], capabilities=others, approvals=3)
@@ -323,5 +323,5 @@ def test_every_action_in_the_database_is_classified(actions):
             for risk_ in risk.classify(info):
                 counts[risk_] += 1
             if info.access_level is AccessLevel.PERMISSIONS_MANAGEMENT:
-                assert Risk.PERMISSION_CHANGING in info.risks, info.key
+                assert Risk.PERMISSION_CHANGING in risk.classify(info), info.key
     assert total > 15000 and all(counts.values()), counts
