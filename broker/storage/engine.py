@@ -65,7 +65,10 @@ def build_engine(url: str) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        # NOTE: a URI filename (``sqlite:///file:...?uri=true``) is SQLite's to open with its own modes
+        # (``mode=ro`` must create nothing); only a plain path is created private here.
+        uri_filename = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+        if parsed.database and parsed.database != ":memory:" and not uri_filename:
             _private_database_file(Path(parsed.database))
         in_memory = parsed.database in (None, "", ":memory:")
         # NOTE: LIFO: the connection used last is handed out next, with its page cache still valid (file

@@ -177,10 +177,10 @@ def test_a_retry_finds_the_issuance_already_recorded_and_writes_nothing_twice(br
         recorded = repo.get_grant(issued["grant"]["id"])
     again = NewGrant(**{name: getattr(recorded, name) for name in NewGrant.__dataclass_fields__})
     before = broker.events()
-    service._record_issued(row, again, actor="agent:demo", retry=True)  # noqa: SLF001 - the retry's own step
+    service._record_issued(row, again, actor="agent:demo", risks=[], retry=True)  # noqa: SLF001 - the retry's own step
     assert broker.events() == before
     # A different grant for the same request is a conflict, not a silent success.
     again.access_key_id = "ASIAOTHERKEY00000000"
     with pytest.raises(Conflict):
-        service._record_issued(row, again, actor="agent:demo", retry=True)  # noqa: SLF001
+        service._record_issued(row, again, actor="agent:demo", risks=[], retry=True)  # noqa: SLF001
     assert broker.events() == before
