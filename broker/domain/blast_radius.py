@@ -19,7 +19,7 @@ from typing import Any
 from broker.domain.actions import AccessLevel, ActionInfo, ActionKnowledge, Risk, action_words
 from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy
-from broker.domain.risk import RANK, RiskFinding, ordered, risk_of
+from broker.domain.risk import RANK, RiskFinding, classify, ordered, risk_of
 from broker.domain.templates import ScopeTemplate
 
 # Most dangerous first: the order a reviewer should read.
@@ -281,7 +281,7 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             merged = tuple(dict.fromkeys((previous.resources if previous else ()) + resources))
             granted[(info.lower, conditions)] = GrantedAction(
                 action=info.key, access_level=info.access_level,
-                risks=tuple(ordered(info.risks)), resources=merged, conditions=conditions,
+                risks=tuple(ordered(classify(info))), resources=merged, conditions=conditions,
                 description=info.description)
     riskiest_first = sorted(granted.values(), key=lambda g: (min((RANK[r] for r in g.risks), default=len(RANK)),
                                                              LEVEL_ORDER.index(g.access_level), g.action,
