@@ -43,11 +43,15 @@ def test_only_contracts_and_configuration_sit_at_the_root() -> None:
 
 
 def test_a_layer_violation_breaks_the_contracts(tmp_path: Path) -> None:
-    """The contracts can fail: the domain importing boto3, or storage importing the API, is reported."""
+    """The contracts can fail: the domain importing boto3 or the API, or a cycle, is reported."""
     shutil.copytree(REPO / "broker", tmp_path / "broker", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "broker" / "domain" / "leak.py").write_text("import boto3\nfrom broker.api import app\n")
+    # A cycle, even one hidden in a function body, is reported too.
+    (tmp_path / "broker" / "cli" / "loop_a.py").write_text("from broker.cli import loop_b\n")
+    (tmp_path / "broker" / "cli" / "loop_b.py").write_text("def f():\n    from broker.cli import loop_a\n")
     result = _run("lint-imports", "--no-cache", cwd=tmp_path)
     assert result.returncode != 0
     assert "broker.domain.leak -> boto3" in result.stdout
     assert "broker.domain.leak -> broker.api" in result.stdout
+    assert "No cycles are allowed in broker.cli." in result.stdout

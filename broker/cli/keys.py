@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from broker.cli.output import add_format_option, emit, table
 from broker.domain.principals import Role
+from broker.domain.times import parse_time
 from broker.errors import InvalidInput
 from broker.settings import load_settings
 
@@ -39,11 +40,10 @@ def duration(text: str) -> timedelta:
 
 def moment(text: str) -> datetime:
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_time(text.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected an ISO 8601 time such as 2027-01-31T00:00:00Z, got {text!r}") \
             from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _expiry(args: argparse.Namespace) -> datetime | None:

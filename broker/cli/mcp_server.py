@@ -37,7 +37,7 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 
-from broker.cli.agent import child_environment
+from broker.cli.child_env import child_environment
 from broker.cli.token_guard import protect_token_from_children
 from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest
 from broker.sdk.credential_process import CredentialCache, ScopeCredentials

@@ -85,10 +85,6 @@ class ActionInfo:
         """
         return any((self.service, rt.name) not in OPTIONAL_RESOURCE_SCOPING for rt in self.resource_types)
 
-    @property
-    def risks(self) -> frozenset[Risk]:
-        return classify(self)
-
 
 # (service, resource type) pairs that the service authorization reference lists but that do not
 # make "Resource: *" wrong, with the reason.  Keep this short and cite why.
@@ -96,20 +92,6 @@ OPTIONAL_RESOURCE_SCOPING: dict[tuple[str, str], str] = {
     ("ce", "billingview"): "Cost Explorer queries run against the account's primary billing view unless the "
                            "caller passes a BillingViewArn; AWS documents Resource \"*\" for them",
 }
-
-
-def classify(info: ActionInfo) -> frozenset[Risk]:
-    """The risk classes of one action (the taxonomy's rows: :mod:`broker.domain.risk`)."""
-    from broker.domain.risk import classify as _classify
-
-    return _classify(info)
-
-
-def risk_reasons(info: ActionInfo) -> tuple[str, ...]:
-    """Why :func:`classify` flagged the action (one reason per matching row)."""
-    from broker.domain.risk import risk_reasons as _reasons
-
-    return _reasons(info)
 
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z][a-z0-9]*|[a-z0-9]+")

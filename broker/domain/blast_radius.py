@@ -19,7 +19,7 @@ from typing import Any
 from broker.domain.actions import AccessLevel, ActionInfo, ActionKnowledge, Risk, action_words
 from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy
-from broker.domain.risk import RANK, RiskFinding, ordered, risk_of
+from broker.domain.risk import RANK, RiskFinding, classify, ordered, risk_of
 from broker.domain.self_scope import statement_confined_by
 from broker.domain.templates import ScopeTemplate
 
@@ -300,7 +300,7 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             owned = own if previous is None else tuple(dict.fromkeys(previous.own + own)) if previous.own and own else ()
             granted[(info.lower, conditions)] = GrantedAction(
                 action=info.key, access_level=info.access_level,
-                risks=tuple(ordered(info.risks)), resources=merged, conditions=conditions,
+                risks=tuple(ordered(classify(info))), resources=merged, conditions=conditions,
                 description=info.description, own=owned)
     riskiest_first = sorted(granted.values(), key=lambda g: (min((RANK[r] for r in g.risks), default=len(RANK)),
                                                              LEVEL_ORDER.index(g.access_level), g.action,

@@ -25,9 +25,10 @@ import json
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from broker.domain.times import iso_seconds, parse_utc
 from broker.errors import InvalidInput
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -133,18 +134,18 @@ class TrailRecords:
 
 
 def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """CloudTrail's time form (seconds, ``Z``), or None."""
+    return None if moment is None else iso_seconds(moment)
 
 
 def parse_event_time(text: Any, *, source: str) -> datetime:
     if not isinstance(text, str):
         raise CloudTrailUnusable(f"{source}: a record has no eventTime", source=source)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError as exc:
         raise CloudTrailUnusable(f"{source}: eventTime {text[:40]!r} is not an ISO 8601 time",
                                  source=source) from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def records_of(data: bytes, *, source: str) -> list[Mapping[str, Any]]:

@@ -46,6 +46,8 @@ from decimal import Decimal
 from enum import Enum, StrEnum
 from typing import Any
 
+from broker.domain.times import parse_time
+
 
 class Tri(Enum):
     """Kleene three-valued truth: TRUE, FALSE or UNKNOWN ("may be either")."""
@@ -453,8 +455,7 @@ def parse_date(text: str) -> datetime:
     text = text.strip()
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
         return datetime.fromtimestamp(float(text), tz=UTC)
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parse_time(text)
 
 
 def _date(op: Callable[[datetime, datetime], bool]) -> Compare:

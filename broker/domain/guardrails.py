@@ -89,6 +89,7 @@ class StatementView:
     resources: tuple[str, ...]
     conditions: Mapping[str, Mapping[str, Any]]
     not_elements: tuple[str, ...] = ()          # NotAction / NotResource present (rendered input only)
+    unknown_elements: tuple[str, ...] = ()      # keys IAM's grammar does not have ("action", "Actions"; rendered only)
     granted: tuple[ActionInfo, ...] = ()        # every action the patterns expand to
     # NotAction, or a pattern with a wildcard service ("*", "*:Update*"): it grants what the database
     # cannot list here, so it counts as granting every risk class (fail closed).
@@ -153,6 +154,11 @@ def _template_views(template: ScopeTemplate, actions: ActionKnowledge) -> list[S
     ]
 
 
+# The elements of an IAM policy statement (AWS's policy grammar); element names are case-sensitive.
+STATEMENT_ELEMENTS = frozenset({"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource", "Condition",
+                                "Principal", "NotPrincipal"})
+
+
 def _rendered_views(rendered: RenderedPolicy, actions: ActionKnowledge) -> list[StatementView]:
     raw = rendered.document.get("Statement", [])
     statements = [raw] if isinstance(raw, Mapping) else list(raw)
@@ -160,9 +166,11 @@ def _rendered_views(rendered: RenderedPolicy, actions: ActionKnowledge) -> list[
     for i, s in enumerate(statements):
         not_elements = tuple(k for k in ("NotAction", "NotResource", "NotPrincipal", "Principal") if k in s)
         acts = _as_list(s.get("Action"))
+        unknown = tuple(str(k) for k in s if k not in STATEMENT_ELEMENTS)
         views.append(StatementView(field=f"policy.Statement[{i}]", effect=str(s.get("Effect", "")),
                                    actions=acts, resources=_as_list(s.get("Resource")),
                                    conditions=s.get("Condition") or {}, not_elements=not_elements,
+                                   unknown_elements=unknown,
                                    granted=_expand(actions, acts),
                                    grants_everything="NotAction" in s or _any_service(acts)))
     return views
@@ -176,6 +184,10 @@ def _rule_shape(subject: Subject) -> None:
     for s in subject.statements:
         if s.effect != "Allow":
             subject.add("effect_not_allow", f"{s.field}.Effect", f"only Allow statements are permitted, not {s.effect!r}")
+        for element in s.unknown_elements:
+            # NOTE: fail closed: what the checks cannot read, they cannot vouch for (and STS refuses it).
+            subject.add("statement_element_unknown", f"{s.field}.{element}",
+                        f"{element!r} is not an element of an IAM policy statement")
         for element in s.not_elements:
             subject.add("not_element", f"{s.field}.{element}",
                         f"{element} grants everything except what it names; list what is granted instead")

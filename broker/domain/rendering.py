@@ -14,11 +14,11 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from broker.domain.templates import (PLACEHOLDER, ParameterSpec, ScopeTemplate, Statement, condition_operator,
                                      parameter_pattern)
+from broker.domain.times import parse_time
 from broker.errors import Forbidden, InvalidParameter, PolicyTooLarge
 
 # STS: "The plaintext that you use for both inline and managed session policies can't exceed 2,048
@@ -156,7 +156,7 @@ def _ip_problem(text: str) -> str | None:
 
 def _date_problem(text: str) -> str | None:
     try:
-        datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parse_time(text)
     except ValueError:
         return "is not an ISO 8601 date"
     return None

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from broker.domain.sts_rules import TAG_GRANT, TAG_TEMPLATE
+from broker.domain.times import as_utc, iso_seconds, parse_time
 from broker.errors import InvalidInput, PolicyTooLarge
-from broker.domain.times import as_utc
 
 POLICY_NAME = "broker-revocations"
 # IAM quota: "Role policy size cannot exceed 10,240 characters" (all inline policies of a role together).
@@ -259,9 +259,9 @@ def _text(value: Any) -> str:
 def _parse(text: Any) -> datetime:
     if not isinstance(text, str):
         raise ValueError("expected an ISO 8601 time")
-    return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    return parse_time(text)
 
 
 def iam_time(moment: datetime) -> str:
     """ISO 8601 UTC with a Z, seconds precision (what IAM's Date operators expect)."""
-    return as_utc(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_seconds(moment)

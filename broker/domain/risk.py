@@ -114,12 +114,18 @@ class RiskRow:
             return info.service not in self.except_services
         if self.verbs and any(_starts_with_verb(info.name, verb) for verb in self.verbs):
             return True
-        pattern = _row_patterns(self).get(info.service)
-        return pattern is not None and pattern.fullmatch(info.name.lower()) is not None
+        names = _row_names(self).get(info.service)
+        if names is None:
+            return False
+        exact, pattern = names
+        lowered = info.name.lower()
+        return lowered in exact or (pattern is not None and pattern.fullmatch(lowered) is not None)
 
 
 def _starts_with_verb(name: str, verb: str) -> bool:
     """``DeleteObject`` starts with the verb ``Delete``; ``Deleted``/``Describe`` do not match ``Delete``."""
+    if name.isupper():          # API Gateway's HTTP-verb actions: apigateway:DELETE
+        return name == verb.upper()
     if not name.startswith(verb):
         return False
     rest = name[len(verb):]
@@ -127,14 +133,22 @@ def _starts_with_verb(name: str, verb: str) -> bool:
 
 
 @functools.cache
-def _row_patterns(row: RiskRow) -> dict[str, re.Pattern[str]]:
-    """The row's name patterns, one alternation per service prefix."""
-    by_service: dict[str, list[str]] = {}
+def _row_names(row: RiskRow) -> dict[str, tuple[frozenset[str], re.Pattern[str] | None]]:
+    """Per service prefix: the row's exact names (lower case) and one alternation of its wildcard
+    patterns (None without any).  Most rows name actions exactly: a set lookup, no regex to compile
+    (a cold ``broker scopes lint`` compiles only the few wildcard rows it meets)."""
+    exact: dict[str, set[str]] = {}
+    wild: dict[str, list[str]] = {}
     for action in row.actions:
         service, _, name = action.lower().partition(":")
-        by_service.setdefault(service, []).append(action_pattern_regex(name).pattern)
-    return {service: re.compile("|".join(f"(?:{p})" for p in parts), re.DOTALL)
-            for service, parts in by_service.items()}
+        exact.setdefault(service, set())
+        if any(c in name for c in "*?"):
+            wild.setdefault(service, []).append(action_pattern_regex(name).pattern)
+        else:
+            exact[service].add(name)
+    return {service: (frozenset(names), re.compile("|".join(f"(?:{p})" for p in wild[service]), re.DOTALL)
+                      if service in wild else None)
+            for service, names in exact.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,18 +211,23 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "iam:UpdateLoginProfile", "iam:CreateServiceSpecificCredential", "ssm:StartSession",
                      "ec2-instance-connect:SendSSHPublicKey", "ec2-instance-connect:SendSerialConsoleSSHPublicKey",
                      "eks:CreateAccessEntry", "eks:AssociateAccessPolicy")),
+    RiskRow(Risk.PERMISSION_CHANGING, "sets or resets another user's password, so the caller can sign in as them",
+            actions=("ds:ResetUserPassword", "finspace:ResetUserPassword", "cognito-idp:AdminSetUserPassword",
+                     "cognito-idp:AdminResetUserPassword")),
     # --- defense evasion
     RiskRow(Risk.DEFENSE_EVASION, "every change to the audit and detection services can narrow, redirect or "
             "silence them (trails, detectors, recorders, findings, filters, trusted IP lists)",
             actions=("cloudtrail:*", "guardduty:*", "config:*", "securityhub:*", "inspector:*", "inspector2:*",
-                     "macie2:*", "detective:*", "access-analyzer:*", "auditmanager:*", "fms:*"), levels=CHANGES),
+                     "macie2:*", "detective:*", "access-analyzer:*", "auditmanager:*", "fms:*",
+                     "securitylake:*"), levels=CHANGES),
     RiskRow(Risk.DEFENSE_EVASION, "deletes or shortens the logs investigators read, or cuts their shipping",
             actions=("logs:DeleteLogGroup", "logs:DeleteLogStream", "logs:PutRetentionPolicy",
                      "logs:DeleteSubscriptionFilter", "logs:DeleteMetricFilter", "logs:DisassociateKmsKey",
                      "logs:DeleteDataProtectionPolicy", "logs:DeleteAccountPolicy", "ec2:DeleteFlowLogs",
                      "s3:PutBucketLogging", "route53resolver:DeleteResolverQueryLogConfig",
                      "route53resolver:DisassociateResolverQueryLogConfig", "wafv2:DeleteLoggingConfiguration",
-                     "elasticloadbalancing:ModifyLoadBalancerAttributes")),
+                     "elasticloadbalancing:ModifyLoadBalancerAttributes", "redshift:DisableLogging",
+                     "wafv2:PutLoggingConfiguration", "network-firewall:UpdateLoggingConfiguration")),
     RiskRow(Risk.DEFENSE_EVASION, "silences the alarms and rules that page people",
             actions=("cloudwatch:DeleteAlarms", "cloudwatch:DisableAlarmActions", "cloudwatch:SetAlarmState",
                      "cloudwatch:PutMetricAlarm", "cloudwatch:PutCompositeAlarm", "cloudwatch:DisableInsightRules",
@@ -221,7 +240,10 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "ssm:UpdateAssociation", "ssm:StartAssociationsOnce", "ssm:StartChangeRequestExecution",
                      "ssm:CreateDocument", "ssm:UpdateDocument", "ecs:ExecuteCommand", "codebuild:StartBuild",
                      "codebuild:StartBuildBatch", "codebuild:StartCommandExecution", "codebuild:StartSandbox",
-                     "codebuild:UpdateProject", "codebuild:RetryBuild", "codebuild:RetryBuildBatch")),
+                     "codebuild:UpdateProject", "codebuild:RetryBuild", "codebuild:RetryBuildBatch",
+                     "ssm:ResumeSession", "glue:CreateSession", "glue:RunStatement", "emr-containers:StartJobRun",
+                     "servicecatalog:ExecuteProvisionedProductServiceAction", "sagemaker:CreatePresignedDomainUrl",
+                     "ec2:RunScheduledInstances")),
     RiskRow(Risk.CODE_EXECUTION, "replaces the code or configuration a function, task, job or stack runs with its "
             "own role, or starts new compute from the account's network (the guardrails' CODE_RUNNERS; an "
             "existing stack's update runs as the stack's service role)",
@@ -252,7 +274,7 @@ RISK_ROWS: tuple[RiskRow, ...] = (
     RiskRow(Risk.CREDENTIAL_EXPOSURE, "returns secret values, passwords or sign-in tokens",
             actions=("secretsmanager:BatchGetSecretValue", "ssm:GetParameterHistory", "glue:GetConnection",
                      "glue:GetConnections", "cognito-idp:AdminInitiateAuth", "cognito-idp:InitiateAuth",
-                     "iam:ResetServiceSpecificCredential")),
+                     "iam:ResetServiceSpecificCredential", "payment-cryptography:ExportKey")),
     # --- resource exposure
     RiskRow(Risk.RESOURCE_EXPOSURE, "a permissions-management action outside the identity services changes a "
             "resource-based policy, ACL, grant or share (cloudsplaining's resource exposure)",
@@ -266,6 +288,18 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "s3:PutBucketWebsite", "rds:ModifyDBInstance", "ram:CreateResourceShare",
                      "ram:AssociateResourceShare", "ram:EnableSharingWithAwsOrganization",
                      "apigateway:UpdateRestApiPolicy", "transfer:CreateServer")),
+    RiskRow(Risk.RESOURCE_EXPOSURE, "changes the rules that keep traffic out (security group rules in place, "
+            "network ACLs, interfaces' groups, firewall and WAF rules, public addresses, instance metadata "
+            "access): the same openings as the Authorize* actions by another name",
+            actions=("ec2:ModifySecurityGroupRules", "ec2:CreateNetworkAclEntry", "ec2:ReplaceNetworkAclEntry",
+                     "ec2:ReplaceNetworkAclAssociation", "ec2:ModifyNetworkInterfaceAttribute", "ec2:AssociateAddress",
+                     "ec2:ModifyInstanceMetadataOptions", "ec2:ModifyInstanceMetadataDefaults",
+                     "ec2:EnableSerialConsoleAccess", "elasticache:AuthorizeCacheSecurityGroupIngress",
+                     "redshift:AuthorizeClusterSecurityGroupIngress", "redshift:ModifyCluster",
+                     "workspaces:AuthorizeIpRules", "es:AuthorizeVpcEndpointAccess",
+                     "network-firewall:UpdateFirewallPolicy", "network-firewall:UpdateRuleGroup",
+                     "network-firewall:AssociateFirewallPolicy", "network-firewall:DisassociateSubnets",
+                     "wafv2:UpdateWebACL", "wafv2:UpdateRuleGroup", "wafv2:UpdateIPSet", "wafv2:DisassociateWebACL")),
     # --- data exfiltration paths
     RiskRow(Risk.DATA_EXFILTRATION, "copies data elsewhere as it arrives or in bulk (subscriptions, replication, "
             "exports, snapshot copies, traffic mirrors)",
@@ -280,7 +314,13 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "dynamodb:ExportTableToPointInTime", "backup:StartCopyJob", "sns:Subscribe",
                      "firehose:CreateDeliveryStream", "firehose:UpdateDestination", "datasync:CreateTask",
                      "datasync:StartTaskExecution", "dms:CreateReplicationTask", "dms:StartReplicationTask",
-                     "elasticache:CopySnapshot", "redshift:CopyClusterSnapshot", "lightsail:ExportSnapshot")),
+                     "elasticache:CopySnapshot", "redshift:CopyClusterSnapshot", "lightsail:ExportSnapshot",
+                     "events:PutTargets", "dynamodb:EnableKinesisStreamingDestination",
+                     "rds:CreateDBInstanceReadReplica", "qldb:ExportJournalToS3", "qldb:StreamJournalToKinesis",
+                     "elasticache:ExportServerlessCacheSnapshot", "memorydb:CopySnapshot",
+                     "docdb-elastic:CopyClusterSnapshot", "lightsail:CopySnapshot", "fsx:CopyBackup",
+                     "ec2:CopyVolumes", "ec2:CreateStoreImageTask", "ecr:PutReplicationConfiguration",
+                     "secretsmanager:ReplicateSecretToRegions")),
     # --- destruction
     RiskRow(Risk.DESTRUCTIVE, "removes data or infrastructure that may not come back",
             verbs=("Delete", "Terminate", "Destroy", "Purge", "Remove", "Deregister", "Drop", "Truncate",
@@ -298,7 +338,10 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "route53:CreateTrafficPolicyInstance", "route53:UpdateTrafficPolicyInstance",
                      "route53:AssociateVPCWithHostedZone", "route53domains:*", "cloudfront:UpdateDistribution",
                      "cloudfront:AssociateAlias", "cloudfront:CreateInvalidation", "globalaccelerator:Update*",
-                     "apigateway:PATCH", "apigateway:PUT", "wafv2:UpdateWebACL"), levels=CHANGES),
+                     "apigateway:PATCH", "apigateway:PUT", "apigateway:POST", "wafv2:UpdateWebACL",
+                     "wafv2:DisassociateWebACL", "route53:DisableHostedZoneDNSSEC", "ec2:ReplaceRouteTableAssociation",
+                     "ec2:DisassociateAddress", "networkmanager:ExecuteCoreNetworkChangeSet",
+                     "codepipeline:DisableStageTransition"), levels=CHANGES),
     RiskRow(Risk.PRODUCTION_TRAFFIC, "changes load balancers: listeners, rules, targets, attributes",
             actions=("elasticloadbalancing:*",), levels=CHANGES),
     RiskRow(Risk.PRODUCTION_TRAFFIC, "deploys, scales, restarts or reconfigures what serves requests",
@@ -331,10 +374,16 @@ RISK_ROWS: tuple[RiskRow, ...] = (
 )
 
 
+@functools.cache
+def _rows_for(service: str) -> tuple[RiskRow, ...]:
+    """The rows that can match an action of ``service`` (the others name only other services), in order."""
+    return tuple(row for row in RISK_ROWS if row.every_action_at_levels or row.verbs or service in _row_names(row))
+
+
 @functools.lru_cache(maxsize=65536)
 def _classify(service: str, name: str, level: AccessLevel) -> tuple[tuple[Risk, str], ...]:
     info = ActionInfo(service=service, name=name, access_level=level)
-    return tuple((row.risk, row.reason) for row in RISK_ROWS if row.matches(info))
+    return tuple((row.risk, row.reason) for row in _rows_for(service) if row.matches(info))
 
 
 def classify(info: ActionInfo) -> frozenset[Risk]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain.actions import ActionKnowledge
@@ -35,6 +35,7 @@ from broker.domain.evaluator import KnownSuffix
 from broker.domain.revocation import KEY_SOURCE_IDENTITY, KEY_TOKEN_ISSUE_TIME, KEY_USERID, iam_time
 from broker.domain.sts_rules import role_session_name, session_tags, source_identity_for
 from broker.domain.templates import ScopeTemplate
+from broker.domain.times import parse_time
 from broker.errors import InvalidInput
 
 ISSUED = "issued"
@@ -201,7 +202,6 @@ def _text(value: Any) -> str:
 
 def _parse(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (AttributeError, ValueError) as exc:
+        return parse_time(text)
+    except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{text!r} is not a log time", code="grant_entry_invalid", field="grant") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -28,6 +28,7 @@ from typing import Any
 from broker.domain.actions import ActionKnowledge, action_words
 from broker.domain.blast_radius import describe_resource
 from broker.domain.evaluator import action_matches, arn_matches
+from broker.domain.risk import classify
 from broker.domain.templates import Environment, ScopeTemplate, Statement
 
 # Environments from least to most guarded.
@@ -82,7 +83,7 @@ def risk_classes(template: ScopeTemplate, actions: ActionKnowledge) -> set[str]:
         if info is None:
             classes.add("unknown-action")
         else:
-            classes.update(risk.value for risk in info.risks)
+            classes.update(risk.value for risk in classify(info))
     return classes
 
 

@@ -6,12 +6,19 @@ SQLite hands back naive datetimes for what was stored as UTC; :func:`as_utc` mak
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
-from broker.domain.log import log_time
+from broker.errors import InvalidInput
 
 
-def as_utc(moment: datetime) -> datetime:
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+@overload
+def as_utc(moment: None) -> None: ...
+def as_utc(moment: datetime | None) -> datetime | None:
     """``moment`` with its timezone; a naive one (SQLite's reading of a stored UTC time) is taken as UTC."""
+    if moment is None:
+        return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -20,9 +27,21 @@ def aware_like(moment: datetime, like: datetime) -> datetime:
     return moment if moment.tzinfo or like.tzinfo is None else moment.replace(tzinfo=like.tzinfo)
 
 
+def log_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds and 'Z' (``2024-05-01T12:00:00.000000Z``): the issuance log's times."""
+    if moment.tzinfo is None:
+        raise InvalidInput("Log times must be timezone-aware.", code="invalid_time")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def iso(moment: datetime | None) -> str | None:
     """The log's text form of ``moment`` (RFC 3339 UTC, microseconds, ``Z``), or None."""
     return None if moment is None else log_time(as_utc(moment))
+
+
+def iso_seconds(moment: datetime) -> str:
+    """ISO 8601 UTC with a Z, seconds precision (what IAM's Date operators expect, CloudTrail's eventTime form)."""
+    return as_utc(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> datetime:
@@ -30,4 +49,9 @@ def parse_time(text: str) -> datetime:
     return as_utc(datetime.fromisoformat(text))
 
 
-__all__ = ["as_utc", "aware_like", "iso", "parse_time"]
+def parse_utc(text: str) -> datetime:
+    """:func:`parse_time`, converted to UTC (an offset such as +02:00 is folded in)."""
+    return parse_time(text).astimezone(UTC)
+
+
+__all__ = ["as_utc", "aware_like", "iso", "iso_seconds", "log_time", "parse_time", "parse_utc"]

@@ -18,6 +18,7 @@ from typing import Protocol
 import jwt
 
 from broker.domain.principals import Principal
+from broker.domain.times import as_utc
 from broker.errors import Unauthenticated
 from broker.identity.apikeys import API_KEY_PREFIX, hash_api_key, parse_api_key, verify_api_key_hash
 from broker.identity.oidc import MAX_TOKEN_CHARS, OidcVerifier
@@ -39,8 +40,7 @@ class ApiKeyRecord:
     def expired(self, now: datetime) -> bool:
         if self.expires_at is None:
             return False
-        expires = self.expires_at if self.expires_at.tzinfo else self.expires_at.replace(tzinfo=UTC)
-        return expires <= now
+        return as_utc(self.expires_at) <= now
 
 
 class ApiKeyStore(Protocol):

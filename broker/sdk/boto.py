@@ -16,18 +16,29 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 from botocore.credentials import RefreshableCredentials
 
-from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest
 from broker.sdk.errors import ApprovalRequired
+from broker.sdk.models import IssuedCredentials, PendingRequest
 
 # Refresh when this much lifetime is left (STS sessions last 15 minutes at least).
 ADVISORY_REFRESH_SECONDS = 5 * 60
 MANDATORY_REFRESH_SECONDS = 2 * 60
 METHOD = "agent-broker"
+
+
+class ScopeClient(Protocol):
+    """What a refresher needs of ``broker.sdk.client.BrokerClient`` (which imports this module, not the reverse)."""
+
+    def request(self, template: str, params: Mapping[str, Any] | None = None, *, reason: str,
+                ttl: int | None = None) -> IssuedCredentials | PendingRequest: ...
+
+    def wait(self, request_id: str, *, timeout: float = ...) -> PendingRequest: ...
+
+    def redeem(self, request_id: str) -> IssuedCredentials: ...
 
 
 def _utc_now() -> datetime:
@@ -37,7 +48,7 @@ def _utc_now() -> datetime:
 class ScopeRefresher:
     """Fetches credentials for one (template, parameters) scope; callable as botocore's ``refresh_using``."""
 
-    def __init__(self, client: BrokerClient, template: str, params: Mapping[str, Any] | None, *, reason: str,
+    def __init__(self, client: ScopeClient, template: str, params: Mapping[str, Any] | None, *, reason: str,
                  ttl: int | None = None, approval_timeout: float | None = None,
                  clock: Callable[[], datetime] = _utc_now, fresh_for: float = ADVISORY_REFRESH_SECONDS) -> None:
         self.client, self.template, self.params = client, template, dict(params or {})
@@ -111,7 +122,7 @@ class BrokerSession(boto3.Session):
         return super().resource(*args, **kwargs)
 
 
-def boto3_session(client: BrokerClient, template: str, params: Mapping[str, Any] | None = None, *, reason: str,
+def boto3_session(client: ScopeClient, template: str, params: Mapping[str, Any] | None = None, *, reason: str,
                   ttl: int | None = None, region: str | None = None, endpoint_url: str | None = None,
                   approval_timeout: float | None = None, clock: Callable[[], datetime] = _utc_now,
                   advisory_timeout: float = ADVISORY_REFRESH_SECONDS,

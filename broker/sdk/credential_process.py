@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.sdk.client import BrokerClient, IssuedCredentials, PendingRequest, parse_time
+from broker.sdk.client import BrokerClient
 from broker.sdk.errors import ApprovalDenied, InvalidRequest, NotFound, RequestExpired
+from broker.sdk.models import IssuedCredentials, PendingRequest, parse_time
 
 # Cached credentials are used only while more than this is left (then a fresh request).
 REFRESH_MARGIN_SECONDS = 5 * 60

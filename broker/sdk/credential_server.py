@@ -23,8 +23,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from broker.sdk.client import IssuedCredentials, PendingRequest, iso_time
 from broker.sdk.errors import BrokerAPIError
+from broker.sdk.models import IssuedCredentials, PendingRequest, iso_time
 
 log = logging.getLogger("broker.sdk.credential_server")
 

@@ -28,6 +28,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
+from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
 from broker.identity.authenticator import ApiKeyRecord
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
@@ -461,7 +462,7 @@ class Repository:
         seq, prev_hash = self.lock_log_head()
         entry = issuance_log.seal_entry(body, seq=seq + 1, prev_hash=prev_hash)
         row = {
-            "seq": entry["seq"], "event_id": entry["event_id"], "time": _parse_time(entry["time"]),
+            "seq": entry["seq"], "event_id": entry["event_id"], "time": parse_time(entry["time"]),
             "type": entry["type"], "request_id": entry.get("request_id"), "grant_id": entry.get("grant_id"),
             "actor": entry.get("actor"), "acts_for": entry.get("acts_for"), "template": entry.get("template"),
             "access_key_id": entry.get("access_key_id"), "body": issuance_log.entry_line(entry).decode("utf-8"),
@@ -546,6 +547,3 @@ class Repository:
 def _checkpoint(row: Any) -> issuance_log.Checkpoint:
     return issuance_log.Checkpoint(seq=row.seq, head_hash=row.head_hash, time=row.time, key_id=row.key_id,
                                    signature=row.signature, prev_checkpoint=row.prev_checkpoint)
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -22,12 +22,13 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.domain.text import unsafe_characters
+from broker.domain.times import as_utc, iso
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
 from broker.ports import Clock
 from broker.usecases.refusal_budget import RefusalBudget
@@ -70,21 +71,12 @@ class CreatedKey:
         return {**self.view, "token": self.token}
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    return None if moment is None else (moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-
-
-def _iso(moment: datetime | None) -> str | None:
-    moment = _aware(moment)
-    return None if moment is None else issuance_log.log_time(moment)
-
-
 def key_status(row: ApiKeyRow, principal: PrincipalRow | None, now: datetime) -> str:
     if row.revoked:
         return "revoked"
     if principal is not None and principal.disabled:
         return "principal_disabled"
-    expires = _aware(row.expires_at)
+    expires = as_utc(row.expires_at)
     if expires is not None and expires <= now:
         return "expired"
     return "active"
@@ -95,8 +87,8 @@ def key_view(row: ApiKeyRow, principal: PrincipalRow | None, now: datetime) -> d
         "key_id": row.key_id, "principal": row.principal_id, "status": key_status(row, principal, now),
         "roles": json.loads(principal.roles) if principal is not None else [],
         "acts_for": principal.acts_for if principal is not None else None,
-        "created_at": _iso(row.created_at), "expires_at": _iso(row.expires_at),
-        "revoked_at": _iso(row.revoked_at), "revoked_by": row.revoked_by,
+        "created_at": iso(row.created_at), "expires_at": iso(row.expires_at),
+        "revoked_at": iso(row.revoked_at), "revoked_by": row.revoked_by,
     }
 
 
@@ -121,7 +113,7 @@ def _check_principal_id(principal_id: str) -> str:
 
 
 def _future_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
-    expires_at = _aware(expires_at)
+    expires_at = as_utc(expires_at)
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("the expiry must be in the future", code="invalid_expiry", field="expires_at")
     return expires_at
@@ -206,7 +198,7 @@ class ApiKeyAdministration:
             repo.append_event(self._event(
                 ApiKeyEvent.CREATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
                 principal=principal_id, roles=role_values, groups=sorted(set(groups)), acts_for=acts_for,
-                expires_at=_iso(expires_at), reason=reason, new_principal=existing is None))
+                expires_at=iso(expires_at), reason=reason, new_principal=existing is None))
             repo.flush()
             view = key_view(repo.get_api_key_row(issued.key_id), repo.get_principal_row(principal_id), now)
         return CreatedKey(view=view, token=issued.token)
@@ -268,20 +260,20 @@ class ApiKeyAdministration:
             if principal is None or principal.disabled:
                 raise Conflict(f"{old.principal_id} is disabled; enable it first", code="principal_disabled")
             if expires_at is None and old.expires_at is not None:
-                expires_at = now + (_aware(old.expires_at) - _aware(old.created_at))
+                expires_at = now + (as_utc(old.expires_at) - as_utc(old.created_at))
             repo.add_api_key(key_id=issued.key_id, token_hash=issued.token_hash, principal_id=old.principal_id,
                              now=now, expires_at=expires_at)
             if grace_seconds == 0:
                 self._revoke(old, by=actor.id, now=now)
             else:
                 grace_end = now + timedelta(seconds=grace_seconds)
-                current = _aware(old.expires_at)
+                current = as_utc(old.expires_at)
                 old.expires_at = grace_end if current is None or current > grace_end else current
             repo.save_api_key(old)
             repo.append_event(self._event(
                 ApiKeyEvent.ROTATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
-                replaces=key_id, principal=old.principal_id, expires_at=_iso(expires_at),
-                old_key_ends_at=_iso(now if grace_seconds == 0 else old.expires_at), reason=reason))
+                replaces=key_id, principal=old.principal_id, expires_at=iso(expires_at),
+                old_key_ends_at=iso(now if grace_seconds == 0 else old.expires_at), reason=reason))
             repo.flush()
             view = key_view(repo.get_api_key_row(issued.key_id), principal, now)
             view["replaces"] = key_view(old, principal, now)

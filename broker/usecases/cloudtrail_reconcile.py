@@ -24,6 +24,7 @@ from typing import Any
 
 from broker.domain.cloudtrail import AssumeRoleCall, TrailRecords, iso
 from broker.domain.sts_rules import TAG_GRANT, TAG_REQUEST, role_session_name, source_identity_for
+from broker.domain.times import parse_time
 from broker.errors import InvalidInput
 
 # STS answers before the broker writes `issued`: an AssumeRole a little outside the window may belong
@@ -56,7 +57,7 @@ class LoggedSession:
 def parse_entry_time(text: Any) -> datetime:
     if not isinstance(text, str):
         raise InvalidInput("a log entry has no time", code="log_entry_invalid")
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_time(text)
 
 
 def _expected_identity(requester: str | None) -> str | None:

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.domain.requests import RequestStatus
+from broker.domain.times import as_utc, iso
 from broker.errors import InvalidInput
 from broker.ports import Clock
 from broker.storage.engine import Database
@@ -21,12 +21,6 @@ from broker.storage.models import GrantRow
 from broker.usecases.issuance import BrokerService
 
 MAX_LISTED = 200
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return issuance_log.log_time(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def my_requests(service: BrokerService, principal: Principal, *, statuses: Sequence[str] | None = None,
@@ -52,12 +46,12 @@ def my_requests(service: BrokerService, principal: Principal, *, statuses: Seque
 
 
 def grant_summary(grant: GrantRow, now: datetime) -> dict[str, Any]:
-    expiration = grant.expiration if grant.expiration.tzinfo else grant.expiration.replace(tzinfo=UTC)
+    expiration = as_utc(grant.expiration)
     status = "revoked" if grant.revoked_at is not None else ("expired" if expiration <= now else "live")
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
             "agent": grant.agent, "acts_for": grant.acts_for, "template": grant.template,
-            "environment": grant.environment, "role_arn": grant.role_arn, "issued_at": _iso(grant.issued_at),
-            "expiration": _iso(grant.expiration), "revoked_at": _iso(grant.revoked_at),
+            "environment": grant.environment, "role_arn": grant.role_arn, "issued_at": iso(grant.issued_at),
+            "expiration": iso(grant.expiration), "revoked_at": iso(grant.revoked_at),
             "revoked_by": grant.revoked_by, "status": status}
 
 

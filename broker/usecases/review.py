@@ -11,12 +11,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal
+from broker.domain.times import as_utc
 from broker.errors import InvalidInput
 from broker.ports import Clock
 from broker.storage.engine import Database
@@ -139,7 +140,7 @@ def _over_time(queries: LogFigures, figures: Figures) -> None:
             series[name][index[bucket]] += count
     # Refusals the refusal budget counted instead of logging one by one, in the bucket of the entry carrying them.
     for moment, details in queries.carried_counts(types=CARRYING_TYPES, since=figures.since, until=figures.until):
-        bucket = bucketing.label(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        bucket = bucketing.label(as_utc(moment))
         if bucket in index:
             series["refused"][index[bucket]] += sum(carried_refusals(details).values())
     figures.over_time = series

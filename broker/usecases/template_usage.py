@@ -28,6 +28,7 @@ from broker.domain.cloudtrail import ApiCall, TrailRecords, iso
 from broker.domain.evaluator import action_matches, arn_matches
 from broker.domain.guardrails import CAPABILITIES, check_template
 from broker.domain.rendering import render_policy, validate_parameters
+from broker.domain.risk import classify
 from broker.domain.sts_rules import role_session_name, source_identity_for
 from broker.domain.templates import PLACEHOLDER, ScopeTemplate, Statement
 from broker.errors import BrokerError, InvalidInput
@@ -265,7 +266,7 @@ def suggest(template: ScopeTemplate, usage: TemplateUsage, *, actions: ActionKno
     data["statements"] = [s.model_dump(mode="python") for s in kept]
     tightened = ScopeTemplate.model_validate(data)
     # Declared risks that no longer appear would be lint warnings: drop them with the actions.
-    present = {risk for s in tightened.statements for i in _infos(actions, s.actions) for risk in i.risks}
+    present = {risk for s in tightened.statements for i in _infos(actions, s.actions) for risk in classify(i)}
     capabilities = [c for c in tightened.capabilities if CAPABILITIES.get(c) in present]
     destructive = tightened.destructive and any(r.value == "destructive" for r in present)
     tightened = ScopeTemplate.model_validate(tightened.model_dump(mode="python")

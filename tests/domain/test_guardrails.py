@@ -11,7 +11,8 @@ import pytest
 from broker.aws.action_database import default_action_knowledge
 from broker.storage.template_files import load_catalog, template_files
 from broker.domain import guardrails
-from broker.domain.actions import AccessLevel, ActionInfo, ResourceType, Risk, StaticActionKnowledge, classify
+from broker.domain.actions import AccessLevel, ActionInfo, ResourceType, Risk, StaticActionKnowledge
+from broker.domain.risk import classify
 from broker.domain.guardrails import Finding, RenderedChecks, check_rendered, check_template
 from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
 from broker.domain.templates import template_from_mapping
@@ -343,7 +344,7 @@ def test_action_database_loads_once_per_process():
 ])
 def test_action_classification(actions, action, level, risks):
     info = actions.lookup(action)
-    assert info is not None and info.access_level is level and set(info.risks) == risks
+    assert info is not None and info.access_level is level and set(classify(info)) == risks
 
 
 def test_unknown_action_is_none_and_wildcards_expand(actions):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from broker.domain.times import parse_time
+
 
 @dataclass(frozen=True)
 class Moment:
@@ -44,8 +46,7 @@ def absolute(moment: datetime) -> str:
 
 
 def parse(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_time(text)
 
 
 def moment(text: str | None, now: datetime) -> Moment | None:

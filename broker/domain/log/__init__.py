@@ -23,11 +23,12 @@ The format, byte by byte, with test vectors, is ``docs/log-format.md``: it is th
 from broker.domain.log.chain import (CHECKPOINT_HASH_PREFIX, CHECKPOINT_KEY, CHECKPOINT_PREFIX, EARLIEST_TIME, ENTRY_FIELDS,
                     ENTRY_PREFIX, EXPORT_KEY, EXPORT_PREFIX, GENESIS_HASH, GENESIS_LABEL, HASH_FIELD,
                     LATEST_TIME, PREV_HASH_FIELD, SEQ_FIELD, SINCE_UNITS, canonical_json, entry_hash,
-                    entry_line, is_hex64, is_seq, log_time, parse_since, seal_entry)
+                    entry_line, is_hex64, is_seq, parse_since, seal_entry)
 from broker.domain.log.checkpoints import (PREV_CHECKPOINT_FIELD, Checkpoint, CheckpointSigner, ExportStatement, MessageSigner,
                           checkpoint_message, generate_signing_key, key_id_of, load_public_key,
                           load_signing_key, private_key_pem, public_key_pem, verify_checkpoint,
                           verify_signature)
+from broker.domain.times import log_time
 from broker.domain.log.export import (PROBLEMS, SigningRefusal, VerificationReport, chained_export_lines, check_extends,
                      checkpoint_line, export_lines, require_intact, statement_line, verify_chain,
                      verify_export, write_export)

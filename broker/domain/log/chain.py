@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from broker.domain.times import parse_utc
 from broker.errors import InvalidInput
 
 # --- Domain separation -------------------------------------------------------------------
@@ -102,13 +103,7 @@ def entry_line(entry: Mapping[str, Any]) -> bytes:
 
 
 # --- Time ----------------------------------------------------------------------------------
-
-def log_time(moment: datetime) -> str:
-    """RFC 3339 UTC with microseconds and 'Z' (``2024-05-01T12:00:00.000000Z``)."""
-    if moment.tzinfo is None:
-        raise InvalidInput("Log times must be timezone-aware.", code="invalid_time")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
+# log_time (the entries' time form) lives in broker.domain.times with the broker's other time rules.
 
 # Relative `--since` units, as data.
 SINCE_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
@@ -131,8 +126,7 @@ def parse_since(text: str, now: datetime) -> datetime:
         if relative:
             moment = now - int(relative.group(1)) * SINCE_UNITS[relative.group(2)]
         else:
-            moment = datetime.fromisoformat(value)
-            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+            moment = parse_utc(value)
     except ValueError as exc:
         raise InvalidInput(f"Cannot read {text!r} as a time: use 7d, 24h, 30m or an ISO time.",
                            code="invalid_time", field="since") from exc
