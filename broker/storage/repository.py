@@ -15,6 +15,7 @@ it themselves, so on PostgreSQL no two units of work can wait on each other in a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
@@ -157,6 +158,8 @@ class Repository:
         # append_event.  Valid only while the transaction that read it is open (the repository lives
         # exactly that long).
         self._head: tuple[int, str] | None = None
+        # When this unit of work got the log's lock (perf_counter), for the lock's hold time.
+        self.locked_at: float | None = None
 
     @property
     def session(self) -> Session:
@@ -423,6 +426,8 @@ class Repository:
             # without it is not migrated: .one() fails closed.
             head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
             self._head = (head.seq, head.hash)
+            if self.locked_at is None:
+                self.locked_at = time.perf_counter()
         return self._head
 
     def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:
