@@ -10,8 +10,8 @@ Declaring risk: every class of the risk taxonomy (:mod:`broker.domain.risk`) tha
 actions carry, wildcards expanded, must be declared with that class's capability
 (``capabilities: [code-execution]``; ``destructive: true`` still declares ``destructive``), and
 the template must ask for at least as many co-signers as the class needs.  Production templates
-need two approvals, or one if every action is List/Read and ``approval.read_only_single_approver:
-true`` says so.  Given the accounts configuration (:mod:`broker.domain.accounts`), the role's
+need two approvals, or one if every action is List/Read, none carries a risk class (no secret values,
+no credentials) and ``approval.read_only_single_approver: true`` says so.  Given the accounts configuration (:mod:`broker.domain.accounts`), the role's
 account must be named and be the template's environment.
 """
 
@@ -388,11 +388,17 @@ def _rule_approvals(subject: Subject) -> None:
                     f"claims to be read-only but grants {', '.join(writers[:5])}")
     if template.environment is not Environment.PRODUCTION:
         return
-    minimum = 1 if (template.approval.read_only_single_approver and not writers) else PRODUCTION_MIN_APPROVALS
+    # NOTE: reading a secret is a read, but it hands out what outlives the session: in production one
+    # co-signer is for reads that carry no risk class, never for secret values or credentials.
+    risky = [f.risk_class.risk.value for f in template_risk(subject)]
+    read_only = template.approval.read_only_single_approver and not writers
+    minimum = 1 if (read_only and not risky) else PRODUCTION_MIN_APPROVALS
     if template.approval.approvals < minimum:
+        why = (f" (its reads carry {', '.join(risky)}: a single co-signer is only for reads that carry no risk "
+               f"class)" if read_only and risky else "")
         subject.add("production_approvals", "approval.approvals",
                     f"a production template needs at least {minimum} approval(s), it asks for "
-                    f"{template.approval.approvals}")
+                    f"{template.approval.approvals}{why}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ class ApprovalRule(_Strict):
     # How long an approved request may wait to be redeemed.
     redeem_within: Annotated[int, Field(ge=60, le=86400)] = 900
     # A production template may ask for a single approver only if it is read-only and says so here
-    # (the guardrails check that every action it grants is List or Read).
+    # (the guardrails check that every action it grants is List or Read and carries no risk class).
     read_only_single_approver: bool = False
 
     @model_validator(mode="after")
