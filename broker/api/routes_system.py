@@ -19,9 +19,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(container: ContainerDep) -> JSONResponse:
-    """Ready to issue: the database answers and templates are loaded."""
+    """Ready to issue: the database answers (and takes writes, if the last unit of work failed) and templates are
+    loaded."""
     try:
         container.database.ping()
+        if container.database.write_failing:
+            # NOTE: reads may work while writes fail (SQLite on a full disk): not ready until a write works.
+            container.database.probe_write(now=container.clock.now())
     except BrokerError as exc:
         container.outages.unavailable(exc, code=exc.code, where="GET /readyz")
         return JSONResponse({"status": "unavailable", "error": {"code": exc.code, "message": exc.message}},

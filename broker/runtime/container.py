@@ -29,6 +29,7 @@ from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
 from broker.storage.engine import Database, PostgresSessionLimits, build_engine
 from broker.storage.migrations import migrate
+from broker.storage.sqlite_space import SqliteSpace
 from broker.storage.observed import ObservedDatabase
 from broker.storage.template_files import TemplateCatalog
 from broker.usecases.audit import AuditLog
@@ -131,7 +132,10 @@ def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
 def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
                     notifier: Notifier | None = None, run_migrations: bool = True, revoker=None) -> Container:
     # Observed: metrics and periodic checkpoints see each committed unit of work's log entries.
-    database = ObservedDatabase(build_engine(settings.database_url, postgres_limits=postgres_limits(settings)))
+    database = ObservedDatabase(build_engine(settings.database_url, postgres_limits=postgres_limits(settings),
+                                             sqlite_space=SqliteSpace(
+                                                 wal_checkpoint_bytes=settings.sqlite_wal_checkpoint_bytes,
+                                                 reserve_bytes=settings.sqlite_reserve_bytes)))
     if run_migrations:
         migrate(database.engine)
     template_check, rendered_check, blast = template_checks(settings)
