@@ -23,6 +23,8 @@ def readyz(container: ContainerDep) -> JSONResponse:
     loaded."""
     try:
         container.database.ping()
+        if container.clock_skew is not None:
+            container.clock_skew.measure_and_check()   # 503 clock_skewed beyond BROKER_MAX_CLOCK_SKEW_SECONDS
         if container.database.write_failing:
             # NOTE: reads may work while writes fail (SQLite on a full disk): not ready until a write works.
             container.database.probe_write(now=container.clock.now())

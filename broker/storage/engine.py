@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlmodel import create_engine
 
+from broker.domain.times import as_utc
 from broker.errors import BrokerError, InvalidInput, StorageDisconnected, StorageUnavailable
 from broker.storage.sqlite_space import DiskFullRecovery, SqliteSpace, WalCheckpointer
 
@@ -342,6 +343,14 @@ class Database:
             repo.set_setting(WRITE_PROBE_KEY, "probe", now=now)
             repo.flush()
             repo.set_setting(WRITE_PROBE_KEY, None, now=now)
+
+    def database_time(self) -> datetime:
+        """The database server's clock, now (PostgreSQL: ``clock_timestamp()``; SQLite: this host's clock)."""
+        with self._storage_errors(), self.engine.connect() as connection:
+            if self.is_postgres:
+                return as_utc(connection.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
+            text = connection.exec_driver_sql("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')").scalar_one()
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
     def ping(self) -> None:
         try:
