@@ -460,13 +460,13 @@ class RevocationService:
     def sweep(self) -> dict[str, Any]:
         """The periodic sweep: orphans, then expired entries.  While IAM is failing it backs off (see
         :class:`IamBackoff`): nothing is attempted, and nothing logged, until the pause is over."""
-        if not self.iam_backoff.due():
-            return {"skipped": "iam_backoff", "orphans": []}
         try:
             self.time_check()
         except Unavailable as exc:
             log.error("revocation sweep skipped: %s", exc.code)
             return {"skipped": exc.code, "orphans": []}
+        if not self.iam_backoff.due():
+            return {"skipped": "iam_backoff", "orphans": []}
         try:
             orphans = self.reconcile_orphans()
             synced = self.sync()
