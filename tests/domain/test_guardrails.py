@@ -308,7 +308,7 @@ SHIPPED = sorted(p.stem for p in template_files([REPO_SCOPES]))
 
 def test_the_shipped_set_is_the_agreed_one():
     assert SHIPPED == sorted(["logs-investigate", "cost-explorer-read", "s3-read-prefix", "lambda-deploy-dev",
-                              "ecs-update-service-prod", "prod-stack-recreate"])
+                              "ecs-update-service-prod", "prod-stack-recreate", "workspace-reset"])
 
 
 @pytest.mark.parametrize("name", SHIPPED)
