@@ -102,7 +102,8 @@ def _simulate(args: argparse.Namespace, *, load_template, render_checked, params
         args.name = grant.template
     template = load_template(args)
     values = {k: str(v) for k, v in grant.parameters.items()} if grant is not None else params(args)
-    _values, rendered, blocking = render_checked(template, values)
+    _values, rendered, blocking = render_checked(template, values,
+                                                 bound=grant.identity if grant is not None else None)
     if blocking:
         print("note: the broker would refuse to mint this policy; simulating it anyway", file=sys.stderr)
     sets = [PolicySet.of(PolicyKind.SESSION, rendered.document, name="session")]
