@@ -36,6 +36,8 @@ class BrokerSettings(BaseSettings):
     webhook_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    # `broker serve` processes behind the one port (PostgreSQL only; `--workers` overrides it).
+    workers: int = 1
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma- or space-separated IP
     # addresses or networks).  Empty (the default): none, the logged source_ip is always the TCP peer's.
     trusted_proxies: str = ""

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from broker.cli.connection import add_api_options
 from broker.errors import BrokerError, InvalidInput
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
@@ -126,7 +127,12 @@ def log_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.public_key is not None:
         from broker.domain.log import load_public_key, verify_export
 
-        report = verify_export(lines, load_public_key(args.public_key.read_bytes()))
+        try:
+            pem = args.public_key.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the public key {args.public_key}", code="public_key_invalid",
+                               field="public_key") from exc
+        report = verify_export(lines, load_public_key(pem))
         if not report.ok:
             raise InvalidInput(f"the log export does not verify [{report.problem}]: {report.message}",
                                code="log_export_tampered")
@@ -145,15 +151,16 @@ def log_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _export_from_api(args: argparse.Namespace) -> bytes:
-    from broker.sdk import BrokerClient
+    from broker.cli.connection import resolve
     from broker.sdk.errors import BrokerAPIError
 
     try:
-        with BrokerClient(args.url, token=args.token) as client:
+        connection = resolve(args)
+        with connection.client() as client:
             return "".join(line + "\n" for line in client.export_events()).encode("utf-8")
     except BrokerAPIError as exc:
-        raise InvalidInput(f"the log export could not be fetched from {args.url} ({exc}); pass --log FILE or a "
-                           "reviewer's BROKER_TOKEN", code="log_export_unreadable") from exc
+        raise InvalidInput(f"the log export could not be fetched from the broker ({exc}); pass --log FILE "
+                           "or a reviewer's token", code="log_export_unreadable") from exc
 
 
 def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
@@ -172,11 +179,9 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
                         help="an export from `broker audit export` (default: fetch it from the broker's API)")
     parser.add_argument("--public-key", type=Path, default=None, metavar="PEMFILE",
                         help="verify the export with the broker's log key first")
-    parser.add_argument("--url", default=os.environ.get("BROKER_URL", "http://127.0.0.1:8080"),
-                        help="broker URL, for the log export when --log is not given (env BROKER_URL)")
-    parser.add_argument("--token", default=None,
-                        help="a reviewer's token (default: BROKER_TOKEN, BROKER_TOKEN_FILE or BROKER_TOKEN_COMMAND)")
     parser.add_argument("--format", choices=["text", "json"], default="text")
+    # Without --log, the export comes from the API as a reviewer: the same connection options as every command.
+    add_api_options(parser)
 
 
 # --------------------------------------------------------------------------------------------- usage

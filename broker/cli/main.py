@@ -50,6 +50,11 @@ EXAMPLES = {
     "audit export": "broker audit export > log.ndjson",
     "audit verify": "broker audit verify log.ndjson --public-key .broker/log-public-key.pem",
     "audit report": "broker audit report --since 7d",
+    "audit reconcile": "broker audit reconcile --cloudtrail trail/ --log log.jsonl --public-key "
+                       ".broker/log-public-key.pem --since 48h --until 30m",
+    "scopes diff": "broker scopes diff main:scopes scopes/ --format json      # or two folders, or two files",
+    "scopes sign": "broker scopes sign scopes/ecs-update-service-prod.yaml --key alice.pem --owner alice",
+    "scopes usage": "broker scopes usage s3-read-prefix --cloudtrail trail/ --log log.jsonl --suggest tight.yaml",
     "credential-process": "broker credential-process s3-read-prefix -p prefix=reports --reason 'bug 42'",
     "mcp": "broker mcp --token-file .broker/tokens/agent-demo",
     "demo": "broker demo            # starts its own dev broker; or --url/--keys/--aws-endpoint of a running one",

@@ -74,6 +74,17 @@ def register(subparsers) -> None:
         parser.add_argument("name", help="template name")
         parser.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
         parser.add_argument("--scopes", type=Path, default=None, help="template folder")
+        with_caller(parser)
+
+    def with_caller(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--as", dest="as_principal", default=None, metavar="PRINCIPAL",
+                            help="evaluate for this caller (e.g. agent:ws-a-bot): fills the template's values bound "
+                                 "to the caller's identity (identity:), as the broker would for that caller")
+        parser.add_argument("--acts-for", default=None, metavar="HUMAN", help="the human the caller acts for")
+        parser.add_argument("--claim", action="append", type=_key_value, default=[], metavar="NAME=VALUE",
+                            help="a claim of the caller's OIDC token (repeatable; a/b=VALUE for a nested claim)")
+        parser.add_argument("--attribute", action="append", type=_key_value, default=[], metavar="NAME=VALUE",
+                            help="an attribute of the caller's directory entry (repeatable)")
 
     render = sub.add_parser("render", help="print the exact session policy for these parameters")
     with_template(render)
@@ -94,6 +105,7 @@ def register(subparsers) -> None:
     simulate.add_argument("name", nargs="?", default=None, help="template name (or give --grant)")
     simulate.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     simulate.add_argument("--scopes", type=Path, default=None, help="template folder")
+    with_caller(simulate)
     simulate_command.add_arguments(simulate, _key_value)
     simulate.set_defaults(func=run_simulate)
 
@@ -205,15 +217,43 @@ def _params(args: argparse.Namespace) -> dict[str, str]:
     return params
 
 
-def _render_checked(template, params: dict[str, str]):
-    """Validate, render and re-check like the broker does before minting; refuse on errors."""
+def _caller(args: argparse.Namespace):
+    """The caller ``--as``/``--claim``/``--attribute`` describe, or None when none is given."""
+    from broker.domain.caller_identity import CallerIdentity
+
+    claims, attributes = getattr(args, "claim", []), getattr(args, "attribute", [])
+    principal = getattr(args, "as_principal", None)
+    if principal is None and not claims and not attributes:
+        return None
+    principal = principal or "agent:simulated"
+    nested: dict[str, object] = {}
+    for name, value in claims:
+        *path, last = name.split("/")
+        place = nested
+        for part in path:
+            place = place.setdefault(part, {})  # type: ignore[assignment]
+        place[last] = value  # type: ignore[index]
+    return CallerIdentity(principal=principal, human=getattr(args, "acts_for", None) or principal, claims=nested,
+                          attributes=dict(attributes))
+
+
+def _render_checked(template, params: dict[str, str], caller=None, bound=None):
+    """Validate, render and re-check like the broker does before minting; refuse on errors.  The template's
+    identity-bound values come from ``caller`` (``--as``/``--claim``) or, for an issued grant, ``bound``."""
     from broker.aws.action_database import default_action_knowledge
+    from broker.domain.caller_identity import resolve_identity
     from broker.domain.guardrails import check_rendered, check_template
     from broker.domain.rendering import render_policy, validate_parameters
 
     actions = default_action_knowledge()
     accounts = lint_accounts()
     values = validate_parameters(template, params)
+    if template.identity:
+        if bound is None and caller is None:
+            raise InvalidInput(f"template '{template.name}' binds {', '.join(template.identity)} to the caller's "
+                               "identity: say who the caller is (--as PRINCIPAL, --claim NAME=VALUE, --attribute "
+                               "NAME=VALUE)", code="identity_value_missing", field="identity")
+        values = {**values, **(dict(bound) if bound is not None else resolve_identity(template, caller))}
     rendered = render_policy(template, values)
     findings = (check_template(template, actions=actions, accounts=accounts)
                 + check_rendered(template, rendered, actions=actions, accounts=accounts))
@@ -224,7 +264,7 @@ def _render_checked(template, params: dict[str, str]):
 
 def run_render(args: argparse.Namespace) -> int:
     template = _load_template(args)
-    _values, rendered, blocking = _render_checked(template, _params(args))
+    _values, rendered, blocking = _render_checked(template, _params(args), _caller(args))
     if blocking:
         print("refused: the broker would not mint this policy", file=sys.stderr)
         return EXIT_FINDINGS
@@ -245,8 +285,10 @@ def run_explain(args: argparse.Namespace) -> int:
     template = _load_template(args)
     params = _params(args)
     actions = default_action_knowledge()
-    if params:
-        values, rendered, blocking = _render_checked(template, params)
+    caller = _caller(args)
+    if params or caller is not None:
+        values, rendered, blocking = _render_checked(template, params, caller)
+        values = {k: v for k, v in values.items() if k in template.parameters}
         if blocking:
             print("note: the broker would refuse to mint this policy", file=sys.stderr)
         radius = assess(template, actions=actions, rendered=rendered, parameters=values)
@@ -259,4 +301,9 @@ def run_explain(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     from broker.cli import simulate as simulate_command
 
-    return simulate_command.run(args, load_template=_load_template, render_checked=_render_checked, params=_params)
+    caller = _caller(args)
+
+    def render_checked(template, values, bound=None):
+        return _render_checked(template, values, caller, bound)
+
+    return simulate_command.run(args, load_template=_load_template, render_checked=render_checked, params=_params)

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from broker.errors import InvalidInput, LogIntegrityError
+from broker.errors import BrokerError, InvalidInput, LogIntegrityError
 from broker.runtime import oplog
 from broker.settings import BrokerSettings, accounts_configured, load_settings
 
@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="run the broker (configuration from BROKER_* and BROKER_CONFIG_FILE)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="broker processes behind the one port, sharing one PostgreSQL database "
+                            "(default BROKER_WORKERS or 1; SQLite: 1 only)")
     serve.set_defaults(func=run_serve)
 
     migrate_cmd = subparsers.add_parser("migrate", help="apply database migrations and exit")
@@ -137,11 +140,74 @@ def run_serve(args: argparse.Namespace) -> int:
     from broker.api.deps import build_container
 
     settings = load_settings()
+    workers = worker_count(settings, getattr(args, "workers", None))
     oplog.configure(settings.log_level, settings.log_format)
+    host, port = args.host or settings.host, args.port or settings.port
+    if workers > 1:
+        return _serve_workers(settings, host, port, workers)
     container = build_container(settings)
     warn_about_sign_in(settings)
     warn_about_proxies(settings)
-    return _run(container, args.host or settings.host, args.port or settings.port)
+    return _run(container, host, port)
+
+
+def worker_count(settings: BrokerSettings, flag: int | None) -> int:
+    """How many ``broker serve`` processes: ``--workers``, else BROKER_WORKERS; more than one needs PostgreSQL."""
+    from broker.storage.engine import is_sqlite
+
+    workers = settings.workers if flag is None else flag
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InvalidInput(f"--workers must be between 1 and {MAX_WORKERS}", code="invalid_workers", field="workers")
+    if workers > 1 and is_sqlite(settings.database_url):
+        # NOTE: SQLite has one writer at a time and its WAL is checkpointed by one process; several
+        # processes would queue on its file lock for every unit of work (and time out under load).
+        raise InvalidInput(f"--workers {workers} needs PostgreSQL (BROKER_DATABASE_URL): SQLite serves one "
+                           "worker only", code="workers_need_postgresql", field="workers")
+    return workers
+
+
+# More processes than this on one node is a configuration mistake (each holds a connection pool).
+MAX_WORKERS = 64
+
+
+def _serve_workers(settings: BrokerSettings, host: str, port: int, workers: int) -> int:
+    """``workers`` processes on one socket (broker.runtime.workers): migrated once, then each builds its own."""
+    from broker.api.deps import build_container
+    from broker.runtime.workers import bind_listener, supervise
+    from broker.storage.engine import build_engine
+    from broker.storage.migrations import migrate
+
+    from broker.aws.action_database import default_action_knowledge
+
+    warn_about_sign_in(settings)
+    warn_about_proxies(settings)
+    # Loaded once, before the fork: every worker shares its pages (the IAM action database is ~150,000 objects).
+    default_action_knowledge()
+    # NOTE: once, before any worker starts (each would otherwise race to migrate); the engine is
+    # disposed before the fork, so no worker inherits a connection.
+    engine = build_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    try:
+        listener = bind_listener(host, port)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen on {host}:{port} ({exc.strerror})", code="port_in_use",
+                           field="port") from exc
+
+    def serve(_number: int) -> int:
+        try:
+            container = build_container(settings, run_migrations=False)
+        except BrokerError as exc:
+            print(f"error [{exc.code}]: {exc.diagnostics()}", file=sys.stderr, flush=True)
+            return 1
+        return _run(container, host, port, bound=listener)
+
+    try:
+        return supervise(workers, serve)
+    finally:
+        listener.close()
 
 
 def warn_about_proxies(settings: BrokerSettings) -> None:

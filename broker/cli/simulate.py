@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,10 +55,16 @@ def add_arguments(simulate: argparse.ArgumentParser, key_value) -> None:
                                "grant is read from the broker's API (--url, --token)")
     simulate.add_argument("--role-id", default=None, metavar="AROA...",
                           help="with --grant: the role's unique id (aws iam get-role), so aws:userid is exact")
-    simulate.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_URL),
-                          help="with --grant and no --log: broker URL (env BROKER_URL, default %(default)s)")
-    simulate.add_argument("--token", default=os.environ.get("BROKER_TOKEN"),
+    # NOTE: the broker connection options of every command, but --context is the request's IAM context here:
+    # the broker context comes from BROKER_CONTEXT or the current one (broker context use).
+    simulate.add_argument("--url", default=None,
+                          help=f"with --grant and no --log: broker URL (env BROKER_URL; else the context; else "
+                               f"{DEFAULT_URL})")
+    simulate.add_argument("--token", default=None,
                           help="with --grant and no --log: a reviewer's API key or OIDC token (env BROKER_TOKEN)")
+    simulate.add_argument("--token-file", default=None, help="file holding the token (env BROKER_TOKEN_FILE)")
+    simulate.add_argument("--token-command", default=None,
+                          help="command printing an OIDC token (env BROKER_TOKEN_COMMAND)")
     simulate.add_argument("--format", choices=["text", "json"], default="text")
 
 
@@ -97,7 +102,8 @@ def _simulate(args: argparse.Namespace, *, load_template, render_checked, params
         args.name = grant.template
     template = load_template(args)
     values = {k: str(v) for k, v in grant.parameters.items()} if grant is not None else params(args)
-    _values, rendered, blocking = render_checked(template, values)
+    _values, rendered, blocking = render_checked(template, values,
+                                                 bound=grant.identity if grant is not None else None)
     if blocking:
         print("note: the broker would refuse to mint this policy; simulating it anyway", file=sys.stderr)
     sets = [PolicySet.of(PolicyKind.SESSION, rendered.document, name="session")]
@@ -203,8 +209,10 @@ def _api_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The grant's entries from the broker (a reviewer may read the log): by grant id, else by access key id."""
     from broker.cli.requests import call_api
 
+    connection = argparse.Namespace(url=args.url, token=args.token, token_file=args.token_file,
+                                    token_command=args.token_command, context=None)
     for filter_name in ("grant_id", "access_key_id"):
-        page = call_api(args, "GET", f"/v1/events?{filter_name}={_quote(args.grant)}&limit=1000")
+        page = call_api(connection, "GET", f"/v1/events?{filter_name}={_quote(args.grant)}&limit=1000")
         entries = page.get("events") if isinstance(page, dict) else None
         if entries:
             return [e for e in entries if isinstance(e, dict)]

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.domain.actions import AccessLevel, ActionInfo, ActionKnowledge, Risk, action_words
 from broker.domain.evaluator import AccessRequest, Outcome, PolicyKind, PolicySet, evaluate
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy
 from broker.domain.risk import RANK, RiskFinding, classify, ordered, risk_of
+from broker.domain.self_scope import statement_confined_by
 from broker.domain.templates import ScopeTemplate
 
 # Most dangerous first: the order a reviewer should read.
@@ -62,12 +63,19 @@ class GrantedAction:
     resources: tuple[str, ...]
     conditions: tuple[str, ...]      # "only when ..." phrases, if the grant depends on the request
     description: str
+    # Identity values confining every resource of the grant: it reaches only the caller's own ones.
+    own: tuple[str, ...] = ()
+
+    @property
+    def only_own(self) -> str:
+        """``, only the caller's own workspace`` (empty when the grant is not confined to the caller)."""
+        return f", only the caller's own {' and '.join(self.own)}" if self.own else ""
 
     @property
     def sentence(self) -> str:
         where = "; ".join(describe_resource(r) for r in self.resources)
         name = self.action.split(":", 1)[1]
-        text = f"can {action_words(name)} on {where} ({self.action})"
+        text = f"can {action_words(name)} on {where} ({self.action}){self.only_own}"
         if self.conditions:
             text += " only when " + " and ".join(self.conditions)
         return text
@@ -75,7 +83,8 @@ class GrantedAction:
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "access_level": self.access_level.value,
                 "risks": [r.value for r in self.risks], "resources": list(self.resources),
-                "conditions": list(self.conditions), "sentence": self.sentence, "description": self.description}
+                "conditions": list(self.conditions), "sentence": self.sentence, "description": self.description,
+                "only_callers_own": list(self.own)}
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class BlastRadius:
     policy_size: int | None
     policy_digest: str | None
     risk: tuple[RiskFinding, ...] = ()          # each class granted, most dangerous first
+    identity: Mapping[str, str] = field(default_factory=dict)   # identity-bound values, in words
 
     @property
     def destructive(self) -> tuple[GrantedAction, ...]:
@@ -132,7 +142,7 @@ class BlastRadius:
         where = "; ".join(targets[:HEADLINE_TARGETS])
         if len(targets) > HEADLINE_TARGETS:
             where += f" and {len(targets) - HEADLINE_TARGETS} more"
-        text = f"Can {action_words(name)} on {where} in {self.environment}"
+        text = f"Can {action_words(name)} on {where} in {self.environment}{first.only_own}"
         if first.conditions:
             text += " only when " + " and ".join(first.conditions)
         others = len({a.action for a in self.actions[1:]} - {first.action})
@@ -156,6 +166,7 @@ class BlastRadius:
             "actions": [a.to_dict() for a in self.actions],
             "resources": list(self.resources),
             "parameters": dict(self.parameters),
+            "identity": dict(self.identity),
             "ttl": {"default": self.ttl_default, "max": self.ttl_max},
             "approval": {"approvals": self.approvals, "approvers": list(self.approvers),
                          "expires_after": self.approval_expires_after},
@@ -186,6 +197,9 @@ class BlastRadius:
         out = [head]
         if self.parameters:
             out.append("Parameters: " + "; ".join(f"{k} = {v}" for k, v in self.parameters.items()))
+        if self.identity:
+            out.append("Bound to the caller (never chosen by the request): "
+                       + "; ".join(f"{k} = {v}" for k, v in self.identity.items()))
         if self.risk:
             out.append("RISK (most dangerous first):")
             out.extend(f"  - {finding.line}" for finding in self.risk)
@@ -263,7 +277,8 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
     # one that holds always, or the co-signer would read one as the other.
     granted: dict[tuple[str, tuple[str, ...]], GrantedAction] = {}
     seen: dict[str, ActionInfo] = {}
-    for statement in document["Statement"]:
+    aligned = bool(template.identity) and len(document["Statement"]) == len(template.statements)
+    for index, statement in enumerate(document["Statement"]):
         patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = tuple(statement["Resource"] if isinstance(statement["Resource"], list)
                           else [statement["Resource"]])
@@ -272,6 +287,8 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             found = actions.expand(pattern) if any(c in pattern for c in "*?") else (actions.lookup(pattern),)
             infos.extend(info for info in found if info is not None)
         seen.update((info.lower, info) for info in infos)
+        own = statement_confined_by(template, index, resources if rendered is not None else None,
+                                    rendered.identity if rendered is not None else None) if aligned else ()
         for info in infos:
             # The evaluator decides whether the grant holds for any request or only some.
             decisions = [evaluate([session], AccessRequest(info.key, r)) for r in resources]
@@ -279,10 +296,12 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
             conditions = _condition_phrases(statement) if conditional else ()
             previous = granted.get((info.lower, conditions))
             merged = tuple(dict.fromkeys((previous.resources if previous else ()) + resources))
+            # NOTE: merged with another statement's grant, it is the caller's own only if both are.
+            owned = own if previous is None else tuple(dict.fromkeys(previous.own + own)) if previous.own and own else ()
             granted[(info.lower, conditions)] = GrantedAction(
                 action=info.key, access_level=info.access_level,
                 risks=tuple(ordered(classify(info))), resources=merged, conditions=conditions,
-                description=info.description)
+                description=info.description, own=owned)
     riskiest_first = sorted(granted.values(), key=lambda g: (min((RANK[r] for r in g.risks), default=len(RANK)),
                                                              LEVEL_ORDER.index(g.access_level), g.action,
                                                              g.conditions))
@@ -297,4 +316,16 @@ def assess(template: ScopeTemplate, *, actions: ActionKnowledge, rendered: Rende
         policy_size=rendered.size if rendered is not None else None,
         policy_digest=rendered.digest if rendered is not None else None,
         risk=tuple(risk_of(seen.values())),
+        identity=_identity_words(template, rendered),
     )
+
+
+def _identity_words(template: ScopeTemplate, rendered: RenderedPolicy | None) -> dict[str, str]:
+    """Each identity value: the caller's own value for a request, where it comes from for the template."""
+    words = {}
+    for name, spec in template.identity.items():
+        if rendered is not None and name in rendered.identity:
+            words[name] = f"{rendered.identity[name]}, {spec.words(name)}"
+        else:
+            words[name] = spec.words(name)
+    return words

@@ -10,8 +10,8 @@ Declaring risk: every class of the risk taxonomy (:mod:`broker.domain.risk`) tha
 actions carry, wildcards expanded, must be declared with that class's capability
 (``capabilities: [code-execution]``; ``destructive: true`` still declares ``destructive``), and
 the template must ask for at least as many co-signers as the class needs.  Production templates
-need two approvals, or one if every action is List/Read and ``approval.read_only_single_approver:
-true`` says so.  Given the accounts configuration (:mod:`broker.domain.accounts`), the role's
+need two approvals, or one if every action is List/Read, none carries a risk class (no secret values,
+no credentials) and ``approval.read_only_single_approver: true`` says so.  Given the accounts configuration (:mod:`broker.domain.accounts`), the role's
 account must be named and be the template's environment.
 """
 
@@ -26,7 +26,10 @@ from typing import Any, Literal
 
 from broker.domain.accounts import DEFAULT_TARGET_ROLE_PREFIX, TargetAccounts
 from broker.domain.actions import ActionInfo, ActionKnowledge, Risk
+from broker.domain.caller_identity import IDENTITY_VALUE
 from broker.domain.risk import BY_RISK, CAPABILITIES, ordered, risk_of
+from broker.domain.self_scope import statement_confined_by
+from broker.domain.sts_rules import MAX_SESSION_TAGS, RESERVED_TAGS
 from broker.domain.evaluator import OPERATORS, SET_QUALIFIERS, arn_matches
 from broker.domain.rendering import SESSION_POLICY_MAX_CHARS, RenderedPolicy, render_policy
 from broker.domain.templates import PLACEHOLDER, Environment, ScopeTemplate
@@ -325,12 +328,15 @@ def _rule_risk(subject: Subject) -> None:
                         f"unknown capability {capability!r}; known: {', '.join(sorted(CAPABILITIES))}")
     declared = declared_risks(template)
     present = template_risk(subject)
+    self_scoped = self_scoped_risks(subject)
     for finding in present:
         klass = finding.risk_class
         names = ", ".join(finding.actions)
         if klass.risk not in declared:
             subject.add(f"undeclared_{klass.risk.value.replace('-', '_')}", "statements",
                         f"grants {klass.risk.value} actions ({names}): {klass.sentence}; {_declaration(klass.risk)}")
+        if klass.risk in self_scoped:
+            continue  # confined to the caller's own resources (see self_scoped_risks)
         if not template.needs_approval:
             subject.add("risk_without_cosigning", "approval.approvals",
                         f"{klass.risk.value} actions ({names}) need human co-signing "
@@ -344,6 +350,35 @@ def _rule_risk(subject: Subject) -> None:
                     f"declares {risk.value} but grants no such action", severity="warning")
 
 
+# Risk classes a dev template may grant without co-signers when every statement granting them is confined to
+# resources bound to the caller's own identity (README: *Self-scoped risk*).  Production always needs them.
+SELF_SCOPED_RISKS = frozenset({Risk.DESTRUCTIVE})
+SELF_SCOPED_ENVIRONMENTS = frozenset({Environment.DEV})
+
+
+def self_scoped_risks(subject: Subject) -> frozenset[Risk]:
+    """The classes of :data:`SELF_SCOPED_RISKS` whose every granting statement is confined, resource by resource,
+    to the caller's own identity value (:mod:`broker.domain.self_scope`): proven from the template's resources
+    and, for a rendered policy, again from the exact resources sent to STS.  Never from a flag."""
+    template = subject.template
+    if template.environment not in SELF_SCOPED_ENVIRONMENTS or not template.identity:
+        return frozenset()
+    if len(subject.statements) != len(template.statements):
+        return frozenset()
+    scoped = set()
+    for risk in SELF_SCOPED_RISKS:
+        granting = [(i, s) for i, s in enumerate(subject.statements)
+                    if s.grants_everything or any(f.risk_class.risk is risk for f in risk_of(s.granted))]
+        if not granting or any(s.grants_everything for _, s in granting):
+            continue
+        rendered = subject.rendered
+        if all(statement_confined_by(template, i, s.resources if rendered is not None else None,
+                                     rendered.identity if rendered is not None else None)
+               for i, s in granting):
+            scoped.add(risk)
+    return frozenset(scoped)
+
+
 def _rule_approvals(subject: Subject) -> None:
     template = subject.template
     granted = subject.all_granted().values()
@@ -353,11 +388,17 @@ def _rule_approvals(subject: Subject) -> None:
                     f"claims to be read-only but grants {', '.join(writers[:5])}")
     if template.environment is not Environment.PRODUCTION:
         return
-    minimum = 1 if (template.approval.read_only_single_approver and not writers) else PRODUCTION_MIN_APPROVALS
+    # NOTE: reading a secret is a read, but it hands out what outlives the session: in production one
+    # co-signer is for reads that carry no risk class, never for secret values or credentials.
+    risky = [f.risk_class.risk.value for f in template_risk(subject)]
+    read_only = template.approval.read_only_single_approver and not writers
+    minimum = 1 if (read_only and not risky) else PRODUCTION_MIN_APPROVALS
     if template.approval.approvals < minimum:
+        why = (f" (its reads carry {', '.join(risky)}: a single co-signer is only for reads that carry no risk "
+               f"class)" if read_only and risky else "")
         subject.add("production_approvals", "approval.approvals",
                     f"a production template needs at least {minimum} approval(s), it asks for "
-                    f"{template.approval.approvals}")
+                    f"{template.approval.approvals}{why}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +496,12 @@ def _rule_escalation(subject: Subject) -> None:
 def _rule_role(subject: Subject) -> None:
     template = subject.template
     for name in sorted(template.role_parameters()):
+        if name in template.identity:
+            if not template.identity[name].is_fixed_list:
+                subject.add("role_parameter_not_fixed", f"identity.{name}",
+                            f"identity value '{name}' is used in the role ARN, so it must go through a map (or an "
+                            f"enum): a claim never names an account or role the template does not list")
+            continue
         spec = template.parameters.get(name)
         if spec is None or not spec.is_fixed_list:
             subject.add("role_parameter_not_fixed", f"parameters.{name}",
@@ -480,10 +527,10 @@ def _role_accounts(subject: Subject) -> list[str] | None:
     else:
         roles = [template.role]
         for name in sorted(template.role_parameters()):
-            spec = template.parameters.get(name)
-            if spec is None or not spec.enum:
+            choices = template.role_choices(name)
+            if not choices:
                 return None                      # _rule_role refuses it (role_parameter_not_fixed)
-            roles = [r.replace("{" + name + "}", value) for r in roles for value in spec.enum]
+            roles = [r.replace("{" + name + "}", value) for r in roles for value in choices]
             if len(roles) > MAX_ROLE_CHOICES:
                 return None
     accounts = []
@@ -501,8 +548,7 @@ def _rule_account_environment(subject: Subject) -> None:
     accounts = _role_accounts(subject)
     if accounts is None:
         if subject.template.role_parameters() and all(
-                (spec := subject.template.parameters.get(n)) is not None and spec.enum
-                for n in subject.template.role_parameters()):
+                subject.template.role_choices(n) for n in subject.template.role_parameters()):
             subject.add("role_choices_too_many", "role",
                         f"the role ARN can name more than {MAX_ROLE_CHOICES} roles; list fewer")
         return
@@ -528,6 +574,9 @@ def _worst_case_values(template: ScopeTemplate) -> dict[str, str]:
         else:
             size = longest.get(spec.type, spec.max_length)
         values[name] = "x" * size
+    for name, spec in template.identity.items():
+        choices = spec.choices()
+        values[name] = "x" * (max(len(v) for v in choices) if choices else spec.max_length)
     return values
 
 
@@ -580,9 +629,36 @@ def _rule_not_widened(subject: Subject) -> None:
                             "a parameter value added a wildcard or policy variable to a resource")
 
 
+def _rule_identity(subject: Subject) -> None:
+    """Identity values: session tags STS accepts and the broker does not set, mapped values that are safe, and
+    every value used somewhere."""
+    template = subject.template
+    taken = {key.lower() for key in (*RESERVED_TAGS, *template.session_tags)}
+    used = template.placeholders()
+    for name, spec in template.identity.items():
+        where = f"identity.{name}"
+        for value in (spec.map or {}).values():
+            if not IDENTITY_VALUE.fullmatch(value) or ".." in value:
+                subject.add("identity_map_value_unsafe", f"{where}.map",
+                            f"the mapped value {value!r} is not letters, digits and _.-+=@ only")
+        if spec.session_tag is not None:
+            key = spec.session_tag.key
+            if key.lower() in taken:
+                subject.add("identity_session_tag_taken", f"{where}.session_tag.key",
+                            f"session tag {key!r} is already set (by the broker, session_tags or another identity "
+                            f"value); name another")
+            taken.add(key.lower())
+        elif name not in used:
+            subject.add("identity_value_unused", where,
+                        f"identity value '{name}' is used in no resource, condition, role or session tag",
+                        severity="warning")
+    if len(taken) > MAX_SESSION_TAGS:
+        subject.add("too_many_session_tags", "session_tags", f"STS accepts at most {MAX_SESSION_TAGS} session tags")
+
+
 TEMPLATE_RULES: tuple[Callable[[Subject], None], ...] = (
     _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_risk, _rule_approvals,
-    _rule_escalation, _rule_role, _rule_account_environment, _rule_size,
+    _rule_escalation, _rule_role, _rule_account_environment, _rule_size, _rule_identity,
 )
 RENDERED_RULES: tuple[Callable[[Subject], None], ...] = (
     _rule_shape, _rule_actions, _rule_resources, _rule_conditions, _rule_risk, _rule_escalation, _rule_role,

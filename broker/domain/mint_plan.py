@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.domain.rendering import RenderedPolicy, render_policy, validate_parameters
+from broker.domain.caller_identity import CallerIdentity, identity_session_tags, resolve_identity
+from broker.domain.rendering import RenderedPolicy, check_condition_values, render_policy, validate_parameters
 from broker.domain.requests import BindingFacts
 from broker.domain.sts_rules import resolve_ttl, role_session_name, session_tags, source_identity_for
 from broker.domain.templates import ScopeTemplate
@@ -35,6 +36,13 @@ class MintPlan:
     session_name: str
     source_identity: str
     session_tags: tuple[tuple[str, str], ...]
+    # Tag keys that pass on to roles the session assumes (the template's identity tags marked transitive).
+    transitive_tag_keys: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> Mapping[str, str]:
+        """The values bound to the caller's identity this plan was made with."""
+        return self.policy.identity
 
     @property
     def role_arn(self) -> str:
@@ -61,22 +69,29 @@ class MintPlan:
 
 
 def plan_mint(template: ScopeTemplate, *, request_id: str, grant_id: str, requester: str, acts_for: str | None,
-              parameters: Mapping[str, Any] | None, ttl_seconds: int | None) -> MintPlan:
+              parameters: Mapping[str, Any] | None, ttl_seconds: int | None,
+              identity: CallerIdentity | None = None) -> MintPlan:
     """The plan for a request: parameters validated and rendered, TTL bounded, STS's identity fields derived.
+    ``identity``: the caller, for the template's identity-bound values (required when it has any).
 
-    Raises what validation raises (``InvalidParameter``, ``InvalidTtl``, ``PolicyTooLarge``, ...).
+    Raises what validation raises (``InvalidParameter``, ``InvalidTtl``, ``PolicyTooLarge``, ...), and
+    ``Forbidden`` (403 ``identity_value_*``) for a caller without a usable identity value.
     """
     # NOTE: in the order request validation always had: parameters, TTL, the policy, STS's identity fields.
     values = validate_parameters(template, parameters)
+    bound = resolve_identity(template, identity) if template.identity else {}
+    if bound:
+        check_condition_values(template, {**values, **bound})
     ttl = resolve_ttl(template, ttl_seconds)
-    policy = render_policy(template, values)
+    policy = render_policy(template, {**values, **bound})
     source_identity = source_identity_for(requester)
+    extra, transitive = identity_session_tags(template, bound)
     tags = session_tags(request_id=request_id, template=template, agent=requester, human=acts_for or requester,
-                        grant_id=grant_id)
+                        grant_id=grant_id, extra=extra)
     return MintPlan(request_id=request_id, grant_id=grant_id, template=template.name,
                     template_digest=template.version_digest, parameters=values, policy=policy, ttl_seconds=ttl,
                     session_name=role_session_name(requester, request_id), source_identity=source_identity,
-                    session_tags=tuple((tag["Key"], tag["Value"]) for tag in tags))
+                    session_tags=tuple((tag["Key"], tag["Value"]) for tag in tags), transitive_tag_keys=transitive)
 
 
 __all__ = ["MintPlan", "plan_mint"]

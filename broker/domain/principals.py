@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
 
 
 # A group that names a person: every principal id of one human carries the same one (README, *Approvers*).
@@ -33,6 +36,10 @@ class Principal:
     groups: frozenset[str] = field(default_factory=frozenset)
     # How the caller authenticated ("api_key" or "oidc:<issuer>"), for the log.
     auth_method: str = "api_key"
+    # The verified OIDC token's claims (none for an API key) and the directory entry's attributes: what
+    # templates' identity-bound values read (broker.domain.caller_identity).  Read-only mappings.
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
+    attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def has_role(self, role: Role) -> bool:
         return role in self.roles

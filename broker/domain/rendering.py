@@ -13,13 +13,13 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.domain.templates import (PLACEHOLDER, ParameterSpec, ScopeTemplate, Statement, condition_operator,
                                      parameter_pattern)
 from broker.domain.times import parse_time
-from broker.errors import InvalidParameter, PolicyTooLarge
+from broker.errors import Forbidden, InvalidParameter, PolicyTooLarge
 
 # STS: "The plaintext that you use for both inline and managed session policies can't exceed 2,048
 # characters."  We count the minified JSON we send.
@@ -60,6 +60,8 @@ class RenderedPolicy:
     document: dict[str, Any]
     json: str
     digest: str
+    # The values bound to the caller's identity it was rendered with (broker.domain.caller_identity).
+    identity: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -169,8 +171,9 @@ CONDITION_VALUE_CHECKS: dict[str, Callable[[str], str | None]] = {
 }
 
 
-def _check_condition_values(template: ScopeTemplate, values: Mapping[str, str]) -> None:
-    """Each condition value a parameter fills must be of the kind its operator compares."""
+def check_condition_values(template: ScopeTemplate, values: Mapping[str, str]) -> None:
+    """Each condition value a parameter or identity value fills must be of the kind its operator compares
+    (values not given yet are skipped: called once for the parameters, again with the identity values)."""
     for statement in template.statements:
         for operator, by_key in (statement.conditions or {}).items():
             base, _negated = condition_operator(operator)
@@ -179,8 +182,12 @@ def _check_condition_values(template: ScopeTemplate, values: Mapping[str, str]) 
                 continue
             for raw in (v for value in by_key.values() for v in ([value] if isinstance(value, str) else value)):
                 names = PLACEHOLDER.findall(raw)
-                problem = check(substitute(raw, values)) if names else None
+                problem = check(substitute(raw, values)) if names and set(names) <= set(values) else None
                 if problem:
+                    if names[0] in template.identity:
+                        raise Forbidden(f"identity value '{names[0]}' {problem} for this caller, as the condition "
+                                        f"{operator} needs", code="identity_value_invalid",
+                                        field=f"identity.{names[0]}")
                     raise _reject(names[0], f"{problem}, as the condition {operator} needs")
 
 
@@ -190,6 +197,12 @@ def validate_parameters(template: ScopeTemplate, supplied: Mapping[str, Any] | N
         supplied = {}
     if not isinstance(supplied, Mapping):
         raise InvalidParameter("parameters must be an object", field="parameters")
+    bound = sorted(set(supplied) & set(template.identity))
+    if bound:
+        # NOTE: an identity value comes from who the caller is; a request naming one is refused, not ignored.
+        raise InvalidParameter(f"'{bound[0]}' is bound to the caller's identity in template '{template.name}': a "
+                               "request cannot set it", code="identity_value_not_settable",
+                               field=f"parameters.{bound[0]}")
     unknown = sorted(set(supplied) - set(template.parameters))
     if unknown:
         raise InvalidParameter(f"unknown parameter '{unknown[0]}' for template '{template.name}'",
@@ -201,7 +214,7 @@ def validate_parameters(template: ScopeTemplate, supplied: Mapping[str, Any] | N
             raise InvalidParameter(f"parameter '{name}' is required", code="missing_parameter",
                                    field=f"parameters.{name}")
         values[name] = VALIDATORS[spec.type](name, spec, raw)
-    _check_condition_values(template, values)
+    check_condition_values(template, values)
     return values
 
 
@@ -229,7 +242,14 @@ def _render_statement(index: int, statement: Statement, values: Mapping[str, str
 
 
 def render_policy(template: ScopeTemplate, values: Mapping[str, str]) -> RenderedPolicy:
-    """Render the session policy for validated ``values`` (see :func:`validate_parameters`)."""
+    """Render the session policy for validated ``values`` (see :func:`validate_parameters`), with the template's
+    identity values among them (:func:`broker.domain.caller_identity.resolve_identity`)."""
+    missing = sorted(template.placeholders() - set(values))
+    if missing:
+        raise InvalidParameter(f"no value for '{missing[0]}' of template '{template.name}'"
+                               + (" (bound to the caller's identity: give the caller)"
+                                  if missing[0] in template.identity else ""),
+                               code="missing_parameter", field=f"parameters.{missing[0]}")
     document = {
         "Version": POLICY_VERSION,
         "Statement": [_render_statement(i, s, values) for i, s in enumerate(template.statements)],
@@ -245,4 +265,5 @@ def render_policy(template: ScopeTemplate, values: Mapping[str, str]) -> Rendere
         document=document,
         json=text,
         digest="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
+        identity={name: values[name] for name in template.identity if name in values},
     )

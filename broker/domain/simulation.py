@@ -97,6 +97,8 @@ class IssuedGrant:
     expiration: str | None
     ttl_seconds: int | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The values bound to the caller's identity the session was rendered with (details.identity).
+    identity: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any], *, notes: tuple[str, ...] = ()) -> "IssuedGrant":
@@ -110,7 +112,8 @@ class IssuedGrant:
                        on_behalf_of=details.get("on_behalf_of") or None,
                        access_key_id=entry.get("access_key_id"), issued_at=_text(entry["time"]),
                        expiration=entry.get("expiration"),
-                       ttl_seconds=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None, notes=notes)
+                       ttl_seconds=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None, notes=notes,
+                       identity={str(k): str(v) for k, v in (details.get("identity") or {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput("the issued entry of this grant is malformed", code="grant_entry_invalid",
                                field="grant") from exc

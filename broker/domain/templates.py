@@ -75,6 +75,22 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+def _checked_pattern(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pattern does not compile: {exc}") from exc
+        parameter_pattern(value)  # and RE2 runs it (full match, as with re.fullmatch)
+    return value
+
+
+def _checked_enum(value: list[str] | None) -> list[str] | None:
+    if value is not None and not value:
+        raise ValueError("enum must list at least one value")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
@@ -94,20 +110,12 @@ class ParameterSpec(_Strict):
     @field_validator("pattern")
     @classmethod
     def _pattern_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"pattern does not compile: {exc}") from exc
-            parameter_pattern(value)  # and RE2 runs it (full match, as with re.fullmatch)
-        return value
+        return _checked_pattern(value)
 
     @field_validator("enum")
     @classmethod
     def _enum_not_empty(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("enum must list at least one value")
-        return value
+        return _checked_enum(value)
 
     @model_validator(mode="after")
     def _options_fit_type(self) -> "ParameterSpec":
@@ -127,6 +135,96 @@ class ParameterSpec(_Strict):
     def is_fixed_list(self) -> bool:
         """An agent can only pick from values the template author wrote down."""
         return self.enum is not None
+
+
+# Where an identity-bound value comes from: the authenticated caller, never the request (README: *Values bound
+# to the caller's identity*).  ``claim:NAME`` reads the caller's verified OIDC token (``claim:a/b`` a nested
+# claim: ``kubernetes.io/namespace``), ``attribute:NAME`` its directory entry.
+IDENTITY_SOURCE = re.compile(r"^(?:principal|human|(?:claim|attribute):[A-Za-z0-9_.-]{1,64}(?:/[A-Za-z0-9_.-]{1,64}){0,3})$")
+SESSION_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/=+\-@]{1,128}$")
+
+
+class IdentitySessionTag(_Strict):
+    """A session tag whose value is the caller's identity value (for ``aws:PrincipalTag/KEY`` conditions)."""
+
+    key: str
+    # NOTE: no default: whether the tag survives role chaining is a decision the author writes down.
+    transitive: bool = Field(description="true: the tag passes on to roles the session assumes (role chaining); "
+                                         "required, so that it is decided on purpose")
+
+    @field_validator("key")
+    @classmethod
+    def _key_shape(cls, key: str) -> str:
+        if not SESSION_TAG_KEY.fullmatch(key) or key.lower().startswith("aws:"):
+            raise ValueError("a session tag key is 1..128 of letters, digits and _.:/=+-@, not starting with aws:")
+        return key
+
+
+class IdentityValueSpec(_Strict):
+    """A value bound to the caller's identity: filled from who the caller is, never from the request."""
+
+    source: str | list[str] = Field(description="principal (the principal id without its kind: agent:NAME -> "
+                                                "NAME), human (the accountable human: human:NAME -> NAME), "
+                                                "claim:NAME (the OIDC token's claim) or attribute:NAME (the "
+                                                "directory entry's attribute); a list: every one the caller has "
+                                                "must agree")
+    description: str | None = None
+    pattern: str | None = None
+    enum: list[str] | None = None
+    # The caller's value -> the value used (e.g. a team -> its account id); a value not listed is refused.
+    map: dict[str, str] | None = None
+    max_length: Annotated[int, Field(ge=1, le=256)] = 64
+    session_tag: IdentitySessionTag | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source_shape(cls, source: str | list[str]) -> str | list[str]:
+        sources = [source] if isinstance(source, str) else source
+        if not sources:
+            raise ValueError("source must name at least one place the value comes from")
+        for one in sources:
+            if not IDENTITY_SOURCE.fullmatch(one):
+                raise ValueError(f"source {one!r} is not principal, human, claim:NAME or attribute:NAME")
+        if len(set(sources)) != len(sources):
+            raise ValueError("source lists a place twice")
+        return source
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_runs(cls, value: str | None) -> str | None:
+        return _checked_pattern(value)
+
+    @field_validator("enum")
+    @classmethod
+    def _enum_listed(cls, value: list[str] | None) -> list[str] | None:
+        return _checked_enum(value)
+
+    @field_validator("map")
+    @classmethod
+    def _map_listed(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and not value:
+            raise ValueError("map must list at least one value")
+        return value
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
+
+    @property
+    def is_fixed_list(self) -> bool:
+        """Only values the template author wrote down can come out (a map's values, or an enum)."""
+        return self.enum is not None or self.map is not None
+
+    def choices(self) -> list[str] | None:
+        """The values this can render as, when they are a fixed list."""
+        if self.map is not None:
+            return list(dict.fromkeys(self.map.values()))
+        return list(self.enum) if self.enum is not None else None
+
+    def words(self, name: str) -> str:
+        """``the caller's own workspace (claim workspace)``: what an approver reads for the placeholder."""
+        places = " or ".join(s.replace(":", " ", 1) for s in self.sources)
+        return f"the caller's own {name} ({places})"
 
 
 class Statement(_Strict):
@@ -174,7 +272,7 @@ class ApprovalRule(_Strict):
     # How long an approved request may wait to be redeemed.
     redeem_within: Annotated[int, Field(ge=60, le=86400)] = 900
     # A production template may ask for a single approver only if it is read-only and says so here
-    # (the guardrails check that every action it grants is List or Read).
+    # (the guardrails check that every action it grants is List or Read and carries no risk class).
     read_only_single_approver: bool = False
 
     @model_validator(mode="after")
@@ -182,6 +280,10 @@ class ApprovalRule(_Strict):
         if self.approvals > 0 and not self.approvers:
             raise ValueError("an approval rule that needs approvals must name who may approve")
         return self
+
+
+# Template keys added later, left out of the canonical form while empty (see ScopeTemplate.canonical).
+LATER_KEYS = ("identity",)
 
 
 class ScopeTemplate(_Strict):
@@ -206,6 +308,11 @@ class ScopeTemplate(_Strict):
     role_max_session: Annotated[int, Field(ge=STS_MIN_DURATION, le=STS_MAX_DURATION)] = DEFAULT_ROLE_MAX_SESSION
     # Extra session tags (fixed values) added to every session minted for this template.
     session_tags: dict[str, str] = Field(default_factory=dict)
+    # Values bound to the caller's identity: {name} placeholders like parameters, filled from who the caller is.
+    identity: dict[str, IdentityValueSpec] = Field(
+        default_factory=dict,
+        description="values bound to the caller's identity (README: Values bound to the caller's identity); "
+                    "{name} placeholders like parameters, which the request can never set")
 
     @field_validator("name")
     @classmethod
@@ -222,10 +329,21 @@ class ScopeTemplate(_Strict):
                 raise ValueError(f"parameter name {name!r} is not an identifier")
         return parameters
 
+    @field_validator("identity")
+    @classmethod
+    def _identity_names(cls, identity: dict[str, IdentityValueSpec]) -> dict[str, IdentityValueSpec]:
+        for name in identity:
+            if not PARAMETER_NAME.fullmatch(name):
+                raise ValueError(f"identity value name {name!r} is not an identifier")
+        return identity
+
     @model_validator(mode="after")
     def _placeholders_declared(self) -> "ScopeTemplate":
+        both = sorted(set(self.parameters) & set(self.identity))
+        if both:
+            raise ValueError(f"{both[0]!r} is both a parameter and an identity value")
         used = self.placeholders()
-        undeclared = sorted(used - set(self.parameters))
+        undeclared = sorted(used - set(self.parameters) - set(self.identity))
         if undeclared:
             raise ValueError(f"placeholders with no parameter: {', '.join(undeclared)}")
         if self.ttl.max > self.role_max_session:
@@ -239,7 +357,7 @@ class ScopeTemplate(_Strict):
                     continue
                 # NOTE: whatever the agent puts in a negated condition can only make the Allow apply more widely.
                 free = sorted(name for name in PLACEHOLDER.findall(" ".join(_condition_strings({operator: by_key})))
-                              if name in self.parameters and not self.parameters[name].is_fixed_list)
+                              if not self.value_spec(name).is_fixed_list)
                 if free:
                     raise ValueError(f"parameter {free[0]!r} is used in the negated condition {operator}: only a "
                                      "fixed-list (enum) parameter may be, as any other value could widen the statement")
@@ -253,16 +371,33 @@ class ScopeTemplate(_Strict):
         return found
 
     def role_parameters(self) -> set[str]:
+        """The placeholders of the role ARN (parameters or identity values)."""
         return set(PLACEHOLDER.findall(self.role))
+
+    def value_spec(self, name: str) -> "ParameterSpec | IdentityValueSpec":
+        """The declaration of a placeholder: a parameter's or an identity value's."""
+        return self.parameters[name] if name in self.parameters else self.identity[name]
+
+    def role_choices(self, name: str) -> list[str] | None:
+        """The values a role placeholder can take when they are a fixed list (an enum, an identity map)."""
+        spec = self.parameters.get(name) or self.identity.get(name)
+        if spec is None:
+            return None
+        return spec.choices() if isinstance(spec, IdentityValueSpec) else (list(spec.enum) if spec.enum else None)
 
     @property
     def needs_approval(self) -> bool:
         return self.approval.approvals > 0
 
     def canonical(self) -> bytes:
-        """Canonical form: sorted-key, minified JSON of the validated model."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode()
+        """Canonical form: sorted-key, minified JSON of the validated model.  Keys added after a template
+        format was in use (``identity``) are left out while empty, so every earlier template keeps its
+        version digest (and its owners' signatures)."""
+        data = self.model_dump(mode="json")
+        for key in LATER_KEYS:
+            if not data.get(key):
+                data.pop(key, None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @cached_property
     def version_digest(self) -> str:

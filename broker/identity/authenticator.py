@@ -164,6 +164,8 @@ class Authenticator:
           directory may add more.
         * acts_for: whichever side states it; if both do and disagree, refuse
           (we cannot tell which human is accountable).
+        * claims stay the token's and attributes the directory's: a template's identity value names
+          which it reads (``claim:NAME`` / ``attribute:NAME``), and refuses a caller whose sources disagree.
         """
         record = self._principals.get_principal(from_token.id)
         if record is None:
@@ -184,4 +186,6 @@ class Authenticator:
             roles=record.roles,
             groups=from_token.groups | record.groups,
             acts_for=from_token.acts_for or record.acts_for,
+            # The directory's attributes beside the token's claims: templates name which one they read.
+            attributes=record.attributes,
         )

@@ -194,5 +194,6 @@ def wire_metrics(*, database: Database, catalog: TemplateCatalog, service: Broke
     metrics = BrokerMetrics(known_template=known_template)
     if isinstance(database, ObservedDatabase):
         database.observers.append(metrics.observe_entries)
+    database.lock_observers.append(metrics.observe_lock_hold)
     service.minter = TimedMinter(service.minter, metrics.sts_duration)
     return metrics

@@ -82,8 +82,9 @@ def start_fake_aws(port: int = 0) -> DevAws:
 def default_role_arn(template) -> str | None:
     values = {}
     for name in template.role_parameters():
-        spec = template.parameters[name]
-        value = spec.default if spec.default is not None else (spec.enum or [None])[0]
+        spec = template.parameters.get(name)
+        value = spec.default if spec is not None and spec.default is not None else (
+            template.role_choices(name) or [None])[0]
         if value is None:
             return None
         values[name] = str(value)

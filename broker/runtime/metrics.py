@@ -7,9 +7,11 @@ every app a test builds starts from zero.  Nothing here touches the use cases:
   a *committed* unit of work, so a count is never ahead of the log;
 * the HTTP histogram is an ASGI middleware, labelled by route template, never by raw path;
 * the STS histogram wraps the ``CredentialMinter``;
-* with ``server_timing`` set, every response carries ``Server-Timing: app;dur=..., sts;dur=...``
-  (milliseconds): the time the app took up to the response's start, and the part of it spent
-  in AssumeRole calls.  ``app - sts`` is the broker's own overhead, measured from outside.
+* with ``server_timing`` set, every response carries ``Server-Timing: app;dur=..., sts;dur=...,
+  lock;dur=...`` (milliseconds): the time the app took up to the response's start, the part of it
+  spent in AssumeRole calls, and how long its units of work held the log's lock (the serial point of
+  every replica and worker).  ``app - sts`` is the broker's own overhead, measured from outside;
+* the log lock's hold time per unit of work is a histogram too.
 
 Counters are per process; sum them over replicas.  Label values are bounded: a template
 label is a catalog name or ``other`` (a refused request may name any template), a reason
@@ -52,6 +54,9 @@ KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 # request runs on share it, as starlette copies the context into its worker threads).
 _STS_SECONDS: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("broker_sts_seconds",
                                                                                   default=None)
+# The log lock's hold times of the HTTP request being served (the same way).
+_LOCK_SECONDS: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("broker_lock_seconds",
+                                                                                   default=None)
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,15 @@ LOG_ENTRIES = "broker_log_entries_total"
 LOG_LAST_SEQ = "broker_log_last_seq"
 HTTP_DURATION = "broker_http_request_duration_seconds"
 STS_DURATION = "broker_sts_assume_role_duration_seconds"
+LOCK_HOLD = "broker_log_lock_hold_seconds"
 # An alarm: the broker refused to sign a checkpoint (broker.usecases.checkpoints), by reason.
 CHECKPOINT_REFUSALS = "broker_log_checkpoint_refusals_total"
 METRIC_NAMES = (*(c.name for c in EVENT_COUNTERS.values()), LOG_ENTRIES, LOG_LAST_SEQ, HTTP_DURATION, STS_DURATION,
-                CHECKPOINT_REFUSALS)
+                CHECKPOINT_REFUSALS, LOCK_HOLD)
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOCK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class BrokerMetrics:
@@ -116,6 +123,15 @@ class BrokerMetrics:
             registry=self.registry)
         self.sts_duration = Histogram(STS_DURATION, "AWS STS AssumeRole latency (with retries).", ("outcome",),
                                       buckets=STS_BUCKETS, registry=self.registry)
+        self.lock_hold = Histogram(LOCK_HOLD, "How long a unit of work held the issuance log's lock, from taking "
+                                   "it to the end of its commit.", buckets=LOCK_BUCKETS, registry=self.registry)
+
+    def observe_lock_hold(self, seconds: float) -> None:
+        """A committed unit of work held the log's lock ``seconds`` (fed by the Database)."""
+        self.lock_hold.observe(seconds)
+        request_lock = _LOCK_SECONDS.get()
+        if request_lock is not None:
+            request_lock.append(seconds)
 
     # --- fed by the log observer -------------------------------------------------------------
     def observe_entries(self, entries: Sequence[Mapping[str, Any]]) -> None:
@@ -192,7 +208,9 @@ class HttpLatency:
         started = time.perf_counter()
         status = 500
         sts_seconds: list[float] = []
+        lock_seconds: list[float] = []
         token = _STS_SECONDS.set(sts_seconds)
+        lock_token = _LOCK_SECONDS.set(lock_seconds)
 
         async def send_with_status(message):
             nonlocal status
@@ -200,7 +218,8 @@ class HttpLatency:
                 status = message["status"]
                 if self.server_timing:
                     app_ms = (time.perf_counter() - started) * 1000
-                    timing = f"app;dur={app_ms:.3f}, sts;dur={sum(sts_seconds) * 1000:.3f}".encode()
+                    timing = (f"app;dur={app_ms:.3f}, sts;dur={sum(sts_seconds) * 1000:.3f}, "
+                              f"lock;dur={sum(lock_seconds) * 1000:.3f}").encode()
                     message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", timing)]}
             await send(message)
 
@@ -208,6 +227,7 @@ class HttpLatency:
             await self.app(scope, receive, send_with_status)
         finally:
             _STS_SECONDS.reset(token)
+            _LOCK_SECONDS.reset(lock_token)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
             # NOTE: the method comes from the caller, unauthenticated: a fixed set of labels only.

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +44,11 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether a database URL names SQLite (the embedded default) rather than PostgreSQL."""
+    return make_url(normalise_url(url)).get_backend_name() == "sqlite"
 
 
 def _private_database_file(path: Path) -> None:
@@ -184,6 +189,9 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Told, after each commit of a unit of work that took the log's lock, how long it held it
+        # (seconds, from the lock to the end of COMMIT): the serial point of every replica.
+        self.lock_observers: list[Callable[[float], None]] = []
 
     @property
     def is_postgres(self) -> bool:
@@ -198,13 +206,21 @@ class Database:
         """
         from broker.storage.repository import Repository
 
-        with self._storage_errors(), self.engine.connect() as connection, connection.begin():
-            repo = Repository(connection, postgres=self.is_postgres)
-            try:
-                yield repo
-                repo.flush()
-            finally:
-                repo.close()
+        with self._storage_errors(), self.engine.connect() as connection:
+            with connection.begin():
+                repo = Repository(connection, postgres=self.is_postgres)
+                try:
+                    yield repo
+                    repo.flush()
+                finally:
+                    repo.close()
+            if repo.locked_at is not None and self.lock_observers:
+                held = time.perf_counter() - repo.locked_at
+                for observer in tuple(self.lock_observers):
+                    try:
+                        observer(held)
+                    except Exception:  # noqa: BLE001 - a timing observer must not fail a committed unit of work
+                        log.warning("log lock observer %r failed", observer, exc_info=True)
 
     @contextmanager
     def read(self) -> Iterator["Repository"]:

@@ -17,6 +17,8 @@ class PrincipalRow(SQLModel, table=True):
     acts_for: str | None = Field(default=None, max_length=200)
     disabled: bool = False
     created_at: datetime
+    # JSON object: the directory entry's attributes, read by templates as attribute:NAME (NULL: none).
+    attributes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class ApiKeyRow(SQLModel, table=True):
@@ -66,6 +68,8 @@ class RequestRow(SQLModel, table=True):
     redeem_by: datetime | None = None
     issued_at: datetime | None = None
     decided_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # JSON object: the values bound to the caller's identity the request was rendered with (NULL: none).
+    identity: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class ApprovalRow(SQLModel, table=True):

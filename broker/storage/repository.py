@@ -15,8 +15,10 @@ it themselves, so on PostgreSQL no two units of work can wait on each other in a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Table, bindparam, cast, func, insert, update
@@ -52,7 +54,8 @@ EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "templ
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
     core_select(_API_KEYS.c.key_id, _API_KEYS.c.token_hash, _API_KEYS.c.principal_id, _API_KEYS.c.revoked,
-                _API_KEYS.c.expires_at, _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled)
+                _API_KEYS.c.expires_at, _PRINCIPALS.c.roles, _PRINCIPALS.c.groups, _PRINCIPALS.c.acts_for, _PRINCIPALS.c.disabled,
+                _PRINCIPALS.c.attributes)
     .select_from(_API_KEYS.outerjoin(_PRINCIPALS, _PRINCIPALS.c.id == _API_KEYS.c.principal_id))
     .where(_API_KEYS.c.key_id == bindparam("key_id"))
 )
@@ -136,9 +139,11 @@ def _row_values(table: Table, row: SQLModel | NewRequest | NewGrant | NewMintInt
     return values
 
 
-def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None) -> Principal:
+def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None,
+               attributes: str | None = None) -> Principal:
     return Principal(id=principal_id, roles=frozenset(Role(r) for r in json.loads(roles)), acts_for=acts_for,
-                     groups=frozenset(json.loads(groups)))
+                     groups=frozenset(json.loads(groups)),
+                     attributes=MappingProxyType(json.loads(attributes)) if attributes else MappingProxyType({}))
 
 
 class Repository:
@@ -153,6 +158,8 @@ class Repository:
         # append_event.  Valid only while the transaction that read it is open (the repository lives
         # exactly that long).
         self._head: tuple[int, str] | None = None
+        # When this unit of work got the log's lock (perf_counter), for the lock's hold time.
+        self.locked_at: float | None = None
 
     @property
     def session(self) -> Session:
@@ -178,20 +185,24 @@ class Repository:
         row = self.session.get(PrincipalRow, principal_id)
         if row is None or row.disabled:
             return None
-        return _principal(row.id, row.roles, row.groups, row.acts_for)
+        return _principal(row.id, row.roles, row.groups, row.acts_for, row.attributes)
 
     def is_principal_disabled(self, principal_id: str) -> bool:
         row = self.session.get(PrincipalRow, principal_id)
         return row is not None and bool(row.disabled)
 
     def upsert_principal(self, *, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
-                         acts_for: str | None = None, now: datetime) -> None:
+                         acts_for: str | None = None, now: datetime,
+                         attributes: Mapping[str, str] | None = None) -> None:
+        """Create or update a principal; ``attributes`` None keeps the stored ones, a mapping replaces them."""
         row = self.session.get(PrincipalRow, principal_id)
         if row is None:
             row = PrincipalRow(id=principal_id, created_at=now)
         row.roles = json.dumps(sorted(set(roles)))
         row.groups = json.dumps(sorted(set(groups)))
         row.acts_for = acts_for
+        if attributes is not None:
+            row.attributes = json.dumps(dict(sorted(attributes.items()))) if attributes else None
         # NOTE: a disabled principal stays disabled: only set_principal_disabled (a logged use case) enables it.
         self.session.add(row)
 
@@ -242,7 +253,7 @@ class Repository:
                               principal_disabled=row.roles is not None and bool(row.disabled))
         if row.roles is None or row.disabled:
             return record, None
-        return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for)
+        return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for, row.attributes)
 
     # --- requests -------------------------------------------------------------------------
     def add_request(self, row: RequestRow | NewRequest) -> None:
@@ -415,6 +426,8 @@ class Repository:
             # without it is not migrated: .one() fails closed.
             head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
             self._head = (head.seq, head.hash)
+            if self.locked_at is None:
+                self.locked_at = time.perf_counter()
         return self._head
 
     def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:

@@ -215,7 +215,7 @@ def template_roles(templates: Iterable[ScopeTemplate]) -> list[str]:
     roles: set[str] = set()
     for template in templates:
         names = sorted(template.role_parameters())
-        choices = [template.parameters[n].enum or ["*"] for n in names]
+        choices = [template.role_choices(n) or ["*"] for n in names]
         for values in itertools.product(*choices):
             chosen: Mapping[str, str] = dict(zip(names, values, strict=True))
             roles.add(PLACEHOLDER.sub(lambda m, c=chosen: c[m.group(1)], template.role))

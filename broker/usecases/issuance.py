@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain import log as issuance_log
+from broker.domain.caller_identity import CallerIdentity
 from broker.domain.events import EventType, log_entry
 from broker.domain.mint_plan import MintPlan, plan_mint
 from broker.domain.principals import Principal, Role
@@ -34,6 +35,7 @@ from broker.domain.text import unsafe_characters
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
+from broker.usecases.caller import caller_identity, stored_identity
 from broker.usecases.refusal_budget import RefusalBudget, refusal_entry
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
@@ -110,7 +112,8 @@ class BrokerService:
             reason = _clean_reason(reason)
             request_id, grant_id = str(uuid.uuid4()), str(uuid.uuid4())
             plan = plan_mint(template, request_id=request_id, grant_id=grant_id, requester=principal.id,
-                             acts_for=principal.acts_for, parameters=parameters, ttl_seconds=ttl_seconds)
+                             acts_for=principal.acts_for, parameters=parameters, ttl_seconds=ttl_seconds,
+                             identity=caller_identity(principal))
             self._check_rendered(template, plan.policy)
         except BrokerError as exc:
             self._log_refusal(principal=principal, template_name=template_name, error=exc, source_ip=source_ip, now=now)
@@ -126,6 +129,7 @@ class BrokerService:
             binding_digest=stored["binding_digest"], requester=principal.id, acts_for=principal.acts_for,
             reason=reason, source_ip=source_ip, status=RequestStatus.PENDING.value,
             approvals_required=template.approval.approvals, created_at=now, updated_at=now,
+            identity=json.dumps(dict(plan.identity), sort_keys=True) if plan.identity else None,
         )
         if template.needs_approval:
             return self._open_pending(row, template, principal, now)
@@ -187,7 +191,8 @@ class BrokerService:
         # the stored row: a row edited in the database is never what STS receives.
         order = MintOrder(role_arn=plan.role_arn, session_name=plan.session_name, policy_json=plan.policy.json,
                           duration_seconds=plan.ttl_seconds, source_identity=plan.source_identity,
-                          tags=[{"Key": k, "Value": v} for k, v in plan.session_tags])
+                          tags=[{"Key": k, "Value": v} for k, v in plan.session_tags],
+                          transitive_tag_keys=plan.transitive_tag_keys)
         try:
             minted = self.minter.mint(order)
         except BrokerError as exc:
@@ -456,8 +461,11 @@ class BrokerService:
                                code="approval_void")
             # NOTE: what is minted is derived again from the template and what the approvals bind; the row's
             # rendered policy, role, tags, ... are only compared with it (see broker.domain.mint_plan).
-            plan, altered = self._plan_for_stored(template, row)
+            plan, altered = self._plan_for_stored(template, row, identity=caller_identity(principal))
             if plan is not None:
+                if dict(plan.identity) != stored_identity(row.identity):
+                    raise Conflict("the caller's identity values changed since the request; a new request is "
+                                   "needed", code="identity_changed")
                 self._check_rendered(template, plan.policy)
             with self.database.transaction() as repo:
                 self._run_gates(self.redeem_gates, repo, principal, template, now)
@@ -486,11 +494,16 @@ class BrokerService:
         return self._mint_and_record(row, template, plan, actor=principal.id)
 
     @staticmethod
-    def _plan_for_stored(template: ScopeTemplate, row: RequestRow) -> tuple[MintPlan | None, tuple[str, ...]]:
-        """The plan re-derived for a stored request, and the stored fields that disagree with it."""
+    def _plan_for_stored(template: ScopeTemplate, row: RequestRow, *,
+                         identity: CallerIdentity) -> tuple[MintPlan | None, tuple[str, ...]]:
+        """The plan re-derived for a stored request (identity-bound values from ``identity``, the redeeming
+        requester as it authenticated now), and the stored fields that disagree with it."""
         try:
             plan = plan_mint(template, request_id=row.id, grant_id=row.grant_id, requester=row.requester,
-                             acts_for=row.acts_for, parameters=json.loads(row.parameters), ttl_seconds=row.ttl_seconds)
+                             acts_for=row.acts_for, parameters=json.loads(row.parameters), ttl_seconds=row.ttl_seconds,
+                             identity=identity)
+        except Forbidden:
+            raise  # the caller lacks an identity value now: a refusal, not an altered row
         except BrokerError as exc:
             # A stored value no request could have had (the template is unchanged: its digest matched).
             return None, (exc.field or "parameters",)
@@ -653,6 +666,7 @@ class BrokerService:
             "reason": row.reason, "created_at": iso(row.created_at), "approvals_required": row.approvals_required,
             "pending_expires_at": iso(row.pending_expires_at), "approved_at": iso(row.approved_at),
             "redeem_by": iso(row.redeem_by), "issued_at": iso(row.issued_at),
+            "identity": stored_identity(row.identity),
             "links": {"self": f"/v1/requests/{row.id}", "approve": f"/v1/requests/{row.id}/approvals",
                       "redeem": f"/v1/requests/{row.id}/credentials", "page": f"{self.public_url}/ui/requests/{row.id}"},
         }
@@ -672,8 +686,8 @@ class BrokerService:
             # The blast radius is for humans deciding; an issued request does not need it recomputed.
             if self.blast_radius is not None and row.status != RequestStatus.ISSUED.value:
                 try:
-                    view["blast_radius"] = self.blast_radius(template, render_policy(template,
-                                                                                     json.loads(row.parameters)))
+                    view["blast_radius"] = self.blast_radius(template, render_policy(
+                        template, {**json.loads(row.parameters), **stored_identity(row.identity)}))
                     # Each risk class of the exact policy, most dangerous first, in plain words.
                     view["risk"] = view["blast_radius"].get("risk", [])
                 except BrokerError:
@@ -691,6 +705,8 @@ class BrokerService:
         details.setdefault("requester", row.requester)
         details.setdefault("on_behalf_of", row.acts_for)
         details.setdefault("ttl_seconds", row.ttl_seconds)
+        if row.identity:
+            details.setdefault("identity", stored_identity(row.identity))
         body["details"] = details
         body.update(extra)
         return body

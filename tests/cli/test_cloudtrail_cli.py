@@ -146,6 +146,9 @@ def test_unusable_input_is_exit_2(recorded, tmp_path, capsys):
     assert main([*base, "--cloudtrail", str(tmp_path / "ok"), "--public-key",
                  str(harness.state_dir / "log-public-key.pem")]) == 2
     assert "does not verify" in capsys.readouterr().err
+    # A public key that cannot be read is unusable input too (not a traceback).
+    assert main([*base, "--cloudtrail", str(tmp_path / "ok"), "--public-key", str(tmp_path / "no-such.pem")]) == 2
+    assert "[public_key_invalid]" in capsys.readouterr().err
 
 
 def test_the_documented_aws_records_are_sessions_nobody_logged(recorded, tmp_path, capsys):
@@ -218,3 +221,7 @@ def test_without_log_the_export_comes_from_the_api(recorded, tmp_path, capsys):
         code, report = run_json(capsys, [*base, "--token", harness.keys["human:rita"]])
         assert code == 0 and report["matched"] == 1
         assert main([*base, "--token", "not-a-key"]) == 2          # refused by the broker: unusable, not complete
+        token_file = tmp_path / "rita.token"                        # the same token options as every command
+        token_file.write_text(harness.keys["human:rita"] + "\n")
+        code, report = run_json(capsys, [*base, "--token-file", str(token_file)])
+        assert code == 0 and report["matched"] == 1

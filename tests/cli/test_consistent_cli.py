@@ -62,11 +62,16 @@ def test_every_command_has_help_an_example_and_help_on_every_option():
 
 
 def test_every_command_that_calls_the_broker_takes_the_same_connection_options():
+    checked = []
     for path, parser in _leaves(build_parser()):
         options = {o for a in parser._actions for o in a.option_strings}
         if "--url" in options and path[0] not in ("demo", "mcp", "login"):
-            assert {"--token", "--token-file", "--token-command", "--context"} <= options or path[0] in (
-                "scopes",), path
+            # `scopes simulate --context KEY=VALUE` is the request's IAM context (BROKER_CONTEXT still applies).
+            wanted = {"--token", "--token-file", "--token-command"} | (
+                set() if path == ("scopes", "simulate") else {"--context"})
+            assert wanted <= options, path
+            checked.append(path)
+    assert {("audit", "reconcile"), ("scopes", "usage"), ("scopes", "simulate"), ("whoami",)} <= set(checked)
 
 
 @pytest.mark.parametrize(("url", "words"), [

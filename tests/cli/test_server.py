@@ -63,3 +63,37 @@ def test_serve_warns_about_an_issuer_that_trusts_any_workload(monkeypatch, caplo
         assert server.run_serve(argparse.Namespace(host=None, port=None)) == 0
     warnings = [r.getMessage() for r in caplog.records if r.name == "broker.identity.oidc"]
     assert (len(warnings) == 1 and "https://ci.example" in warnings[0]) if warns else warnings == []
+
+
+@pytest.mark.parametrize(("argv", "env", "code"), [
+    (["--workers", "2"], {}, "workers_need_postgresql"),
+    ([], {"BROKER_WORKERS": "3"}, "workers_need_postgresql"),
+    (["--workers", "0"], {}, "invalid_workers"),
+    (["--workers", "65"], {"BROKER_DATABASE_URL": "postgresql://broker@db.invalid/broker"}, "invalid_workers"),
+])
+def test_serve_refuses_workers_it_cannot_run_in_one_line(monkeypatch, capsys, tmp_path, argv, env, code):
+    from broker.cli.main import main
+
+    database = tmp_path / "broker.db"
+    monkeypatch.delenv("BROKER_CONFIG_FILE", raising=False)
+    monkeypatch.delenv("BROKER_WORKERS", raising=False)
+    monkeypatch.setenv("BROKER_DATABASE_URL", f"sqlite:///{database}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # Refused before anything starts: a container built or a server run would be a failure.
+    monkeypatch.setattr(broker.api.deps, "build_container", lambda settings: pytest.fail("built a container"))
+    monkeypatch.setattr(server, "_run", lambda *args, **kwargs: pytest.fail("started a server"))
+    assert main(["serve", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error [{code}]: ") and err.count("\n") == 1, err
+    assert not database.exists()
+
+
+def test_one_worker_on_sqlite_is_the_single_process_server(monkeypatch, tmp_path):
+    monkeypatch.delenv("BROKER_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("BROKER_DATABASE_URL", f"sqlite:///{tmp_path / 'broker.db'}")
+    monkeypatch.setattr(broker.api.deps, "build_container", lambda settings: "container")
+    ran = []
+    monkeypatch.setattr(server, "_run", lambda container, host, port: ran.append(container) or 0)
+    assert server.run_serve(argparse.Namespace(host=None, port=None, workers=1)) == 0
+    assert ran == ["container"]

@@ -172,6 +172,12 @@ def test_the_grant_from_the_brokers_api_with_a_reviewer_token(capsys, tmp_path, 
         code, _, err = run(capsys, "--grant", live.grant_id, *base, "--url", server.url, "--token",
                            broker.keys["agent:demo"])                # not a reviewer
         assert code == 2 and "error [" in err
+        # A token file, as on every command; --context here is the request's IAM context, not a broker context.
+        token_file = tmp_path / "rita.token"
+        token_file.write_text(broker.keys["human:rita"] + "\n")
+        code, out, _ = run(capsys, "--grant", live.grant_id, *base, "--url", server.url, "--token-file",
+                           str(token_file), "--context", "aws:SourceIp=10.0.0.1")
+        assert code == 0 and out.startswith("allowed"), out
 
 
 def test_grant_problems_are_unusable_input(capsys, tmp_path, two_grants):

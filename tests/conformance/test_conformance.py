@@ -95,3 +95,33 @@ def test_the_independent_verifier_runs_on_files(tmp_path):
     assert verifier.main([str(export), str(pem)]) == 0
     export.write_bytes(vector_export().replace(b"caf\xc3\xa9", b"cafe"))
     assert verifier.main([str(export), str(pem)]) == 1
+
+
+def test_the_spec_is_what_a_reviewer_reads_first_in_the_readme():
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Security reviewers\n", 1)[1]
+    first_paragraph = section.strip().split("\n\n", 1)[0]
+    assert "(docs/log-format.md)" in first_paragraph
+
+
+# An export written by the broker of 2026-11-25 (commit b66c301: format 1, entries then one checkpoint), from a
+# `broker dev` of that version: an issued dev scope, a production scope co-signed by two and redeemed, a refusal.
+OLD = DOC.parents[1] / "tests" / "fixtures" / "log"
+
+
+def test_an_export_written_by_the_format_1_broker_still_verifies(tmp_path, capsys):
+    from broker.cli.main import main
+
+    export, pem = OLD / "format1-export.jsonl", OLD / "format1-public-key.pem"
+    lines = export.read_bytes().splitlines(keepends=True)
+    assert not any(b'"prev_checkpoint"' in line or line.startswith(b'{"export"') for line in lines)
+    assert main(["audit", "verify", str(export), "--public-key", str(pem), "--complete"]) == 0
+    assert "OK" in capsys.readouterr().out
+    key = log.load_public_key(pem.read_bytes())
+    assert verifier.verify(lines, [key]) == (True, f"{len(lines) - 1} entries verified")
+    # ... and a one-byte change of it does not.
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_bytes(export.read_bytes().replace(b'"reviewed CHG-118"', b'"reviewed CHG-119"', 1))
+    assert tampered.read_bytes() != export.read_bytes()
+    assert main(["audit", "verify", str(tampered), "--public-key", str(pem)]) == 1
+    assert verifier.verify(tampered.read_bytes().splitlines(keepends=True), [key])[0] is False

@@ -107,6 +107,12 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
                                                              ["arn:aws:lambda:us-east-1:{account}:function:f"]),
                                      "approval": {**ONE_APPROVAL, "read_only_single_approver": True}},
      "read_only_claim_false"),
+    # A secret value is a read that outlives the session: one co-signer in production is not enough.
+    ("read-only single approver on a production secret read",
+     {"environment": "production", "capabilities": ["credential-exposure"],
+      "statements": statement(["secretsmanager:GetSecretValue"],
+                              ["arn:aws:secretsmanager:us-east-1:{account}:secret:db-AbCdEf"]),
+      "approval": {**ONE_APPROVAL, "read_only_single_approver": True}}, "production_approvals"),
     # privilege-escalation shapes
     ("passrole on every role", {"statements": statement(["iam:PassRole"], ["*"],
                                                         conditions={"StringEquals": {"iam:PassedToService":
@@ -302,7 +308,7 @@ SHIPPED = sorted(p.stem for p in template_files([REPO_SCOPES]))
 
 def test_the_shipped_set_is_the_agreed_one():
     assert SHIPPED == sorted(["logs-investigate", "cost-explorer-read", "s3-read-prefix", "lambda-deploy-dev",
-                              "ecs-update-service-prod", "prod-stack-recreate"])
+                              "ecs-update-service-prod", "prod-stack-recreate", "workspace-reset"])
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -3,6 +3,7 @@ undeclared whatever wildcard reached it."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,24 @@ ISSUE_WHY_LIST = (
 
 def test_the_table_holds_every_action_of_the_issue():
     assert set(ISSUE_WHY_LIST) <= {action for _, action, _ in EXAMPLES}
+
+
+def test_broker_scopes_lint_refuses_each_action_of_the_issue_in_a_dev_template_with_nothing_declared(tmp_path, capsys):
+    """The issue's failure as it was seen: a dev template, no approval, nothing declared, linted clean."""
+    import yaml
+
+    from broker.cli.main import main
+
+    for i, action in enumerate(ISSUE_WHY_LIST):
+        (tmp_path / f"t{i}.yaml").write_text(yaml.safe_dump({
+            "name": f"t{i}", "description": "d", "environment": "dev", "role": ROLE, "requesters": ["agent:*"],
+            "statements": [{"actions": [action], "resources": ["*"]}]}))
+    assert main(["scopes", "lint", "--format", "json", str(tmp_path)]) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    for i, action in enumerate(ISSUE_WHY_LIST):
+        found = {f["code"] for f in findings if f["template"] == f"t{i}"}
+        wanted = {undeclared(klass) for klass, a, _ in EXAMPLES if a == action}
+        assert wanted <= found and "risk_without_cosigning" in found, (action, found)
 
 
 def test_every_class_has_examples_sentence_capability_and_approvals():

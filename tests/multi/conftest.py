@@ -47,7 +47,7 @@ class Cluster:
         return {"Authorization": f"Bearer {self.keys[principal]}"}
 
 
-def _wait_ready(replica: Replica) -> None:
+def wait_ready(replica: Replica) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if replica.process.poll() is not None:
@@ -62,7 +62,7 @@ def _wait_ready(replica: Replica) -> None:
     pytest.fail(f"broker replica {replica.name} not ready after {START_TIMEOUT}s:\n{replica.output()}")
 
 
-def _stop(replica: Replica) -> None:
+def stop(replica: Replica) -> None:
     if replica.process.poll() is None:
         replica.process.terminate()
         try:
@@ -73,7 +73,7 @@ def _stop(replica: Replica) -> None:
 
 
 def start_replica(name: str, *, database_url: str, signing_key: Path, aws_endpoint: str, log_dir: Path,
-                  **settings: str) -> Replica:
+                  serve_args: tuple[str, ...] = (), **settings: str) -> Replica:
     port = free_port(0)
     env = {
         **os.environ,
@@ -99,8 +99,8 @@ def start_replica(name: str, *, database_url: str, signing_key: Path, aws_endpoi
     env.pop("BROKER_CONFIG_FILE", None)
     log_file = log_dir / f"replica-{name}.log"
     with log_file.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "broker.cli.main", "serve"], cwd=REPO_ROOT, env=env,
-                                   stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "broker.cli.main", "serve", *serve_args], cwd=REPO_ROOT,
+                                   env=env, stdout=sink, stderr=subprocess.STDOUT)
     return Replica(name=name, url=f"http://127.0.0.1:{port}", process=process, log_file=log_file)
 
 
@@ -121,8 +121,8 @@ def cluster(pg_url, moto_server, tmp_path, request) -> Iterator[Cluster]:
             replicas.append(start_replica(name, database_url=pg_url, signing_key=signing_key,
                                           aws_endpoint=moto_server.endpoint_url, log_dir=tmp_path, **settings))
         for replica in replicas:
-            _wait_ready(replica)
+            wait_ready(replica)
         yield Cluster(replicas=replicas, keys=keys, database_url=pg_url)
     finally:
         for replica in replicas:
-            _stop(replica)
+            stop(replica)

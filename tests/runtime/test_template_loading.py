@@ -59,7 +59,7 @@ def sign(folder: Path, template: str, owner: str, key: Path) -> int:
 
 
 def sign_all_needed(folder: Path, keys, owners=("alice", "bob")) -> None:
-    for name in ("ecs-update-service-prod", "prod-stack-recreate", "lambda-deploy-dev"):
+    for name in ("ecs-update-service-prod", "prod-stack-recreate", "lambda-deploy-dev", "workspace-reset"):
         for owner in owners:
             assert sign(folder, name, owner, keys[owner]) == 0
 
@@ -193,7 +193,7 @@ def test_sighup_reload_swaps_a_good_folder_and_keeps_the_catalog_on_a_bad_one(da
         assert len(loads(database)) == 2
         # A folder that stops parsing is refused the same way.
         (folder / "broken.yaml").write_text("name: [unclosed")
-        assert templates.reload() is False and len(catalog) == 6
+        assert templates.reload() is False and len(catalog) == 7
     finally:
         signal.signal(signal.SIGHUP, previous)
 

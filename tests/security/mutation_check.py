@@ -141,6 +141,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              r"if known is not None:", "if False:", "checkpoints this broker signed must still be stored"),
     Mutation("log-trusted-fork", "broker/domain/log/export.py",
              r"if trusted\.head_hash != this_hash:", "if False:", "an export must extend a trusted checkpoint"),
+    Mutation("log-full-export-genesis", "broker/domain/log/export.py",
+             r"        if first_seq > start:", "        if False:",
+             "a full export (its signed statement says so) must start at seq 1 (finding 9)"),
 )
 
 

@@ -173,3 +173,19 @@ def test_an_intact_log_keeps_being_signed_and_its_export_extends_kept_checkpoint
     exported = tmp_path / "log.jsonl"
     exported.write_bytes(export(broker))
     assert main(["audit", "verify", str(exported), "--public-key", str(key), "--trusted-checkpoint", str(kept)]) == 0
+
+
+def test_a_full_export_with_its_oldest_entries_cut_fails_verify_without_complete(broker, tmp_path, capsys):
+    """Finding 9: ``broker audit verify FILE --public-key K``, as documented (no ``--complete``), refuses a full
+    export whose oldest entries were deleted: the signed export statement says it is full."""
+    issue(broker)
+    issue(broker)
+    key = tmp_path / "key.pem"
+    key.write_text(broker.client.get("/v1/events/public-key").text)
+    lines = export(broker).splitlines(keepends=True)
+    cut = [line for line in lines if json.loads(line).get("seq", 3) > 2]   # entries and checkpoints up to seq 2
+    assert len(cut) < len(lines) and json.loads(cut[0])["seq"] == 3
+    exported = tmp_path / "cut.jsonl"
+    exported.write_bytes(b"".join(cut))
+    assert main(["audit", "verify", str(exported), "--public-key", str(key)]) == 1
+    assert "[removed]" in capsys.readouterr().err

@@ -59,3 +59,19 @@ def test_the_agents_human_under_another_id_cannot_approve(linked):
     request_id = linked.post("/v1/requests", "agent:demo", json=PROD).json()["id"]
     answer = _decide(linked, request_id, "human:alice@example.com")
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "approver_is_principal_human", answer.text
+
+
+def test_ids_linked_after_both_approved_count_once_at_redemption(linked):
+    """bob approves under two ids the directory does not link yet; the link made before redemption counts."""
+    now = datetime.now(UTC)
+    with linked.container.database.transaction() as repo:
+        repo.upsert_principal(principal_id="human:b0b@example.com", roles=("approver",), groups=("sre",), now=now)
+    request_id = linked.post("/v1/requests", "agent:demo", json=PROD).json()["id"]
+    assert _decide(linked, request_id, "human:bob").status_code == 200
+    assert _decide(linked, request_id, "human:b0b@example.com").json()["status"] == "approved"
+    with linked.container.database.transaction() as repo:
+        repo.upsert_principal(principal_id="human:b0b@example.com", roles=("approver",),
+                              groups=("sre", "person:bob"), now=now)
+    redeemed = linked.post(f"/v1/requests/{request_id}/credentials", "agent:demo")
+    assert redeemed.status_code == 409 and redeemed.json()["error"]["code"] == "approval_void", redeemed.text
+    assert not [e for e in linked.events() if e["type"] == "issued"]

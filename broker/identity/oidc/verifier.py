@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -252,4 +253,7 @@ class OidcVerifier:
             acts_for=acts_for,
             groups=groups,
             auth_method=f"oidc:{cfg.issuer}",
+            # NOTE: every verified claim, for templates' identity-bound values (claim:NAME); each value is
+            # checked where a template uses it (broker.domain.caller_identity), never here.
+            claims=MappingProxyType(dict(claims)),
         )
