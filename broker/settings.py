@@ -55,6 +55,13 @@ class BrokerSettings(BaseSettings):
     # log shipper).  It never holds a secret: no key, token or credential is ever logged.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # PostgreSQL session limits (see broker.storage.engine.PostgresSessionLimits); 0 turns one off.  A
+    # request waiting longer than db_lock_timeout_ms for a lock answers 503; a session idle inside a
+    # transaction for db_idle_in_transaction_timeout_ms (a frozen replica holding the log's lock) is ended.
+    db_lock_timeout_ms: int = Field(default=5_000, ge=0)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=15_000, ge=0)
+    db_keepalive_seconds: int = Field(default=10, ge=0)
     # Rate limits (per agent / per template); 0 disables that limit.
     agent_requests_per_minute: int = 60
     template_requests_per_minute: int = 300

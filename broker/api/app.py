@@ -101,7 +101,9 @@ def create_app(container: Container) -> FastAPI:
     app.state.container = container
 
     @app.exception_handler(BrokerError)
-    async def _broker_error(_request: Request, exc: BrokerError) -> JSONResponse:
+    async def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
+        if exc.status == 503:
+            container.outages.unavailable(exc, code=exc.code, where=f"{request.method} {request.url.path}")
         headers = {"Retry-After": str(exc.details.get("retry_after", 1))} if exc.status in (429, 503) else None
         return error_response(exc.status, exc.code, exc.diagnostics(), exc.field, headers=headers)
 

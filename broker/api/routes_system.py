@@ -23,6 +23,7 @@ def readyz(container: ContainerDep) -> JSONResponse:
     try:
         container.database.ping()
     except BrokerError as exc:
+        container.outages.unavailable(exc, code=exc.code, where="GET /readyz")
         return JSONResponse({"status": "unavailable", "error": {"code": exc.code, "message": exc.message}},
                             status_code=503)
     return JSONResponse({"status": "ready", "templates": len(container.catalog)})

@@ -51,9 +51,9 @@ def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60
             except LogIntegrityError:
                 pass  # a refusal to sign has raised its alarm already; expiry and revocation go on
             container.service.expire_stale()
-            # Orphaned mint intents are revoked; expired revocations drop out of the deny policies.
-            revocations.reconcile_orphans()
-            revocations.sync()
+            # Orphaned mint intents are revoked; expired revocations drop out of the deny policies (not while
+            # IAM is failing: the sweep backs off).
+            revocations.sweep()
         except Exception:  # noqa: BLE001 - a background sweep must not die
             logging.getLogger("broker").warning("periodic checkpoint/expiry sweep failed", exc_info=True)
 

@@ -14,10 +14,16 @@ from its own record of what is revoked:
   (``aws:SourceIdentity``) or one template (the ``broker-template`` session tag).
 
 Entries are dropped once every credential they name has expired (plus a clock-skew margin),
-which keeps the policy small.  IAM limits the *aggregate* size of a role's inline policies
-(10,240 characters, whitespace not counted); if the policy does not fit in the room left, it is
-compacted (the redundant ``aws:userid`` list goes first) and otherwise refused with
-:class:`~broker.errors.PolicyTooLarge`: the caller must fail closed, never write half a list.
+and a session entry is dropped once a revoke-all on its role covers it (issued before the cutoff,
+of the agent or template the revoke-all names), which keeps the policy small.  IAM limits the
+*aggregate* size of a role's inline policies (10,240 characters, whitespace not counted: about 255
+sessions); if the policy does not fit in the room left, :func:`build_revocation_policy` compacts it
+(the redundant ``aws:userid`` list goes first) and otherwise refuses with
+:class:`~broker.errors.PolicyTooLarge`.  :func:`fit_revocation_policy` never writes half a list
+either: it denies more instead.  When the sessions do not fit, they are replaced by "issued before
+now" denies, narrowed to their agents (``aws:SourceIdentity``), else to their templates, else
+role-wide: revocation can always deny, at the price of also denying the role's other sessions issued
+before that moment (the caller records those as revoked too).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from enum import StrEnum
 from typing import Any
 
 from broker.domain.sts_rules import TAG_GRANT, TAG_TEMPLATE
+from broker.domain.templates import STS_MAX_DURATION
 from broker.domain.times import as_utc, iso_seconds, parse_time
 from broker.errors import InvalidInput, PolicyTooLarge
 
@@ -64,16 +71,39 @@ SCOPE_KEYS: Mapping[RevokeScope, str | None] = {
 
 @dataclass(frozen=True)
 class RevokedSession:
-    """One session AWS must refuse: a revoked grant or an orphaned mint."""
+    """One session AWS must refuse: a revoked grant or an orphaned mint.
+
+    ``issued_by`` (its token was issued at or before this), ``source_identity`` and ``template`` say
+    which revoke-all covers it; unknown (None), no revoke-all is taken to cover it.
+    """
 
     role_arn: str
     grant_id: str
     session_name: str
     expires_at: datetime          # when its credentials expire (at the latest)
+    issued_by: datetime | None = None
+    source_identity: str | None = None
+    template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "session", "role_arn": self.role_arn, "grant_id": self.grant_id,
-                "session_name": self.session_name, "expires_at": iam_time(self.expires_at)}
+        raw: dict[str, Any] = {"kind": "session", "role_arn": self.role_arn, "grant_id": self.grant_id,
+                               "session_name": self.session_name, "expires_at": iam_time(self.expires_at)}
+        if self.issued_by is not None:
+            raw["issued_by"] = iam_time(self.issued_by)
+        raw.update({k: v for k, v in (("source_identity", self.source_identity), ("template", self.template))
+                    if v is not None})
+        return raw
+
+    def covered_by(self, entry: "RevokeAll") -> bool:
+        """Does ``entry`` deny this session already?  (Unknown issue time: never assumed covered.)"""
+        if entry.role_arn != self.role_arn or self.issued_by is None:
+            return False
+        # NOTE: IAM compares aws:TokenIssueTime at second precision and DateLessThan is strict.
+        if as_utc(self.issued_by).replace(microsecond=0) >= as_utc(entry.cutoff):
+            return False
+        narrowed_to = {RevokeScope.ROLE: None, RevokeScope.AGENT: self.source_identity,
+                       RevokeScope.TEMPLATE: self.template}[entry.scope]
+        return entry.scope is RevokeScope.ROLE or (narrowed_to is not None and narrowed_to == entry.value)
 
 
 @dataclass(frozen=True)
@@ -126,8 +156,12 @@ def entry_from_dict(raw: Mapping[str, Any]) -> RevocationEntry:
     try:
         kind = raw["kind"]
         if kind == "session":
+            issued_by = raw.get("issued_by")
             return RevokedSession(role_arn=_text(raw["role_arn"]), grant_id=_text(raw["grant_id"]),
-                                  session_name=_text(raw["session_name"]), expires_at=_parse(raw["expires_at"]))
+                                  session_name=_text(raw["session_name"]), expires_at=_parse(raw["expires_at"]),
+                                  issued_by=None if issued_by is None else _parse(issued_by),
+                                  source_identity=_optional_text(raw.get("source_identity")),
+                                  template=_optional_text(raw.get("template")))
         if kind == "issued_before":
             scope = RevokeScope(raw["scope"])
             value = raw.get("value")
@@ -155,7 +189,8 @@ def live_entries(entries: Iterable[RevocationEntry], *, now: datetime) -> list[R
 
 
 def merge_revoke_all(entries: Sequence[RevocationEntry]) -> list[RevocationEntry]:
-    """One revoke-all per (role, scope, value): the latest cutoff covers every earlier one."""
+    """One revoke-all per (role, scope, value): the latest cutoff covers every earlier one; and no session
+    entry that one of them covers already."""
     merged: dict[tuple[str, RevokeScope, str | None], RevokeAll] = {}
     sessions: dict[tuple[str, str], RevokedSession] = {}
     for entry in entries:
@@ -172,7 +207,9 @@ def merge_revoke_all(entries: Sequence[RevocationEntry]) -> list[RevocationEntry
             merged[key] = RevokeAll(role_arn=entry.role_arn, scope=entry.scope, value=entry.value,
                                     cutoff=max(entry.cutoff, known_all.cutoff),
                                     expires_at=max(entry.expires_at, known_all.expires_at))
-    return [*sessions.values(), *merged.values()]
+    alls = list(merged.values())
+    kept = [s for s in sessions.values() if not any(s.covered_by(a) for a in alls)]
+    return [*kept, *alls]
 
 
 # --------------------------------------------------------------------------- the policy
@@ -237,6 +274,71 @@ def build_revocation_policy(role_arn: str, entries: Iterable[RevocationEntry], *
         details={"role_arn": role_arn, "needed": size, "room": max(room, 0), "sessions": sessions})
 
 
+@dataclass(frozen=True)
+class FittedPolicy:
+    """What :func:`fit_revocation_policy` decided for one role: the policy, the role's entries as they are to
+    be stored, and the revoke-alls that took the place of session entries that did not fit (if any)."""
+
+    policy: RevocationPolicy
+    entries: tuple[RevocationEntry, ...]
+    fallbacks: tuple[RevokeAll, ...] = ()
+
+
+def fit_revocation_policy(role_arn: str, entries: Iterable[RevocationEntry], *, now: datetime,
+                          room: int = ROLE_INLINE_POLICY_LIMIT,
+                          longest_session: timedelta = timedelta(seconds=STS_MAX_DURATION)) -> FittedPolicy:
+    """The deny policy for ``role_arn``, always able to deny when a revoke-all fits at all.
+
+    If the role's session entries do not fit, they give way to "issued before now" denies (cutoff
+    :func:`revoke_all_cutoff` of ``now``), the narrowest that fits: one per agent (``aws:SourceIdentity``),
+    else one per template, else one for the whole role.  Each lives as long as any session it denies may
+    (``longest_session`` the role allows after its cutoff): the other sessions it denies are revoked too,
+    and stay denied until they expire.  Raises :class:`PolicyTooLarge` only if not even the role-wide deny fits (the
+    role's other inline policies leave no room).
+    """
+    mine = merge_revoke_all(live_entries([e for e in entries if e.role_arn == role_arn], now=now))
+    try:
+        return FittedPolicy(policy=build_revocation_policy(role_arn, mine, now=now, room=room), entries=tuple(mine))
+    except PolicyTooLarge as exc:
+        too_large = exc
+    sessions = [e for e in mine if isinstance(e, RevokedSession)]
+    others = [e for e in mine if not isinstance(e, RevokedSession)]
+    cutoff = revoke_all_cutoff(now)
+    for scope, key in ((RevokeScope.AGENT, "source_identity"), (RevokeScope.TEMPLATE, "template"),
+                       (RevokeScope.ROLE, None)):
+        fallbacks = _replacing(sessions, role_arn=role_arn, scope=scope, key=key, cutoff=cutoff,
+                               expires_at=cutoff + longest_session)
+        if fallbacks is None:
+            continue
+        kept = merge_revoke_all([*others, *fallbacks])
+        try:
+            policy = build_revocation_policy(role_arn, kept, now=now, room=room)
+        except PolicyTooLarge as exc:
+            too_large = exc
+            continue
+        notes = (f"{len(sessions)} session entries did not fit: every session issued before {iam_time(cutoff)} "
+                 f"is denied ({scope.value}-wide)",)
+        return FittedPolicy(policy=RevocationPolicy(role_arn=role_arn, document=policy.document,
+                                                    sessions=policy.sessions, revoke_all=policy.revoke_all,
+                                                    compacted=True, notes=(*policy.notes, *notes)),
+                            entries=tuple(kept), fallbacks=tuple(fallbacks))
+    raise too_large
+
+
+def _replacing(sessions: Sequence[RevokedSession], *, role_arn: str, scope: RevokeScope, key: str | None,
+               cutoff: datetime, expires_at: datetime) -> list[RevokeAll] | None:
+    """Revoke-alls of ``scope`` (one per value of ``key``) that deny every one of ``sessions``, or None if
+    some session does not say its value of ``key``."""
+    groups: dict[str | None, datetime] = {}
+    for session in sessions:
+        value = None if key is None else getattr(session, key)
+        if key is not None and value is None:
+            return None
+        groups[value] = max(groups.get(value, expires_at), session.expires_at)
+    return [RevokeAll(role_arn=role_arn, scope=scope, value=value, cutoff=cutoff, expires_at=expires)
+            for value, expires in sorted(groups.items(), key=lambda item: item[0] or "")]
+
+
 def session_is_named(document: Mapping[str, Any] | None, *, grant_id: str) -> bool:
     """Does the policy name this grant (by its tag)?  For read-back checks and tests."""
     if not document:
@@ -254,6 +356,10 @@ def _text(value: Any) -> str:
     return value
 
 
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _parse(text: Any) -> datetime:

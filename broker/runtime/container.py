@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ from broker.identity.oidc.relying_party import UiOidcClient, load_ui_oidc_config
 from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
 from broker.runtime.background import CheckpointEvery, InBackground
 from broker.runtime.metrics import BrokerMetrics, TimedMinter
+from broker.runtime.oplog import OutageLog
 from broker.runtime.template_loading import TemplateLoader
 from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
-from broker.storage.engine import Database, build_engine
+from broker.storage.engine import Database, PostgresSessionLimits, build_engine
 from broker.storage.migrations import migrate
 from broker.storage.observed import ObservedDatabase
 from broker.storage.template_files import TemplateCatalog
@@ -90,6 +91,8 @@ class Container:
     templates: TemplateLoader
     # The reviewers' dashboard (its figures shared for a few seconds by the page and its charts).
     review: ReviewDashboard
+    # Every class of 503 the API answers, in the operational log with its cause (at least once a minute).
+    outages: OutageLog = field(default_factory=OutageLog)
 
 
 def template_checks(settings: BrokerSettings | None = None) -> tuple[list, list, Any]:
@@ -128,7 +131,7 @@ def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
 def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
                     notifier: Notifier | None = None, run_migrations: bool = True, revoker=None) -> Container:
     # Observed: metrics and periodic checkpoints see each committed unit of work's log entries.
-    database = ObservedDatabase(build_engine(settings.database_url))
+    database = ObservedDatabase(build_engine(settings.database_url, postgres_limits=postgres_limits(settings)))
     if run_migrations:
         migrate(database.engine)
     template_check, rendered_check, blast = template_checks(settings)
@@ -179,6 +182,13 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                      revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
                      templates=templates,
                      review=ReviewDashboard(database=database, clock=clock))
+
+
+def postgres_limits(settings: BrokerSettings) -> PostgresSessionLimits:
+    return PostgresSessionLimits(lock_timeout_ms=settings.db_lock_timeout_ms,
+                                 statement_timeout_ms=settings.db_statement_timeout_ms,
+                                 idle_in_transaction_ms=settings.db_idle_in_transaction_timeout_ms,
+                                 keepalive_seconds=settings.db_keepalive_seconds)
 
 
 def wire_metrics(*, database: Database, catalog: TemplateCatalog, service: BrokerService) -> BrokerMetrics:

@@ -7,13 +7,15 @@ appends with ``SELECT ... FOR UPDATE`` on the log head row.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +63,44 @@ def _private_database_file(path: Path) -> None:
         pass
 
 
-def build_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class PostgresSessionLimits:
+    """How long a broker PostgreSQL session may wait or hold, so one stalled replica cannot stop the fleet.
+
+    * ``lock_timeout_ms``: a statement waiting longer than this for a lock (the log head's row, held by a
+      frozen replica) fails; the request answers 503 ``storage_unavailable`` instead of hanging.
+    * ``statement_timeout_ms``: no statement runs longer than this.
+    * ``idle_in_transaction_ms``: the server ends a session that sits inside a transaction doing nothing
+      for this long (a replica stopped while it held the log's lock): its transaction rolls back and the
+      lock is free.  The broker itself never waits on anything outside the database inside a transaction.
+    * ``keepalive_seconds``: TCP keepalives on both ends (idle seconds; probes every half of it, 3 lost
+      probes drop the connection), so a vanished host's connections and locks do not linger.
+
+    0 turns a limit off (PostgreSQL's own meaning of 0).  From ``BROKER_DB_*`` settings.
+    """
+
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 30_000
+    idle_in_transaction_ms: int = 15_000
+    keepalive_seconds: int = 10
+
+    def connect_args(self) -> dict[str, object]:
+        options = (f"-c lock_timeout={self.lock_timeout_ms} -c statement_timeout={self.statement_timeout_ms} "
+                   f"-c idle_in_transaction_session_timeout={self.idle_in_transaction_ms}")
+        args: dict[str, object] = {"connect_timeout": 5}
+        if self.keepalive_seconds > 0:
+            interval = max(1, self.keepalive_seconds // 2)
+            # The server's keepalives (a vanished broker host) and the client's (a vanished database host).
+            options += (f" -c tcp_keepalives_idle={self.keepalive_seconds} -c tcp_keepalives_interval={interval}"
+                        " -c tcp_keepalives_count=3")
+            args.update(keepalives=1, keepalives_idle=self.keepalive_seconds, keepalives_interval=interval,
+                        keepalives_count=3,
+                        # NOTE: unacknowledged data (a request sent to a vanished server) also gives up.
+                        tcp_user_timeout=(self.keepalive_seconds + 3 * interval) * 1000)
+        return {**args, "options": options}
+
+
+def build_engine(url: str, *, postgres_limits: PostgresSessionLimits | None = None) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -100,7 +139,7 @@ def build_engine(url: str) -> Engine:
         return engine
     # NOTE: LIFO: the connection used last (its server backend warm) is handed out next.
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True,
-                           connect_args={"connect_timeout": 5})
+                           connect_args=(postgres_limits or PostgresSessionLimits()).connect_args())
     ping_idle_connections(engine)
     return engine
 
@@ -184,6 +223,28 @@ class WalCheckpointer:
         threading.Thread(target=run, name="sqlite-wal-checkpoint", daemon=True).start()
 
 
+class _NamedLocks:
+    """Process-wide locks by name (every ``Database`` on one URL shares them: replicas in one process)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, url: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((url, name), threading.Lock())
+
+
+_NAMED_LOCKS = _NamedLocks()
+# How long ``Database.exclusive`` waits for a name another thread of this process holds.
+EXCLUSIVE_WAIT_SECONDS = 30.0
+
+
+def _advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock`` (Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class Database:
     """Hands out units of work.  Repositories never commit; the unit of work does, once."""
 
@@ -239,6 +300,38 @@ class Database:
                 yield repo
             finally:
                 repo.close()
+
+    @contextmanager
+    def exclusive(self, names: Iterable[str], *, wait_seconds: float = EXCLUSIVE_WAIT_SECONDS) -> Iterator[None]:
+        """Hold one lock per name (taken in sorted order) for the block, across replicas: a thread lock in this
+        process and, on PostgreSQL, a session advisory lock on a connection of its own.  It is no unit of work
+        and not the log's lock: what the block does outside the database (an IAM call) stalls nobody else.
+        A name held elsewhere for longer than ``wait_seconds`` (PostgreSQL: the lock timeout) is a 503.
+        """
+        ordered = sorted(set(names))
+        url = self.engine.url.render_as_string(hide_password=True)
+        with ExitStack() as stack:
+            for name in ordered:
+                lock = _NAMED_LOCKS.get(url, name)
+                if not lock.acquire(timeout=wait_seconds):
+                    raise StorageUnavailable("another broker thread has held this lock for too long; nothing was "
+                                             "done", code="storage_unavailable")
+                stack.callback(lock.release)
+            if self.is_postgres and ordered:
+                with self._storage_errors():
+                    connection = stack.enter_context(self.engine.connect().execution_options(
+                        isolation_level="AUTOCOMMIT"))
+                    stack.callback(self._release_advisory_locks, connection)
+                    for name in ordered:
+                        connection.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": _advisory_key(name)})
+            yield
+
+    @staticmethod
+    def _release_advisory_locks(connection) -> None:
+        try:
+            connection.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+        except (DBAPIError, SQLAlchemyError):  # a lost connection has lost its locks with it
+            connection.invalidate()
 
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:

@@ -176,3 +176,89 @@ def test_property_every_revoked_session_denied_no_other(revoked, others):
     for grant_id in others - revoked:
         # Session names are derived from the first 20 characters; a uuid4 collision there is not a concern.
         assert decide(policy, context(grant_id)) is Outcome.ALLOWED
+
+
+# --------------------------------------------------------------------------- fitting (issue 22, 1)
+
+def issued_session(index: int, *, agent: str | None = "agent.demo", template: str | None = "test-s3-read",
+                   issued: datetime = NOW - timedelta(minutes=1)) -> rules.RevokedSession:
+    grant_id = f"{index:08d}-aaaa-bbbb-cccc-dddddddddddd"
+    return rules.RevokedSession(role_arn=ROLE, grant_id=grant_id, session_name=f"demo-{grant_id[:20]}",
+                                expires_at=NOW + timedelta(minutes=15), issued_by=issued, source_identity=agent,
+                                template=template)
+
+
+def test_fit_keeps_per_session_entries_while_they_fit():
+    entries = [issued_session(i) for i in range(50)]
+    fitted = rules.fit_revocation_policy(ROLE, entries, now=NOW)
+    assert fitted.fallbacks == () and fitted.policy.sessions == 50
+    assert fitted.policy.json == rules.build_revocation_policy(ROLE, entries, now=NOW).json
+
+
+@pytest.mark.parametrize("agents, templates, scope, statements", [
+    (["agent.demo"], ["test-s3-read"], rules.RevokeScope.AGENT, 1),      # one agent: narrowed to it
+    (["agent.a", "agent.b", "agent.c"], ["test-s3-read"], rules.RevokeScope.AGENT, 3),
+    ([f"agent.{i}" for i in range(300)], ["t1", "t2"], rules.RevokeScope.TEMPLATE, 2),  # too many agents
+    ([None], ["test-s3-read"], rules.RevokeScope.TEMPLATE, 1),           # an entry that does not name its agent
+    ([None], [None], rules.RevokeScope.ROLE, 1),                          # entries from before issue 22
+    ([f"agent.{i}" for i in range(300)], [f"t{i}" for i in range(300)], rules.RevokeScope.ROLE, 1),
+])
+def test_sessions_that_do_not_fit_give_way_to_the_narrowest_issued_before_deny(agents, templates, scope, statements):
+    entries = [issued_session(i, agent=agents[i % len(agents)], template=templates[i % len(templates)])
+               for i in range(300)]
+    with pytest.raises(PolicyTooLarge):
+        rules.build_revocation_policy(ROLE, entries, now=NOW)
+    fitted = rules.fit_revocation_policy(ROLE, entries, now=NOW, longest_session=timedelta(hours=1))
+    assert {f.scope for f in fitted.fallbacks} == {scope} and len(fitted.fallbacks) == statements
+    assert fitted.policy.sessions == 0 and fitted.policy.size <= rules.ROLE_INLINE_POLICY_LIMIT
+    assert all(f.cutoff == rules.revoke_all_cutoff(NOW) and f.expires_at == f.cutoff + timedelta(hours=1)
+               for f in fitted.fallbacks)
+    # Every session the entries named is still denied, by the evaluator's reading of the policy.
+    for entry in entries[:40]:
+        ctx = context(entry.grant_id, agent=entry.source_identity or "agent.unknown",
+                      template=entry.template or "unknown")
+        assert decide(fitted.policy, ctx) is Outcome.DENIED
+    # A session issued after the fallback is not.
+    assert decide(fitted.policy, context("new-grant", issued=NOW + timedelta(seconds=2),
+                                         agent=agents[0] or "agent.x", template=templates[0] or "t")) is Outcome.ALLOWED
+
+
+def test_revoke_alls_already_stored_stay_and_a_fitted_list_is_stable():
+    earlier = rules.RevokeAll(ROLE, rules.RevokeScope.TEMPLATE, "other", NOW - timedelta(minutes=5), NOW + timedelta(hours=1))
+    entries = [earlier, *(issued_session(i) for i in range(300))]
+    fitted = rules.fit_revocation_policy(ROLE, entries, now=NOW)
+    assert earlier in fitted.entries and fitted.fallbacks
+    again = rules.fit_revocation_policy(ROLE, fitted.entries, now=NOW + timedelta(minutes=1))
+    assert again.fallbacks == () and set(again.entries) == set(fitted.entries)
+
+
+def test_no_room_for_even_a_role_wide_deny_is_refused():
+    with pytest.raises(PolicyTooLarge) as caught:
+        rules.fit_revocation_policy(ROLE, [issued_session(i) for i in range(300)], now=NOW, room=100)
+    assert caught.value.code == "revocation_policy_too_large"
+
+
+@pytest.mark.parametrize("issued, agent, revoke_all, covered", [
+    (NOW - timedelta(minutes=1), "agent.demo", (rules.RevokeScope.ROLE, None), True),
+    (NOW - timedelta(minutes=1), "agent.demo", (rules.RevokeScope.AGENT, "agent.demo"), True),
+    (NOW - timedelta(minutes=1), "agent.demo", (rules.RevokeScope.AGENT, "agent.other"), False),
+    (NOW - timedelta(minutes=1), "agent.demo", (rules.RevokeScope.TEMPLATE, "test-s3-read"), True),
+    (NOW - timedelta(minutes=1), "agent.demo", (rules.RevokeScope.TEMPLATE, "other"), False),
+    (NOW + timedelta(seconds=1), "agent.demo", (rules.RevokeScope.ROLE, None), False),   # issued in the cutoff's second
+    (None, "agent.demo", (rules.RevokeScope.ROLE, None), False),                          # issue time unknown
+    (NOW - timedelta(minutes=1), None, (rules.RevokeScope.AGENT, "agent.demo"), False),   # agent unknown
+])
+def test_a_session_entry_a_revoke_all_covers_is_dropped(issued, agent, revoke_all, covered):
+    entry = rules.RevokedSession(role_arn=ROLE, grant_id="g1", session_name="demo-g1",
+                                 expires_at=NOW + timedelta(minutes=15), issued_by=issued, source_identity=agent,
+                                 template="test-s3-read")
+    scope, value = revoke_all
+    everything = rules.RevokeAll(ROLE, scope, value, rules.revoke_all_cutoff(NOW), NOW + timedelta(hours=1))
+    merged = rules.merge_revoke_all([entry, everything])
+    assert (entry not in merged) is covered
+
+
+def test_round_trip_keeps_what_says_which_revoke_all_covers_a_session():
+    entry = issued_session(1)
+    assert rules.entry_from_dict(json.loads(json.dumps(entry.to_dict()))) == \
+        rules.RevokedSession(**{**entry.__dict__, "issued_by": entry.issued_by.replace(microsecond=0)})

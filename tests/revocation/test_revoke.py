@@ -134,5 +134,12 @@ def test_revoke_and_revoke_all_share_one_policy(sqlite_broker):
     sqlite_broker.post(f"/v1/grants/{one.grant_id}/revoke", "human:root", json={"reason": "a"})
     sqlite_broker.post("/v1/revocations", "human:root", json={"template": "test-s3-read", "reason": "b"})
     policy = read_deny_policy(sqlite_broker.aws_endpoint)
+    # The revoke-all covers the session revoked before it: its entry is dropped (issue 22).
+    assert [s["Sid"] for s in policy["Statement"]] == ["BrokerRevokeAllTemplate0"]
+    sqlite_broker.clock.advance(2)
+    two = issue(sqlite_broker)                      # issued after the cutoff: the revoke-all spares it
+    sqlite_broker.post(f"/v1/grants/{two.grant_id}/revoke", "human:root", json={"reason": "c"})
+    policy = read_deny_policy(sqlite_broker.aws_endpoint)
     sids = [s["Sid"] for s in policy["Statement"]]
     assert sids == ["BrokerRevokedGrants", "BrokerRevokedSessions", "BrokerRevokeAllTemplate0"]
+    assert session_is_named(policy, grant_id=two.grant_id) and not session_is_named(policy, grant_id=one.grant_id)

@@ -29,19 +29,19 @@ from broker.domain.log.checkpoints import (PREV_CHECKPOINT_FIELD, Checkpoint, Ch
                           load_signing_key, private_key_pem, public_key_pem, verify_checkpoint,
                           verify_signature)
 from broker.domain.times import log_time
-from broker.domain.log.export import (PROBLEMS, SigningRefusal, VerificationReport, chained_export_lines, check_extends,
-                     checkpoint_line, export_lines, require_intact, statement_line, verify_chain,
-                     verify_export, write_export)
+from broker.domain.log.export import (PROBLEMS, SegmentOutcome, SigningRefusal, VerificationReport, chained_export_lines,
+                     check_extends, checkpoint_line, export_lines, merge_segments, require_intact, statement_line,
+                     verify_chain, verify_export, verify_segment, write_export)
 
 __all__ = [
     "CHECKPOINT_HASH_PREFIX", "CHECKPOINT_KEY", "CHECKPOINT_PREFIX", "EARLIEST_TIME", "ENTRY_FIELDS",
     "ENTRY_PREFIX", "EXPORT_KEY", "EXPORT_PREFIX", "GENESIS_HASH", "GENESIS_LABEL", "HASH_FIELD",
-    "LATEST_TIME", "PREV_CHECKPOINT_FIELD", "PREV_HASH_FIELD", "PROBLEMS", "SEQ_FIELD", "SINCE_UNITS",
+    "LATEST_TIME", "PREV_CHECKPOINT_FIELD", "PREV_HASH_FIELD", "PROBLEMS", "SEQ_FIELD", "SegmentOutcome", "SINCE_UNITS",
     "Checkpoint", "CheckpointSigner", "ExportStatement", "MessageSigner", "SigningRefusal",
     "VerificationReport", "canonical_json", "chained_export_lines", "check_extends",
     "checkpoint_line", "checkpoint_message", "entry_hash", "entry_line", "export_lines",
     "generate_signing_key", "is_hex64", "is_seq", "key_id_of", "load_public_key", "load_signing_key",
-    "log_time", "parse_since", "private_key_pem", "public_key_pem", "require_intact", "seal_entry",
-    "statement_line", "verify_chain", "verify_checkpoint", "verify_export", "verify_signature",
+    "log_time", "merge_segments", "parse_since", "private_key_pem", "public_key_pem", "require_intact", "seal_entry",
+    "statement_line", "verify_chain", "verify_checkpoint", "verify_export", "verify_segment", "verify_signature",
     "write_export",
 ]

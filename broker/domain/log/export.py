@@ -248,8 +248,14 @@ class _ExportVerifier:
         self.statement: ExportStatement | None = None
         self.statement_line = 0
         self.final_line = 0  # the line of the checkpoint after the statement
+        self.lines = 0  # lines walked
 
     def run(self, lines: Iterable[bytes | str]) -> VerificationReport:
+        self.walk(lines)
+        return self._finish()
+
+    def walk(self, lines: Iterable[bytes | str]) -> None:
+        """Check every line in turn (raises _Failure at the first problem); the end is _finish's."""
         # NOTE: the entry path is the verifier's cost (one line per entry), so it keeps its state in locals,
         # reads a line's chain fields only, and leaves every rare case to a method: a position that is not
         # "the next seq, chained to the last hash" (the first entry, gaps, a checkpoint not yet placed, the
@@ -258,7 +264,8 @@ class _ExportVerifier:
         decode, decode_errors, sha256, prefix, unset = _DECODE_LINE, _DECODE_ERRORS, hashlib.sha256, ENTRY_PREFIX, \
             msgspec.UNSET
         trusted = self.trusted
-        last_seq, last_hash, last_line, count, unsigned, line_no, final = 0, "", 0, 0, None, 0, False
+        last_seq, last_hash, last_line, count, unsigned, line_no, final = (self.last_seq, "", self.last_line,
+                                                                            self.count, None, self.lines, False)
         head = self.last_hash  # the real hash of the last entry (last_hash may be "", to force the slow path)
         for raw in it:
             line_no += 1
@@ -305,8 +312,30 @@ class _ExportVerifier:
             count += 1
             last_seq, last_hash, last_line, head = seq, stated, line_no, stated
         self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
-        self.unsigned = unsigned
-        return self._finish()
+        self.unsigned, self.lines = unsigned, line_no
+
+    # --- verifying in segments -----------------------------------------------------------------
+    def resume_after(self, seam: bytes) -> None:
+        """Start as the verifier stands right after the checkpoint line ``seam`` (no newline), placed and
+        linked: the state every checkpoint line that passed leaves (see verify_segment)."""
+        obj = _parse_line(seam, 0)
+        try:
+            if len(obj) != 1:
+                raise InvalidInput("not a checkpoint line", code="malformed")
+            checkpoint = Checkpoint.from_dict(obj[CHECKPOINT_KEY])
+        except (InvalidInput, KeyError) as exc:
+            raise _Failure("malformed", "the seam is not a checkpoint line", seq=None, line=None) from exc
+        self.checkpoint = checkpoint
+        self.checkpoint_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + seam[len(b'{"checkpoint":'):-1]).hexdigest()
+        self.last_seq, self.last_hash = checkpoint.seq, checkpoint.head_hash
+        # Only "some entry came before" matters inside a segment; the export's first seq is the first segment's.
+        self.first_seq = checkpoint.seq + 1
+        # A checkpoint naming its predecessor passed only if every one before it did, and one naming none only
+        # if none before it did.
+        self.chained = checkpoint.prev_checkpoint is not None
+
+    def segment_state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SEGMENT_STATE}
 
     def _take_other(self, raw: bytes, line_no: int) -> None:
         """A checkpoint or statement line, or any line after the final checkpoint."""
@@ -605,6 +634,68 @@ def verify_export(lines: Iterable[bytes | str],
             starts_mid_log=verifier.first_seq is not None and verifier.first_seq > 1,
             checkpoints=verifier.checkpoints,
             full=None if verifier.statement is None else verifier.statement.full)
+
+
+# --- an export verified in segments, one per CPU ------------------------------------------------
+# What a segment's walk leaves (the state the next segment starts from, or the whole export ends with).
+_SEGMENT_STATE = ("count", "checkpoints", "trusted_met", "first_seq", "last_seq", "last_hash", "last_line",
+                  "checkpoint", "checkpoint_hash", "checkpoint_line", "chained", "unsigned", "unplaced",
+                  "statement", "statement_line", "final_line", "lines")
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    """What walking one segment of an export left: the verifier's state at its end, or a failure."""
+
+    failed: bool
+    state: Mapping[str, Any]
+
+
+def verify_segment(lines: Iterable[bytes], public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey], *,
+                   seam: bytes | None, require_genesis: bool = False, trusted: Sequence[Checkpoint] = (),
+                   anchored: Sequence[Checkpoint] = ()) -> SegmentOutcome:
+    """Walk one segment of an export: the first (``seam`` None), or one starting right after the checkpoint
+    line ``seam`` (without its newline) that ends the segment before it.  Every check of verify_export runs on
+    every line; what needs the whole export (its end, the statement, trusted checkpoints covered) is left to
+    merge_segments.  Segments may be walked at the same time, in separate processes."""
+    verifier = _ExportVerifier(_keys_by_id(public_key), require_genesis=require_genesis, trusted=trusted,
+                               anchored=anchored)
+    try:
+        if seam is not None:
+            verifier.resume_after(seam)
+        verifier.walk(lines)
+    except _Failure:
+        return SegmentOutcome(failed=True, state={})
+    return SegmentOutcome(failed=False, state=verifier.segment_state())
+
+
+def merge_segments(outcomes: Sequence[SegmentOutcome], seams: Sequence[bytes],
+                   public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey], *, require_genesis: bool = False,
+                   trusted: Sequence[Checkpoint] = (), anchored: Sequence[Checkpoint] = ()) -> VerificationReport | None:
+    """The report on the whole export from its segments (``seams[k]`` ends segment k and starts k + 1), or None
+    when the export must be verified in one pass: a segment failed, or a seam is not where a checkpoint line
+    left the verifier (so its state is not the next segment's start).  A failure is reported only by
+    verify_export, which names the exact line; an intact export is reported here, as verify_export would."""
+    if not outcomes or len(seams) != len(outcomes) - 1 or any(outcome.failed for outcome in outcomes):
+        return None
+    for outcome, seam in zip(outcomes, seams):  # every segment but the last ends on its seam, taken as placed
+        state = outcome.state
+        seam_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + seam[len(b'{"checkpoint":'):-1]).hexdigest()
+        if not (state["lines"] and state["checkpoint_line"] == state["lines"] and state["checkpoint_hash"] == seam_hash
+                and state["unplaced"] is None and state["unsigned"] is None and state["statement"] is None
+                and not state["final_line"] and state["first_seq"] is not None):
+            return None
+    verifier = _ExportVerifier(_keys_by_id(public_key), require_genesis=require_genesis, trusted=trusted,
+                               anchored=anchored)
+    for name, value in outcomes[-1].state.items():
+        setattr(verifier, name, value)
+    verifier.first_seq = outcomes[0].state["first_seq"]
+    for name in ("count", "checkpoints", "trusted_met"):
+        setattr(verifier, name, sum(outcome.state[name] for outcome in outcomes))
+    try:
+        return verifier._finish()
+    except _Failure:
+        return None
 
 
 def verify_chain(entries: Iterable[Mapping[str, Any]], checkpoint: Checkpoint,

@@ -19,5 +19,10 @@ with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # NOTE: a migration may rewrite a big table: the request path's statement and idle limits
+            # (broker.storage.engine.PostgresSessionLimits) do not bind it; lock waits still do.
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         context.run_migrations()
     connection.commit()

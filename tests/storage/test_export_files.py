@@ -1,0 +1,83 @@
+"""``broker audit verify`` on every CPU (broker.storage.export_files): an export file cut at its checkpoint
+lines, the segments walked in forked processes, and the same report as the one-pass verifier, intact or not."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.domain import log
+from broker.storage import export_files
+from tests.domain import test_log_checkpoint_chain as chain
+from tests.domain.test_log import make_entries, signer
+
+
+def write(tmp_path, lines: list[bytes]):
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def chained_lines(size: int = 30, every: int = 3) -> list[bytes]:
+    entries = make_entries(size)
+    return chain.chained_export(entries, chain.signed_chain(entries, every=every))
+
+
+def test_an_intact_file_is_verified_in_segments_alone(tmp_path, monkeypatch):
+    lines = chained_lines()
+    path = write(tmp_path, lines)
+    bounds, seams = export_files.cut_at_checkpoints(path, path.stat().st_size, 4)
+    assert len(bounds) == 5 and len(seams) == 3 and all(seam.startswith(b'{"checkpoint":') for seam in seams)
+    expected = log.verify_export(lines, signer().public_key)
+    # No second pass: the segments' merge is the report.
+    monkeypatch.setattr(export_files, "verify_export", lambda *a, **k: pytest.fail("verified in one pass"))
+    report = export_files.verify_export_file(path, signer().public_key, processes=4, segment_bytes=1)
+    assert report == expected and report.ok and report.entries == 30
+
+
+@pytest.mark.parametrize("damage", ["edit", "delete", "duplicate", "forge"])
+def test_a_tampered_file_gets_the_one_pass_report(tmp_path, damage):
+    lines = chained_lines()
+    index = len(lines) * 2 // 3  # in a later segment: found by a forked process
+    while lines[index].startswith(b'{"checkpoint":'):
+        index += 1
+    if damage == "edit":
+        lines[index] = lines[index].replace(b'"type":"issued"', b'"type":"denied"')
+    elif damage == "delete":
+        del lines[index]
+    elif damage == "duplicate":
+        lines.insert(index, lines[index])
+    else:
+        cut = next(i for i in range(index, len(lines)) if lines[i].startswith(b'{"checkpoint":'))
+        lines[cut] = lines[cut].replace(b'"signature":"', b'"signature":"AA', 1)
+    expected = log.verify_export(lines, signer().public_key)
+    assert not expected.ok
+    report = export_files.verify_export_file(write(tmp_path, lines), signer().public_key, processes=3,
+                                             segment_bytes=1)
+    assert report == expected
+
+
+def test_trusted_checkpoints_and_require_genesis_hold_in_segments(tmp_path):
+    entries = make_entries(30)
+    checkpoints = chain.signed_chain(entries, every=3)
+    lines = chain.chained_export(entries, checkpoints)
+    path = write(tmp_path, lines)
+    options = {"trusted": [checkpoints[2], checkpoints[7]], "require_genesis": True}
+    report = export_files.verify_export_file(path, signer().public_key, processes=3, segment_bytes=1, **options)
+    assert report == log.verify_export(lines, signer().public_key, **options) and report.trusted == 2
+    since = chain.chained_export(entries[10:], checkpoints[3:], since=chain.TIME)
+    report = export_files.verify_export_file(write(tmp_path, since), signer().public_key, processes=3,
+                                             segment_bytes=1, require_genesis=True)
+    assert report.problem == "removed"
+
+
+def test_a_small_file_or_one_cpu_is_one_pass(tmp_path, monkeypatch):
+    path = write(tmp_path, chained_lines())
+    monkeypatch.setattr(export_files, "_walk_segments", lambda *a, **k: pytest.fail("cut a small file"))
+    assert export_files.verify_export_file(path, signer().public_key).ok       # under SEGMENT_BYTES
+    assert export_files.verify_export_file(path, signer().public_key, processes=1, segment_bytes=1).ok
+
+
+def test_a_file_without_checkpoints_in_its_middle_is_one_pass(tmp_path):
+    lines = [log.entry_line(entry) + b"\n" for entry in make_entries(5)]
+    path = write(tmp_path, lines)
+    assert export_files.cut_at_checkpoints(path, path.stat().st_size, 3) == ([0, path.stat().st_size], [])
