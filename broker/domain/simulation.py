@@ -32,14 +32,13 @@ from typing import Any
 
 from broker.domain.actions import ActionKnowledge
 from broker.domain.evaluator import KnownSuffix
+from broker.domain.events import REVOKING_TYPES, EventType
 from broker.domain.revocation import KEY_SOURCE_IDENTITY, KEY_TOKEN_ISSUE_TIME, KEY_USERID, iam_time
 from broker.domain.sts_rules import role_session_name, session_tags, source_identity_for
 from broker.domain.templates import ScopeTemplate
 from broker.domain.times import parse_time
 from broker.errors import InvalidInput
 
-ISSUED = "issued"
-REVOKED_TYPES = ("revoked", "revoked_all")
 PRINCIPAL_TAG = "aws:PrincipalTag/"
 
 
@@ -137,9 +136,9 @@ def find_grant(entries: Iterable[Mapping[str, Any]], wanted: str) -> IssuedGrant
     revocations: list[Mapping[str, Any]] = []
     for entry in entries:
         kind = entry.get("type")
-        if kind == ISSUED and isinstance(entry.get("grant_id"), str):
+        if kind == EventType.ISSUED and isinstance(entry.get("grant_id"), str):
             issued[entry["grant_id"]] = entry
-        elif kind in REVOKED_TYPES:
+        elif kind in REVOKING_TYPES:
             revocations.append(entry)
     matches = [e for g, e in issued.items() if g == wanted or e.get("access_key_id") == wanted]
     if not matches:
@@ -157,7 +156,7 @@ def find_grant(entries: Iterable[Mapping[str, Any]], wanted: str) -> IssuedGrant
 
 
 def _revocation_note(entry: Mapping[str, Any]) -> str:
-    what = "revoked" if entry.get("type") == "revoked" else "revoked (revoke-all)"
+    what = "revoked" if entry.get("type") == EventType.REVOKED else "revoked (revoke-all)"
     return f"the log records this grant {what} at {entry.get('time')} by {entry.get('actor')} (seq {entry.get('seq')})"
 
 

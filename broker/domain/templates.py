@@ -412,14 +412,40 @@ def _condition_strings(conditions: dict[str, dict[str, str | list[str]]] | None)
     return out
 
 
-# libyaml's safe loader parses the same documents several times faster than the pure-Python one.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping, or a merge key (``<<``)."""
+
+
+class _TemplateLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader (several times faster than the pure-Python one) that refuses a key written
+    twice in one mapping and YAML merge keys: YAML keeps the last (or the explicit) value, so a reviewer
+    reading the first ``actions:`` would approve another template than the one that loads."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise DuplicateKey(None, None, "a YAML merge key ('<<') hides which value applies; write the keys out",
+                                   key_node.start_mark)
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKey(None, None, f"key {key!r} is written twice in one mapping (lines {seen[key]} and "
+                                   f"{key_node.start_mark.line + 1}): YAML keeps the last, a reader sees the first",
+                                   key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_YAML_LOADER = _TemplateLoader
 
 
 def parse_template(text: str, *, source: str) -> ScopeTemplate:
     """Parse one template's YAML text; errors name the source and the field."""
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (libyaml's when present)
+    except DuplicateKey as exc:
+        raise TemplateError(f"{source}: {exc.problem}", code="template_invalid",
+                            details={"source": source}) from exc
     except yaml.YAMLError as exc:
         raise TemplateError(f"{source}: not valid YAML ({exc.__class__.__name__})", code="template_unreadable",
                             details={"source": source}) from exc

@@ -40,8 +40,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from broker.domain.events import REFUSAL_TYPES, EventType
 from broker.ports import CredentialMinter, MintedCredentials, MintOrder
-from broker.usecases.refusal_budget import REFUSAL_ENTRY_TYPES, SUPPRESSION_SUMMARY, carried_refusals
+from broker.usecases.refusal_budget import carried_refusals
 
 OTHER = "other"
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -68,21 +69,21 @@ class EventCounter:
 
 
 # Log entry type -> the counter it increments (labels: template, plus reason_code where set).
-EVENT_COUNTERS: Mapping[str, EventCounter] = {
-    "issued": EventCounter("broker_credentials_issued_total", "Credentials issued (issued entry committed)."),
-    "refused": EventCounter("broker_requests_refused_total", "Refusals, logged one by one or counted by the "
+EVENT_COUNTERS: Mapping[EventType, EventCounter] = {
+    EventType.ISSUED: EventCounter("broker_credentials_issued_total", "Credentials issued (issued entry committed)."),
+    EventType.REFUSED: EventCounter("broker_requests_refused_total", "Refusals, logged one by one or counted by the "
                             "refusal budget; suppressed ones have template=other.", by_reason=True),
-    "pending": EventCounter("broker_requests_pending_total", "Requests opened to wait for co-signers."),
-    "approved": EventCounter("broker_requests_approved_total", "Requests that reached their co-signatures."),
-    "denied": EventCounter("broker_requests_denied_total", "Requests denied by a co-signer."),
-    "failed": EventCounter("broker_issuance_failed_total", "Issuances that failed (STS); nothing was returned.",
+    EventType.PENDING: EventCounter("broker_requests_pending_total", "Requests opened to wait for co-signers."),
+    EventType.APPROVED: EventCounter("broker_requests_approved_total", "Requests that reached their co-signatures."),
+    EventType.DENIED: EventCounter("broker_requests_denied_total", "Requests denied by a co-signer."),
+    EventType.FAILED: EventCounter("broker_issuance_failed_total", "Issuances that failed (STS); nothing was returned.",
                            by_reason=True),
-    "revoked": EventCounter("broker_grants_revoked_total", "Grants revoked."),
-    "expired": EventCounter("broker_requests_expired_total", "Requests that expired unapproved or unredeemed."),
-    "cancelled": EventCounter("broker_requests_cancelled_total", "Requests cancelled."),
+    EventType.REVOKED: EventCounter("broker_grants_revoked_total", "Grants revoked."),
+    EventType.EXPIRED: EventCounter("broker_requests_expired_total", "Requests that expired unapproved or unredeemed."),
+    EventType.CANCELLED: EventCounter("broker_requests_cancelled_total", "Requests cancelled."),
 }
 # Every refusal, whatever entry records it, is counted by the `refused` counter.
-REFUSALS = "refused"
+REFUSALS = EventType.REFUSED
 LOG_ENTRIES = "broker_log_entries_total"
 LOG_LAST_SEQ = "broker_log_last_seq"
 HTTP_DURATION = "broker_http_request_duration_seconds"
@@ -137,7 +138,7 @@ class BrokerMetrics:
         for entry in entries:
             kind = str(entry.get("type"))
             self.log_entries.labels(type=_code_label(kind)).inc()
-            if kind in REFUSAL_ENTRY_TYPES:
+            if kind in REFUSAL_TYPES:
                 kind = REFUSALS
             counter = self._counters.get(kind)
             if counter is not None:
@@ -146,7 +147,8 @@ class BrokerMetrics:
                     labels["reason_code"] = _code_label(entry.get("reason_code"))
                 counter.labels(**labels).inc()
             # Refusals the budget counted instead of logging (on a refusal's entry or a summary).
-            carried = carried_refusals(entry.get("details")) if kind in (REFUSALS, SUPPRESSION_SUMMARY) else {}
+            carrying = kind in (REFUSALS, EventType.REFUSALS_SUPPRESSED_SUMMARY)
+            carried = carried_refusals(entry.get("details")) if carrying else {}
             for code, count in carried.items():
                 self._counters[REFUSALS].labels(template=OTHER, reason_code=_code_label(code)).inc(count)
         with self._seq_lock:  # request threads observe concurrently; the gauge only moves up

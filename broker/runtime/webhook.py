@@ -20,14 +20,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from broker.domain.events import EventType
+
 log = logging.getLogger("broker.notify")
 
 # The events humans are told about, with the headline each one gets.
 HEADLINES: dict[str, str] = {
-    "pending": "needs co-signing",
-    "approved": "was approved and can be redeemed",
-    "denied": "was denied",
-    "expired": "expired",
+    EventType.PENDING: "needs co-signing",
+    EventType.APPROVED: "was approved and can be redeemed",
+    EventType.DENIED: "was denied",
+    EventType.EXPIRED: "expired",
 }
 MAX_QUEUE = 1000
 
@@ -56,7 +58,7 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
     parameters = {str(k): str(v) for k, v in sorted((request.get("parameters") or {}).items())}
     shown_parameters = ", ".join(f"{k}={v}" for k, v in parameters.items()) or "none"
     risk_text = ", ".join(r.upper() for r in risks)
-    denied = request.get("decided_reason") if event == "denied" else None
+    denied = request.get("decided_reason") if event == EventType.DENIED else None
     text = (f"Credential request {request.get('id', '?')} for scope {request.get('template', '?')} "
             f"({request.get('environment', '?')}) {headline}. {risk_text + ': ' if risk_text else ''}{what} "
             f"Parameters: {shown_parameters}. Agent {agent} acting for {human}."

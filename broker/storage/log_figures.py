@@ -21,6 +21,7 @@ from sqlalchemy import Float, String, and_, cast, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.orm import aliased
 
+from broker.domain.events import EventType
 from broker.storage.models import EventRow, GrantRow
 from broker.storage.repository import Repository
 
@@ -129,9 +130,9 @@ class LogFigures:
         approved, opened = aliased(EVENTS), aliased(EVENTS)
         wait = cast(self._seconds_between(approved.c.time, opened.c.time), Float)
         joined = approved.join(opened, and_(opened.c.request_id == approved.c.request_id,
-                                            opened.c.type == "pending"))
+                                            opened.c.type == EventType.PENDING.value))
         waits = [float(w) for (w,) in self._rows(select(wait).select_from(joined).where(
-            approved.c.type == "approved", approved.c.time >= since, approved.c.time <= until))]
+            approved.c.type == EventType.APPROVED.value, approved.c.time >= since, approved.c.time <= until))]
         counts = dict.fromkeys((name for _, name in WAIT_BUCKETS), 0)
         for seconds in waits:
             counts[next(name for bound, name in WAIT_BUCKETS if seconds < bound)] += 1
@@ -159,7 +160,7 @@ class LogFigures:
                         EVENTS.c.body.contains('"environment":"production"', autoescape=True))
         risky = and_(candidate, or_(and_(risks.is_not(None), cast(risks, String) != empty),
                                     environment == "production"))
-        where = (EVENTS.c.type == "issued", EVENTS.c.time >= since, EVENTS.c.time <= until, risky)
+        where = (EVENTS.c.type == EventType.ISSUED.value, EVENTS.c.time >= since, EVENTS.c.time <= until, risky)
         total = int(self._session.execute(select(func.count()).select_from(EVENTS).where(*where)).scalar_one())
         newest = self._rows(select(EVENTS.c.body).where(*where).order_by(EVENTS.c.seq.desc()).limit(limit))
         return total, [json.loads(body) for (body,) in newest]

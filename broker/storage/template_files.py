@@ -173,6 +173,11 @@ def _templates_by_name(pairs: Iterable[tuple[str, str]]) -> dict[str, ScopeTempl
 def _git(*args: str) -> bytes:
     try:
         return subprocess.run(["git", *args], check=True, capture_output=True, timeout=30).stdout
+    except subprocess.CalledProcessError as exc:
+        # NOTE: git's own first line says why ("not a git repository", "path ... does not exist in ...").
+        said = next((line for line in exc.stderr.decode("utf-8", "replace").splitlines() if line.strip()), "")
+        raise TemplateError(f"git {' '.join(args)} failed" + (f": {said.strip()}" if said else ""),
+                            code="template_unreadable") from exc
     except (OSError, subprocess.SubprocessError) as exc:
         raise TemplateError(f"git {' '.join(args)} failed", code="template_unreadable") from exc
 
@@ -187,7 +192,11 @@ def templates_at(spec: str) -> dict[str, ScopeTemplate]:
     if not colon or not revision:
         raise TemplateError(f"{spec} is neither a file or folder nor REV:PATH", code="template_unreadable")
     inside = inside.rstrip("/") or "."
-    kind = _git("cat-file", "-t", f"{revision}:{inside}").decode().strip()
+    try:
+        kind = _git("cat-file", "-t", f"{revision}:{inside}").decode().strip()
+    except TemplateError as exc:
+        raise TemplateError(f"{spec} is not a file or folder here, nor a git revision with a path (REV:PATH, the "
+                            f"path from the repository's root) [{exc.diagnostics()}]", code="template_unreadable") from exc
     if kind == "blob":
         names = [inside]
     else:

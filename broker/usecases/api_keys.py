@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from broker.domain import log as issuance_log
+from broker.domain.events import EventType, log_entry
 from broker.domain.principals import Principal, Role
 from broker.domain.text import unsafe_characters
 from broker.domain.times import as_utc, iso
@@ -35,16 +34,6 @@ from broker.usecases.refusal_budget import RefusalBudget
 from broker.usecases.issuance import append_refusal
 from broker.storage.engine import Database
 from broker.storage.models import ApiKeyRow, PrincipalRow
-
-
-class ApiKeyEvent:
-    """The issuance-log entry types of this module (added to the log's vocabulary; none changed)."""
-
-    CREATED = "api_key_created"
-    REVOKED = "api_key_revoked"
-    ROTATED = "api_key_rotated"
-    PRINCIPAL_DISABLED = "principal_disabled"
-    PRINCIPAL_ENABLED = "principal_enabled"
 
 
 PRINCIPAL_ID = re.compile(r"^(agent|human):[A-Za-z0-9][A-Za-z0-9._@+=/:-]{0,190}$")
@@ -141,19 +130,16 @@ class ApiKeyAdministration:
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
 
     # ------------------------------------------------------------------ helpers
-    def _event(self, kind: str, *, now: datetime, actor: Principal, source_ip: str | None,
+    def _event(self, kind: EventType, *, now: datetime, actor: Principal, source_ip: str | None,
                **details: Any) -> dict[str, Any]:
-        return {"event_id": str(uuid.uuid4()), "time": issuance_log.log_time(now), "type": kind, "request_id": None,
-                "grant_id": None, "actor": actor.id, "acts_for": None, "template": None, "template_digest": None,
-                "parameters": None, "policy_digest": None, "access_key_id": None, "expiration": None,
-                "source_ip": source_ip, "approvals": None, "reason_code": None,
-                "details": {k: v for k, v in details.items() if v is not None}}
+        return log_entry(kind, now=now, actor=actor.id, source_ip=source_ip,
+                         details={k: v for k, v in details.items() if v is not None})
 
     def _require_admin(self, actor: Principal, *, action: str, source_ip: str | None) -> None:
         if actor.has_role(Role.ADMIN):
             return
         error = Forbidden("only admins manage API keys and principals", code="admin_required")
-        body = self._event("refused", now=self.clock.now(), actor=actor, source_ip=source_ip, action=action,
+        body = self._event(EventType.REFUSED, now=self.clock.now(), actor=actor, source_ip=source_ip, action=action,
                            message=error.message)
         body["reason_code"] = error.code
         append_refusal(self.database, self.refusal_budget, actor.id, body)
@@ -196,7 +182,7 @@ class ApiKeyAdministration:
             repo.add_api_key(key_id=issued.key_id, token_hash=issued.token_hash, principal_id=principal_id, now=now,
                              expires_at=expires_at)
             repo.append_event(self._event(
-                ApiKeyEvent.CREATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
+                EventType.API_KEY_CREATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
                 principal=principal_id, roles=role_values, groups=sorted(set(groups)), acts_for=acts_for,
                 expires_at=iso(expires_at), reason=reason, new_principal=existing is None))
             repo.flush()
@@ -229,7 +215,7 @@ class ApiKeyAdministration:
                 raise Conflict(f"key {key_id} is already revoked", code="api_key_revoked", field="key_id")
             self._revoke(row, by=actor.id, now=now)
             repo.save_api_key(row)
-            repo.append_event(self._event(ApiKeyEvent.REVOKED, now=now, actor=actor, source_ip=source_ip,
+            repo.append_event(self._event(EventType.API_KEY_REVOKED, now=now, actor=actor, source_ip=source_ip,
                                           key_id=key_id, principal=row.principal_id, reason=reason))
             repo.flush()
             return key_view(row, repo.get_principal_row(row.principal_id), now)
@@ -271,7 +257,7 @@ class ApiKeyAdministration:
                 old.expires_at = grace_end if current is None or current > grace_end else current
             repo.save_api_key(old)
             repo.append_event(self._event(
-                ApiKeyEvent.ROTATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
+                EventType.API_KEY_ROTATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
                 replaces=key_id, principal=old.principal_id, expires_at=iso(expires_at),
                 old_key_ends_at=iso(now if grace_seconds == 0 else old.expires_at), reason=reason))
             repo.flush()
@@ -313,7 +299,7 @@ class ApiKeyAdministration:
                     repo.save_api_key(key)
                     revoked.append(key.key_id)
             repo.set_principal_disabled(principal_id, disabled)
-            kind = ApiKeyEvent.PRINCIPAL_DISABLED if disabled else ApiKeyEvent.PRINCIPAL_ENABLED
+            kind = EventType.PRINCIPAL_DISABLED if disabled else EventType.PRINCIPAL_ENABLED
             repo.append_event(self._event(kind, now=now, actor=actor, source_ip=source_ip, principal=principal_id,
                                           revoked_keys=revoked if disabled else None, reason=reason))
         if disabled:
@@ -329,5 +315,5 @@ def local_admin(user: str) -> Principal:
     return Principal(id=f"local:{user}", roles=frozenset({Role.ADMIN}), auth_method="local")
 
 
-__all__ = ["ApiKeyAdministration", "ApiKeyEvent", "CreatedKey", "KeyNotFound", "PrincipalNotFound", "key_view",
+__all__ = ["ApiKeyAdministration", "CreatedKey", "KeyNotFound", "PrincipalNotFound", "key_view",
            "local_admin"]

@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from broker.domain import log as issuance_log
+from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, EventType
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput, NotFound
 from broker.ports import Clock
-from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, UNATTRIBUTED, carried_announcements,
+from broker.usecases.refusal_budget import (UNATTRIBUTED, carried_announcements,
                              carried_refusals)
 from broker.storage.engine import Database
 from broker.usecases.checkpoints import Checkpointer
@@ -43,9 +44,9 @@ class RefusalFigures:
 
     def add(self, entry: Mapping[str, Any]) -> None:
         details = entry.get("details") or {}
-        if entry["type"] == "refused":
+        if entry["type"] == EventType.REFUSED:
             self.one_by_one += 1
-        elif entry["type"] == SUPPRESSION_STARTED:
+        elif entry["type"] == EventType.REFUSALS_SUPPRESSED:
             self.announced += 1
             self.suppressed_by_reason[_reason(entry)] += 1
         self.suppressed_by_reason.update(carried_refusals(details))
@@ -82,7 +83,7 @@ _REQUEST_FIELDS = {"template": "template", "template_digest": "template_digest",
 def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[dict[str, Any]]) -> list[str]:
     """What the database rows of one request say that its log entries do not (empty: they agree)."""
     found = [f"entry seq {seq} does not match its hash" for seq in unverified_seqs(events)]
-    issued = next((entry for entry in events if entry.get("type") == "issued"), None)
+    issued = next((entry for entry in events if entry.get("type") == EventType.ISSUED), None)
     if issued is not None:
         for row, fields, what in ((grant, _GRANT_FIELDS, "grant"), (request, _REQUEST_FIELDS, "request")):
             if row is None:
@@ -92,7 +93,7 @@ def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[
                       for attribute, field in fields.items() if getattr(row, attribute) != issued.get(field)]
     elif grant is not None:
         found.append(f"grant {grant.id} has no issued entry in the log")
-    for decision, kind in (("approve", "cosigned"), ("deny", "denied")):
+    for decision, kind in (("approve", EventType.COSIGNED), ("deny", EventType.DENIED)):
         rows = sorted(a.approver for a in approvals if a.decision == decision)
         logged = sorted(entry.get("actor") or "" for entry in events if entry.get("type") == kind)
         if rows != logged:
@@ -101,9 +102,10 @@ def _disagreements(grant: Any, request: Any, approvals: list[Any], events: list[
 
 
 # Entries that move a request to a state; the last one in the range is where the request stands.
-REQUEST_STATES = ("pending", "approved", "denied", "expired", "cancelled", "redeeming", "issued", "failed")
+REQUEST_STATES = (EventType.PENDING, EventType.APPROVED, EventType.DENIED, EventType.EXPIRED, EventType.CANCELLED,
+                  EventType.REDEEMING, EventType.ISSUED, EventType.FAILED)
 # Decisions (and refused decisions) a person other than the requester takes on a request.
-DECISIONS = ("cosigned", "denied", "refused")
+DECISIONS = (EventType.COSIGNED, EventType.DENIED, EventType.REFUSED)
 
 
 def _agent_row() -> dict[str, Any]:
@@ -127,9 +129,9 @@ class ReportTally:
 
     def add(self, entry: Mapping[str, Any]) -> None:
         kind = entry["type"]
-        if kind in ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY):
+        if kind in CARRYING_TYPES:
             self.refusers[entry.get("actor") or "?"].add(entry)
-        if kind == SUPPRESSION_SUMMARY:
+        if kind == EventType.REFUSALS_SUPPRESSED_SUMMARY:
             return  # a count only: no template, no request
         details = entry.get("details") or {}
         request_id = entry.get("request_id")
@@ -138,7 +140,7 @@ class ReportTally:
         # A request's entries belong to its agent, whoever wrote them; others belong to their actor.
         key = (requester or actor, entry.get("template") or "?")
         by_someone_else = requester is not None and actor != requester
-        if kind in ("refused", SUPPRESSION_STARTED):
+        if kind in REFUSAL_TYPES:
             self.refusals.append({"seq": entry["seq"], "time": entry["time"], "actor": entry.get("actor"),
                                   "template": entry.get("template"), "reason_code": entry.get("reason_code"),
                                   "type": kind})
@@ -146,23 +148,23 @@ class ReportTally:
                 self.approvers[actor]["refused"] += 1  # a refused decision: the decider's, not the agent's
             else:
                 self.rows[key]["refused"] += 1
-        elif kind == "cosigned":
+        elif kind == EventType.COSIGNED:
             self.rows[key]["cosignatures"] += 1
             self.approvers[actor]["approved"] += 1
-        elif kind == "denied":
+        elif kind == EventType.DENIED:
             self.approvers[actor]["denied"] += 1
             if request_id not in self._denied:
                 self._denied.add(request_id)
                 self.rows[key]["denied"] += 1
-        elif kind == "approved" and request_id not in self._approved:
+        elif kind == EventType.APPROVED and request_id not in self._approved:
             self._approved.add(request_id)
             self.rows[key]["approvals"] += 1
             if request_id in self._opened:
                 self.rows[key]["waits"].append((_time(entry) - self._opened[request_id]).total_seconds())
-        elif kind == "issued":
+        elif kind == EventType.ISSUED:
             self.rows[key]["issued"] += 1
             self._note_risk(entry, details)
-        elif kind == "pending":
+        elif kind == EventType.PENDING:
             self._opened[request_id] = _time(entry)
         if request_id and kind in REQUEST_STATES:
             self._state[request_id] = (key, kind)
@@ -286,7 +288,8 @@ class AuditLog:
             raise InvalidInput("give an access_key_id or a source_identity", code="missing_filter")
         with self.database.transaction() as repo:
             grants = repo.find_grants(access_key_id=access_key_id or None, source_identity=source_identity or None)
-            logged = (repo.query_events(filters={"type": "issued", "access_key_id": access_key_id}, limit=50)
+            logged = (repo.query_events(filters={"type": EventType.ISSUED.value, "access_key_id": access_key_id},
+                                        limit=50)
                       if access_key_id else [])
             request_ids = list(dict.fromkeys([grant.request_id for grant in grants[-50:]]
                                              + [entry["request_id"] for entry in logged if entry.get("request_id")]))

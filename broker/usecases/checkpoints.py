@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +32,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.domain import log as issuance_log
+from broker.domain.events import EventType, log_entry
 from broker.errors import BrokerError, LogIntegrityError, StorageUnavailable
 from broker.ports import Clock
 from broker.storage.engine import Database
@@ -40,7 +40,6 @@ from broker.storage.repository import Repository
 
 log = logging.getLogger("broker.audit")
 
-CHECKPOINT_REFUSED = "checkpoint_refused"  # the log entry type of a refusal
 # A stand-in for "no checkpoint yet": the stored chain must then start from genesis.
 _GENESIS = issuance_log.Checkpoint(seq=0, head_hash=issuance_log.GENESIS_HASH, time="", key_id="0" * 16,
                                    signature="")
@@ -190,12 +189,11 @@ class Checkpointer:
             if (latest_hash, refusal.reason) in self._alerted:
                 return
             self._alerted.add((latest_hash, refusal.reason))
-        body = dict.fromkeys(issuance_log.ENTRY_FIELDS)
-        body.update(event_id=str(uuid.uuid4()), time=issuance_log.log_time(self.clock.now()),
-                    type=CHECKPOINT_REFUSED, actor="broker", reason_code=refusal.reason,
-                    details={"message": refusal.message, "head_seq": head_seq,
-                             "checkpoint_seq": latest.seq if latest is not None else None,
-                             "checkpoint_hash": latest_hash})
+        body = log_entry(EventType.CHECKPOINT_REFUSED, now=self.clock.now(), actor="broker",
+                         reason_code=refusal.reason,
+                         details={"message": refusal.message, "head_seq": head_seq,
+                                  "checkpoint_seq": latest.seq if latest is not None else None,
+                                  "checkpoint_hash": latest_hash})
         try:
             with self.database.transaction() as repo:
                 repo.append_event(body)

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain.cloudtrail import AssumeRoleCall, TrailRecords, iso
+from broker.domain.events import EventType
 from broker.domain.sts_rules import TAG_GRANT, TAG_REQUEST, role_session_name, source_identity_for
 from broker.domain.times import parse_time
 from broker.errors import InvalidInput
@@ -73,12 +74,12 @@ def logged_sessions(entries: Iterable[Mapping[str, Any]]) -> list[LoggedSession]
     sessions = []
     for entry in entries:
         kind = entry.get("type")
-        if kind not in ("issued", "orphaned"):
+        if kind not in (EventType.ISSUED, EventType.ORPHANED):
             continue
         details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
         requester = details.get("requester")
         request_id = entry.get("request_id")
-        if kind == "issued":
+        if kind == EventType.ISSUED:
             session_name = role_session_name(requester, request_id) if requester and request_id else None
         else:
             session_name = details.get("session_name")
@@ -185,7 +186,7 @@ def reconcile(*, entries: Sequence[Mapping[str, Any]], trail: TrailRecords, sinc
     used: set[str] = set()
     for session in sessions:
         call: AssumeRoleCall | None = None
-        if session.kind == "issued":
+        if session.kind == EventType.ISSUED:
             call = by_key.get(session.access_key_id) if session.access_key_id else None
         else:
             call = next((c for c in calls if c.event_id not in used and (
@@ -195,14 +196,14 @@ def reconcile(*, entries: Sequence[Mapping[str, Any]], trail: TrailRecords, sinc
                     and c.source_identity == session.source_identity))), None)
         in_window = since <= session.time <= until
         if call is None:
-            if in_window and session.kind == "issued":
+            if in_window and session.kind == EventType.ISSUED:
                 result.missing.append(session)
             elif in_window:
                 result.orphans_without_session.append(session)
             continue
         used.add(call.event_id or call.access_key_id or "")
         result.matched.append((session, call))
-        problems = _disagreements(session, call) if session.kind == "issued" else []
+        problems = _disagreements(session, call) if session.kind == EventType.ISSUED else []
         if problems and (in_window or since <= call.time <= until):
             result.mismatches.append({"seq": session.seq, "request_id": session.request_id,
                                       "access_key_id": session.access_key_id, "problem": "; ".join(problems)})

@@ -24,6 +24,7 @@ from typing import Any
 
 from broker.domain import log as issuance_log
 from broker.domain.caller_identity import CallerIdentity
+from broker.domain.events import EventType, log_entry
 from broker.domain.mint_plan import MintPlan, plan_mint
 from broker.domain.principals import Principal, Role
 from broker.domain.rendering import RenderedPolicy, render_policy
@@ -35,7 +36,7 @@ from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation,
                            StorageDisconnected, StorageUnavailable, Unavailable)
 from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
 from broker.usecases.caller import caller_identity, stored_identity
-from broker.usecases.refusal_budget import SUPPRESSION_SUMMARY, RefusalBudget, refusal_entry
+from broker.usecases.refusal_budget import RefusalBudget, refusal_entry
 from broker.storage.engine import Database
 from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
 from broker.storage.repository import Repository
@@ -157,8 +158,8 @@ class BrokerService:
             with self.database.transaction() as repo:
                 self._run_gates(self.gates, repo, principal, template, now)
                 repo.add_request(row)
-                repo.append_event(self._event("requested", row, actor=principal.id, now=now))
-                repo.append_event(self._event("pending", row, actor=principal.id, now=now, details={
+                repo.append_event(self._event(EventType.REQUESTED, row, actor=principal.id, now=now))
+                repo.append_event(self._event(EventType.PENDING, row, actor=principal.id, now=now, details={
                     "approvals_required": template.approval.approvals, "approvers": template.approval.approvers}))
         except BrokerError as exc:
             if not isinstance(exc, Unavailable):
@@ -166,7 +167,7 @@ class BrokerService:
                                   source_ip=row.source_ip, now=now)
             raise
         view = self.request_view(row, template=template)
-        self.notifier.notify(event="pending", request=view)
+        self.notifier.notify(event=EventType.PENDING, request=view)
         return RequestOutcome(request=view)
 
     def _issue_now(self, row: NewRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
@@ -176,7 +177,7 @@ class BrokerService:
             with self.database.transaction() as repo:
                 self._run_gates(self.gates, repo, principal, template, now)
                 repo.add_request_and_intent(row, mint_intent_for(row, now))
-                repo.append_event(self._event("requested", row, actor=principal.id, now=now))
+                repo.append_event(self._event(EventType.REQUESTED, row, actor=principal.id, now=now))
         except BrokerError as exc:
             if not isinstance(exc, Unavailable):
                 self._log_refusal(principal=principal, template_name=template.name, error=exc,
@@ -260,7 +261,7 @@ class BrokerService:
                     row.id, from_statuses=[RequestStatus.ISSUING.value], to_status=RequestStatus.ISSUED.value,
                     grant=grant, now=grant.issued_at):
                 raise Conflict("the request changed while credentials were minted", code="request_changed")
-            repo.append_event(self._event("issued", row, actor=actor, now=grant.issued_at,
+            repo.append_event(self._event(EventType.ISSUED, row, actor=actor, now=grant.issued_at,
                                           access_key_id=grant.access_key_id,
                                           expiration=issuance_log.log_time(grant.expiration),
                                           details={"environment": row.environment, "risks": list(risks)}))
@@ -276,13 +277,13 @@ class BrokerService:
                     # NOTE: otherwise the intent stays open: reconciliation logs that (possible) session as an
                     # orphan and revokes it.
                     repo.resolve_intent(row.grant_id)
-                repo.append_event(self._event("failed", row, actor=actor, now=now, reason_code=error.code))
+                repo.append_event(self._event(EventType.FAILED, row, actor=actor, now=now, reason_code=error.code))
         except BrokerError:
             log.error("could not record the failure of request %s", row.id)
 
     def _log_refusal(self, *, principal: Principal, template_name: str, error: BrokerError, source_ip: str | None,
                      now: datetime) -> None:
-        body = _base_event("refused", now)
+        body = log_entry(EventType.REFUSED, now=now)
         # NOTE: the name is the caller's; a NUL (which PostgreSQL cannot store) must not stop the refusal's entry.
         body.update(actor=principal.id, acts_for=principal.acts_for,
                     template=str(template_name)[:100].replace("\x00", "\ufffd"),
@@ -300,7 +301,7 @@ class BrokerService:
         try:
             with self.database.transaction() as repo:
                 for summary in summaries:
-                    body = _base_event(SUPPRESSION_SUMMARY, now)
+                    body = log_entry(EventType.REFUSALS_SUPPRESSED_SUMMARY, now=now)
                     body.update(actor=summary.principal_id, details=summary.details())
                     repo.append_event(body)
         except BaseException:
@@ -359,11 +360,11 @@ class BrokerService:
             repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
                                     to_status=RequestStatus.DENIED.value, updated_at=now, decided_reason=reason)
             row.status, row.decided_reason = RequestStatus.DENIED.value, reason
-            repo.append_event(self._event("denied", row, actor=principal.id, now=now, approvals=approvals,
+            repo.append_event(self._event(EventType.DENIED, row, actor=principal.id, now=now, approvals=approvals,
                                           details={"reason": reason}, source_ip=source_ip))
-            notify = "denied"
+            notify = EventType.DENIED
         else:
-            repo.append_event(self._event("cosigned", row, actor=principal.id, now=now, approvals=approvals,
+            repo.append_event(self._event(EventType.COSIGNED, row, actor=principal.id, now=now, approvals=approvals,
                                           source_ip=source_ip, details={"reason": reason}))
             counted = self._counted(repo, row, template)
             if len(counted) >= template.approval.approvals:
@@ -372,9 +373,9 @@ class BrokerService:
                                         to_status=RequestStatus.APPROVED.value, approved_at=now,
                                         redeem_by=redeem_by, updated_at=now)
                 row.status, row.approved_at, row.redeem_by = RequestStatus.APPROVED.value, now, redeem_by
-                repo.append_event(self._event("approved", row, actor=principal.id, now=now, approvals=approvals,
+                repo.append_event(self._event(EventType.APPROVED, row, actor=principal.id, now=now, approvals=approvals,
                                               details={"counted": sorted(counted)}))
-                notify = "approved"
+                notify = EventType.APPROVED
         return notify, self.request_view(row, template=template, approvals=approvals)
 
     def _log_request_refusal(self, *, request_id: str, principal: Principal, error: BrokerError,
@@ -389,7 +390,7 @@ class BrokerService:
                 if row is None:
                     return
                 extra: dict[str, Any] = {"source_ip": source_ip} if source_ip else {}
-                repo.append_event(ticket.shape(self._event("refused", row, actor=principal.id, now=now,
+                repo.append_event(ticket.shape(self._event(EventType.REFUSED, row, actor=principal.id, now=now,
                                                            reason_code=error.code,
                                                            details={"message": error.message[:300]}, **extra)))
 
@@ -480,7 +481,7 @@ class BrokerService:
                                                    to_status=RequestStatus.ISSUING.value, updated_at=now):
                         raise Conflict("the request was already redeemed", code="request_already_redeemed")
                     repo.add_intent(mint_intent_for(row, now))
-                    repo.append_event(self._event("redeeming", row, actor=principal.id, now=now))
+                    repo.append_event(self._event(EventType.REDEEMING, row, actor=principal.id, now=now))
         except (Forbidden, Conflict, GuardrailViolation) as exc:
             self._log_request_refusal(request_id=request_id, principal=principal, error=exc, source_ip=None)
             raise
@@ -525,7 +526,7 @@ class BrokerService:
         row.status = RequestStatus.FAILED.value
         # NOTE: the entry carries what was approved (the plan's digest), not the edited row's.
         approved = {"policy_digest": plan.policy.digest} if plan is not None else {}
-        repo.append_event(self._event("failed", row, actor=actor, now=now, reason_code=STORED_REQUEST_ALTERED,
+        repo.append_event(self._event(EventType.FAILED, row, actor=actor, now=now, reason_code=STORED_REQUEST_ALTERED,
                                       details={"altered": list(altered)}, **approved))
 
     def cancel(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
@@ -544,7 +545,7 @@ class BrokerService:
                                         from_statuses=[RequestStatus.PENDING.value, RequestStatus.APPROVED.value],
                                         to_status=RequestStatus.CANCELLED.value, updated_at=now)
                 row.status = RequestStatus.CANCELLED.value
-                repo.append_event(self._event("cancelled", row, actor=principal.id, now=now))
+                repo.append_event(self._event(EventType.CANCELLED, row, actor=principal.id, now=now))
                 view = self.request_view(row, approvals=self._approval_list(repo, row.id))
         self._send(outbox)
         if expired:
@@ -562,8 +563,8 @@ class BrokerService:
                                    updated_at=now):
             previous = row.status
             row.status = RequestStatus.EXPIRED.value
-            repo.append_event(self._event("expired", row, actor="broker", now=now, details={"was": previous}))
-            outbox.append(("expired", self.request_view(row)))
+            repo.append_event(self._event(EventType.EXPIRED, row, actor="broker", now=now, details={"was": previous}))
+            outbox.append((EventType.EXPIRED, self.request_view(row)))
         return True
 
     def _send(self, outbox: list[tuple[str, dict[str, Any]]]) -> None:
@@ -694,8 +695,8 @@ class BrokerService:
         return view
 
     # ------------------------------------------------------------------ events
-    def _event(self, kind: str, row: AnyRequest, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
-        body = _base_event(kind, now)
+    def _event(self, kind: EventType, row: AnyRequest, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
+        body = log_entry(kind, now=now)
         body.update(request_id=row.id, grant_id=row.grant_id, actor=actor,
                     acts_for=row.acts_for if actor == row.requester else None, template=row.template,
                     template_digest=row.template_digest, parameters=json.loads(row.parameters),
@@ -742,13 +743,6 @@ def grant_view(grant: GrantRow | NewGrant, *, ttl_seconds: int) -> dict[str, Any
             "expiration": iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
             "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,
             "revoked_at": iso(grant.revoked_at)}
-
-
-def _base_event(kind: str, now: datetime) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "time": issuance_log.log_time(now), "type": kind, "request_id": None,
-            "grant_id": None, "actor": None, "acts_for": None, "template": None, "template_digest": None,
-            "parameters": None, "policy_digest": None, "access_key_id": None, "expiration": None, "source_ip": None,
-            "approvals": None, "reason_code": None, "details": {}}
 
 
 def _clean_reason(reason: Any) -> str:

@@ -60,14 +60,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from broker.domain.events import EventType
 from broker.domain.log import log_time
 from broker.errors import InvalidInput
 from broker.ports import Clock, SystemClock
 
 WINDOW = timedelta(seconds=60)
-# The entry written instead of the first refusal over budget, and the count a sweep writes.
-SUPPRESSION_STARTED = "refusals_suppressed"
-SUPPRESSION_SUMMARY = "refusals_suppressed_summary"
 
 
 class RefusalAction(StrEnum):
@@ -119,7 +117,7 @@ class RefusalTicket:
         self.shaped = True
         entry = {**body, "details": dict(body.get("details") or {})}
         if self.action is RefusalAction.ANNOUNCE:
-            entry["type"] = SUPPRESSION_STARTED
+            entry["type"] = EventType.REFUSALS_SUPPRESSED.value
             entry["details"].update(budget=self.budget, window_seconds=int(WINDOW.total_seconds()),
                                     window_start=log_time(self.window_start), window_end=log_time(self.window_end))
         if self.carried is not None:
@@ -232,8 +230,6 @@ class RefusalBudget:
         self._closed[summary.principal_id] = summary if known is None else known.merged(summary)
 
 
-# Log entries that each stand for one refusal of their own (template and reason code as written).
-REFUSAL_ENTRY_TYPES = ("refused", SUPPRESSION_STARTED)
 # The reason code given to a carried count that does not say (or cannot say) its reasons.
 UNATTRIBUTED = "other"
 
@@ -302,6 +298,6 @@ def refusal_entry(budget: RefusalBudget, principal_id: str, *, reason_code: str)
         budget.release(ticket)
 
 
-__all__ = ["REFUSAL_ENTRY_TYPES", "SUPPRESSION_STARTED", "SUPPRESSION_SUMMARY", "UNATTRIBUTED", "WINDOW",
+__all__ = ["UNATTRIBUTED", "WINDOW",
            "RefusalAction", "RefusalBudget", "RefusalTicket", "SuppressedRefusals", "carried_announcements",
            "carried_refusals", "refusal_entry"]

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from broker.domain import log as issuance_log
+from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, REVOKING_TYPES, EventType
 from broker.domain.principals import Principal
 from broker.domain.times import as_utc
 from broker.errors import InvalidInput
@@ -23,17 +24,16 @@ from broker.ports import Clock
 from broker.storage.engine import Database
 from broker.storage.log_figures import Bucketing, LogFigures
 from broker.usecases.audit import require_reviewer
-from broker.usecases.refusal_budget import SUPPRESSION_STARTED, SUPPRESSION_SUMMARY, carried_refusals
+from broker.usecases.refusal_budget import carried_refusals
 
 # The ranges the dashboard offers (ending now).  Fixed: a bounded amount of work per view.
 RANGES: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30),
                                 "90d": timedelta(days=90)}
 DEFAULT_RANGE = "7d"
-REFUSAL_TYPES = ("refused", SUPPRESSION_STARTED)
 # Entries whose details may carry counts of suppressed refusals (see broker.usecases.refusal_budget).
-CARRYING_TYPES = ("refused", SUPPRESSION_STARTED, SUPPRESSION_SUMMARY)
-OUTCOME_TYPES = ("issued", "refused", SUPPRESSION_STARTED, "denied", "expired")
-REVOCATION_TYPES = ("revoked", "revoked_all", "orphaned", "lockdown", "lockdown_lift_requested", "lockdown_lifted")
+OUTCOME_TYPES = (EventType.ISSUED, *REFUSAL_TYPES, EventType.DENIED, EventType.EXPIRED)
+REVOCATION_TYPES = (*REVOKING_TYPES, EventType.ORPHANED, EventType.LOCKDOWN, EventType.LOCKDOWN_LIFT_REQUESTED,
+                    EventType.LOCKDOWN_LIFTED)
 PARTS = ("over_time", "refusals", "time_to_approve", "live_grants", "risky_grants", "revocations")
 
 
@@ -135,7 +135,7 @@ def _over_time(queries: LogFigures, figures: Figures) -> None:
     series = {kind: [0] * len(figures.buckets) for kind in ("issued", "refused", "denied", "expired")}
     for bucket, kind, count in queries.counts_over_time(types=OUTCOME_TYPES, since=figures.since,
                                                         until=figures.until, bucketing=bucketing):
-        name = "refused" if kind == SUPPRESSION_STARTED else kind
+        name = EventType.REFUSED if kind == EventType.REFUSALS_SUPPRESSED else kind
         if bucket in index:
             series[name][index[bucket]] += count
     # Refusals the refusal budget counted instead of logging one by one, in the bucket of the entry carrying them.

@@ -44,14 +44,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from broker.domain import log as issuance_log
 from broker.domain import revocation as rules
+from broker.domain.events import EventType, log_entry
 from broker.domain.principals import Principal, Role
 from broker.domain.requests import RequestStatus
 from broker.domain.sts_rules import source_identity_for
@@ -128,14 +127,10 @@ class IamBackoff:
         self.failures, self.retry_at = 0, 0.0
 
 
-def _event(kind: str, *, now: datetime, actor: str, acts_for: str | None = None, source_ip: str | None = None,
+def _event(kind: EventType, *, now: datetime, actor: str, acts_for: str | None = None, source_ip: str | None = None,
            grant: GrantRow | None = None, reason_code: str | None = None, **details: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()), "time": issuance_log.log_time(now), "type": kind, "request_id": None,
-        "grant_id": None, "actor": actor, "acts_for": acts_for, "template": None, "template_digest": None,
-        "parameters": None, "policy_digest": None, "access_key_id": None, "expiration": None,
-        "source_ip": source_ip, "approvals": None, "reason_code": reason_code, "details": details,
-    }
+    body = log_entry(kind, now=now, actor=actor, acts_for=acts_for, source_ip=source_ip, reason_code=reason_code,
+                     details=details)
     if grant is not None:
         body.update(request_id=grant.request_id, grant_id=grant.id, template=grant.template,
                     policy_digest=grant.policy_digest, access_key_id=grant.access_key_id,
@@ -211,11 +206,12 @@ class RevocationService:
         except StorageUnavailable:
             raise
         except Forbidden as exc:
-            self._log_failure("refused", principal_id=principal_id, source_ip=source_ip, action=action, error=exc)
+            self._log_failure(EventType.REFUSED, principal_id=principal_id, source_ip=source_ip, action=action,
+                              error=exc)
             raise
         except (Unavailable, PolicyTooLarge) as exc:
-            self._log_failure("revocation_failed", principal_id=principal_id, source_ip=source_ip, action=action,
-                              error=exc)
+            self._log_failure(EventType.REVOCATION_FAILED, principal_id=principal_id, source_ip=source_ip,
+                              action=action, error=exc)
             raise
         return view
 
@@ -276,7 +272,7 @@ class RevocationService:
             grant.revoked_at, grant.revoked_by = now, "broker"
             repo.save_grant(grant)
         target = FALLBACK_TARGETS[fallback.scope]
-        event = _event("revoked_all", now=now, actor="broker", reason_code="revocation_policy_full",
+        event = _event(EventType.REVOKED_ALL, now=now, actor="broker", reason_code="revocation_policy_full",
                        reason="the role's per-session deny entries no longer fit IAM's inline policy limit",
                        target=target, value=fallback.value or fallback.role_arn, fallback=True, notes=list(replaced),
                        issued_before=rules.iam_time(fallback.cutoff), roles=[fallback.role_arn],
@@ -285,13 +281,13 @@ class RevocationService:
             event["template"] = fallback.value
         return event
 
-    def _log_failure(self, kind: str, *, principal_id: str, source_ip: str | None, action: str,
+    def _log_failure(self, kind: EventType, *, principal_id: str, source_ip: str | None, action: str,
                      error: BrokerError) -> None:
         body = _event(kind, now=self.clock.now(), actor=principal_id, source_ip=source_ip, reason_code=error.code,
                       action=action, message=error.message[:300])
         # NOTE: a refusal counts against the principal's refusal budget (see broker.usecases.refusal_budget); a failure
         # (IAM, database) is not the caller's to repeat at will and is always written.
-        budget = self.refusal_budget if kind == "refused" else RefusalBudget.disabled()
+        budget = self.refusal_budget if kind == EventType.REFUSED else RefusalBudget.disabled()
         append_refusal(self.database, budget, principal_id, body)
 
     @staticmethod
@@ -336,8 +332,9 @@ class RevocationService:
             entry = rules.RevokedSession(role_arn=grant.role_arn, grant_id=grant.id, session_name=grant.session_name,
                                          expires_at=as_utc(grant.expiration), issued_by=as_utc(grant.issued_at),
                                          source_identity=grant.source_identity, template=grant.template)
-            event = _event("revoked", now=now, actor=principal.id, acts_for=principal.acts_for, source_ip=source_ip,
-                           grant=grant, reason=reason, agent=grant.agent, on_behalf_of=grant.acts_for,
+            event = _event(EventType.REVOKED, now=now, actor=principal.id, acts_for=principal.acts_for,
+                           source_ip=source_ip, grant=grant, reason=reason, agent=grant.agent,
+                           on_behalf_of=grant.acts_for,
                            role_arn=grant.role_arn, session_name=grant.session_name)
             request = repo.get_request(grant.request_id)
             ttl = request.ttl_seconds if request is not None else 0
@@ -393,7 +390,7 @@ class RevocationService:
                     grant.revoked_at, grant.revoked_by = now, principal.id
                     repo.save_grant(grant)
 
-            event = _event("revoked_all", now=now, actor=principal.id, acts_for=principal.acts_for,
+            event = _event(EventType.REVOKED_ALL, now=now, actor=principal.id, acts_for=principal.acts_for,
                            source_ip=source_ip, reason=reason, target=target, value=value,
                            issued_before=rules.iam_time(cutoff), roles=sorted(roles), grants=[g.id for g in grants])
             if target == "template":
@@ -445,7 +442,7 @@ class RevocationService:
             roles = {e.role_arn for e in entries}
             events = []
             if dropped:
-                events.append(_event("revocations_expired", now=now, actor="broker", dropped=dropped,
+                events.append(_event(EventType.REVOCATIONS_EXPIRED, now=now, actor="broker", dropped=dropped,
                                      roles=sorted(roles)))
             return Change(roles=roles, events=events, view={"dropped": dropped, "roles": sorted(roles)})
 
@@ -495,7 +492,7 @@ class RevocationService:
                                                 expires_at=as_utc(intent.created_at) + timedelta(seconds=ttl),
                                                 issued_by=now, source_identity=intent.source_identity,
                                                 template=request.template if request is not None else None))
-            event = _event("orphaned", now=now, actor="broker", reason_code="orphaned_mint",
+            event = _event(EventType.ORPHANED, now=now, actor="broker", reason_code="orphaned_mint",
                            role_arn=intent.role_arn, session_name=session_name, revoked=True,
                            intent_created_at=iso(intent.created_at),
                            requester=request.requester if request is not None else None)
@@ -528,7 +525,7 @@ class RevocationService:
             state = {"environment": scope, "by": principal.id, "reason": reason, "at": iso(now)}
             repo.set_setting(LOCKDOWN_KEY.format(scope=scope), json.dumps(state), now=now)
             repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
-            repo.append_event(_event("lockdown", now=now, actor=principal.id, source_ip=source_ip,
+            repo.append_event(_event(EventType.LOCKDOWN, now=now, actor=principal.id, source_ip=source_ip,
                                      environment=scope, reason=reason))
         return {**state, "status": "locked"}
 
@@ -548,14 +545,14 @@ class RevocationService:
                 lift = {"environment": scope, "requested_by": principal.id, "reason": reason, "at": iso(now),
                         "expires_at": iso(now + timedelta(seconds=self.lift_request_seconds))}
                 repo.set_setting(LIFT_KEY.format(scope=scope), json.dumps(lift), now=now)
-                repo.append_event(_event("lockdown_lift_requested", now=now, actor=principal.id, source_ip=source_ip,
-                                         environment=scope, reason=reason))
+                repo.append_event(_event(EventType.LOCKDOWN_LIFT_REQUESTED, now=now, actor=principal.id,
+                                         source_ip=source_ip, environment=scope, reason=reason))
                 return {**lift, "status": "lift_requested"}
             if pending["requested_by"] == principal.id:
                 raise Conflict("a second, different admin must confirm the lift", code="second_admin_required")
             repo.set_setting(LOCKDOWN_KEY.format(scope=scope), None, now=now)
             repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
-            repo.append_event(_event("lockdown_lifted", now=now, actor=principal.id, source_ip=source_ip,
+            repo.append_event(_event(EventType.LOCKDOWN_LIFTED, now=now, actor=principal.id, source_ip=source_ip,
                                      environment=scope, requested_by=pending["requested_by"],
                                      request_reason=pending["reason"], confirmed_by=principal.id, reason=reason,
                                      lockdown=json.loads(locked)))
@@ -573,7 +570,8 @@ class RevocationService:
     def _admin_scope(self, principal: Principal, environment: str, *, source_ip: str | None, action: str) -> str:
         if not principal.has_role(Role.ADMIN):
             error = Forbidden("only admins may lock down or lift a lockdown", code="admin_required")
-            self._log_failure("refused", principal_id=principal.id, source_ip=source_ip, action=action, error=error)
+            self._log_failure(EventType.REFUSED, principal_id=principal.id, source_ip=source_ip, action=action,
+                              error=error)
             raise error
         if environment not in LOCKDOWN_SCOPES:
             raise InvalidInput(f"environment must be one of {', '.join(LOCKDOWN_SCOPES)}",

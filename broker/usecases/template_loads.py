@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker.domain import log as issuance_log
-
-TEMPLATES_LOADED = "templates_loaded"
-
+from broker.domain.events import EventType, log_entry
 
 @dataclass(frozen=True)
 class LoadedVersion:
@@ -50,12 +47,10 @@ def templates_loaded_entry(*, now: datetime, reason: str, loaded: Sequence[Loade
     names = {v.name for v in loaded}
     removed = [{"name": name, "previous_digest": digest} for name, digest in sorted((previous or {}).items())
                if name not in names]
-    body = {field: None for field in issuance_log.ENTRY_FIELDS}
-    body.update(event_id=str(uuid.uuid4()), time=issuance_log.log_time(now), type=TEMPLATES_LOADED, actor="broker",
-                details={"reason": reason, "load_id": load_id or str(uuid.uuid4()), "templates": templates,
-                         "removed": removed,
-                         "signatures": {"enforced": enforced, "required": required if enforced else 0}})
-    return body
+    return log_entry(EventType.TEMPLATES_LOADED, now=now, actor="broker",
+                     details={"reason": reason, "load_id": load_id or str(uuid.uuid4()), "templates": templates,
+                              "removed": removed,
+                              "signatures": {"enforced": enforced, "required": required if enforced else 0}})
 
 
 def previous_digests(entry: dict[str, Any] | None) -> dict[str, str] | None:
@@ -71,7 +66,7 @@ def append_templates_loaded(repo, *, now: datetime, reason: str, loaded: Sequenc
     """In the caller's unit of work: read the last ``templates_loaded`` entry, append this one (under the
     log's lock, so two replicas loading at once each name the other's digests correctly)."""
     repo.lock_log_head()
-    latest = repo.latest_event(TEMPLATES_LOADED)
+    latest = repo.latest_event(EventType.TEMPLATES_LOADED)
     if load_id is not None and latest is not None and (latest.get("details") or {}).get("load_id") == load_id:
         return latest   # this very load is logged already (a retry after the entry committed)
     return repo.append_event(templates_loaded_entry(now=now, reason=reason, loaded=loaded,

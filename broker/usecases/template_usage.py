@@ -26,6 +26,7 @@ from typing import Any
 from broker.domain.actions import ActionKnowledge
 from broker.domain.cloudtrail import ApiCall, TrailRecords, iso
 from broker.domain.evaluator import action_matches, arn_matches
+from broker.domain.events import EventType
 from broker.domain.guardrails import CAPABILITIES, check_template
 from broker.domain.rendering import render_policy, validate_parameters
 from broker.domain.risk import classify
@@ -135,7 +136,7 @@ def _render(template: ScopeTemplate, parameters: Any):
 def issued_sessions(template: ScopeTemplate, entries: Iterable[Mapping[str, Any]]) -> tuple[list[IssuedSession], int]:
     sessions, unrenderable = [], 0
     for entry in entries:
-        if entry.get("type") != "issued" or entry.get("template") != template.name:
+        if entry.get("type") != EventType.ISSUED or entry.get("template") != template.name:
             continue
         details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
         requester, request_id = details.get("requester"), entry.get("request_id")

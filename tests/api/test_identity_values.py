@@ -106,6 +106,9 @@ def test_a_caller_without_a_usable_claim_is_403_and_nothing_is_minted(identity_b
 
 def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):
     harness, _ = identity_broker
+    # agent:other has no workspace attribute yet: refused, never a default.
+    refused = harness.post("/v1/requests", "agent:other", json=RESET)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_value_missing"
     with harness.container.database.transaction() as repo:
         row = repo.get_principal_row("agent:other")
         repo.upsert_principal(principal_id="agent:other", roles=["agent"], acts_for=row.acts_for,
@@ -113,9 +116,9 @@ def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):
     response = harness.post("/v1/requests", "agent:other", json=RESET)
     assert response.status_code == 201, response.text
     assert response.json()["policy"]["Statement"][0]["Resource"] == [TABLE.format("ws-d")]
-    # agent:demo has no workspace attribute: refused, never a default.
-    refused = harness.post("/v1/requests", "agent:demo", json=RESET)
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_value_missing"
+    # broker dev's agents carry theirs (broker.runtime.devmode.DEV_ATTRIBUTES).
+    demo = harness.post("/v1/requests", "agent:demo", json=RESET)
+    assert demo.status_code == 201 and demo.json()["identity"] == {"workspace": "demo"}
 
 
 def test_the_co_signed_scope_is_shown_as_the_callers_own_and_redeemed_with_the_same_identity(identity_broker):

@@ -57,3 +57,19 @@ def test_unusable_input_is_exit_2(repo, old):
 def test_a_broken_template_is_unusable(repo):
     (repo / "scopes" / "broken.yaml").write_text("name: [")
     assert main(["scopes", "diff", "HEAD:scopes", "scopes"]) == 2
+
+
+@pytest.mark.parametrize(("old", "git_says"), [
+    ("HEAD~5:scopes", "invalid object name"), ("HEAD:missing", "does not exist in 'HEAD'")])
+def test_an_unreadable_revision_says_why_in_gits_words(repo, capsys, old, git_says):
+    assert main(["scopes", "diff", old, "scopes"]) == 2
+    err = capsys.readouterr().err
+    assert "[template_unreadable]" in err and "nor a git revision with a path" in err and git_says in err
+
+
+def test_outside_a_repository_a_revision_is_named_as_such(tmp_path, monkeypatch, capsys):
+    shutil.copytree(REPO_SCOPES, tmp_path / "scopes")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert main(["scopes", "diff", "HEAD~1:scopes", "scopes"]) == 2
+    assert "not a git repository" in capsys.readouterr().err

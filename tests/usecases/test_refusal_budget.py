@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
+from broker.domain.events import EventType
 from broker.errors import InvalidInput
-from broker.usecases.refusal_budget import (SUPPRESSION_STARTED, UNATTRIBUTED, RefusalAction, RefusalBudget, SuppressedRefusals,
+from broker.usecases.refusal_budget import (UNATTRIBUTED, RefusalAction, RefusalBudget, SuppressedRefusals,
                              carried_announcements, carried_refusals, refusal_entry)
 from tests.conftest import FrozenClock
 
@@ -40,7 +41,7 @@ def test_the_announcement_is_the_refusal_retyped_with_the_budget_and_window():
     clock.advance(5)
     ticket = budget.admit(AGENT, reason_code="template_not_found")
     entry = ticket.shape(BODY)
-    assert entry["type"] == SUPPRESSION_STARTED and entry["actor"] == AGENT
+    assert entry["type"] == EventType.REFUSALS_SUPPRESSED and entry["actor"] == AGENT
     assert entry["reason_code"] == "template_not_found" and entry["details"]["message"] == "no"
     assert entry["details"]["budget"] == 1 and entry["details"]["window_seconds"] == 60
     assert entry["details"]["window_start"] < entry["details"]["window_end"]

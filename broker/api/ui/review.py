@@ -13,6 +13,7 @@ from broker.api.deps import ContainerDep
 from broker.api.ui.charts import CHART_CSP, CHARTS
 from broker.api.ui.pages import current_session, error_page, render, to_sign_in
 from broker.api.ui.security import secured
+from broker.domain.events import EventType
 from broker.errors import BrokerError, NotFound
 from broker.usecases.review import RANGES
 
@@ -29,10 +30,13 @@ def review(request: Request, container: ContainerDep, range: str | None = None) 
         figures = container.review.figures(principal=principal, range_name=range)
     except BrokerError as exc:
         return error_page(exc, session, principal)
-    links = {"over-time": figures.events_link(type="issued"), "refusals": figures.events_link(type="refused"),
-             "time-to-approve": figures.events_link(type="approved"),
-             "live-grants": figures.events_link(type="issued"), "risky-grants": figures.events_link(type="issued"),
-             "revocations": figures.events_link(type="revoked"), "lockdowns": figures.events_link(type="lockdown")}
+    links = {"over-time": figures.events_link(type=EventType.ISSUED),
+             "refusals": figures.events_link(type=EventType.REFUSED),
+             "time-to-approve": figures.events_link(type=EventType.APPROVED),
+             "live-grants": figures.events_link(type=EventType.ISSUED),
+             "risky-grants": figures.events_link(type=EventType.ISSUED),
+             "revocations": figures.events_link(type=EventType.REVOKED),
+             "lockdowns": figures.events_link(type=EventType.LOCKDOWN)}
     return render("review.html", now=container.clock.now(), f=figures, links=links, ranges=list(RANGES),
                   fresh_for=container.review.fresh_for,
                   principal=principal, csrf_token=session.csrf_token)
