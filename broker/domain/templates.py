@@ -364,11 +364,16 @@ class ScopeTemplate(_Strict):
         return self
 
     def placeholders(self) -> set[str]:
+        return set(self._placeholder_names)
+
+    @cached_property
+    def _placeholder_names(self) -> frozenset[str]:
+        """Every ``{name}`` of the role, resources and condition values, found once per template (rendering asks)."""
         found = set(PLACEHOLDER.findall(self.role))
         for statement in self.statements:
             for text in (*statement.resources, *_condition_strings(statement.conditions)):
                 found.update(PLACEHOLDER.findall(text))
-        return found
+        return frozenset(found)
 
     def role_parameters(self) -> set[str]:
         """The placeholders of the role ARN (parameters or identity values)."""
