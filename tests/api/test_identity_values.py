@@ -45,7 +45,7 @@ def identity_broker(jwks_server, moto_server, tmp_path):  # noqa: F811
     (scopes / "workspace-reset-approved.yaml").write_text(APPROVED_RESET)
     harness = build_harness(db_url=f"sqlite:///{tmp_path / 'b.db'}", scopes=scopes,
                             aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "state",
-                            oidc_issuers_file=issuers)
+                            oidc_issuers_file=issuers, dev_mode=True)
     yield harness, signer
     harness.container.database.engine.dispose()
 
@@ -102,6 +102,10 @@ def test_a_caller_without_a_usable_claim_is_403_and_nothing_is_minted(identity_b
     assert response.json()["error"]["code"] == code
     assert len(moto_sts_sessions(harness.aws_endpoint)) == before
     assert harness.request_count() == 0
+    # The refusal is logged with its code; the entry never carries the caller's claim.
+    [refused] = [e for e in harness.events() if e["type"] == "refused"]
+    assert refused["reason_code"] == code and refused["actor"] == "agent:agent-c"
+    assert "ws-a" not in json.dumps(refused) and "ws-b" not in json.dumps(refused)
 
 
 def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):
@@ -130,6 +134,14 @@ def test_the_co_signed_scope_is_shown_as_the_callers_own_and_redeemed_with_the_s
     assert "only the caller's own workspace" in radius["headline"]
     assert radius["identity"]["workspace"].startswith("ws-a, the caller's own workspace")
     request_id = pending.json()["id"]
+    # The approver's page says it too, and shows the bound value apart from the parameters.
+    harness.client.get("/ui/sign-in")
+    harness.client.post("/ui/sign-in", data={"key": harness.keys["human:bob"], "next": "/ui/requests",
+                                             "csrf_token": harness.client.cookies.get("broker_ui_signin")})
+    page = harness.client.get(f"/ui/requests/{request_id}")
+    assert page.status_code == 200
+    assert "only the caller&#39;s own workspace" in page.text or "only the caller's own workspace" in page.text
+    assert 'id="identity"><code class="param">workspace=<strong>ws-a</strong></code>' in page.text
     approved = harness.post(f"/v1/requests/{request_id}/approvals", "human:bob",
                             json={"decision": "approve", "reason": "its own workspace only"})
     assert approved.status_code == 200, approved.text
@@ -167,3 +179,21 @@ def test_templates_without_identity_keep_their_version_digest():
         "sha256:3bd2082219f1fd36315a7abba8f173828073ae8c34e6dd9babc440dcb7d14031"
     assert catalog.get("prod-stack-recreate").version_digest == \
         "sha256:4b965bc2b8f783122a043e2c25b5893ba41931174863138d6c75bc3bd346178d"
+
+
+def test_simulating_an_issued_grant_uses_the_identity_values_its_log_entry_recorded(identity_broker, tmp_path,
+                                                                                    capsys):
+    from broker.cli.main import main
+
+    harness, _ = identity_broker
+    issued = harness.post("/v1/requests", "agent:demo", json=RESET)     # broker dev's agent:demo: workspace demo
+    assert issued.status_code == 201, issued.text
+    export = harness.get("/v1/events/export", "human:rita")
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(export.content)
+    grant = issued.json()["grant"]["id"]
+    base = ["scopes", "simulate", "--grant", grant, "--log", str(log), "--scopes", str(tmp_path / "scopes"),
+            "--action", "dynamodb:DeleteTable", "--resource"]
+    assert main([*base, TABLE.format("demo")]) == 0
+    assert main([*base, TABLE.format("demo2")]) == 1
+    capsys.readouterr()
