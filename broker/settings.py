@@ -150,6 +150,16 @@ def load_target_accounts(settings: BrokerSettings, *, required: bool = True):
 
     sources: list[tuple[str, Any]] = []
     if settings.accounts:
+        # NOTE: pydantic decodes BROKER_ACCOUNTS keeping the last of an account written twice: read it again.
+        raw_environment = os.environ.get("BROKER_ACCOUNTS")
+        if raw_environment:
+            try:
+                load_reviewed(raw_environment, json_format=True)
+            except DuplicateKey as exc:
+                raise InvalidInput(f"BROKER_ACCOUNTS: {exc.problem}", code="config_invalid",
+                                   field="accounts") from exc
+            except ValueError:
+                pass  # not JSON: the settings read it already, or refused it
         sources.append(("BROKER_ACCOUNTS", settings.accounts))
     if settings.accounts_file is not None:
         try:
