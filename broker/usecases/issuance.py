@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
 from broker.domain import log as issuance_log
 from broker.domain.caller_identity import CallerIdentity
 from broker.domain.events import EventType, log_entry
@@ -34,12 +35,10 @@ from broker.domain.templates import ScopeTemplate
 from broker.domain.text import unsafe_characters
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
                            StorageDisconnected, StorageUnavailable, Unavailable)
-from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
+from broker.ports import (Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, Store,
+                          StoredGrant, StoredRequest, TemplateSource, UnitOfWork)
 from broker.usecases.caller import caller_identity, stored_identity
 from broker.usecases.refusal_budget import RefusalBudget, refusal_entry
-from broker.storage.engine import Database
-from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
-from broker.storage.repository import Repository
 from broker.domain.times import as_utc, iso
 
 log = logging.getLogger("broker.service")
@@ -48,14 +47,14 @@ STORED_REQUEST_ALTERED = "stored_request_altered"
 
 MAX_REASON = 1000
 # A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
-AnyRequest = RequestRow | NewRequest
+AnyRequest = StoredRequest | CredentialRequest
 # A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
 RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
 # Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
-IssuanceGate = Callable[[Repository, Principal, ScopeTemplate, datetime], None]
+IssuanceGate = Callable[[UnitOfWork, Principal, ScopeTemplate, datetime], None]
 # Check run inside unit of work B, after STS minted and before the credentials are released (the
 # lockdown): given the environment, raises a BrokerError to withhold them.
-ReleaseGate = Callable[[Repository, str], None]
+ReleaseGate = Callable[[UnitOfWork, str], None]
 
 
 # The approvers' pending list: a page's default and largest size, and how deep it may page.
@@ -84,7 +83,7 @@ class RequestOutcome:
 @dataclass
 class BrokerService:
     catalog: TemplateSource
-    database: Database
+    database: Store
     minter: CredentialMinter
     clock: Clock
     rendered_checks: Sequence[RenderedCheck] = ()
@@ -120,7 +119,7 @@ class BrokerService:
             raise
         # NOTE: the row is the plan's stored form, field for field (what a redemption checks it against).
         stored = plan.stored_form()
-        row = NewRequest(
+        row = CredentialRequest(
             id=request_id, template=plan.template, template_digest=plan.template_digest,
             environment=template.environment.value, parameters=json.dumps(stored["parameters"], sort_keys=True),
             role_arn=plan.role_arn, policy=plan.policy.json, policy_digest=plan.policy.digest,
@@ -143,7 +142,7 @@ class BrokerService:
                                          details={"findings": [str(f) for f in blocking]})
 
     @staticmethod
-    def _run_gates(gates: Sequence[IssuanceGate], repo: Repository, principal: Principal, template: ScopeTemplate,
+    def _run_gates(gates: Sequence[IssuanceGate], repo: UnitOfWork, principal: Principal, template: ScopeTemplate,
                    now: datetime) -> None:
         # NOTE: the log's lock first, so the gates decide on a serialized view: a lockdown (which takes the
         # same lock) commits either before they read (and refuses this request) or after this request.
@@ -151,7 +150,7 @@ class BrokerService:
         for gate in gates:
             gate(repo, principal, template, now)
 
-    def _open_pending(self, row: NewRequest, template: ScopeTemplate, principal: Principal,
+    def _open_pending(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal,
                       now: datetime) -> RequestOutcome:
         row.pending_expires_at = now + timedelta(seconds=template.approval.expires_after)
         try:
@@ -170,7 +169,7 @@ class BrokerService:
         self.notifier.notify(event=EventType.PENDING, request=view)
         return RequestOutcome(request=view)
 
-    def _issue_now(self, row: NewRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
+    def _issue_now(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
                    now: datetime) -> RequestOutcome:
         row.status = RequestStatus.ISSUING.value
         try:
@@ -202,7 +201,7 @@ class BrokerService:
                                  session_may_exist=bool(exc.details.get("outcome_unknown")))
             raise
         now = self.clock.now()
-        grant = NewGrant(id=plan.grant_id, request_id=row.id, template=plan.template, agent=row.requester,
+        grant = Grant(id=plan.grant_id, request_id=row.id, template=plan.template, agent=row.requester,
                          acts_for=row.acts_for, role_arn=plan.role_arn, access_key_id=minted.access_key_id,
                          source_identity=plan.source_identity, session_name=plan.session_name,
                          policy_digest=plan.policy.digest, environment=row.environment, issued_at=now,
@@ -245,7 +244,7 @@ class BrokerService:
             self._risk_cache[key] = cached
         return list(cached)
 
-    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, risks: Sequence[str],
+    def _record_issued(self, row: AnyRequest, grant: Grant, *, actor: str, risks: Sequence[str],
                        retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
         with self.database.transaction() as repo:
@@ -349,11 +348,11 @@ class BrokerService:
             self.notifier.notify(event=notify, request=view)
         return view
 
-    def _record_decision(self, repo: Repository, row: RequestRow, template: ScopeTemplate, *, principal: Principal,
+    def _record_decision(self, repo: UnitOfWork, row: StoredRequest, template: ScopeTemplate, *, principal: Principal,
                          choice: Decision, reason: str, now: datetime,
                          source_ip: str | None) -> tuple[str | None, dict[str, Any]]:
         notify: str | None = None
-        repo.add_approval(ApprovalRow(request_id=row.id, approver=principal.id, decision=choice.value,
+        repo.add_approval(Approval(request_id=row.id, approver=principal.id, decision=choice.value,
                                       binding_digest=row.binding_digest, reason=reason, created_at=now))
         approvals = self._approval_list(repo, row.id)
         if choice is Decision.DENY:
@@ -394,12 +393,12 @@ class BrokerService:
                                                            reason_code=error.code,
                                                            details={"message": error.message[:300]}, **extra)))
 
-    def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
+    def _approval_list(self, repo: UnitOfWork, request_id: str) -> list[dict[str, Any]]:
         return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
                  "binding_digest": a.binding_digest, "at": issuance_log.log_time(as_utc(a.created_at))}
                 for a in repo.approvals_for(request_id)]
 
-    def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate,
+    def _counted(self, repo: UnitOfWork, row: StoredRequest, template: ScopeTemplate,
                  binding_digest: str | None = None) -> set[str]:
         """Approvals that still stand now: same binding (``binding_digest``, by default the row's recomputed),
         approver still allowed (re-checked)."""
@@ -422,14 +421,14 @@ class BrokerService:
                                  still_allowed=still_allowed, person_of=person_of)
 
     @staticmethod
-    def _pending_facts(repo: Repository, row: RequestRow) -> PendingFacts:
+    def _pending_facts(repo: UnitOfWork, row: StoredRequest) -> PendingFacts:
         """What the approval rules need, with the person of the human the agent acts for (their linked ids)."""
         human = repo.get_principal(row.acts_for) if row.acts_for else None
         return PendingFacts(row.requester, row.acts_for, row.binding_digest,
                             acts_for_person=human.person if human is not None else None)
 
     @staticmethod
-    def _person_decided(repo: Repository, row: RequestRow, principal: Principal) -> bool:
+    def _person_decided(repo: UnitOfWork, row: StoredRequest, principal: Principal) -> bool:
         """Whether another id of ``principal``'s person (the directory's ``person:`` group) already decided."""
         if principal.person == principal.id:
             return False
@@ -494,7 +493,7 @@ class BrokerService:
         return self._mint_and_record(row, template, plan, actor=principal.id)
 
     @staticmethod
-    def _plan_for_stored(template: ScopeTemplate, row: RequestRow, *,
+    def _plan_for_stored(template: ScopeTemplate, row: StoredRequest, *,
                          identity: CallerIdentity) -> tuple[MintPlan | None, tuple[str, ...]]:
         """The plan re-derived for a stored request (identity-bound values from ``identity``, the redeeming
         requester as it authenticated now), and the stored fields that disagree with it."""
@@ -516,7 +515,7 @@ class BrokerService:
             return plan, ("session_tags",)
         return plan, plan.disagreements(stored)
 
-    def _fail_altered(self, repo: Repository, row: RequestRow, plan: MintPlan | None, altered: tuple[str, ...], *,
+    def _fail_altered(self, repo: UnitOfWork, row: StoredRequest, plan: MintPlan | None, altered: tuple[str, ...], *,
                       actor: str, now: datetime) -> None:
         """The request ends failed, with a ``failed`` entry naming the altered fields; nothing is minted."""
         if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
@@ -552,7 +551,7 @@ class BrokerService:
             raise Conflict("the request expired", code="request_expired")
         return view
 
-    def _expire_if_stale(self, repo: Repository, row: RequestRow, now: datetime,
+    def _expire_if_stale(self, repo: UnitOfWork, row: StoredRequest, now: datetime,
                          outbox: list[tuple[str, dict[str, Any]]]) -> bool:
         """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit."""
         deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
@@ -644,8 +643,8 @@ class BrokerService:
                    else f"You cannot decide on this request: {reason}.")
         return DecisionOptions(approve=approve, deny=deny, why=why)
 
-    def _visible_request(self, repo: Repository, principal: Principal, request_id: str, *,
-                         for_update: bool = False) -> RequestRow:
+    def _visible_request(self, repo: UnitOfWork, principal: Principal, request_id: str, *,
+                         for_update: bool = False) -> StoredRequest:
         row = repo.get_request(str(request_id)[:64], for_update=for_update)
         visible = row is not None and (
             principal.id in (row.requester, row.acts_for)
@@ -712,7 +711,7 @@ class BrokerService:
         return body
 
 
-def append_refusal(database: Database, budget: RefusalBudget, principal_id: str, body: dict[str, Any]) -> None:
+def append_refusal(database: Store, budget: RefusalBudget, principal_id: str, body: dict[str, Any]) -> None:
     """Write a refusal's entry in its own unit of work, or let the principal's refusal budget count it instead.
 
     NOTE: if the entry cannot be written the caller gets 503 instead: nothing unlogged.  Over the budget it is
@@ -724,9 +723,9 @@ def append_refusal(database: Database, budget: RefusalBudget, principal_id: str,
                 repo.append_event(ticket.shape(body))
 
 
-def mint_intent_for(row: AnyRequest, now: datetime) -> NewMintIntent:
+def mint_intent_for(row: AnyRequest, now: datetime) -> MintIntent:
     """The intent written before STS is called for ``row`` (an open one at start-up is an orphan)."""
-    return NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+    return MintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
                          source_identity=row.source_identity, created_at=now)
 
 
@@ -738,7 +737,7 @@ def binding_of(row: AnyRequest) -> BindingFacts:
                         source_identity=row.source_identity)
 
 
-def grant_view(grant: GrantRow | NewGrant, *, ttl_seconds: int) -> dict[str, Any]:
+def grant_view(grant: StoredGrant | Grant, *, ttl_seconds: int) -> dict[str, Any]:
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
             "expiration": iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
             "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,
