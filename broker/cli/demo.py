@@ -37,6 +37,12 @@ STACK = "cost-explorer-api"
 OTHER_STACK = "billing-api"
 BUGFIX_TEMPLATE = "cost-explorer-read"
 PROD_TEMPLATE = "prod-stack-recreate"
+WORKSPACE_TEMPLATE = "workspace-reset"
+DEV_ACCOUNT = "123456789012"     # the FAKE dev account
+
+
+def workspace_table_arn(workspace: str) -> str:
+    return f"arn:aws:dynamodb:us-east-1:{DEV_ACCOUNT}:table/workspace-{workspace}"
 STARTUP_SECONDS = 60.0
 
 
@@ -146,6 +152,7 @@ class SeedIncident:
         bugfix = self.bugfix_scope()
         self.simulate(bugfix["policy"], "the bug-fix credentials",
                       [("ce:GetCostAndUsage", "*"), ("cloudformation:DeleteStack", stack_arn(STACK))])
+        self.own_workspace_reset()
         pending = self.ask_for_production()
         self.own_human_tries(pending)
         approved = self.approvers_decide(pending)
@@ -189,6 +196,51 @@ class SeedIncident:
             results[f"{action} {resource}"] = decision.allowed
             self.say(f"{action} on {resource}: {decision.outcome.value.upper()} ({decision.reason})")
         return results
+
+    # ------------------------------------------------------------------ 2b. its own workspace, and only its own
+    def own_workspace_reset(self) -> None:
+        import boto3
+
+        self.step(f"agent:demo resets its own workspace with '{WORKSPACE_TEMPLATE}' (no co-signer: the guardrails "
+                  "prove the deletion is confined to the caller's own workspace)")
+        issued = self.agent.request(WORKSPACE_TEMPLATE, {}, reason="reset my workspace database before the test run")
+        if not isinstance(issued, IssuedCredentials):
+            raise DemoFailure("the self-scoped workspace reset waited for co-signers")
+        self.request_ids.append(issued.request_id)
+        view = self.agent.request_view(issued.request_id)
+        workspace = (view.get("identity") or {}).get("workspace")
+        self.say(f"issued at once: the workspace comes from agent:demo's directory entry, not the request: "
+                 f"{workspace}; policy resources: {', '.join(r for st in view['policy']['Statement'] for r in st['Resource'])}")
+        dynamodb = boto3.Session(aws_access_key_id=issued.access_key_id, aws_secret_access_key=issued.secret_access_key,
+                                 aws_session_token=issued.session_token, region_name="us-east-1"
+                                 ).client("dynamodb", endpoint_url=self.broker.aws_endpoint)
+        table = f"workspace-{workspace}"
+        schema = {"TableName": table, "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                  "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                  "BillingMode": "PAY_PER_REQUEST"}
+        if table not in dynamodb.list_tables().get("TableNames", []):
+            dynamodb.create_table(**schema)
+        dynamodb.delete_table(TableName=table)
+        dynamodb.create_table(**schema)
+        self.say(f"with them it deletes and recreates table {table}: "
+                 f"{dynamodb.describe_table(TableName=table)['Table']['TableStatus']}")
+        other = self.broker.client("agent:demo2")
+        self.step("agent:demo2, of workspace demo2, tries to reset agent:demo's workspace")
+        try:
+            other.request(WORKSPACE_TEMPLATE, {"workspace": workspace}, reason="reset demo's workspace")
+        except BrokerAPIError as exc:
+            self.say(f"naming it in the request is refused: HTTP {exc.status} [{exc.code}] {exc.message}")
+        else:
+            raise DemoFailure("agent:demo2 chose another agent's workspace")
+        own = other.request(WORKSPACE_TEMPLATE, {}, reason="reset my own workspace")
+        if not isinstance(own, IssuedCredentials):
+            raise DemoFailure("the self-scoped workspace reset waited for co-signers")
+        self.request_ids.append(own.request_id)
+        results = self.simulate(other.request_view(own.request_id)["policy"], "agent:demo2's credentials",
+                                [("dynamodb:DeleteTable", workspace_table_arn(workspace)),
+                                 ("dynamodb:DeleteTable", workspace_table_arn("demo2"))])
+        if list(results.values()) != [False, True]:
+            raise DemoFailure("agent:demo2's credentials reach another workspace (or not its own)")
 
     # ------------------------------------------------------------------ 3. production scope
     def ask_for_production(self) -> PendingRequest:

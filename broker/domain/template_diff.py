@@ -198,6 +198,35 @@ def _parameter_changes(old: ScopeTemplate, new: ScopeTemplate, change: TemplateC
         change.widening.extend(f"parameter {name}: {w}" for w in wider)
 
 
+def _identity_changes(old: ScopeTemplate, new: ScopeTemplate, change: TemplateChange) -> None:
+    """Values bound to the caller: another source, a looser check or another session tag is not known to be
+    narrower (who can say "I am workspace X" changes), so each counts as widening."""
+    for name in sorted(set(old.identity) | set(new.identity)):
+        before, after = old.identity.get(name), new.identity.get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            change.changes.append(f"identity {name} {'added' if before is None else 'removed'}")
+            if before is None:
+                change.widening.append(f"identity {name} added (from {' or '.join(after.sources)})")
+            continue
+        wider: list[str] = []
+        if set(after.sources) - set(before.sources):
+            wider.append(f"source {' or '.join(before.sources)} -> {' or '.join(after.sources)}")
+        for label, was, now in (("enum", before.enum, after.enum), ("map", before.map, after.map)):
+            if was is not None and (now is None or set(now.items() if isinstance(now, dict) else now)
+                                    - set(was.items() if isinstance(was, dict) else was)):
+                wider.append(f"{label} accepts more" if now is not None else f"{label} removed")
+        if before.pattern != after.pattern and before.pattern is not None:
+            wider.append("pattern changed" if after.pattern is not None else "pattern removed")
+        if after.max_length > before.max_length:
+            wider.append(f"max_length {before.max_length} -> {after.max_length}")
+        if before.session_tag != after.session_tag:
+            wider.append("session tag changed")
+        change.changes.append(f"identity {name} changed" + (f" ({'; '.join(wider)})" if wider else ""))
+        change.widening.extend(f"identity {name}: {w}" for w in wider)
+
+
 def compare_templates(old: ScopeTemplate | None, new: ScopeTemplate | None, *,
                       actions: ActionKnowledge) -> TemplateChange:
     name = (new or old).name  # type: ignore[union-attr]
@@ -252,6 +281,7 @@ def compare_templates(old: ScopeTemplate | None, new: ScopeTemplate | None, *,
     _number_change("ttl max", old.ttl.max, new.ttl.max, change, widens_if="more")
     _number_change("role_max_session", old.role_max_session, new.role_max_session, change, widens_if="more")
     _parameter_changes(old, new, change)
+    _identity_changes(old, new, change)
     if old.session_tags != new.session_tags:
         change.changes.append("session_tags changed")
         # NOTE: a role's trust or resource policies may grant by tag: a tag change is not known to be narrow.

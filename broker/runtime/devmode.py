@@ -32,6 +32,8 @@ DEMO_OBJECTS = {
 # principal id -> (roles, groups, acts_for)
 DEV_PRINCIPALS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
     "agent:demo": (("agent",), (), "human:alice"),
+    # A second agent, of another workspace: `broker demo` shows it refused on agent:demo's workspace.
+    "agent:demo2": (("agent",), (), "human:alice"),
     "human:alice": (("approver",), ("sre",), None),
     "human:bob": (("approver",), ("sre",), None),
     "human:carol": (("approver",), ("sre",), None),
@@ -40,6 +42,8 @@ DEV_PRINCIPALS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] =
     # A second admin: lifting a lockdown takes two different admins (one requests, the other confirms).
     "human:ops": (("admin",), (), None),
 }
+# Directory attributes of the dev principals (templates read them as attribute:NAME; scopes/workspace-reset.yaml).
+DEV_ATTRIBUTES: dict[str, dict[str, str]] = {"agent:demo": {"workspace": "demo"}, "agent:demo2": {"workspace": "demo2"}}
 # FAKE accounts of broker dev: the shipped dev templates' and the shipped production templates' (moto serves both).
 DEV_ACCOUNTS: dict[str, str] = {"123456789012": "dev", "444455556666": "production"}
 TRUST_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{
@@ -134,7 +138,8 @@ def seed_principals(database: Database, keys_file: Path,
     keys: dict[str, str] = {}
     with database.transaction() as repo:
         for principal_id, (roles, groups, acts_for) in (principals or DEV_PRINCIPALS).items():
-            repo.upsert_principal(principal_id=principal_id, roles=roles, groups=groups, acts_for=acts_for, now=now)
+            repo.upsert_principal(principal_id=principal_id, roles=roles, groups=groups, acts_for=acts_for, now=now,
+                                  attributes=DEV_ATTRIBUTES.get(principal_id))
             # NOTE: dev seeding restores its cast (upsert alone keeps a disabled principal disabled); a key
             # revoked when it was disabled stays revoked, and a new one is made below.
             repo.set_principal_disabled(principal_id, False)

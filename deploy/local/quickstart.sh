@@ -17,7 +17,7 @@ fi
 stamp=.venv/.broker-local-stamp
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
-    echo "quickstart: installing the broker into .venv (first run takes a minute)" >&2
+    echo "quickstart: installing the broker into .venv (the first run takes a few minutes)" >&2
     install_log="$(mktemp)"
     if ! .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[local]' >"$install_log" 2>&1; then
         cat "$install_log" >&2

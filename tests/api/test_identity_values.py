@@ -45,7 +45,7 @@ def identity_broker(jwks_server, moto_server, tmp_path):  # noqa: F811
     (scopes / "workspace-reset-approved.yaml").write_text(APPROVED_RESET)
     harness = build_harness(db_url=f"sqlite:///{tmp_path / 'b.db'}", scopes=scopes,
                             aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "state",
-                            oidc_issuers_file=issuers)
+                            oidc_issuers_file=issuers, dev_mode=True)
     yield harness, signer
     harness.container.database.engine.dispose()
 
@@ -106,6 +106,9 @@ def test_a_caller_without_a_usable_claim_is_403_and_nothing_is_minted(identity_b
 
 def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):
     harness, _ = identity_broker
+    # agent:other has no workspace attribute yet: refused, never a default.
+    refused = harness.post("/v1/requests", "agent:other", json=RESET)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_value_missing"
     with harness.container.database.transaction() as repo:
         row = repo.get_principal_row("agent:other")
         repo.upsert_principal(principal_id="agent:other", roles=["agent"], acts_for=row.acts_for,
@@ -113,9 +116,9 @@ def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):
     response = harness.post("/v1/requests", "agent:other", json=RESET)
     assert response.status_code == 201, response.text
     assert response.json()["policy"]["Statement"][0]["Resource"] == [TABLE.format("ws-d")]
-    # agent:demo has no workspace attribute: refused, never a default.
-    refused = harness.post("/v1/requests", "agent:demo", json=RESET)
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_value_missing"
+    # broker dev's agents carry theirs (broker.runtime.devmode.DEV_ATTRIBUTES).
+    demo = harness.post("/v1/requests", "agent:demo", json=RESET)
+    assert demo.status_code == 201 and demo.json()["identity"] == {"workspace": "demo"}
 
 
 def test_the_co_signed_scope_is_shown_as_the_callers_own_and_redeemed_with_the_same_identity(identity_broker):
@@ -127,6 +130,14 @@ def test_the_co_signed_scope_is_shown_as_the_callers_own_and_redeemed_with_the_s
     assert "only the caller's own workspace" in radius["headline"]
     assert radius["identity"]["workspace"].startswith("ws-a, the caller's own workspace")
     request_id = pending.json()["id"]
+    # The approver's page says it too, and shows the bound value apart from the parameters.
+    harness.client.get("/ui/sign-in")
+    harness.client.post("/ui/sign-in", data={"key": harness.keys["human:bob"], "next": "/ui/requests",
+                                             "csrf_token": harness.client.cookies.get("broker_ui_signin")})
+    page = harness.client.get(f"/ui/requests/{request_id}")
+    assert page.status_code == 200
+    assert "only the caller&#39;s own workspace" in page.text or "only the caller's own workspace" in page.text
+    assert 'id="identity"><code class="param">workspace=<strong>ws-a</strong></code>' in page.text
     approved = harness.post(f"/v1/requests/{request_id}/approvals", "human:bob",
                             json={"decision": "approve", "reason": "its own workspace only"})
     assert approved.status_code == 200, approved.text
@@ -164,3 +175,21 @@ def test_templates_without_identity_keep_their_version_digest():
         "sha256:3bd2082219f1fd36315a7abba8f173828073ae8c34e6dd9babc440dcb7d14031"
     assert catalog.get("prod-stack-recreate").version_digest == \
         "sha256:4b965bc2b8f783122a043e2c25b5893ba41931174863138d6c75bc3bd346178d"
+
+
+def test_simulating_an_issued_grant_uses_the_identity_values_its_log_entry_recorded(identity_broker, tmp_path,
+                                                                                    capsys):
+    from broker.cli.main import main
+
+    harness, _ = identity_broker
+    issued = harness.post("/v1/requests", "agent:demo", json=RESET)     # broker dev's agent:demo: workspace demo
+    assert issued.status_code == 201, issued.text
+    export = harness.get("/v1/events/export", "human:rita")
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(export.content)
+    grant = issued.json()["grant"]["id"]
+    base = ["scopes", "simulate", "--grant", grant, "--log", str(log), "--scopes", str(tmp_path / "scopes"),
+            "--action", "dynamodb:DeleteTable", "--resource"]
+    assert main([*base, TABLE.format("demo")]) == 0
+    assert main([*base, TABLE.format("demo2")]) == 1
+    capsys.readouterr()

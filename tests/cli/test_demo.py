@@ -29,6 +29,11 @@ def test_demo_starts_broker_dev_and_tells_the_approved_story(tmp_path):
     assert re.search(r"DeleteStack on \S+stack/cost-explorer-api/\S+: ALLOWED", out)
     assert re.search(r"DeleteStack on \S+stack/billing-api/\S+: DENIED", out)
     assert re.search(r"verified with the public key from \S+log-public-key.pem: OK \(\d+ entries\)", out)
+    # The self-scoped workspace reset: agent:demo resets its own table at once, agent:demo2 is refused on it.
+    assert "deletes and recreates table workspace-demo: ACTIVE" in out
+    assert "naming it in the request is refused: HTTP 422 [identity_value_not_settable]" in out
+    assert re.search(r"DeleteTable on \S+table/workspace-demo: DENIED", out)
+    assert re.search(r"DeleteTable on \S+table/workspace-demo2: ALLOWED", out)
 
 
 def test_demo_deny_path_against_a_running_broker(live_repo_broker, capsys, monkeypatch):  # noqa: F811

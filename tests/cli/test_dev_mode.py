@@ -16,7 +16,7 @@ from broker.runtime.devmode import free_port
 from broker.domain import log as issuance_log
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED_PRINCIPALS = {"agent:demo", "human:alice", "human:bob", "human:carol", "human:rita", "human:root",
+EXPECTED_PRINCIPALS = {"agent:demo", "agent:demo2", "human:alice", "human:bob", "human:carol", "human:rita", "human:root",
                        "human:ops"}
 
 

@@ -264,3 +264,25 @@ def test_the_rendered_policy_of_an_identity_template_passes_the_guardrails(actio
     plan = plan_mint(template, request_id="r", grant_id="g", requester="agent:x", acts_for="human:alice",
                      parameters={}, ttl_seconds=None, identity=caller({"workspace": "ws-a"}))
     assert [f for f in check_rendered(template, plan.policy, actions=actions) if f.blocking] == []
+
+
+# ----------------------------------------------------------------------------- property
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANY_CLAIM = st.one_of(st.text(max_size=60), st.lists(st.text(max_size=5), max_size=3), st.integers(), st.none(),
+                      st.booleans(), st.text(alphabet="ab-*?$:/,.{}", max_size=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(claim=ANY_CLAIM)
+def test_whatever_the_claim_the_policy_names_one_table_of_the_callers_own_or_nothing(claim):
+    template = make()
+    try:
+        plan = plan_mint(template, request_id="r", grant_id="g", requester="agent:x", acts_for="human:alice",
+                         parameters={}, ttl_seconds=None, identity=caller({"workspace": claim}))
+    except Forbidden:
+        return
+    (resource,) = json.loads(plan.policy.json)["Statement"][0]["Resource"]
+    assert resource == TABLE.format(account="123456789012", workspace=claim)
+    assert not any(c in claim for c in "*?$:/,{}") and claim.isascii() and ".." not in claim

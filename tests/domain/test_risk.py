@@ -87,6 +87,21 @@ EXAMPLES: list[tuple[Risk, str, str]] = [
     (Risk.PERMISSION_CHANGING, "ds:ResetUserPassword", "ds:Reset*"),
     (Risk.DATA_EXFILTRATION, "events:PutTargets", "events:PutT*"),
     (Risk.CREDENTIAL_EXPOSURE, "payment-cryptography:ExportKey", "payment-cryptography:Export*"),
+    # ... and a second pass over the twenty services a reviewer tries first.
+    (Risk.ORGANIZATION_CONTROL, "iam:UpdateAccountName", "iam:UpdateAccountN*"),
+    (Risk.PERMISSION_CHANGING, "sts:AssumeRoot", "sts:AssumeR??t"),
+    (Risk.PERMISSION_CHANGING, "eks:CreatePodIdentityAssociation", "eks:*PodIdentity*"),
+    (Risk.DEFENSE_EVASION, "cloudwatch:PutAlarmMuteRule", "cloudwatch:PutAlarmM*"),
+    (Risk.DEFENSE_EVASION, "sns:Unsubscribe", "sns:Unsub*"),
+    (Risk.CODE_EXECUTION, "ecr:PutImage", "ecr:PutIm?ge"),
+    (Risk.CODE_EXECUTION, "ssm:RegisterTaskWithMaintenanceWindow", "ssm:RegisterTask*"),
+    (Risk.CODE_EXECUTION, "ec2:CreateFleet", "ec2:CreateFl*"),
+    (Risk.CREDENTIAL_EXPOSURE, "events:RetrieveConnectionCredentials", "events:Retrieve*"),
+    (Risk.RESOURCE_EXPOSURE, "logs:PutDestinationPolicy", "logs:PutDest*Policy"),
+    (Risk.DATA_EXFILTRATION, "rds:RestoreDBInstanceFromDBSnapshot", "rds:RestoreDBInstanceFrom*"),
+    (Risk.DATA_EXFILTRATION, "logs:PutAccountPolicy", "logs:PutAccountP*"),
+    (Risk.DESTRUCTIVE, "ecs:StopTask", "ecs:StopT*"),
+    (Risk.PRODUCTION_TRAFFIC, "rds:SwitchoverReadReplica", "rds:Switchover*"),
 ]
 
 # The issue's own list (issue 14, "Why"): actions a dev template with nothing declared was issued.

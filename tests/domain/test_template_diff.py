@@ -145,3 +145,32 @@ def test_removing_actions_never_widens_and_putting_them_back_does(actions, pair)
     back = compare_templates(smaller, original, actions=actions)
     removed_any = any(set(a.actions) != set(b.actions) for a, b in zip(original.statements, smaller.statements))
     assert back.widens is removed_any
+
+
+# ----------------------------------------------------------------------------- identity-bound values
+IDENTITY_BASE = BASE.replace('  prefix: {type: string, pattern: "^[a-z]{1,8}$"}\n', "") + """
+identity:
+  prefix: {source: claim:workspace, pattern: "^[a-z]{1,8}$", enum: ["a", "b"],
+           session_tag: {key: workspace, transitive: false}}
+"""
+IDENTITY_EDITS = [
+    (("source: claim:workspace", "source: [claim:workspace, attribute:workspace]"), True, "source"),
+    (("source: claim:workspace", "source: principal"), True, "source claim:workspace -> principal"),
+    (('enum: ["a", "b"]', 'enum: ["a", "b", "c"]'), True, "enum accepts more"),
+    (('enum: ["a", "b"]', 'enum: ["a"]'), False, "identity prefix changed"),
+    (('pattern: "^[a-z]{1,8}$", ', ""), True, "pattern removed"),
+    (("transitive: false", "transitive: true"), True, "session tag changed"),
+]
+
+
+@pytest.mark.parametrize("edit, widens, phrase", IDENTITY_EDITS)
+def test_identity_value_edits_are_judged(actions, edit, widens, phrase):
+    old, new = t(IDENTITY_BASE), t(IDENTITY_BASE.replace(*edit))
+    change = compare_templates(old, new, actions=actions)
+    assert change.widens is widens, change.to_text()
+    assert phrase in change.to_text()
+
+
+def test_turning_a_parameter_into_an_identity_value_is_named(actions):
+    change = compare_templates(t(), t(IDENTITY_BASE), actions=actions)
+    assert "identity prefix added (from claim:workspace)" in change.to_text()
