@@ -6,7 +6,7 @@ STS and IAM are ``broker.aws``'s; the use cases see only these.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal
+from broker.domain.rendering import RenderedPolicy
 from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
 from broker.domain.templates import ScopeTemplate
 from broker.domain.times import as_utc
@@ -299,3 +300,14 @@ class Store(Protocol):
     def exclusive(self, names: Iterable[str]) -> AbstractContextManager[None]:
         """One lock per name for the block, across replicas; no unit of work (for calls outside the database)."""
         ...
+
+
+# A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
+AnyRequest = StoredRequest | CredentialRequest
+# A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
+RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
+# Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
+IssuanceGate = Callable[[UnitOfWork, Principal, ScopeTemplate, datetime], None]
+# Check run inside unit of work B, after STS minted and before the credentials are released (the
+# lockdown): given the environment, raises a BrokerError to withhold them.
+ReleaseGate = Callable[[UnitOfWork, str], None]

@@ -31,7 +31,7 @@ from broker.domain.times import as_utc, iso
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
 from broker.ports import Clock, Store, StoredApiKey, StoredPrincipal
 from broker.usecases.refusal_budget import RefusalBudget
-from broker.usecases.issuance import append_refusal
+from broker.usecases.refusal_log import append_refusal
 
 
 PRINCIPAL_ID = re.compile(r"^(agent|human):[A-Za-z0-9][A-Za-z0-9._@+=/:-]{0,190}$")
