@@ -1,7 +1,8 @@
 """``broker revoke``, ``revoke-all``, ``lockdown``, ``lockdown-lift``, ``lockdown-status``: the kill switch.
 
 HTTP calls to the broker through the SDK's client (the connection options of ``broker.cli.connection``); an
-API error is shown as ``error [code]: message`` with exit code 1.  Answers print as JSON.
+API error is shown as ``error [code]: message`` with exit code 1.  Answers print as the API's JSON (``--format
+json``, the default: scripts read it), or as readable lines and tables with ``--format text``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from broker.cli.audit import render_report
 from broker.cli.connection import add_api_options, client_for
 from broker.cli.requests import call_api, resolve_grant_id
 from broker.errors import InvalidInput, NotFound
@@ -19,8 +21,11 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     return call_api(args, method, path, body)
 
 
-def _show(payload: Any) -> int:
-    print(json.dumps(payload, indent=2, sort_keys=True))
+def _show(args: argparse.Namespace, payload: Any) -> int:
+    if getattr(args, "format", "json") == "text":
+        print(render_report(payload))
+    else:
+        print(json.dumps(payload, indent=2, sort_keys=True))
     return 0
 
 
@@ -36,32 +41,34 @@ def _revoke(args: argparse.Namespace) -> int:
         grant_id = found[-1]["id"]
     else:
         grant_id = resolve_grant_id(args, args.grant_id)
-    return _show(_call(args, "POST", f"/v1/grants/{grant_id}/revoke", {"reason": args.reason}))
+    return _show(args, _call(args, "POST", f"/v1/grants/{grant_id}/revoke", {"reason": args.reason}))
 
 
 def _revoke_all(args: argparse.Namespace) -> int:
     body = {"reason": args.reason, "agent": args.agent, "template": args.template, "role_arn": args.role}
-    return _show(_call(args, "POST", "/v1/revocations", {k: v for k, v in body.items() if v is not None}))
+    return _show(args, _call(args, "POST", "/v1/revocations", {k: v for k, v in body.items() if v is not None}))
 
 
 def _lockdown(args: argparse.Namespace) -> int:
-    return _show(_call(args, "POST", "/v1/lockdown", {"environment": args.environment, "reason": args.reason}))
+    return _show(args, _call(args, "POST", "/v1/lockdown", {"environment": args.environment, "reason": args.reason}))
 
 
 def _lift(args: argparse.Namespace) -> int:
     result = _call(args, "POST", f"/v1/lockdown/{args.environment}/lift", {"reason": args.reason})
-    _show(result)
+    _show(args, result)
     if result.get("status") == "lift_requested":
         print("lift requested: a second admin must run the same command to confirm")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    return _show(_call(args, "GET", "/v1/lockdown"))
+    return _show(args, _call(args, "GET", "/v1/lockdown"))
 
 
 def _api_options(parser: argparse.ArgumentParser) -> None:
     add_api_options(parser)
+    parser.add_argument("--format", choices=("json", "text"), default="json",
+                        help="output format (default json: the API's answer; text: readable lines and tables)")
 
 
 def register(subparsers) -> None:

@@ -38,7 +38,8 @@ def test_revoke_and_revoke_all(live, capsys):
                        "--reason", "compromised")
     assert code == 0 and json.loads(out)["target"] == "agent"
     sids = [s["Sid"] for s in read_deny_policy(harness.aws_endpoint)["Statement"]]
-    assert "BrokerRevokedGrants" in sids and "BrokerRevokeAllAgent0" in sids
+    # The agent's issued-before deny covers the grant revoked first: its session entry is dropped (issue 22).
+    assert sids == ["BrokerRevokeAllAgent0"]
     code, _, err = run(capsys, server, harness, "human:rita", "revoke-all", "--template", "test-s3-read",
                        "--reason", "x")
     assert code == 1 and "not_allowed_to_revoke" in err
@@ -50,6 +51,13 @@ def test_lockdown_and_co_signed_lift(live, capsys):
     assert harness.post("/v1/requests", "agent:demo", json=S3_REQUEST).status_code == 403
     code, out, _ = run(capsys, server, harness, "agent:demo", "lockdown-status")
     assert code == 0 and json.loads(out)["lockdowns"][0]["environment"] == "dev"
+    # --format as on every command: json is the default (the API's answer), text a table.
+    code, out, _ = run(capsys, server, harness, "agent:demo", "lockdown-status", "--format", "json")
+    assert code == 0 and json.loads(out)["lockdowns"][0]["environment"] == "dev"
+    code, out, _ = run(capsys, server, harness, "agent:demo", "lockdown-status", "--format", "text")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0] == "LOCKDOWNS" and lines[1].split()[:2] == ["ENVIRONMENT", "BY"]
+    assert lines[2].split()[:3] == ["dev", "human:root", "incident"]
     code, out, _ = run(capsys, server, harness, "human:root", "lockdown-lift", "dev", "--reason", "over")
     assert code == 0 and "second admin" in out
     code, _, err = run(capsys, server, harness, "human:root", "lockdown-lift", "dev", "--reason", "over")
