@@ -62,6 +62,14 @@ class BrokerSettings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
     db_idle_in_transaction_timeout_ms: int = Field(default=15_000, ge=0)
     db_keepalive_seconds: int = Field(default=10, ge=0)
+    # SQLite on a filling disk (see broker.storage.sqlite_space): a truncating checkpoint once the WAL passes
+    # sqlite_wal_checkpoint_bytes, and sqlite_reserve_bytes kept allocated beside the database so that a
+    # checkpoint can finish when the disk is full.  0 turns either off.
+    sqlite_wal_checkpoint_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    sqlite_reserve_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    # How far this replica's clock may be from the database's (seconds; see broker.runtime.clock_skew): beyond
+    # it the replica is not ready, issues nothing (503 clock_skewed) and does not sweep.  0 turns it off.
+    max_clock_skew_seconds: float = Field(default=5.0, ge=0)
     # Rate limits (per agent / per template); 0 disables that limit.
     agent_requests_per_minute: int = 60
     template_requests_per_minute: int = 300

@@ -254,6 +254,10 @@ def build_harness(*, db_url: str, scopes: Path, aws_endpoint: str, state_dir: Pa
     state_dir.mkdir(parents=True, exist_ok=True)
     private, _ = ensure_signing_key(state_dir)
     settings_overrides.setdefault("accounts", DEV_ACCOUNTS)
+    # NOTE: hundreds of test databases: no 32 MB disk reserve beside each (tests/faults/test_disk_full.py has one).
+    settings_overrides.setdefault("sqlite_reserve_bytes", 0)
+    # NOTE: tests move a FrozenClock by hand, away from the database's clock: no skew bound unless a test sets one.
+    settings_overrides.setdefault("max_clock_skew_seconds", 0)
     settings = BrokerSettings(database_url=db_url, scopes_dir=scopes, aws_endpoint_url=aws_endpoint,
                               signing_key_file=private, **settings_overrides)
     clock = clock or FrozenClock()

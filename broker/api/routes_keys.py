@@ -32,6 +32,8 @@ class CreateKeyBody(BaseModel):
     roles: list[str] = Field(min_length=1, max_length=4)
     groups: list[str] = Field(default_factory=list, max_length=50)
     acts_for: str | None = Field(default=None, max_length=200)
+    # Directory attributes (templates' attribute:NAME); absent: the principal keeps the ones it has.
+    attributes: dict[str, str] | None = Field(default=None, max_length=32)
     expires_at: datetime | None = None
     reason: str | None = Field(default=None, max_length=1000)
 
@@ -50,7 +52,8 @@ def _keys(container: ContainerDep) -> ApiKeyAdministration:
 def whoami(principal: CurrentPrincipal) -> dict[str, Any]:
     """The authenticated caller as the broker sees it (any role)."""
     return {"id": principal.id, "roles": sorted(r.value for r in principal.roles), "acts_for": principal.acts_for,
-            "groups": sorted(principal.groups), "auth_method": principal.auth_method}
+            "groups": sorted(principal.groups), "auth_method": principal.auth_method,
+            "attributes": dict(principal.attributes)}
 
 
 @router.get("/keys")
@@ -65,7 +68,8 @@ def create_key(body: CreateKeyBody, container: ContainerDep, principal: CurrentP
                request: Request) -> JSONResponse:
     created = _keys(container).create_key(actor=principal, principal_id=body.principal, roles=body.roles,
                                           groups=body.groups, acts_for=body.acts_for, expires_at=body.expires_at,
-                                          reason=body.reason, source_ip=client_ip(request))
+                                          reason=body.reason, source_ip=client_ip(request),
+                                          attributes=body.attributes)
     return JSONResponse(created.to_dict(), status_code=201, headers=NO_STORE)
 
 

@@ -19,9 +19,15 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(container: ContainerDep) -> JSONResponse:
-    """Ready to issue: the database answers and templates are loaded."""
+    """Ready to issue: the database answers (and takes writes, if the last unit of work failed) and templates are
+    loaded."""
     try:
         container.database.ping()
+        if container.clock_skew is not None:
+            container.clock_skew.measure_and_check()   # 503 clock_skewed beyond BROKER_MAX_CLOCK_SKEW_SECONDS
+        if container.database.write_failing:
+            # NOTE: reads may work while writes fail (SQLite on a full disk): not ready until a write works.
+            container.database.probe_write(now=container.clock.now())
     except BrokerError as exc:
         container.outages.unavailable(exc, code=exc.code, where="GET /readyz")
         return JSONResponse({"status": "unavailable", "error": {"code": exc.code, "message": exc.message}},

@@ -46,6 +46,13 @@ def moment(text: str) -> datetime:
             from exc
 
 
+def _attribute(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def _expiry(args: argparse.Namespace) -> datetime | None:
     if getattr(args, "expires_in", None) is not None:
         return datetime.now(UTC) + args.expires_in
@@ -72,7 +79,8 @@ def create_key(args: argparse.Namespace) -> int:
         raise InvalidInput("an agent must act for a human: pass --acts-for human:NAME", code="missing_acts_for")
     keys, actor = _administration()
     created = keys.create_key(actor=actor, principal_id=args.principal, roles=args.role, groups=args.group,
-                              acts_for=args.acts_for, expires_at=_expiry(args), reason=args.reason)
+                              acts_for=args.acts_for, expires_at=_expiry(args), reason=args.reason,
+                              attributes=dict(args.attribute) if args.attribute is not None else None)
     if args.format == "json":
         print(json.dumps(created.to_dict(), indent=2, sort_keys=True))
     else:
@@ -134,6 +142,9 @@ def register(subparsers) -> None:
                         help="a role of the principal (repeatable)")
     create.add_argument("--acts-for", default=None, help="for agents: the human it acts for (human:NAME)")
     create.add_argument("--group", action="append", default=[], help="group membership (for approvers; repeatable)")
+    create.add_argument("--attribute", action="append", type=_attribute, default=None, metavar="NAME=VALUE",
+                        help="a directory attribute that templates read as attribute:NAME (e.g. workspace=ws-a; "
+                             "repeatable; given once or more, it replaces the principal's attributes)")
     _expiry_options(create)
     create.add_argument("--reason", default=None, help="why (recorded in the issuance log)")
     add_format_option(create, help_text="json: the key's record with its token")

@@ -244,8 +244,9 @@ def _render_statement(index: int, statement: Statement, values: Mapping[str, str
 def render_policy(template: ScopeTemplate, values: Mapping[str, str]) -> RenderedPolicy:
     """Render the session policy for validated ``values`` (see :func:`validate_parameters`), with the template's
     identity values among them (:func:`broker.domain.caller_identity.resolve_identity`)."""
-    missing = sorted(template.placeholders() - set(values))
+    missing = [name for name in template.placeholders() if name not in values]
     if missing:
+        missing.sort()
         raise InvalidParameter(f"no value for '{missing[0]}' of template '{template.name}'"
                                + (" (bound to the caller's identity: give the caller)"
                                   if missing[0] in template.identity else ""),

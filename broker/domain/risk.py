@@ -222,6 +222,11 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "eks:UpdatePodIdentityAssociation", "eks:UpdateAccessEntry", "eks:DisassociateAccessPolicy",
                      "eks:AssociateIdentityProviderConfig", "rds:AddRoleToDBCluster", "rds:AddRoleToDBInstance",
                      "ssm:UpdateManagedInstanceRole")),
+    RiskRow(Risk.PERMISSION_CHANGING, "changes who holds which permission set, group or user in IAM Identity Center "
+            "or a Cognito user pool (assignments, inline policies, memberships, sign-in attributes)",
+            actions=("sso:*AccountAssignment*", "sso:*PermissionSet*", "identitystore:*GroupMembership*",
+                     "identitystore:UpdateUser", "cognito-idp:AdminAddUserToGroup", "cognito-idp:AdminCreateUser"),
+            levels=CHANGES),
     RiskRow(Risk.PERMISSION_CHANGING, "sets or resets another user's password, so the caller can sign in as them",
             actions=("ds:ResetUserPassword", "finspace:ResetUserPassword", "cognito-idp:AdminSetUserPassword",
                      "cognito-idp:AdminResetUserPassword")),
@@ -262,7 +267,8 @@ RISK_ROWS: tuple[RiskRow, ...] = (
                      "ssm:UpdateMaintenanceWindowTask", "ssm:CreateAssociationBatch", "ssm:UpdateDocumentDefaultVersion",
                      "eks:MutateViaKubernetesApi", "ecs:CreateExpressGatewayService", "ecs:UpdateExpressGatewayService",
                      "codebuild:CreateWebhook", "codebuild:UpdateWebhook", "codebuild:StartSandboxConnection",
-                     "cloudformation:RegisterType", "cloudformation:ActivateType")),
+                     "cloudformation:RegisterType", "cloudformation:ActivateType",
+                     "sagemaker:UpdateNotebookInstanceLifecycleConfig", "glue:UpdateTrigger")),
     RiskRow(Risk.CODE_EXECUTION, "pushes the container image a service, task or function pulls and runs with its role",
             actions=("ecr:PutImage", "ecr:CompleteLayerUpload")),
     RiskRow(Risk.CODE_EXECUTION, "replaces the code or configuration a function, task, job or stack runs with its "
@@ -361,7 +367,7 @@ RISK_ROWS: tuple[RiskRow, ...] = (
             actions=("rds:RestoreDBInstanceFromDBSnapshot", "rds:RestoreDBClusterFromSnapshot",
                      "rds:RestoreDBInstanceToPointInTime", "rds:RestoreDBClusterToPointInTime",
                      "dynamodb:RestoreTableFromBackup", "dynamodb:RestoreTableToPointInTime",
-                     "dynamodb:RestoreTableFromAwsBackup")),
+                     "dynamodb:RestoreTableFromAwsBackup", "backup:StartRestoreJob")),
     # --- destruction
     RiskRow(Risk.DESTRUCTIVE, "removes data or infrastructure that may not come back",
             verbs=("Delete", "Terminate", "Destroy", "Purge", "Remove", "Deregister", "Drop", "Truncate",

@@ -364,11 +364,16 @@ class ScopeTemplate(_Strict):
         return self
 
     def placeholders(self) -> set[str]:
+        return set(self._placeholder_names)
+
+    @cached_property
+    def _placeholder_names(self) -> frozenset[str]:
+        """Every ``{name}`` of the role, resources and condition values, found once per template (rendering asks)."""
         found = set(PLACEHOLDER.findall(self.role))
         for statement in self.statements:
             for text in (*statement.resources, *_condition_strings(statement.conditions)):
                 found.update(PLACEHOLDER.findall(text))
-        return found
+        return frozenset(found)
 
     def role_parameters(self) -> set[str]:
         """The placeholders of the role ARN (parameters or identity values)."""
@@ -428,7 +433,9 @@ class _TemplateLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: i
                 raise DuplicateKey(None, None, "a YAML merge key ('<<') hides which value applies; write the keys out",
                                    key_node.start_mark)
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: PyYAML's own constructor refuses it below
+            if key in seen:
                 raise DuplicateKey(None, None, f"key {key!r} is written twice in one mapping (lines {seen[key]} and "
                                    f"{key_node.start_mark.line + 1}): YAML keeps the last, a reader sees the first",
                                    key_node.start_mark)

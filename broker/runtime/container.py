@@ -25,6 +25,7 @@ from broker.identity.oidc.relying_party import UiOidcClient, load_ui_oidc_config
 from broker.ports import (Clock, CredentialMinter, DenyPolicyStore, Notifier, NullNotifier, Store, SystemClock,
                           TemplateSource)
 from broker.runtime.background import CheckpointEvery, InBackground
+from broker.runtime.clock_skew import ClockSkewMonitor
 from broker.runtime.metrics import BrokerMetrics, TimedMinter
 from broker.runtime.oplog import OutageLog
 from broker.runtime.template_loading import TemplateLoader
@@ -32,6 +33,7 @@ from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
 from broker.storage.engine import Database, PostgresSessionLimits, build_engine
 from broker.storage.migrations import migrate
+from broker.storage.sqlite_space import SqliteSpace
 from broker.storage.observed import ObservedDatabase
 from broker.storage.template_files import TemplateCatalog
 from broker.usecases.audit import AuditLog
@@ -97,6 +99,8 @@ class Container:
     review: ReviewDashboard
     # Every class of 503 the API answers, in the operational log with its cause (at least once a minute).
     outages: OutageLog = field(default_factory=OutageLog)
+    # This replica's clock against the database's (/readyz measures it; beyond the bound: not ready).
+    clock_skew: ClockSkewMonitor | None = None
 
 
 def template_checks(settings: BrokerSettings | None = None) -> tuple[list, list, Any]:
@@ -155,7 +159,10 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                     notifier: Notifier | None = None, run_migrations: bool = True,
                     revoker: DenyPolicyStore | None = None) -> Container:
     # Observed: metrics and periodic checkpoints see each committed unit of work's log entries.
-    database = ObservedDatabase(build_engine(settings.database_url, postgres_limits=postgres_limits(settings)))
+    database = ObservedDatabase(build_engine(settings.database_url, postgres_limits=postgres_limits(settings),
+                                             sqlite_space=SqliteSpace(
+                                                 wal_checkpoint_bytes=settings.sqlite_wal_checkpoint_bytes,
+                                                 reserve_bytes=settings.sqlite_reserve_bytes)))
     if run_migrations:
         migrate(database.engine)
     template_check, rendered_check, blast = template_checks(settings)
@@ -171,7 +178,11 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     refusal_budget = RefusalBudget(per_minute=settings.refusals_per_minute, clock=clock)
     revocations, gates, redeem_gates = wire_revocation(settings, database=database, catalog=catalog, clock=clock,
                                                        revoker=revoker, refusal_budget=refusal_budget)
-    gates = [*gates, templates.gate]   # last: a start-up whose templates_loaded entry is still pending writes it
+    # This replica's clock against the database's: beyond the bound it issues nothing and does not sweep.
+    clock_skew = ClockSkewMonitor(database=database, clock=clock, max_skew_seconds=settings.max_clock_skew_seconds)
+    revocations.time_check = clock_skew.measure_and_check
+    gates = [clock_skew.gate, *gates, templates.gate]   # last: a start-up's pending templates_loaded entry is written
+    redeem_gates = [clock_skew.gate, *redeem_gates]
     if notifier is None and settings.webhook_url:
         from broker.runtime.webhook import WebhookNotifier  # only when a webhook is configured
         notifier = WebhookNotifier(settings.webhook_url)
@@ -200,12 +211,12 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     if audit.checkpointer is not None:
         audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)
     ui_oidc = UiOidcSignIn(settings, clock=clock)
-    start_up(revocations)  # reconcile orphaned mint intents, prune expired revocations
+    start_up(revocations)  # measure the clock, reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock, audit=audit,
                      revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
                      templates=templates,
-                     review=ReviewDashboard(database=database, clock=clock))
+                     review=ReviewDashboard(database=database, clock=clock), clock_skew=clock_skew)
 
 
 def postgres_limits(settings: BrokerSettings) -> PostgresSessionLimits:

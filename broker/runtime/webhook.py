@@ -73,6 +73,10 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
         ("Approvals", f"{request.get('approvals_counted', 0)} of {request.get('approvals_required', 0)}"),
         ("TTL", f"{request.get('ttl_seconds', '?')} s"),
     ]
+    bound = {str(k): str(v) for k, v in sorted((request.get("identity") or {}).items())}
+    if bound:
+        # Values bound to the caller's identity: the agent did not choose them (README: self-scoped templates).
+        facts.insert(3, ("Bound to the caller", ", ".join(f"{k}={v}" for k, v in bound.items())))
     if denied:
         facts.append(("Denied because", str(denied)[:300]))
     blocks: list[dict[str, Any]] = [
@@ -91,7 +95,8 @@ def webhook_body(*, event: str, request: dict[str, Any]) -> dict[str, Any]:
     return {"text": _plain(text), "blocks": blocks, "event": event, "request_id": request.get("id"),
             "template": request.get("template"), "environment": request.get("environment"),
             "headline": what, "risks": risks, "parameters": parameters,
-            "risk": [{key: entry.get(key) for key in ("class", "title", "sentence", "actions")} for entry in risk]}
+            "risk": [{key: entry.get(key) for key in ("class", "title", "sentence", "actions")} for entry in risk],
+            **({"identity": bound} if bound else {})}
 
 
 def _plain(value: object) -> str:

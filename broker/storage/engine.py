@@ -12,10 +12,10 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlmodel import create_engine
 
+from broker.domain.times import as_utc
 from broker.errors import BrokerError, InvalidInput, StorageDisconnected, StorageUnavailable
+from broker.storage.sqlite_space import DiskFullRecovery, SqliteSpace, WalCheckpointer
 
 if TYPE_CHECKING:
     from broker.storage.repository import Repository
@@ -100,7 +102,8 @@ class PostgresSessionLimits:
         return {**args, "options": options}
 
 
-def build_engine(url: str, *, postgres_limits: PostgresSessionLimits | None = None) -> Engine:
+def build_engine(url: str, *, postgres_limits: PostgresSessionLimits | None = None,
+                 sqlite_space: SqliteSpace | None = None) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -135,7 +138,12 @@ def build_engine(url: str, *, postgres_limits: PostgresSessionLimits | None = No
             # NOTE: a read-only unit of work begins nothing: pysqlite (isolation_level None) then runs
             # each statement in autocommit, and its COMMIT is a no-op.
 
-        WalCheckpointer.start(engine)
+        space = sqlite_space or SqliteSpace()
+        database = None if in_memory or uri_filename else Path(parsed.database)
+        WalCheckpointer.start(engine, wal=None if database is None else database.with_name(database.name + "-wal"),
+                              wal_checkpoint_bytes=space.wal_checkpoint_bytes)
+        if database is not None:
+            DiskFullRecovery.install(engine, database, space)
         return engine
     # NOTE: LIFO: the connection used last (its server backend warm) is handed out next.
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True,
@@ -184,45 +192,6 @@ def ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_
             raise DisconnectionError("a pooled connection failed its liveness ping") from exc
 
 
-class WalCheckpointer:
-    """Checkpoints a SQLite WAL from a background thread, off the request path.
-
-    SQLite's automatic checkpoint runs inside whichever commit crosses the threshold and fsyncs
-    the database file there: a multi-millisecond stall for that one request.  Here a daemon thread
-    runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval`` seconds instead (PASSIVE never
-    blocks writers).  It holds the engine weakly and stops once the engine is disposed or gone.
-    (On the last connection's close SQLite checkpoints by itself, so nothing is left behind.)
-
-    Every 5 s, not every second: a checkpoint copies each page changed since the last one once,
-    so fewer checkpoints copy less (an issuance dirties ~40 pages, mostly the same index pages),
-    and measured at full speed the per-second checkpoint cost ~0.5 ms at p99.  At 100 issuances/s
-    the WAL grows ~80 MB between checkpoints; ``journal_size_limit`` truncates it back afterwards.
-    """
-
-    @classmethod
-    def start(cls, engine: Engine, interval: float = 5.0) -> None:
-        engine_ref = weakref.ref(engine)
-        stopped = threading.Event()
-        event.listen(engine, "engine_disposed", lambda _engine: stopped.set())
-
-        def run() -> None:
-            while not stopped.wait(interval):
-                current = engine_ref()
-                if current is None:
-                    return
-                try:
-                    raw = current.raw_connection()
-                    try:
-                        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    finally:
-                        raw.close()
-                except Exception:  # noqa: BLE001 - a failed checkpoint is retried on the next tick
-                    log.debug("WAL checkpoint skipped", exc_info=True)
-                del current
-
-        threading.Thread(target=run, name="sqlite-wal-checkpoint", daemon=True).start()
-
-
 class _NamedLocks:
     """Process-wide locks by name (every ``Database`` on one URL shares them: replicas in one process)."""
 
@@ -236,6 +205,8 @@ class _NamedLocks:
 
 
 _NAMED_LOCKS = _NamedLocks()
+# The broker_settings row Database.probe_write writes and deletes.
+WRITE_PROBE_KEY = "readyz:write-probe"
 # How long ``Database.exclusive`` waits for a name another thread of this process holds.
 EXCLUSIVE_WAIT_SECONDS = 30.0
 
@@ -250,6 +221,8 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Set while writes fail (the error's type, never its text): /readyz then tries a write of its own.
+        self.write_failing: str | None = None
         # Told, after each commit of a unit of work that took the log's lock, how long it held it
         # (seconds, from the lock to the end of COMMIT): the serial point of every replica.
         self.lock_observers: list[Callable[[float], None]] = []
@@ -267,7 +240,7 @@ class Database:
         """
         from broker.storage.repository import Repository
 
-        with self._storage_errors(), self.engine.connect() as connection:
+        with self._storage_errors(writing=True), self.engine.connect() as connection:
             with connection.begin():
                 repo = Repository(connection, postgres=self.is_postgres)
                 try:
@@ -275,6 +248,7 @@ class Database:
                     repo.flush()
                 finally:
                     repo.close()
+            self.write_failing = None
             if repo.locked_at is not None and self.lock_observers:
                 held = time.perf_counter() - repo.locked_at
                 for observer in tuple(self.lock_observers):
@@ -334,7 +308,7 @@ class Database:
             connection.invalidate()
 
     @contextmanager
-    def _storage_errors(self) -> Iterator[None]:
+    def _storage_errors(self, *, writing: bool = False) -> Iterator[None]:
         try:
             yield
         except BrokerError:
@@ -345,6 +319,10 @@ class Database:
             raise InvalidInput("the request holds a value the broker cannot store or search for (such as a "
                                "NUL character); nothing was issued", code="unstorable_value") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
+            if writing:
+                self.write_failing = exc.__class__.__name__
+                # SQLite on a full disk: make room for the next writes (broker.storage.sqlite_space).
+                DiskFullRecovery.after_failed_write(self.engine, exc)
             # NOTE: SQLAlchemy marks the errors that mean "this connection is gone" (and has dropped it from the
             # pool); the use case may try once more on a fresh one.
             error = StorageDisconnected if getattr(exc, "connection_invalidated", False) else StorageUnavailable
@@ -357,6 +335,22 @@ class Database:
     @property
     def _driver_error(self) -> type[Exception]:
         return getattr(self.engine.dialect.loaded_dbapi, "Error", DBAPIError)
+
+    def probe_write(self, *, now: datetime) -> None:
+        """A real write that leaves nothing behind (a row written and deleted in one committed unit of work: on
+        SQLite, pages appended to the WAL), for readiness while units of work fail.  Raises StorageUnavailable."""
+        with self.transaction() as repo:
+            repo.set_setting(WRITE_PROBE_KEY, "probe", now=now)
+            repo.flush()
+            repo.set_setting(WRITE_PROBE_KEY, None, now=now)
+
+    def database_time(self) -> datetime:
+        """The database server's clock, now (PostgreSQL: ``clock_timestamp()``; SQLite: this host's clock)."""
+        with self._storage_errors(), self.engine.connect() as connection:
+            if self.is_postgres:
+                return as_utc(connection.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
+            text = connection.exec_driver_sql("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')").scalar_one()
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
     def ping(self) -> None:
         try:

@@ -110,9 +110,12 @@ def load_catalog(directory: Path, *, checks: Sequence[TemplateCheck] = (), signi
         for check in checks:
             blocking = [f for f in check(template) if getattr(f, "blocking", True)]
             if blocking:
-                first = blocking[0]
-                raise TemplateError(f"{path}: template '{template.name}' fails guardrails: {first}",
-                                    code="guardrail_violation", details={"source": str(path)})
+                # Every blocking finding, so that one start-up tells the operator all there is to fix.
+                first, rest = blocking[0], blocking[1:]
+                raise TemplateError(f"{path}: template '{template.name}' fails guardrails: {first}"
+                                    + "".join(f"\n  and: {f}" for f in rest),
+                                    code="guardrail_violation",
+                                    details={"source": str(path), "findings": [f.code for f in blocking]})
         signed_by: tuple[str, ...] = ()
         if signing is not None and signing.enforced:
             verdict = verify_signatures(directory, template, signing, risky=risky)

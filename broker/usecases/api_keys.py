@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -74,6 +74,7 @@ def key_view(row: StoredApiKey, principal: StoredPrincipal | None, now: datetime
         "key_id": row.key_id, "principal": row.principal_id, "status": key_status(row, principal, now),
         "roles": json.loads(principal.roles) if principal is not None else [],
         "acts_for": principal.acts_for if principal is not None else None,
+        "attributes": json.loads(principal.attributes) if principal is not None and principal.attributes else {},
         "created_at": iso(row.created_at), "expires_at": iso(row.expires_at),
         "revoked_at": iso(row.revoked_at), "revoked_by": row.revoked_by,
     }
@@ -90,6 +91,30 @@ def _clean_reason(reason: str | None, *, required: bool) -> str | None:
         raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters", code="invalid_reason",
                            field="reason")
     return text
+
+
+# A directory attribute (read by templates as attribute:NAME): a name, a string value of printable ASCII.
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ATTRIBUTE_VALUE = re.compile(r"^[\x21-\x7e]{1,256}$")
+MAX_ATTRIBUTES = 32
+
+
+def _check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The directory attributes to store (None: keep the principal's); a template checks a value again where it
+    uses one (broker.domain.caller_identity), this only keeps the directory tidy."""
+    if attributes is None:
+        return None
+    if not isinstance(attributes, Mapping) or len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidInput(f"attributes are at most {MAX_ATTRIBUTES} NAME=VALUE pairs", code="invalid_attribute",
+                           field="attributes")
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not ATTRIBUTE_NAME.fullmatch(name):
+            raise InvalidInput("an attribute name is 1..64 letters, digits and _.-", code="invalid_attribute",
+                               field="attributes")
+        if not isinstance(value, str) or not ATTRIBUTE_VALUE.fullmatch(value):
+            raise InvalidInput(f"attribute {name!r} must be 1..256 printable ASCII characters, no spaces",
+                               code="invalid_attribute", field=f"attributes.{name}")
+    return dict(attributes)
 
 
 def _check_principal_id(principal_id: str) -> str:
@@ -150,9 +175,12 @@ class ApiKeyAdministration:
     # ------------------------------------------------------------------ create
     def create_key(self, *, actor: Principal, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
                    acts_for: str | None = None, expires_at: datetime | None = None, reason: str | None = None,
-                   source_ip: str | None = None) -> CreatedKey:
+                   source_ip: str | None = None, attributes: Mapping[str, str] | None = None) -> CreatedKey:
+        """``attributes``: the principal's directory attributes (templates read them as ``attribute:NAME``);
+        None keeps the ones it has."""
         self._require_admin(actor, action="api_key_create", source_ip=source_ip)
         principal_id = _check_principal_id(principal_id)
+        attributes = _check_attributes(attributes)
         reason = _clean_reason(reason, required=False)
         try:
             role_values = sorted({Role(r).value for r in roles})
@@ -176,13 +204,14 @@ class ApiKeyAdministration:
                 raise Conflict(f"{principal_id} is disabled; enable it first (broker keys enable {principal_id})",
                                code="principal_disabled", field="principal")
             repo.upsert_principal(principal_id=principal_id, roles=role_values, groups=groups, acts_for=acts_for,
-                                  now=now)
+                                  now=now, attributes=attributes)
             repo.add_api_key(key_id=issued.key_id, token_hash=issued.token_hash, principal_id=principal_id, now=now,
                              expires_at=expires_at)
+            extra = {"attributes": dict(sorted(attributes.items()))} if attributes is not None else {}
             repo.append_event(self._event(
                 EventType.API_KEY_CREATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
                 principal=principal_id, roles=role_values, groups=sorted(set(groups)), acts_for=acts_for,
-                expires_at=iso(expires_at), reason=reason, new_principal=existing is None))
+                expires_at=iso(expires_at), reason=reason, new_principal=existing is None, **extra))
             repo.flush()
             view = key_view(repo.get_api_key_row(issued.key_id), repo.get_principal_row(principal_id), now)
         return CreatedKey(view=view, token=issued.token)

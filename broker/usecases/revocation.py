@@ -147,6 +147,9 @@ class RevocationService(Lockdown):
     # Shared with BrokerService: one principal's refusals count once, whichever use case refused.
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
     iam_backoff: IamBackoff = field(default_factory=IamBackoff)
+    # Raises (503) when this replica must make no time decisions (its clock is off the database's): the sweep
+    # then neither reconciles orphans (it would take over another replica's issuances) nor prunes entries.
+    time_check: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ the unit of work
     def _apply(self, *, principal_id: str, source_ip: str | None, action: str,
@@ -441,6 +444,11 @@ class RevocationService(Lockdown):
     def sweep(self) -> dict[str, Any]:
         """The periodic sweep: orphans, then expired entries.  While IAM is failing it backs off (see
         :class:`IamBackoff`): nothing is attempted, and nothing logged, until the pause is over."""
+        try:
+            self.time_check()
+        except Unavailable as exc:
+            log.error("revocation sweep skipped: %s", exc.code)
+            return {"skipped": exc.code, "orphans": []}
         if not self.iam_backoff.due():
             return {"skipped": "iam_backoff", "orphans": []}
         try:

@@ -102,6 +102,10 @@ def test_a_caller_without_a_usable_claim_is_403_and_nothing_is_minted(identity_b
     assert response.json()["error"]["code"] == code
     assert len(moto_sts_sessions(harness.aws_endpoint)) == before
     assert harness.request_count() == 0
+    # The refusal is logged with its code; the entry never carries the caller's claim.
+    [refused] = [e for e in harness.events() if e["type"] == "refused"]
+    assert refused["reason_code"] == code and refused["actor"] == "agent:agent-c"
+    assert "ws-a" not in json.dumps(refused) and "ws-b" not in json.dumps(refused)
 
 
 def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):

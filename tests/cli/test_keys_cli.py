@@ -73,3 +73,22 @@ def test_a_bad_expiry_is_a_usage_error(database_url, argv, capsys):
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
+
+
+def test_directory_attributes_for_templates_are_set_with_the_key(database_url, capsys):
+    code, out, _ = _run(capsys, "keys", "create", "--principal", "agent:ws-a-bot", "--role", "agent",
+                        "--acts-for", "human:alice", "--attribute", "workspace=ws-a", "--format", "json")
+    assert code == 0 and json.loads(out)["attributes"] == {"workspace": "ws-a"}
+    database = Database(build_engine(database_url))
+    with database.read() as repo:
+        assert dict(repo.get_principal("agent:ws-a-bot").attributes) == {"workspace": "ws-a"}
+    created = [e for e in _events(database_url) if e["type"] == "api_key_created"]
+    assert created[-1]["details"]["attributes"] == {"workspace": "ws-a"}
+    # A second key without --attribute keeps them; a bad one is refused and changes nothing.
+    assert _run(capsys, "keys", "create", "--principal", "agent:ws-a-bot", "--role", "agent",
+                "--acts-for", "human:alice")[0] == 0
+    code, _, err = _run(capsys, "keys", "create", "--principal", "agent:ws-a-bot", "--role", "agent",
+                        "--acts-for", "human:alice", "--attribute", "workspace=ws a")
+    assert code != 0 and "invalid_attribute" in err
+    with database.read() as repo:
+        assert dict(repo.get_principal("agent:ws-a-bot").attributes) == {"workspace": "ws-a"}

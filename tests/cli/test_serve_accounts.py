@@ -50,3 +50,21 @@ def test_serve_refuses_a_role_the_accounts_configuration_does_not_vouch_for(serv
 def test_serve_starts_when_every_role_is_in_a_named_account_of_its_environment(serve_env, monkeypatch):
     monkeypatch.setenv("BROKER_ACCOUNTS", json.dumps(SHIPPED))
     assert main(["serve"]) == 0 and len(serve_env) == 1
+
+
+def test_serve_refuses_the_issues_lambda_template_as_it_was(serve_env, monkeypatch, capsys, tmp_path):
+    """scopes/lambda-deploy-dev.yaml before issue 14: code execution, nothing declared, no co-signers."""
+    import yaml
+
+    shipped = yaml.safe_load((REPO_SCOPES / "lambda-deploy-dev.yaml").read_text())
+    shipped.pop("capabilities")
+    shipped.pop("approval")
+    folder = tmp_path / "scopes"
+    folder.mkdir()
+    (folder / "lambda-deploy-dev.yaml").write_text(yaml.safe_dump(shipped))
+    monkeypatch.setenv("BROKER_SCOPES_DIR", str(folder))
+    monkeypatch.setenv("BROKER_ACCOUNTS", json.dumps(SHIPPED))
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert "undeclared_code_execution" in err and "risk_without_cosigning" in err, err
+    assert serve_env == []

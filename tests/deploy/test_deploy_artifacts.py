@@ -563,13 +563,30 @@ def test_session_boundary_denies_identity_and_organization_changes() -> None:
     assert {"iam:*", "organizations:*", "sts:AssumeRole"} <= denied
 
 
+def test_the_anchor_bucket_locks_in_compliance_mode_and_the_broker_may_only_add_and_read() -> None:
+    template = cloudformation()
+    bucket = template["Resources"]["AnchorBucket"]
+    props = bucket["Properties"]
+    assert bucket["Condition"] == "Anchors" and bucket["DeletionPolicy"] == "Retain"
+    assert props["ObjectLockEnabled"] is True and props["VersioningConfiguration"]["Status"] == "Enabled"
+    retention = props["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]
+    assert retention == {"Mode": "COMPLIANCE", "Days": {"Ref": "AnchorRetentionDays"}}
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    policy = template["Resources"]["BrokerAnchorPolicy"]["Properties"]["PolicyDocument"]
+    allowed = {a for s in statements(policy) if s["Effect"] == "Allow" for a in as_list(s["Action"])}
+    assert allowed == {"s3:PutObject", "s3:PutObjectRetention", "s3:GetObject", "s3:ListBucket"}
+    # The settings the broker reads (BROKER_ANCHOR_*) are named by the stack's parameters and outputs.
+    assert "BROKER_ANCHOR_BUCKET" in template["Parameters"]["AnchorBucketName"]["Description"]
+    assert "BROKER_ANCHOR_RETENTION_DAYS" in template["Parameters"]["AnchorRetentionDays"]["Description"]
+
+
 # ---------------------------------------------------------------------------
 # The operator's guide covers what operators need
 # ---------------------------------------------------------------------------
 
 GUIDE_TOPICS = (
     "broker migrate", "signing key", "rotat", "OIDC", "replicas", "backup", "audit verify",
-    "alert", "lockdown", "broker-revocations", "PermissionsBoundary",
+    "alert", "lockdown", "broker-revocations", "PermissionsBoundary", "--anchors", "audit reconcile",
 )
 
 

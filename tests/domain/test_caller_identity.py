@@ -266,6 +266,24 @@ def test_the_rendered_policy_of_an_identity_template_passes_the_guardrails(actio
     assert [f for f in check_rendered(template, plan.policy, actions=actions) if f.blocking] == []
 
 
+def test_an_identity_value_in_a_condition_is_data_and_is_checked_by_its_operator():
+    template = make(statements=[{"actions": ["dynamodb:DescribeTable"], "resources": [TABLE],
+                                 "conditions": {"StringEquals": {"aws:ResourceTag/workspace": "{workspace}"},
+                                                "IpAddress": {"aws:SourceIp": "{network}"}}}],
+                    identity={"workspace": {"source": "claim:workspace"}, "network": {"source": "attribute:network",
+                                                                                        "max_length": 20}})
+    plan = plan_mint(template, request_id="r", grant_id="g", requester="agent:x", acts_for="human:alice",
+                     parameters={}, ttl_seconds=None,
+                     identity=caller({"workspace": "ws-a"}, {"network": "10.1.2.3"}))
+    condition = json.loads(plan.policy.json)["Statement"][0]["Condition"]
+    assert condition == {"StringEquals": {"aws:ResourceTag/workspace": "ws-a"},
+                         "IpAddress": {"aws:SourceIp": "10.1.2.3"}}
+    with pytest.raises(Forbidden) as caught:
+        plan_mint(template, request_id="r", grant_id="g", requester="agent:x", acts_for="human:alice",
+                  parameters={}, ttl_seconds=None, identity=caller({"workspace": "ws-a"}, {"network": "not-an-ip"}))
+    assert caught.value.code == "identity_value_invalid" and "IpAddress" in caught.value.message
+
+
 # ----------------------------------------------------------------------------- property
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

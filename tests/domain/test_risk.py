@@ -102,6 +102,10 @@ EXAMPLES: list[tuple[Risk, str, str]] = [
     (Risk.DATA_EXFILTRATION, "logs:PutAccountPolicy", "logs:PutAccountP*"),
     (Risk.DESTRUCTIVE, "ecs:StopTask", "ecs:StopT*"),
     (Risk.PRODUCTION_TRAFFIC, "rds:SwitchoverReadReplica", "rds:Switchover*"),
+    (Risk.PERMISSION_CHANGING, "sso:CreateAccountAssignment", "sso:CreateAccountAss*"),
+    (Risk.PERMISSION_CHANGING, "sso:PutInlinePolicyToPermissionSet", "sso:PutInline*"),
+    (Risk.PERMISSION_CHANGING, "identitystore:CreateGroupMembership", "identitystore:*GroupMembership"),
+    (Risk.DATA_EXFILTRATION, "backup:StartRestoreJob", "backup:StartRestore*"),
 ]
 
 # The issue's own list (issue 14, "Why"): actions a dev template with nothing declared was issued.

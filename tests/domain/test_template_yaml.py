@@ -37,3 +37,9 @@ def test_one_of_each_key_loads():
     template = parse_template(HEAD + f"statements:\n  - actions: [logs:FilterLogEvents]\n    resources: [{GROUP}]\n",
                               source="t.yaml")
     assert template.statements[0].actions == ["logs:FilterLogEvents"]
+
+
+def test_an_unhashable_key_is_unreadable_yaml_not_a_crash():
+    with pytest.raises(TemplateError) as caught:
+        parse_template("name: t\n? [a, b]\n: c\n", source="odd.yaml")
+    assert caught.value.code == "template_unreadable"

@@ -106,6 +106,13 @@ def test_every_risk_class_most_dangerous_first_and_unknown_reach_is_said():
     assert bare["risks"] == [] and "not known: read the request page" in bare["text"]
 
 
+def test_values_bound_to_the_caller_are_shown_apart_from_the_parameters():
+    body = webhook_body(event="pending", request={**DESTRUCTIVE, "identity": {"workspace": "ws-a"}})
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n", 1)[1] for f in body["blocks"][1]["fields"]}
+    assert fields["*Bound to the caller*"] == "workspace=ws-a" and body["identity"] == {"workspace": "ws-a"}
+    assert "identity" not in webhook_body(event="pending", request=DESTRUCTIVE)
+
+
 def test_a_denial_carries_its_reason():
     body = webhook_body(event="denied", request={**DESTRUCTIVE, "status": "denied",
                                                  "decided_reason": "wrong stack <@U1>"})

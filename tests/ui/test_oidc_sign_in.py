@@ -453,13 +453,16 @@ def test_not_configured_means_no_oidc(moto_server, tmp_path):
         harness.container.database.engine.dispose()
 
 
-def test_misconfigured_oidc_fails_closed(idp, moto_server, tmp_path):
+def test_misconfigured_oidc_fails_closed(idp, moto_server, tmp_path, caplog):
     harness = make_site(idp, db_url=f"sqlite:///{tmp_path / 'ui.db'}", moto_server=moto_server, tmp_path=tmp_path,
                         ui_oidc_token_endpoint="http://idp.example/token")  # plain http off loopback
+    caplog.set_level(logging.WARNING, logger="broker.outage")
     try:
         response = harness.client.get("/ui/login/oidc", follow_redirects=False)
         assert response.status_code == 503 and "location" not in response.headers  # no redirect to the IdP
         assert "token_endpoint must be an https URL" in response.text and flow_rows(harness) == []
+        # The operational log says why the pages answer 503 (issue 22, 6).
+        assert "at GET /ui/login/oidc: " in caplog.text and "token_endpoint must be an https URL" in caplog.text
     finally:
         harness.container.database.engine.dispose()
 

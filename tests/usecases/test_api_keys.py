@@ -111,7 +111,8 @@ def test_disabling_a_principal_refuses_it_and_creating_a_key_does_not_bring_it_b
     _refused(_whoami(broker, old), 401, "revoked_credentials")
     new = _create(broker, principal="agent:demo").json()["token"]
     assert _whoami(broker, new).json() == {"id": "agent:demo", "roles": ["agent"], "acts_for": "human:alice",
-                                           "groups": [], "auth_method": "api_key"}
+                                           "groups": [], "auth_method": "api_key",
+                                           "attributes": {"workspace": "demo"}}
     assert [e["type"] for e in broker.events() if e["type"].startswith(("principal_", "api_key_"))] == [
         "principal_disabled", "principal_enabled", "api_key_created"]
 

@@ -175,6 +175,8 @@ def begin_oidc_sign_in(request: Request, container: ContainerDep, next: str | No
     try:
         client = container.ui_oidc.client()
     except BrokerError as exc:
+        if exc.status == 503:
+            container.outages.unavailable(exc, code=exc.code, where="GET /ui/login/oidc")
         return sign_in_page(request, container, status_code=exc.status, error=exc.diagnostics(), next_path=next)
     if client is None:
         return sign_in_page(request, container, status_code=404, next_path=next,
@@ -210,6 +212,8 @@ def finish_oidc_sign_in(request: Request, container: ContainerDep) -> Response:
         principal, next_path = _finish(request, container, client)
     except BrokerError as exc:
         log.info("approver OIDC sign-in refused (%s) from %s", exc.code, client_ip(request))
+        if exc.status == 503:
+            container.outages.unavailable(exc, code=exc.code, where="GET /ui/oidc/callback")
         response = sign_in_page(request, container, status_code=exc.status,
                                 error=f"{exc.diagnostics()} ({exc.code})")
         _clear_flow_cookie(response, secure=secure)

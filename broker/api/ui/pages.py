@@ -124,7 +124,7 @@ def request_page(container: Container, session: UiSession, principal: Principal,
     try:
         view = container.service.get_request(principal=principal, request_id=request_id)
     except BrokerError as exc:
-        return error_page(exc, session, principal)
+        return error_page(container, exc, session, principal)
     options = container.service.decision_options(principal=principal, view=view)
     return render("request.html", status_code=error.status if error else 200, now=container.clock.now(),
                   view=view, principal=principal, csrf_token=session.csrf_token, error=error, notice=notice,
@@ -132,7 +132,10 @@ def request_page(container: Container, session: UiSession, principal: Principal,
                   blast=view.get("blast_radius") or {})
 
 
-def error_page(exc: BrokerError, session: UiSession | None, principal: Principal | None) -> Response:
+def error_page(container: Container, exc: BrokerError, session: UiSession | None,
+               principal: Principal | None) -> Response:
+    if exc.status == 503:
+        container.outages.unavailable(exc, code=exc.code, where="approver pages")
     return render("error.html", status_code=exc.status, code=exc.code, message=exc.diagnostics(),
                   principal=principal, csrf_token=session.csrf_token if session else None)
 
@@ -221,7 +224,7 @@ def pending(request: Request, container: ContainerDep, page: str = "1") -> Respo
         listing = container.service.list_pending(principal=principal, offset=(max(1, number) - 1) * LIST_PAGE,
                                                  limit=LIST_PAGE)
     except BrokerError as exc:
-        return error_page(exc, session, principal)
+        return error_page(container, exc, session, principal)
     pages = max(1, -(-listing["total"] // LIST_PAGE))
     return render("pending.html", now=container.clock.now(), listing=listing, page=max(1, number), pages=pages,
                   principal=principal, csrf_token=session.csrf_token)

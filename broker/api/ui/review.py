@@ -29,7 +29,7 @@ def review(request: Request, container: ContainerDep, range: str | None = None) 
     try:
         figures = container.review.figures(principal=principal, range_name=range)
     except BrokerError as exc:
-        return error_page(exc, session, principal)
+        return error_page(container, exc, session, principal)
     links = {"over-time": figures.events_link(type=EventType.ISSUED),
              "refusals": figures.events_link(type=EventType.REFUSED),
              "time-to-approve": figures.events_link(type=EventType.APPROVED),
@@ -54,7 +54,7 @@ def chart(name: str, request: Request, container: ContainerDep, range: str | Non
         part, draw = CHARTS[name]
         figures = container.review.figures(principal=principal, range_name=range, parts=[part])
     except BrokerError as exc:
-        return error_page(exc, session, principal)
+        return error_page(container, exc, session, principal)
     response = secured(Response(draw(figures), media_type="image/svg+xml"))
     # NOTE: the SVG's own style sheet (pygal's) needs inline style; it runs no script and loads nothing.
     response.headers["Content-Security-Policy"] = CHART_CSP
