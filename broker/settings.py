@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +11,7 @@ import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker.domain.documents import DuplicateKey, load_reviewed
 from broker.errors import InvalidInput
 
 
@@ -128,7 +128,9 @@ def load_settings(**overrides: Any) -> BrokerSettings:
     if config_file:
         try:
             text = Path(config_file).read_text(encoding="utf-8")
-            file_values = (json.loads(text) if config_file.endswith(".json") else yaml.safe_load(text)) or {}
+            file_values = load_reviewed(text, json_format=config_file.endswith(".json")) or {}
+        except DuplicateKey as exc:
+            raise InvalidInput(f"configuration file {config_file}: {exc.problem}", code="config_invalid") from exc
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise InvalidInput(f"configuration file {config_file} cannot be read", code="config_invalid") from exc
     env_values = BrokerSettings().model_dump(exclude_unset=True)
@@ -148,11 +150,25 @@ def load_target_accounts(settings: BrokerSettings, *, required: bool = True):
 
     sources: list[tuple[str, Any]] = []
     if settings.accounts:
+        # NOTE: pydantic decodes BROKER_ACCOUNTS keeping the last of an account written twice: read it again.
+        raw_environment = os.environ.get("BROKER_ACCOUNTS")
+        if raw_environment:
+            try:
+                load_reviewed(raw_environment, json_format=True)
+            except DuplicateKey as exc:
+                raise InvalidInput(f"BROKER_ACCOUNTS: {exc.problem}", code="config_invalid",
+                                   field="accounts") from exc
+            except ValueError:
+                pass  # not JSON: the settings read it already, or refused it
         sources.append(("BROKER_ACCOUNTS", settings.accounts))
     if settings.accounts_file is not None:
         try:
             text = settings.accounts_file.read_text(encoding="utf-8")
-            raw = json.loads(text) if settings.accounts_file.suffix == ".json" else yaml.safe_load(text)
+            # NOTE: an account named twice (production, then dev) must not quietly become the last one.
+            raw = load_reviewed(text, json_format=settings.accounts_file.suffix == ".json")
+        except DuplicateKey as exc:
+            raise InvalidInput(f"accounts file {settings.accounts_file}: {exc.problem}", code="config_invalid",
+                               field="accounts_file") from exc
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             raise InvalidInput(f"accounts file {settings.accounts_file} cannot be read ({exc.__class__.__name__})",
                                code="config_invalid", field="accounts_file") from exc

@@ -20,6 +20,7 @@ import re2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from broker.domain.documents import DuplicateKey, ReviewedYamlLoader
 from broker.errors import TemplateError
 
 # STS limits that templates must respect (the broker checks them itself: moto does not).
@@ -417,33 +418,7 @@ def _condition_strings(conditions: dict[str, dict[str, str | list[str]]] | None)
     return out
 
 
-class DuplicateKey(yaml.constructor.ConstructorError):
-    """A key written twice in one mapping, or a merge key (``<<``)."""
-
-
-class _TemplateLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader (several times faster than the pure-Python one) that refuses a key written
-    twice in one mapping and YAML merge keys: YAML keeps the last (or the explicit) value, so a reviewer
-    reading the first ``actions:`` would approve another template than the one that loads."""
-
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
-        seen: dict[Any, int] = {}
-        for key_node, _value in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                raise DuplicateKey(None, None, "a YAML merge key ('<<') hides which value applies; write the keys out",
-                                   key_node.start_mark)
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # an unhashable key: PyYAML's own constructor refuses it below
-            if key in seen:
-                raise DuplicateKey(None, None, f"key {key!r} is written twice in one mapping (lines {seen[key]} and "
-                                   f"{key_node.start_mark.line + 1}): YAML keeps the last, a reader sees the first",
-                                   key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-_YAML_LOADER = _TemplateLoader
+_YAML_LOADER = ReviewedYamlLoader
 
 
 def parse_template(text: str, *, source: str) -> ScopeTemplate:

@@ -13,7 +13,6 @@ serve`` then logs a WARNING at every load naming the production templates that l
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -27,6 +26,7 @@ from broker.domain.risk import BY_RISK
 from broker.domain.template_diff import risk_classes
 from broker.domain.template_signatures import DEFAULT_REQUIRED_SIGNATURES, SigningRule, owners_from_config
 from broker.domain.templates import Environment, ScopeTemplate
+from broker.domain.documents import DuplicateKey, load_reviewed
 from broker.errors import BrokerError, InvalidInput, Unavailable
 from broker.settings import BrokerSettings
 from broker.storage.template_files import TemplateCatalog, load_catalog
@@ -46,7 +46,10 @@ def signing_rule(path: Path | None, required_setting: int | None = None) -> Sign
         return SigningRule()
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = load_reviewed(text, json_format=path.suffix == ".json")  # an owner written twice is refused
+    except DuplicateKey as exc:
+        raise InvalidInput(f"template owners file {path}: {exc.problem}", code="config_invalid",
+                           field="template_owners_file") from exc
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise InvalidInput(f"template owners file {path} cannot be read", code="config_invalid",
                            field="template_owners_file") from exc

@@ -21,7 +21,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Table, bindparam, cast, func, insert, update
+from sqlalchemy import Table, bindparam, cast, func, insert, literal_column, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
@@ -51,6 +51,8 @@ _APPROVALS: Table = ApprovalRow.__table__  # type: ignore[attr-defined]
 EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "template", "type": "type",
                        "request_id": "request_id", "access_key_id": "access_key_id", "actor": "actor",
                        "grant_id": "grant_id"}
+# The body fields queries filter on (each has an index on its expression, migration 0012).
+BODY_FIELDS = frozenset({*EVENT_FILTER_FIELDS.values(), "time"})
 
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
@@ -501,6 +503,12 @@ class Repository:
         copied from it for the issuance path: editing a column cannot hide an entry from a reviewer.  Log
         times compare as strings (one fixed width format).
         """
+        statement = self.events_statement(filters=filters, after_seq=after_seq, limit=limit, since=since, until=until)
+        return [json.loads(row.body) for row in self._core.execute(statement)]
+
+    def events_statement(self, *, filters: Mapping[str, Any], after_seq: int, limit: int,
+                         since: datetime | None = None, until: datetime | None = None) -> Any:
+        """The SELECT of :meth:`query_events` (each condition on a body index, migration 0012)."""
         statement = (core_select(_EVENTS.c.body).where(_EVENTS.c.seq > after_seq).order_by(_EVENTS.c.seq)
                      .limit(limit))
         for name, value in filters.items():
@@ -510,13 +518,19 @@ class Repository:
             statement = statement.where(self._body_field("time") >= issuance_log.log_time(since))
         if until is not None:
             statement = statement.where(self._body_field("time") < issuance_log.log_time(until))
-        return [json.loads(row.body) for row in self._core.execute(statement)]
+        return statement
 
     def _body_field(self, name: str) -> Any:
-        """A top-level string member of the stored entry body, as SQL."""
+        """A top-level string member of the stored entry body, as SQL.
+
+        NOTE: the member's name is written into the SQL, not bound: the expression must be the one the
+        body indexes are built on (migration 0012), and a bound name would not match them.  Names come
+        from BODY_FIELDS only."""
+        if name not in BODY_FIELDS:
+            raise ValueError(f"not a body field reviewers filter by: {name!r}")
         if self._postgres:
-            return func.jsonb_extract_path_text(cast(_EVENTS.c.body, JSONB), name)
-        return func.json_extract(_EVENTS.c.body, f"$.{name}")
+            return func.jsonb_extract_path_text(cast(_EVENTS.c.body, JSONB), literal_column(f"'{name}'"))
+        return func.json_extract(_EVENTS.c.body, literal_column(f"'$.{name}'"))
 
     def latest_event(self, event_type: str) -> dict[str, Any] | None:
         """The newest entry of one type (e.g. the last ``templates_loaded``), or None."""

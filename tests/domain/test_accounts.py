@@ -131,3 +131,13 @@ def test_the_broker_refuses_a_role_in_an_unnamed_account(tmp_path, moto_server):
                       aws_endpoint=moto_server.endpoint_url, state_dir=tmp_path / "s",
                       accounts={"123456789012": "dev"})
     assert "account_unknown" in str(caught.value) and "444455556666" in str(caught.value)
+
+
+def test_an_account_written_twice_in_broker_accounts_is_refused(monkeypatch):
+    from broker.settings import load_settings
+
+    monkeypatch.delenv("BROKER_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("BROKER_ACCOUNTS", '{"444455556666": "production", "444455556666": "dev"}')
+    with pytest.raises(InvalidInput) as caught:
+        load_target_accounts(load_settings())
+    assert "written twice" in caught.value.message

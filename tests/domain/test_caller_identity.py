@@ -292,7 +292,7 @@ ANY_CLAIM = st.one_of(st.text(max_size=60), st.lists(st.text(max_size=5), max_si
                       st.booleans(), st.text(alphabet="ab-*?$:/,.{}", max_size=12))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(claim=ANY_CLAIM)
 def test_whatever_the_claim_the_policy_names_one_table_of_the_callers_own_or_nothing(claim):
     template = make()

@@ -24,11 +24,22 @@ def empty_url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
+# Indexes on expressions of the stored entry body (migration 0012): declared by the migration alone, since
+# alembic cannot compare expression indexes (it skips them on SQLite).  tests/storage/test_body_indexes.py
+# checks that the reviewers' queries use them.
+BODY_INDEX_PREFIX = "ix_events_body_"
+
+
+def _not_a_body_index(diff) -> bool:
+    return not (diff[0] == "remove_index" and diff[1].name.startswith(BODY_INDEX_PREFIX))
+
+
 def test_migrations_match_the_models_and_seed_the_log_head(empty_url):
     engine = build_engine(empty_url)
     migrate(engine)
     with engine.connect() as connection:
-        assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
+        diffs = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+        assert [diff for diff in diffs if _not_a_body_index(diff)] == []
     with Database(engine).transaction() as repo:
         assert repo.log_head() == (0, GENESIS_HASH)
     migrate(engine)  # idempotent

@@ -1,0 +1,274 @@
+"""Benchmark: the reviewers' tools on a large PostgreSQL log.
+
+Seeds a fresh PostgreSQL database with ``--entries`` realistic entries (default 1,000,000) spread over
+the last 30 days: a valid chain sealed by the broker's own code, a chained checkpoint every 100
+entries, written with COPY.  Then, as the API runs them (``AuditLog``, the use case behind
+``GET /v1/events``, ``/v1/events/correlate``, ``/v1/events/report`` and ``/v1/events/export``):
+
+* p50/p99 of ``GET /v1/events`` filtered by agent, template, type, time window and access key id (the
+  first page and a page deep in the log), and of ``correlate`` by access key id;
+* ``report`` over 7 and 30 days;
+* the streaming ``export`` of the whole log (in a child process: its peak RSS) and ``broker audit verify``
+  of that export (``verify_export_file``, every CPU).
+
+With ``--without-body-indexes`` the queries are first timed without migration 0012's indexes (a few
+samples: each reads every body), then the indexes are built (timed) and the queries timed again.
+
+    .venv/bin/python -m tests.bench.bench_reviewer [--entries 1000000] [--samples 40] [--without-body-indexes]
+
+Not collected by pytest (file name bench_*.py); figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from broker.domain import log
+from broker.domain.principals import Principal, Role
+from broker.ports import SystemClock
+from broker.storage.engine import Database, build_engine
+from broker.storage.export_files import verify_export_file
+from broker.storage.migrations import migrate
+from broker.usecases.audit import AuditLog
+from tests.conftest import PG_ADMIN_URL, _fresh_pg_database
+
+AGENTS, HUMANS, TEMPLATES = 500, 200, 40
+# Entry types and how often each occurs in a busy log (a request usually ends issued; refusals are common).
+TYPES = (("requested", 30), ("issued", 28), ("refused", 20), ("pending", 6), ("approved", 5), ("revoked", 3),
+         ("expired", 4), ("failed", 2), ("denied", 2))
+CHECKPOINT_EVERY = 100
+REVIEWER = Principal(id="human:rita", roles=frozenset({Role.REVIEWER}), acts_for=None, groups=frozenset())
+EVENT_COLUMNS = ("seq", "event_id", "time", "type", "request_id", "grant_id", "actor", "acts_for", "template",
+                 "access_key_id", "body", "prev_hash", "hash")
+CHECKPOINT_COLUMNS = ("position", "seq", "head_hash", "time", "key_id", "signature", "prev_checkpoint", "hash")
+
+
+def body_of(seq: int, moment: datetime, kind: str, rng: random.Random) -> dict:
+    agent = rng.randrange(AGENTS)
+    return {
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "time": log.log_time(moment), "type": kind,
+        "request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "grant_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "actor": f"agent:worker-{agent}", "acts_for": f"human:user{agent % HUMANS}",
+        "template": f"template-{agent % TEMPLATES}", "template_digest": "9f" * 32,
+        "parameters": {"bucket": f"team-{agent % 30}-logs", "prefix": f"runs/{seq}/"}, "policy_digest": "3c" * 32,
+        "access_key_id": f"ASIA{seq:016X}" if kind == "issued" else None,
+        "expiration": log.log_time(moment + timedelta(minutes=15)) if kind == "issued" else None,
+        "source_ip": "10.1.2.3", "approvals": None,
+        "reason_code": "guardrail_violation" if kind == "refused" else None,
+        "details": {"requester": f"agent:worker-{agent}", "ttl_seconds": 900},
+    }
+
+
+def seed(database: Database, count: int, signer: log.CheckpointSigner, now: datetime) -> dict:
+    """``count`` sealed entries over the 30 days before ``now``, with their checkpoints, by COPY."""
+    rng = random.Random(21)
+    kinds = [kind for kind, weight in TYPES for _ in range(weight)]
+    start = now - timedelta(days=30)
+    step = timedelta(days=30) / count
+    prev_hash, checkpoint, position = log.GENESIS_HASH, None, 0
+    raw = database.engine.raw_connection()
+    try:
+        cursor = raw.driver_connection.cursor()
+        with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as events_copy:
+            checkpoints = []
+            for seq in range(1, count + 1):
+                moment = start + step * seq
+                entry = log.seal_entry(body_of(seq, moment, rng.choice(kinds), rng), seq=seq, prev_hash=prev_hash)
+                prev_hash = entry["hash"]
+                events_copy.write_row((seq, entry["event_id"], moment, entry["type"], entry["request_id"],
+                                       entry["grant_id"], entry["actor"], entry["acts_for"], entry["template"],
+                                       entry["access_key_id"], log.entry_line(entry).decode(), entry["prev_hash"],
+                                       entry["hash"]))
+                if seq % CHECKPOINT_EVERY == 0 or seq == count:
+                    checkpoint = signer.sign(seq, prev_hash, log.log_time(moment),
+                                             prev_checkpoint=checkpoint.hash() if checkpoint else log.GENESIS_HASH)
+                    position += 1
+                    checkpoints.append((position, seq, checkpoint.head_hash, checkpoint.time, checkpoint.key_id,
+                                        checkpoint.signature, checkpoint.prev_checkpoint, checkpoint.hash()))
+        with cursor.copy(f"COPY checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) FROM STDIN") as checkpoints_copy:
+            for row in checkpoints:
+                checkpoints_copy.write_row(row)
+        cursor.execute("UPDATE log_head SET seq = %s, hash = %s WHERE id = 1", (count, prev_hash))
+        raw.driver_connection.commit()
+        raw.driver_connection.autocommit = True
+        cursor.execute("VACUUM ANALYZE events")
+        raw.driver_connection.autocommit = False
+    finally:
+        raw.close()
+    return {"start": start, "now": now, "rng": rng}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def timed(samples: int, call) -> list[float]:
+    times = []
+    for n in range(samples):
+        began = time.perf_counter()
+        call(n)
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def query_figures(audit: AuditLog, count: int, samples: int, span: dict) -> None:
+    rng = random.Random(16)
+    now, start = span["now"], span["start"]
+
+    def query(filters=None, after_seq=0, since=None, until=None):
+        return audit.query(principal=REVIEWER, filters=filters or {}, after_seq=after_seq, limit=100, since=since,
+                           until=until)
+
+    def window(hours: float):
+        def run(_n):
+            begin = start + (now - start - timedelta(hours=hours)) * rng.random()
+            query(since=begin, until=begin + timedelta(hours=hours))
+        return run
+
+    def issued_key(_n):
+        seq = rng.randrange(1, count + 1)
+        return f"ASIA{seq:016X}"
+
+    cases = {
+        "agent, first page": lambda n: query({"agent": f"agent:worker-{rng.randrange(AGENTS)}"}),
+        "agent, deep page": lambda n: query({"agent": f"agent:worker-{rng.randrange(AGENTS)}"},
+                                            after_seq=rng.randrange(count)),
+        "template": lambda n: query({"template": f"template-{rng.randrange(TEMPLATES)}"},
+                                    after_seq=rng.randrange(count)),
+        "type (revoked)": lambda n: query({"type": "revoked"}, after_seq=rng.randrange(count)),
+        "human": lambda n: query({"human": f"human:user{rng.randrange(HUMANS)}"}, after_seq=rng.randrange(count)),
+        "time window 1 h": window(1),
+        "time window 24 h": window(24),
+        "agent + 24 h": lambda n: query({"agent": f"agent:worker-{rng.randrange(AGENTS)}"},
+                                        since=now - timedelta(hours=24)),
+        "access key id": lambda n: query({"access_key_id": issued_key(n)}),
+        "correlate (access key id)": lambda n: _correlate(audit, issued_key(n)),
+    }
+    print(f"  {'query (limit 100)':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}   ({samples} samples each)")
+    for name, call in cases.items():
+        times = timed(samples, call)
+        print(f"  {name:28s} {percentile(times, .5):8.1f} {percentile(times, .99):8.1f} {max(times):8.1f}")
+
+
+def _correlate(audit: AuditLog, access_key_id: str) -> None:
+    from broker.errors import NotFound
+
+    try:
+        audit.correlate(principal=REVIEWER, access_key_id=access_key_id)
+    except NotFound:
+        pass  # a seq that was not an issued entry
+
+
+def report_figures(audit: AuditLog, span: dict) -> None:
+    for days in (7, 30):
+        began = time.perf_counter()
+        audit.report(principal=REVIEWER, since=span["now"] - timedelta(days=days))
+        print(f"  report over {days:2d} days: {time.perf_counter() - began:7.1f} s")
+
+
+EXPORT_CHILD = r"""
+import resource, sys, time
+from broker.domain import log
+from broker.ports import SystemClock
+from broker.storage.engine import Database, build_engine
+from broker.usecases.audit import AuditLog
+from tests.bench.bench_reviewer import REVIEWER
+url, key_file, out = sys.argv[1:4]
+signer = log.CheckpointSigner(log.load_signing_key(open(key_file, "rb").read()))
+audit = AuditLog(database=Database(build_engine(url)), signer=signer, clock=SystemClock())
+began = time.perf_counter()
+with open(out, "wb", buffering=1 << 20) as sink:
+    for line in audit.export(principal=REVIEWER):
+        sink.write(line)
+print(time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def export_and_verify(url: str, key, signer: log.CheckpointSigner, count: int, folder: Path) -> None:
+    key_file, out = folder / "signing.pem", folder / "export.jsonl"
+    key_file.write_bytes(log.private_key_pem(key))
+    done = subprocess.run([sys.executable, "-c", EXPORT_CHILD, url, str(key_file), str(out)], capture_output=True,
+                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    seconds, peak_kib = done.stdout.split()
+    size = out.stat().st_size
+    print(f"  export (streamed, whole log): {count / float(seconds):9,.0f} entries/s ({float(seconds):.1f} s, "
+          f"{size / 1e6:,.0f} MB); peak RSS of the exporting process {int(peak_kib) / 1024:,.0f} MiB")
+    began = time.perf_counter()
+    report = verify_export_file(out, signer.public_key)
+    seconds = time.perf_counter() - began
+    assert report.ok and report.entries == count, report.message
+    print(f"  verify the export (every CPU): {count / seconds:9,.0f} entries/s ({seconds:.1f} s, "
+          f"{report.checkpoints:,} checkpoints)")
+
+
+def body_indexes(database: Database, create: bool) -> float:
+    began = time.perf_counter()
+    raw = database.engine.raw_connection()
+    try:
+        cursor = raw.driver_connection.cursor()
+        for field in ("actor", "acts_for", "template", "type", "request_id", "access_key_id", "grant_id", "time"):
+            cursor.execute(f"CREATE INDEX ix_events_body_{field} ON events "
+                           f"((jsonb_extract_path_text(CAST(body AS JSONB), '{field}')), seq)" if create
+                           else f"DROP INDEX ix_events_body_{field}")
+        raw.driver_connection.commit()
+        if create:
+            raw.driver_connection.autocommit = True
+            cursor.execute("ANALYZE events")
+    finally:
+        raw.close()
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--without-body-indexes", action="store_true",
+                        help="time the queries without migration 0012's indexes first")
+    args = parser.parse_args()
+    url, drop = _fresh_pg_database(PG_ADMIN_URL)
+    database = Database(build_engine(url))
+    try:
+        migrate(database.engine)
+        key = log.generate_signing_key()
+        signer = log.CheckpointSigner(key)
+        body_indexes(database, create=False)  # built after the COPY: one pass over the bodies, not one per row
+        began, cpu = time.perf_counter(), time.process_time()
+        span = seed(database, args.entries, signer, datetime.now(UTC))
+        seeded = time.perf_counter() - began
+        print(f"== {args.entries:,} entries over 30 days in PostgreSQL, a checkpoint every {CHECKPOINT_EVERY}")
+        print(f"  seeded (sealed by the broker's code, COPY with the models' indexes, VACUUM ANALYZE) in "
+              f"{seeded:.0f} s ({args.entries / seeded:,.0f} entries/s; {time.process_time() - cpu:.0f} s CPU here)")
+        audit = AuditLog(database=database, signer=signer, clock=SystemClock())
+        if args.without_body_indexes:
+            print("-- without the body indexes (migration 0012)")
+            query_figures(audit, args.entries, min(args.samples, 3), span)
+        print(f"-- the body indexes of migration 0012 built in {body_indexes(database, create=True):.0f} s")
+        with database.engine.connect() as connection:
+            size = connection.exec_driver_sql("SELECT pg_total_relation_size('events')").scalar_one()
+        print(f"  events table with all its indexes: {size / 1e9:.2f} GB")
+        query_figures(audit, args.entries, args.samples, span)
+        report_figures(audit, span)
+        with tempfile.TemporaryDirectory() as folder:
+            export_and_verify(url, key, signer, args.entries, Path(folder))
+        print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; peak RSS of this process "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    finally:
+        database.engine.dispose()
+        drop()
+
+
+if __name__ == "__main__":
+    main()
