@@ -1,13 +1,23 @@
-"""What the use cases need from outside, as Protocols.  Adapters implement them."""
+"""What the use cases need from outside, as Protocols.  Adapters implement them.
+
+The store (:class:`Store`, :class:`UnitOfWork`) is ``broker.storage``'s ``Database`` and ``Repository``;
+STS and IAM are ``broker.aws``'s; the use cases see only these.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from broker.domain import log as issuance_log
+from broker.domain.principals import Principal
+from broker.domain.rendering import RenderedPolicy
+from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
 from broker.domain.templates import ScopeTemplate
+from broker.domain.times import as_utc
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,12 @@ class SessionRevoker(Protocol):
     def write_deny_policy(self, *, role_arn: str, policy_json: str | None) -> None: ...
 
 
+class DenyPolicyStore(SessionRevoker, Protocol):
+    """The revoker, plus how much room IAM leaves on the role for our policy."""
+
+    def deny_policy_room(self, *, role_arn: str) -> int: ...
+
+
 class TemplateSource(Protocol):
     def get(self, name: str) -> ScopeTemplate: ...
 
@@ -68,3 +84,227 @@ class Notifier(Protocol):
 class NullNotifier:
     def notify(self, *, event: str, request: dict[str, Any]) -> None:
         return None
+
+
+# ----------------------------------------------------------------------------- API keys and principals
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """What the broker stores about an API key: never the key itself."""
+
+    key_id: str
+    token_hash: str
+    principal_id: str
+    revoked: bool = False
+    # None: the key never expires.
+    expires_at: datetime | None = None
+    # The key's principal exists but an admin disabled it.
+    principal_disabled: bool = False
+
+    def expired(self, now: datetime) -> bool:
+        if self.expires_at is None:
+            return False
+        return as_utc(self.expires_at) <= now
+
+
+class ApiKeyStore(Protocol):
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+
+class PrincipalDirectory(Protocol):
+    def get_principal(self, principal_id: str) -> Principal | None: ...
+
+    def is_disabled(self, principal_id: str) -> bool:
+        """True if the directory holds this id but an admin disabled it (``get_principal`` says None)."""
+        ...
+
+
+# ----------------------------------------------------------------------------- the store
+# Rows as a unit of work hands them back: the records' fields (broker.domain.records), changed in place and
+# saved with the unit of work (``save_grant``, ``save_api_key``) or moved with ``transition_request``.
+class StoredRequest(Protocol):
+    id: str
+    template: str
+    template_digest: str
+    environment: str
+    parameters: str
+    role_arn: str
+    policy: str
+    policy_digest: str
+    ttl_seconds: int
+    session_tags: str
+    source_identity: str
+    session_name: str
+    grant_id: str
+    binding_digest: str
+    requester: str
+    acts_for: str | None
+    reason: str
+    source_ip: str | None
+    status: str
+    approvals_required: int
+    created_at: datetime
+    updated_at: datetime
+    pending_expires_at: datetime | None
+    approved_at: datetime | None
+    redeem_by: datetime | None
+    issued_at: datetime | None
+    decided_reason: str | None
+    identity: str | None
+
+
+class StoredApproval(Protocol):
+    id: int | None
+    request_id: str
+    approver: str
+    decision: str
+    binding_digest: str
+    reason: str
+    created_at: datetime
+
+
+class StoredGrant(Protocol):
+    id: str
+    request_id: str
+    template: str
+    agent: str
+    acts_for: str | None
+    role_arn: str
+    access_key_id: str
+    source_identity: str
+    session_name: str
+    policy_digest: str
+    environment: str
+    issued_at: datetime
+    expiration: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+
+class StoredMintIntent(Protocol):
+    grant_id: str
+    request_id: str
+    role_arn: str
+    source_identity: str
+    created_at: datetime
+    resolved: bool
+
+
+class StoredPrincipal(Protocol):
+    id: str
+    roles: str          # JSON list
+    groups: str         # JSON list
+    acts_for: str | None
+    disabled: bool
+    created_at: datetime
+    attributes: str | None
+
+
+class StoredApiKey(Protocol):
+    key_id: str
+    token_hash: str
+    principal_id: str
+    created_at: datetime
+    revoked: bool
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+
+class UnitOfWork(Protocol):
+    """The queries of one unit of work.  It never commits: the :class:`Store` does, when the block ends.
+
+    Lock order: a unit of work that appends to the log and also locks rows it did not create takes the log
+    head's lock first (:meth:`lock_log_head`); the methods that lock an existing row take it themselves.
+    """
+
+    def flush(self) -> None: ...
+
+    # principals and API keys
+    def get_principal(self, principal_id: str) -> Principal | None: ...
+    def upsert_principal(self, *, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
+                         acts_for: str | None = None, now: datetime,
+                         attributes: Mapping[str, str] | None = None) -> None: ...
+    def get_principal_row(self, principal_id: str) -> StoredPrincipal | None: ...
+    def set_principal_disabled(self, principal_id: str, disabled: bool) -> bool: ...
+    def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime,
+                    expires_at: datetime | None = None) -> None: ...
+    def get_api_key_row(self, key_id: str) -> StoredApiKey | None: ...
+    def list_api_keys(self, *, principal_id: str | None = None) -> list[StoredApiKey]: ...
+    def save_api_key(self, row: StoredApiKey) -> None: ...
+
+    # requests and approvals
+    def add_request(self, row: CredentialRequest) -> None: ...
+    def get_request(self, request_id: str, *, for_update: bool = False) -> StoredRequest | None: ...
+    def transition_request(self, request_id: str, *, from_statuses: Sequence[str], to_status: str,
+                           **values: Any) -> bool: ...
+    def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
+                      acts_for: str | None = None, limit: int = 100, offset: int = 0) -> list[StoredRequest]: ...
+    def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]: ...
+    def stale_requests(self, *, now: datetime) -> list[StoredRequest]: ...
+    def add_approval(self, row: Approval) -> None: ...
+    def approvals_for(self, request_id: str) -> list[StoredApproval]: ...
+    def has_decided(self, request_id: str, approver: str) -> bool: ...
+
+    # mint intents and grants
+    def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent) -> None: ...
+    def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: Grant,
+                      now: datetime) -> bool: ...
+    def add_intent(self, row: MintIntent) -> None: ...
+    def resolve_intent(self, grant_id: str) -> None: ...
+    def unresolved_intents(self) -> list[StoredMintIntent]: ...
+    def save_grant(self, row: StoredGrant) -> None: ...
+    def get_grant(self, grant_id: str) -> StoredGrant | None: ...
+    def grant_for_request(self, request_id: str) -> StoredGrant | None: ...
+    def find_grants(self, *, access_key_id: str | None = None, source_identity: str | None = None,
+                    agent: str | None = None, template: str | None = None, role_arn: str | None = None,
+                    live_at: datetime | None = None, revoked: bool | None = None) -> list[StoredGrant]: ...
+
+    # settings (lockdowns, revocation entries)
+    def get_setting(self, key: str) -> str | None: ...
+    def get_settings(self, keys: Sequence[str]) -> dict[str, str]: ...
+    def set_setting(self, key: str, value: str | None, *, now: datetime) -> None: ...
+
+    # limits
+    def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]: ...
+    def nth_newest_request_since(self, *, nth: int, since: datetime, requester: str | None = None,
+                                 template: str | None = None) -> datetime | None: ...
+    def earliest_live_grant_expiry(self, *, agent: str, now: datetime) -> datetime | None: ...
+    def earliest_pending_expiry(self, *, requester: str, now: datetime) -> datetime | None: ...
+
+    # the issuance log
+    def lock_log_head(self) -> tuple[int, str]: ...
+    def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    def query_events(self, *, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
+                     since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]: ...
+    def latest_event(self, event_type: str) -> dict[str, Any] | None: ...
+    def add_checkpoint(self, checkpoint: issuance_log.Checkpoint) -> None: ...
+    def latest_checkpoint(self) -> issuance_log.Checkpoint | None: ...
+    def checkpoints(self, *, from_seq: int = 0) -> list[issuance_log.Checkpoint]: ...
+    def stored_entry_lines(self, *, from_seq: int) -> list[bytes]: ...
+
+
+class Store(Protocol):
+    """Units of work on the broker's database."""
+
+    def transaction(self) -> AbstractContextManager[UnitOfWork]:
+        """Everything done through the unit of work commits together when the block ends, or not at all."""
+        ...
+
+    def read(self) -> AbstractContextManager[UnitOfWork]:
+        """A unit of work that only reads (writing in it is a bug: nothing would be rolled back)."""
+        ...
+
+    def exclusive(self, names: Iterable[str]) -> AbstractContextManager[None]:
+        """One lock per name for the block, across replicas; no unit of work (for calls outside the database)."""
+        ...
+
+
+# A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
+AnyRequest = StoredRequest | CredentialRequest
+# A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
+RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
+# Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
+IssuanceGate = Callable[[UnitOfWork, Principal, ScopeTemplate, datetime], None]
+# Check run inside unit of work B, after STS minted and before the credentials are released (the
+# lockdown): given the environment, raises a BrokerError to withhold them.
+ReleaseGate = Callable[[UnitOfWork, str], None]

@@ -3,7 +3,7 @@
 #
 # Creates .venv with python3.11 if it is missing, installs the package with its
 # test extra (only when pyproject.toml changed since the last install), then runs
-# pytest inside the venv. With no arguments it runs the whole suite quietly.
+# pytest inside the venv. With no arguments it runs the whole suite quietly, on every core.
 # The exit code is pytest's (5 = no tests collected).
 set -euo pipefail
 
@@ -45,6 +45,7 @@ if [[ "$want" != "$have" ]]; then
 fi
 
 if [[ $# -eq 0 ]]; then
-    set -- -q
+    # Every core (pytest-xdist); a module's tests stay on one worker, so module-scoped brokers are built once.
+    set -- -q -n auto --dist loadscope
 fi
 exec "$venv/bin/python" -m pytest "$@"

@@ -16,7 +16,8 @@ from starlette.requests import ClientDisconnect
 from broker.api.deps import Container, ContainerDep, CurrentPrincipal, client_ip, current_principal
 from broker.api.schemas import ERROR_RESPONSES, CreateRequestBody, DecisionBody, RequestOut
 from broker.usecases import listing
-from broker.usecases.issuance import PENDING_OFFSET_MAX, PENDING_PAGE, PENDING_PAGE_MAX, RequestOutcome
+from broker.usecases.issuance import RequestOutcome
+from broker.usecases.requests import PENDING_OFFSET_MAX, PENDING_PAGE, PENDING_PAGE_MAX
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"], responses=ERROR_RESPONSES)
 BodyModel = TypeVar("BodyModel", bound=BaseModel)

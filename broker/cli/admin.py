@@ -13,7 +13,8 @@ from typing import Any
 
 from broker.cli.audit import render_report
 from broker.cli.connection import add_api_options, client_for
-from broker.cli.requests import call_api, resolve_grant_id
+from broker.cli.connection import call_api
+from broker.cli.requests import resolve_grant_id
 from broker.errors import InvalidInput, NotFound
 
 

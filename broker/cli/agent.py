@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 from pathlib import Path
 
+from broker.cli import demo
 from broker.cli.child_env import DEFAULT_REGION, child_environment, resolve_region
 from broker.cli.connection import add_api_options, client_for, resolve
 from broker.cli.token_guard import protect_token_from_children
@@ -328,6 +329,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- mcp / demo (own modules)
 def run_mcp(args: argparse.Namespace) -> int:
+    # NOTE: imported here for weight, not for a cycle: the mcp package loads only for `broker mcp`.
     from broker.cli.mcp_server import serve
 
     return serve(url=args.url, token_file=args.token_file, token_command=args.token_command,
@@ -335,9 +337,7 @@ def run_mcp(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from broker.cli.demo import run
-
-    return run(args)
+    return demo.run(args)
 
 
 def register(subparsers) -> None:

@@ -16,16 +16,13 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from broker.cli import governance
-from broker.cli.connection import add_api_options, resolve
+from broker.cli.connection import add_api_options, api_error, client_for
 from broker.domain.log import CHECKPOINT_KEY, Checkpoint, load_public_key, parse_since, verify_signature
 from broker.errors import BrokerError, InvalidInput, Unavailable
+from broker.sdk.client import BrokerClient
+from broker.sdk.errors import BrokerAPIError, BrokerUnreachable
 from broker.storage.export_files import verify_export_file
-
-# Seconds; the export of a large log streams for longer than one read timeout allows.
-HTTP_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
 EXIT_OK, EXIT_TAMPERED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -46,51 +43,24 @@ REPORT_FIRST = ("refusals_by_principal", "refus", "destructive")
 
 
 # --- HTTP --------------------------------------------------------------------------------------
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    connection = resolve(args)  # the same --url / token options and defaults as every command
-    args.url = connection.url
-    headers = {"Accept": "application/json"}
-    token = connection.bearer()
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=connection.url, headers=headers, timeout=HTTP_TIMEOUT)
-
-
-def _api_error(response: httpx.Response) -> BrokerError:
-    """The API's ``{"error": {"code", "message"}}`` as a BrokerError (shown by main)."""
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"The broker answered HTTP {response.status_code}."
-    failure = BrokerError(message, code=code)
-    failure.status = response.status_code
-    return failure
-
+# Through the SDK's client (broker.cli.connection): one error decoder for every command.
 
 @contextmanager
-def _request(args: argparse.Namespace, path: str, params: Mapping[str, Any],
-             ) -> Iterator[httpx.Response]:
-    """Stream one GET; raise the API's error (or Unavailable) instead of a bad response."""
-    query = {key: value for key, value in params.items() if value is not None}
+def _api(args: argparse.Namespace) -> Iterator[BrokerClient]:
+    """The SDK's client for this command; an API error as the ``BrokerError`` main shows, no answer as Unavailable."""
+    client = client_for(args)
     try:
-        with _client(args) as client, client.stream("GET", path, params=query) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise _api_error(response)
-            yield response
-    except httpx.HTTPError as exc:
-        raise Unavailable(f"Cannot talk to the broker at {args.url}.") from exc
+        with client:
+            yield client
+    except BrokerUnreachable as exc:
+        raise Unavailable(f"Cannot talk to the broker at {client.url}.") from exc
+    except BrokerAPIError as exc:
+        raise api_error(exc) from exc
 
 
 def _get_json(args: argparse.Namespace, path: str, params: Mapping[str, Any]) -> Any:
-    with _request(args, path, params) as response:
-        response.read()
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise Unavailable("The broker's answer is not JSON.") from exc
+    with _api(args) as client:
+        return client.call("GET", path, params=params)
 
 
 def _checked_since(text: str | None) -> str | None:
@@ -140,11 +110,11 @@ def _query(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     params = {"since": _checked_since(args.since)}
-    with _request(args, "/v1/events/export", params) as response:
+    with _api(args) as client, client.stream("/v1/events/export", params=params) as chunks:
         # Opened only once the broker has answered 2xx: an error leaves no empty file behind.
         out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
         try:
-            for chunk in response.iter_bytes():
+            for chunk in chunks:
                 out.write(chunk)
             out.flush()
         finally:

@@ -16,12 +16,14 @@ import argparse
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from broker.sdk.client import DEFAULT_URL, BrokerClient, TokenSource, checked_url
-from broker.sdk.errors import ConfigurationError
+from broker.errors import BrokerError
+from broker.sdk.errors import BrokerAPIError, ConfigurationError
 
 CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOKEN_KINDS = ("token", "token_file", "token_command")
@@ -140,11 +142,29 @@ def client_for(args: argparse.Namespace) -> BrokerClient:
     return resolve(args).client()
 
 
+def call_api(args: argparse.Namespace, method: str, path: str, body: Mapping[str, Any] | None = None,
+             params: Mapping[str, Any] | None = None) -> Any:
+    """One JSON call through the SDK's client (its one error decoder); an error answer, or none, is raised as a
+    ``BrokerError`` with the API's code and status, as the commands report it."""
+    try:
+        with client_for(args) as client:
+            return client.call(method, path, json=body, params=params)
+    except BrokerAPIError as exc:
+        raise api_error(exc) from exc
+
+
+def api_error(exc: BrokerAPIError) -> BrokerError:
+    """The SDK's decoded API error as the ``BrokerError`` the commands report (its code and HTTP status)."""
+    failure = BrokerError(exc.message, code=exc.code)
+    failure.status = exc.status
+    return failure
+
+
 def valid_context_name(name: str) -> str:
     if not CONTEXT_NAME.fullmatch(name):
         raise argparse.ArgumentTypeError(f"a context name is letters, digits, '.', '_' or '-', not {name!r}")
     return name
 
 
-__all__ = ["Connection", "add_api_options", "client_for", "config_path", "load_config", "resolve", "save_config",
+__all__ = ["Connection", "add_api_options", "api_error", "call_api", "client_for", "config_path", "load_config", "resolve", "save_config",
            "store_token"]

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from broker.cli.connection import add_api_options, client_for
+from broker.cli.connection import add_api_options, call_api, client_for
 from broker.cli.output import add_format_option, emit, one_line, table
-from broker.errors import BrokerError, InvalidInput, NotFound
-from broker.sdk.errors import BrokerAPIError, Forbidden
+from broker.errors import InvalidInput, NotFound
+from broker.sdk.errors import Forbidden
 
 FULL_ID_CHARS = 36  # a UUID
 MIN_PREFIX = 4
@@ -67,19 +67,6 @@ GRANT_COLUMNS: dict[str, Any] = {
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
-
-def call_api(args: argparse.Namespace, method: str, path: str, body: Mapping[str, Any] | None = None,
-             params: Mapping[str, Any] | None = None) -> Any:
-    """One JSON call through the SDK's client (its one error decoder); an error answer, or none, is raised as a
-    ``BrokerError`` with the API's code and status, as the commands report it."""
-    try:
-        with client_for(args) as client:
-            return client.call(method, path, json=body, params=params)
-    except BrokerAPIError as exc:
-        failure = BrokerError(exc.message, code=exc.code)
-        failure.status = exc.status
-        raise failure from exc
-
 
 def _unique(prefix: str, ids: list[str], kind: str) -> str:
     matches = sorted({i for i in ids if i.startswith(prefix)})

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from broker.cli.connection import call_api
 from broker.errors import BrokerError, InvalidInput
+from broker.sdk.client import DEFAULT_URL
 
 EXIT_ALLOWED, EXIT_DENIED, EXIT_UNUSABLE, EXIT_UNDECIDABLE, EXIT_UNKNOWN_ACTION = 0, 1, 2, 3, 4
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def add_arguments(simulate: argparse.ArgumentParser, key_value) -> None:
@@ -207,8 +208,6 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 
 def _api_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The grant's entries from the broker (a reviewer may read the log): by grant id, else by access key id."""
-    from broker.cli.requests import call_api
-
     connection = argparse.Namespace(url=args.url, token=args.token, token_file=args.token_file,
                                     token_command=args.token_command, context=None)
     for filter_name in ("grant_id", "access_key_id"):

@@ -26,7 +26,8 @@ from typing import Any
 
 from broker.domain.principals import Principal, Role
 from broker.domain.templates import ApprovalRule
-from broker.errors import Conflict, Forbidden
+from broker.domain.text import unsafe_characters
+from broker.errors import Conflict, Forbidden, InvalidInput
 
 
 class RequestStatus(StrEnum):
@@ -159,3 +160,19 @@ def require_status(current: RequestStatus, allowed: Iterable[RequestStatus], *, 
 
 def request_summary(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
+
+
+# What a reason may hold: what approvers read is what was written.
+MAX_REASON = 1000
+
+
+def clean_reason(reason: Any) -> str:
+    """A request's or a decision's reason, stripped; refused when missing, too long or not plain text."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("a reason is required: say what the credentials are for", code="missing_reason",
+                           field="reason")
+    if len(reason) > MAX_REASON or unsafe_characters(reason):
+        # NOTE: control and bidirectional characters would make what approvers read differ from what was written.
+        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters (no control or bidirectional "
+                           "formatting characters)", code="invalid_reason", field="reason")
+    return reason.strip()

@@ -7,7 +7,8 @@ from broker.identity.apikeys import (
     parse_api_key,
     verify_api_key_hash,
 )
-from broker.identity.authenticator import ApiKeyRecord, ApiKeyStore, Authenticator, PrincipalDirectory
+from broker.identity.authenticator import Authenticator
+from broker.ports import ApiKeyRecord, ApiKeyStore, PrincipalDirectory
 from broker.identity.oidc import (
     HttpxJwksFetcher,
     JwksCache,

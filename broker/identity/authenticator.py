@@ -11,48 +11,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 import jwt
 
 from broker.domain.principals import Principal
-from broker.domain.times import as_utc
 from broker.errors import Unauthenticated
 from broker.identity.apikeys import API_KEY_PREFIX, hash_api_key, parse_api_key, verify_api_key_hash
 from broker.identity.oidc import MAX_TOKEN_CHARS, OidcVerifier
-
-
-@dataclass(frozen=True)
-class ApiKeyRecord:
-    """What the broker stores about an API key: never the key itself."""
-
-    key_id: str
-    token_hash: str
-    principal_id: str
-    revoked: bool = False
-    # None: the key never expires.
-    expires_at: datetime | None = None
-    # The key's principal exists but an admin disabled it.
-    principal_disabled: bool = False
-
-    def expired(self, now: datetime) -> bool:
-        if self.expires_at is None:
-            return False
-        return as_utc(self.expires_at) <= now
-
-
-class ApiKeyStore(Protocol):
-    def find_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
-
-
-class PrincipalDirectory(Protocol):
-    def get_principal(self, principal_id: str) -> Principal | None: ...
-
-    def is_disabled(self, principal_id: str) -> bool:
-        """True if the directory holds this id but an admin disabled it (``get_principal`` says None)."""
-        ...
+# The store's side of authentication (broker.storage implements it).
+from broker.ports import ApiKeyStore, PrincipalDirectory
 
 
 # RFC 7235: the auth-scheme is case-insensitive; exactly one space-separated token follows.

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from broker.aws.action_database import default_action_knowledge
 from broker.aws.anchors import S3CheckpointAnchors
+from broker.aws.revocation import IamRevoker
 from broker.domain import blast_radius, guardrails
 from broker.domain import log as issuance_log
 from broker.errors import InvalidInput
 from broker.identity.authenticator import Authenticator
 from broker.identity.oidc import OidcVerifier, load_issuer_configs
 from broker.identity.oidc.relying_party import UiOidcClient, load_ui_oidc_config
-from broker.ports import Clock, CredentialMinter, Notifier, NullNotifier, SystemClock
+from broker.ports import (Clock, CredentialMinter, DenyPolicyStore, Notifier, NullNotifier, Store, SystemClock,
+                          TemplateSource)
 from broker.runtime.background import CheckpointEvery, InBackground
 from broker.runtime.clock_skew import ClockSkewMonitor
 from broker.runtime.metrics import BrokerMetrics, TimedMinter
@@ -38,7 +41,8 @@ from broker.usecases.checkpoints import Checkpointer
 from broker.usecases.issuance import BrokerService
 from broker.usecases.refusal_budget import RefusalBudget
 from broker.usecases.review import ReviewDashboard
-from broker.usecases.revocation import RevocationService, start_up, wire_revocation
+from broker.usecases.limits import RateLimitGate
+from broker.usecases.revocation import RevocationService, start_up
 
 log = logging.getLogger("broker.api")
 
@@ -132,8 +136,28 @@ def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
     return issuance_log.CheckpointSigner(issuance_log.load_signing_key(pem))
 
 
+def wire_revocation(settings: BrokerSettings, *, database: Store, catalog: TemplateSource, clock: Clock,
+                    revoker: DenyPolicyStore | None = None, refusal_budget: RefusalBudget | None = None,
+                    ) -> tuple[RevocationService, list[Callable[..., None]], list[Callable[..., None]]]:
+    """The revocation service, the gates on new requests, the gates on redemption.
+
+    The lockdown gates both paths that mint (a new request, and redeeming an approved one), inside the
+    unit of work that commits to minting, so no path mints while an environment is locked down.
+    """
+    if revoker is None:
+        revoker = IamRevoker(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+    revocations = RevocationService(database=database, catalog=catalog, revoker=revoker, clock=clock,
+                                    refusal_budget=refusal_budget or RefusalBudget.disabled())
+    limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
+                                         template_requests_per_minute=settings.template_requests_per_minute,
+                                         agent_max_live_grants=settings.agent_max_live_grants,
+                                         agent_max_pending_requests=settings.agent_max_pending_requests)
+    return revocations, [revocations.lockdown_gate, limits], [revocations.lockdown_gate, limits.for_redemption()]
+
+
 def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None = None, clock: Clock | None = None,
-                    notifier: Notifier | None = None, run_migrations: bool = True, revoker=None) -> Container:
+                    notifier: Notifier | None = None, run_migrations: bool = True,
+                    revoker: DenyPolicyStore | None = None) -> Container:
     # Observed: metrics and periodic checkpoints see each committed unit of work's log entries.
     database = ObservedDatabase(build_engine(settings.database_url, postgres_limits=postgres_limits(settings),
                                              sqlite_space=SqliteSpace(

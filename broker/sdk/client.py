@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ log = logging.getLogger("broker.sdk")
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
 TOKEN_COMMAND_TIMEOUT = 30.0
+# Seconds between chunks of a streamed answer: the export of a large log takes longer than one call may.
+STREAM_READ_TIMEOUT = 120.0
 # Request states after which waiting is pointless (the request will never be approved).
 FINAL_REFUSALS = {"denied": ApprovalDenied, "cancelled": ApprovalDenied, "failed": ApprovalDenied,
                   "expired": RequestExpired}
@@ -192,6 +195,11 @@ class BrokerClient:
             response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise BrokerUnreachable(None, unreachable_message(self.url, exc)) from exc
+        self._raise_for_error(response)
+        return response
+
+    def _raise_for_error(self, response: httpx.Response) -> None:
+        """The one decoder of the API's error answers: ``{"error": ...}`` as its typed exception."""
         if response.status_code == 400 and self.url.startswith("http://") and b"HTTPS" in response.content[:300]:
             raise BrokerUnreachable(None, f"the broker at {self.url} speaks HTTPS: use https://"
                                           f"{self.url.removeprefix('http://')}")
@@ -201,7 +209,22 @@ class BrokerClient:
             except ValueError:
                 body = None
             raise error_from_response(response.status_code, body)
-        return response
+
+    @contextmanager
+    def stream(self, path: str, *, params: Mapping[str, Any] | None = None,
+               read_timeout: float = STREAM_READ_TIMEOUT) -> Iterator[Iterator[bytes]]:
+        """A long GET answer (the log export) as byte chunks, once the broker answered 2xx (errors as ``call``'s)."""
+        headers = {"Authorization": f"Bearer {self.tokens.token()}"}
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout)
+        try:
+            with self._http.stream("GET", path, params=query, headers=headers, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for_error(response)
+                yield response.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise BrokerUnreachable(None, unreachable_message(self.url, exc)) from exc
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
@@ -334,8 +357,14 @@ class BrokerClient:
 
     def export_events(self, since: str | None = None) -> Iterator[str]:
         """The log export (NDJSON lines, ending with a signed checkpoint)."""
-        response = self._send("GET", "/v1/events/export", params={"since": since} if since else None)
-        yield from response.text.splitlines()
+        with self.stream("/v1/events/export", params={"since": since}) as chunks:
+            pending = b""
+            for chunk in chunks:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from (line.decode("utf-8") for line in lines)
+            if pending:
+                yield pending.decode("utf-8")
 
     def ready(self) -> bool:
         """Whether the broker answers ``/readyz`` with 200 (no token needed)."""

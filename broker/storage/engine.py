@@ -193,15 +193,15 @@ def ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_
 
 
 class _NamedLocks:
-    """Process-wide locks by name (every ``Database`` on one URL shares them: replicas in one process)."""
+    """Process-wide locks by scope and name (see ``Database.exclusive``)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
 
-    def get(self, url: str, name: str) -> threading.Lock:
+    def get(self, scope: str, name: str) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault((url, name), threading.Lock())
+            return self._locks.setdefault((scope, name), threading.Lock())
 
 
 _NAMED_LOCKS = _NamedLocks()
@@ -283,10 +283,12 @@ class Database:
         A name held elsewhere for longer than ``wait_seconds`` (PostgreSQL: the lock timeout) is a 503.
         """
         ordered = sorted(set(names))
-        url = self.engine.url.render_as_string(hide_password=True)
+        # NOTE: SQLite: every Database on the file shares the thread lock (there is no server to lock in).
+        # PostgreSQL: the thread lock is this Database's own; the advisory lock serializes the others.
+        scope = f"postgres:{id(self)}" if self.is_postgres else self.engine.url.render_as_string(hide_password=True)
         with ExitStack() as stack:
             for name in ordered:
-                lock = _NAMED_LOCKS.get(url, name)
+                lock = _NAMED_LOCKS.get(scope, name)
                 if not lock.acquire(timeout=wait_seconds):
                     raise StorageUnavailable("another broker thread has held this lock for too long; nothing was "
                                              "done", code="storage_unavailable")
@@ -296,6 +298,8 @@ class Database:
                     connection = stack.enter_context(self.engine.connect().execution_options(
                         isolation_level="AUTOCOMMIT"))
                     stack.callback(self._release_advisory_locks, connection)
+                    # NOTE: the holder may be waiting for IAM (seconds): wait as long as for a thread of this process.
+                    connection.exec_driver_sql(f"SET lock_timeout = '{int(wait_seconds * 1000)}ms'")
                     for name in ordered:
                         connection.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": _advisory_key(name)})
             yield
@@ -304,6 +308,7 @@ class Database:
     def _release_advisory_locks(connection) -> None:
         try:
             connection.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+            connection.exec_driver_sql("RESET lock_timeout")   # back to the session's (BROKER_DB_LOCK_TIMEOUT_MS)
         except (DBAPIError, SQLAlchemyError):  # a lost connection has lost its locks with it
             connection.invalidate()
 

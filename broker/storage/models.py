@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
@@ -180,28 +179,6 @@ class SettingRow(SQLModel, table=True):
 
 
 # --- new rows on the issuance path ------------------------------------------------------------
-# Plain values of a row about to be inserted, with the table model's fields and defaults.  Building
-# a table model instance costs ~50 us (SQLAlchemy instrumentation on every field); the issuance
-# path builds these instead and the repository inserts them with Core.  Code that reads a request
-# or a grant takes either (the same attributes).  Made from the models, so they cannot drift.
-
-
-def plain_values_of(model: type[SQLModel]) -> type:
-    """A keyword-only, slotted dataclass ``New<Model>`` with the fields (and defaults) of ``model``."""
-    fields = []
-    for name, info in model.model_fields.items():
-        if info.is_required():
-            spec = dataclasses.field()
-        elif info.default_factory is not None:
-            spec = dataclasses.field(default_factory=info.default_factory)  # called per row, not once here
-        else:
-            spec = dataclasses.field(default=info.default)
-        fields.append((name, info.annotation, spec))
-    plain = dataclasses.make_dataclass("New" + model.__name__.removesuffix("Row"), fields, kw_only=True, slots=True)
-    plain.__module__ = __name__
-    return plain
-
-
-NewRequest = plain_values_of(RequestRow)
-NewGrant = plain_values_of(GrantRow)
-NewMintIntent = plain_values_of(MintIntentRow)
+# The use cases write broker.domain.records' plain values (CredentialRequest, Grant, MintIntent, Approval):
+# building a table model instance costs ~50 us (SQLAlchemy instrumentation on every field), and the
+# repository inserts the plain values with Core.  Their fields are the tables' (tests/storage hold them equal).

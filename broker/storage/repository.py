@@ -29,12 +29,12 @@ from sqlmodel import Session, SQLModel, col, select
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
+from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
 from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
-from broker.identity.authenticator import ApiKeyRecord
+from broker.ports import ApiKeyRecord
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
-                                   MintIntentRow, NewGrant, NewMintIntent, NewRequest, PrincipalRow, RequestRow,
-                                   SettingRow)
+                                   MintIntentRow, PrincipalRow, RequestRow, SettingRow)
 
 
 _PRINCIPALS: Table = PrincipalRow.__table__  # type: ignore[attr-defined]
@@ -46,6 +46,7 @@ _EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 _LOG_HEAD: Table = LogHeadRow.__table__  # type: ignore[attr-defined]
 _SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
 _CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[attr-defined]
+_APPROVALS: Table = ApprovalRow.__table__  # type: ignore[attr-defined]
 # Reviewer query filters -> the entry field each matches (in the hashed body).
 EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "template", "type": "type",
                        "request_id": "request_id", "access_key_id": "access_key_id", "actor": "actor",
@@ -132,7 +133,7 @@ _ISSUANCE_COUNTS = core_select(
 _APPEND_PG = _SET_HEAD.add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry"))
 
 
-def _row_values(table: Table, row: SQLModel | NewRequest | NewGrant | NewMintIntent) -> dict[str, Any]:
+def _row_values(table: Table, row: SQLModel | CredentialRequest | Grant | MintIntent) -> dict[str, Any]:
     """The column values of a new row (a table model instance or its plain ``New...`` values)."""
     values = {column.name: getattr(row, column.name) for column in table.columns}
     for column in table.primary_key.columns:
@@ -258,7 +259,7 @@ class Repository:
         return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for, row.attributes)
 
     # --- requests -------------------------------------------------------------------------
-    def add_request(self, row: RequestRow | NewRequest) -> None:
+    def add_request(self, row: RequestRow | CredentialRequest) -> None:
         self._core.execute(insert(_REQUESTS), _row_values(_REQUESTS, row))
 
     def get_request(self, request_id: str, *, for_update: bool = False) -> RequestRow | None:
@@ -309,8 +310,8 @@ class Repository:
         return list(self.session.exec(pending)) + list(self.session.exec(approved))
 
     # --- approvals ------------------------------------------------------------------------
-    def add_approval(self, row: ApprovalRow) -> None:
-        self.session.add(row)
+    def add_approval(self, row: ApprovalRow | Approval) -> None:
+        self.session.add(row if isinstance(row, ApprovalRow) else ApprovalRow(**_row_values(_APPROVALS, row)))
 
     def approvals_for(self, request_id: str) -> list[ApprovalRow]:
         return list(self.session.exec(select(ApprovalRow).where(ApprovalRow.request_id == request_id)
@@ -321,7 +322,7 @@ class Repository:
         return self.session.exec(statement).first() is not None
 
     # --- grants and mint intents ----------------------------------------------------------
-    def add_request_and_intent(self, row: NewRequest, intent: NewMintIntent) -> None:
+    def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent) -> None:
         """A request about to be minted and its mint intent (PostgreSQL: one statement)."""
         if not self._postgres:
             self.add_request(row)
@@ -331,7 +332,7 @@ class Repository:
                   **_prefixed("intent__", _row_values(_INTENTS, intent))}
         self._core.execute(_ADD_REQUEST_AND_INTENT_PG, params)
 
-    def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: NewGrant,
+    def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: Grant,
                       now: datetime) -> bool:
         """Move the request to ``to_status`` if it is still in ``from_statuses``, add its grant and resolve its
         mint intent.  False when the request had moved on: the caller must refuse (its unit of work then
@@ -350,7 +351,7 @@ class Repository:
                       to_issued_at=now, to_updated_at=now, match_grant_id=grant.id)
         return self._core.execute(_RECORD_ISSUED_PG, params).scalar_one() == 1
 
-    def add_intent(self, row: MintIntentRow | NewMintIntent) -> None:
+    def add_intent(self, row: MintIntentRow | MintIntent) -> None:
         self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
 
     def resolve_intent(self, grant_id: str) -> None:
@@ -360,7 +361,7 @@ class Repository:
     def unresolved_intents(self) -> list[MintIntentRow]:
         return list(self.session.exec(select(MintIntentRow).where(MintIntentRow.resolved == False)))  # noqa: E712
 
-    def add_grant(self, row: GrantRow | NewGrant) -> None:
+    def add_grant(self, row: GrantRow | Grant) -> None:
         """A new grant (an INSERT now; a grant loaded from this unit of work is saved with ``save_grant``)."""
         self._core.execute(insert(_GRANTS), _row_values(_GRANTS, row))
 

@@ -29,11 +29,9 @@ from broker.domain.principals import Principal, Role
 from broker.domain.text import unsafe_characters
 from broker.domain.times import as_utc, iso
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
-from broker.ports import Clock
+from broker.ports import Clock, Store, StoredApiKey, StoredPrincipal
 from broker.usecases.refusal_budget import RefusalBudget
-from broker.usecases.issuance import append_refusal
-from broker.storage.engine import Database
-from broker.storage.models import ApiKeyRow, PrincipalRow
+from broker.usecases.refusal_log import append_refusal
 
 
 PRINCIPAL_ID = re.compile(r"^(agent|human):[A-Za-z0-9][A-Za-z0-9._@+=/:-]{0,190}$")
@@ -60,7 +58,7 @@ class CreatedKey:
         return {**self.view, "token": self.token}
 
 
-def key_status(row: ApiKeyRow, principal: PrincipalRow | None, now: datetime) -> str:
+def key_status(row: StoredApiKey, principal: StoredPrincipal | None, now: datetime) -> str:
     if row.revoked:
         return "revoked"
     if principal is not None and principal.disabled:
@@ -71,7 +69,7 @@ def key_status(row: ApiKeyRow, principal: PrincipalRow | None, now: datetime) ->
     return "active"
 
 
-def key_view(row: ApiKeyRow, principal: PrincipalRow | None, now: datetime) -> dict[str, Any]:
+def key_view(row: StoredApiKey, principal: StoredPrincipal | None, now: datetime) -> dict[str, Any]:
     return {
         "key_id": row.key_id, "principal": row.principal_id, "status": key_status(row, principal, now),
         "roles": json.loads(principal.roles) if principal is not None else [],
@@ -149,7 +147,7 @@ class NewKey(Protocol):
 
 @dataclass
 class ApiKeyAdministration:
-    database: Database
+    database: Store
     clock: Clock
     generate_key: Callable[[], NewKey]
     refusal_budget: RefusalBudget = field(default_factory=RefusalBudget.disabled)
@@ -171,7 +169,7 @@ class ApiKeyAdministration:
         raise error
 
     @staticmethod
-    def _revoke(row: ApiKeyRow, *, by: str, now: datetime) -> None:
+    def _revoke(row: StoredApiKey, *, by: str, now: datetime) -> None:
         row.revoked, row.revoked_at, row.revoked_by = True, now, by
 
     # ------------------------------------------------------------------ create

@@ -15,10 +15,9 @@ from broker.domain import log as issuance_log
 from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, EventType
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput, NotFound
-from broker.ports import Clock
+from broker.ports import Clock, Store
 from broker.usecases.refusal_budget import (UNATTRIBUTED, carried_announcements,
                              carried_refusals)
-from broker.storage.engine import Database
 from broker.usecases.checkpoints import Checkpointer
 from broker.domain.times import parse_time
 
@@ -207,7 +206,7 @@ def _time(entry: Mapping[str, Any]) -> datetime:
 
 @dataclass
 class AuditLog:
-    database: Database
+    database: Store
     signer: issuance_log.CheckpointSigner
     clock: Clock
     # Signs checkpoints, only over a log that extends the last one (broker.usecases.checkpoints).

@@ -34,9 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from broker.domain import log as issuance_log
 from broker.domain.events import EventType, log_entry
 from broker.errors import BrokerError, LogIntegrityError, StorageUnavailable
-from broker.ports import Clock
-from broker.storage.engine import Database
-from broker.storage.repository import Repository
+from broker.ports import Clock, Store, UnitOfWork
 
 log = logging.getLogger("broker.audit")
 
@@ -68,7 +66,7 @@ class CheckpointAnchors(Protocol):
 
 @dataclass
 class Checkpointer:
-    database: Database
+    database: Store
     signer: issuance_log.CheckpointSigner
     clock: Clock
     alarm: RefusalAlarm | None = None
@@ -122,7 +120,7 @@ class Checkpointer:
             log.error("the checkpoint for seq %s could not be anchored", checkpoint.seq, exc_info=True)
 
     # --- the checks ------------------------------------------------------------------------
-    def _refusal(self, repo: Repository, latest: issuance_log.Checkpoint | None, head_seq: int,
+    def _refusal(self, repo: UnitOfWork, latest: issuance_log.Checkpoint | None, head_seq: int,
                  head_hash: str) -> issuance_log.SigningRefusal | None:
         with self._lock:
             known = self._known
@@ -160,7 +158,7 @@ class Checkpointer:
         return any(issuance_log.verify_signature(checkpoint, key)
                    for key in (self.signer.public_key, *self.previous_keys))
 
-    def _known_missing(self, repo: Repository, known: issuance_log.Checkpoint) -> issuance_log.SigningRefusal | None:
+    def _known_missing(self, repo: UnitOfWork, known: issuance_log.Checkpoint) -> issuance_log.SigningRefusal | None:
         """The checkpoints since the last one this process saw must start with it and chain."""
         chain = repo.checkpoints(from_seq=known.seq)
         hashes = [checkpoint.hash() for checkpoint in chain]

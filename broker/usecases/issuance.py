@@ -1,4 +1,4 @@
-"""Use cases: request, approve/deny, redeem, cancel, read.  One unit of work each.
+"""Issuance: ask for a scope's credentials, and redeem an approved request.  One unit of work each.
 
 Issuance is fail-closed and never half-done:
 
@@ -27,51 +27,24 @@ from broker.domain.caller_identity import CallerIdentity
 from broker.domain.events import EventType, log_entry
 from broker.domain.mint_plan import MintPlan, plan_mint
 from broker.domain.principals import Principal, Role
-from broker.domain.rendering import RenderedPolicy, render_policy
-from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus,
-                                    counted_approvals, may_approve, may_deny, require_status)
+from broker.domain.records import CredentialRequest, Grant, MintIntent
+from broker.domain.rendering import RenderedPolicy
+from broker.domain.requests import RequestStatus, clean_reason, require_status
 from broker.domain.templates import ScopeTemplate
-from broker.domain.text import unsafe_characters
-from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, InvalidInput, RequestNotFound,
-                           StorageDisconnected, StorageUnavailable, Unavailable)
-from broker.ports import Clock, CredentialMinter, MintedCredentials, MintOrder, Notifier, NullNotifier, TemplateSource
+from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, StorageDisconnected,
+                           StorageUnavailable, Unavailable)
+from broker.ports import (AnyRequest, Clock, CredentialMinter, IssuanceGate, MintOrder, MintedCredentials, Notifier,
+                          NullNotifier, ReleaseGate, RenderedCheck, Store, StoredRequest, TemplateSource, UnitOfWork)
 from broker.usecases.caller import caller_identity, stored_identity
-from broker.usecases.refusal_budget import RefusalBudget, refusal_entry
-from broker.storage.engine import Database
-from broker.storage.models import ApprovalRow, GrantRow, NewGrant, NewMintIntent, NewRequest, RequestRow
-from broker.storage.repository import Repository
-from broker.domain.times import as_utc, iso
+from broker.usecases.cosigning import CoSigning
+from broker.usecases.refusal_budget import RefusalBudget
+from broker.usecases.refusal_log import RefusalLogging
+from broker.usecases.requests import RequestLifecycle
+from broker.usecases.views import RequestViews, grant_view
 
 log = logging.getLogger("broker.service")
 # A redemption refused because the stored request disagrees with what its approvals bind (a database edit).
 STORED_REQUEST_ALTERED = "stored_request_altered"
-
-MAX_REASON = 1000
-# A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
-AnyRequest = RequestRow | NewRequest
-# A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
-RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
-# Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.
-IssuanceGate = Callable[[Repository, Principal, ScopeTemplate, datetime], None]
-# Check run inside unit of work B, after STS minted and before the credentials are released (the
-# lockdown): given the environment, raises a BrokerError to withhold them.
-ReleaseGate = Callable[[Repository, str], None]
-
-
-# The approvers' pending list: a page's default and largest size, and how deep it may page.
-PENDING_PAGE = 100
-PENDING_PAGE_MAX = 500
-PENDING_OFFSET_MAX = 100_000
-
-
-@dataclass(frozen=True)
-class DecisionOptions:
-    """What one person may still decide on one request (the approver page shows only these controls)."""
-
-    approve: bool
-    deny: bool
-    decided: Mapping[str, Any] | None = None    # their own decision, when they made one
-    why: str | None = None                      # why a control is missing, in words
 
 
 @dataclass
@@ -82,9 +55,12 @@ class RequestOutcome:
 
 
 @dataclass
-class BrokerService:
+class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
+    """The credential request use cases, one unit of work each: ask (here), co-sign (``cosigning``), redeem
+    (here), read, cancel and expire (``requests``), views (``views``), refusals (``refusal_log``)."""
+
     catalog: TemplateSource
-    database: Database
+    database: Store
     minter: CredentialMinter
     clock: Clock
     rendered_checks: Sequence[RenderedCheck] = ()
@@ -109,7 +85,7 @@ class BrokerService:
             if not principal.has_role(Role.AGENT) or not any(principal.matches(s) for s in template.requesters):
                 raise Forbidden(f"'{principal.id}' may not request the scope '{template.name}'",
                                 code="requester_not_allowed", field="template")
-            reason = _clean_reason(reason)
+            reason = clean_reason(reason)
             request_id, grant_id = str(uuid.uuid4()), str(uuid.uuid4())
             plan = plan_mint(template, request_id=request_id, grant_id=grant_id, requester=principal.id,
                              acts_for=principal.acts_for, parameters=parameters, ttl_seconds=ttl_seconds,
@@ -120,7 +96,7 @@ class BrokerService:
             raise
         # NOTE: the row is the plan's stored form, field for field (what a redemption checks it against).
         stored = plan.stored_form()
-        row = NewRequest(
+        row = CredentialRequest(
             id=request_id, template=plan.template, template_digest=plan.template_digest,
             environment=template.environment.value, parameters=json.dumps(stored["parameters"], sort_keys=True),
             role_arn=plan.role_arn, policy=plan.policy.json, policy_digest=plan.policy.digest,
@@ -143,7 +119,7 @@ class BrokerService:
                                          details={"findings": [str(f) for f in blocking]})
 
     @staticmethod
-    def _run_gates(gates: Sequence[IssuanceGate], repo: Repository, principal: Principal, template: ScopeTemplate,
+    def _run_gates(gates: Sequence[IssuanceGate], repo: UnitOfWork, principal: Principal, template: ScopeTemplate,
                    now: datetime) -> None:
         # NOTE: the log's lock first, so the gates decide on a serialized view: a lockdown (which takes the
         # same lock) commits either before they read (and refuses this request) or after this request.
@@ -151,7 +127,7 @@ class BrokerService:
         for gate in gates:
             gate(repo, principal, template, now)
 
-    def _open_pending(self, row: NewRequest, template: ScopeTemplate, principal: Principal,
+    def _open_pending(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal,
                       now: datetime) -> RequestOutcome:
         row.pending_expires_at = now + timedelta(seconds=template.approval.expires_after)
         try:
@@ -170,7 +146,7 @@ class BrokerService:
         self.notifier.notify(event=EventType.PENDING, request=view)
         return RequestOutcome(request=view)
 
-    def _issue_now(self, row: NewRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
+    def _issue_now(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
                    now: datetime) -> RequestOutcome:
         row.status = RequestStatus.ISSUING.value
         try:
@@ -202,7 +178,7 @@ class BrokerService:
                                  session_may_exist=bool(exc.details.get("outcome_unknown")))
             raise
         now = self.clock.now()
-        grant = NewGrant(id=plan.grant_id, request_id=row.id, template=plan.template, agent=row.requester,
+        grant = Grant(id=plan.grant_id, request_id=row.id, template=plan.template, agent=row.requester,
                          acts_for=row.acts_for, role_arn=plan.role_arn, access_key_id=minted.access_key_id,
                          source_identity=plan.source_identity, session_name=plan.session_name,
                          policy_digest=plan.policy.digest, environment=row.environment, issued_at=now,
@@ -231,21 +207,8 @@ class BrokerService:
         return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
 
-    def template_risks(self, template: ScopeTemplate) -> list[str]:
-        """The risk classes a template's grants carry (the blast radius's, most dangerous first), once per version.
 
-        Written into each ``issued`` entry (``details.risks``), so the log itself says which grants were
-        destructive or risky, whatever the catalog holds later."""
-        key = (template.name, template.version_digest)
-        cached = self._risk_cache.get(key)
-        if cached is None:
-            cached = []
-            if self.blast_radius is not None:
-                cached = [str(finding["class"]) for finding in self.blast_radius(template, None).get("risk") or []]
-            self._risk_cache[key] = cached
-        return list(cached)
-
-    def _record_issued(self, row: AnyRequest, grant: NewGrant, *, actor: str, risks: Sequence[str],
+    def _record_issued(self, row: AnyRequest, grant: Grant, *, actor: str, risks: Sequence[str],
                        retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
         with self.database.transaction() as repo:
@@ -281,160 +244,6 @@ class BrokerService:
         except BrokerError:
             log.error("could not record the failure of request %s", row.id)
 
-    def _log_refusal(self, *, principal: Principal, template_name: str, error: BrokerError, source_ip: str | None,
-                     now: datetime) -> None:
-        body = log_entry(EventType.REFUSED, now=now)
-        # NOTE: the name is the caller's; a NUL (which PostgreSQL cannot store) must not stop the refusal's entry.
-        body.update(actor=principal.id, acts_for=principal.acts_for,
-                    template=str(template_name)[:100].replace("\x00", "\ufffd"),
-                    source_ip=source_ip, reason_code=error.code,
-                    details={"message": error.message[:300], **({"field": error.field} if error.field else {})})
-        append_refusal(self.database, self.refusal_budget, principal.id, body)
-
-    def flush_suppressed_refusals(self, *, close_open: bool = False) -> int:
-        """Write the counts of suppressed refusals that no later refusal carried (``broker serve``'s
-        periodic sweep; at shutdown with ``close_open``).  Returns the number of entries written."""
-        summaries = self.refusal_budget.take_summaries(close_open=close_open)
-        if not summaries:
-            return 0
-        now = self.clock.now()
-        try:
-            with self.database.transaction() as repo:
-                for summary in summaries:
-                    body = log_entry(EventType.REFUSALS_SUPPRESSED_SUMMARY, now=now)
-                    body.update(actor=summary.principal_id, details=summary.details())
-                    repo.append_event(body)
-        except BaseException:
-            self.refusal_budget.give_back(summaries)  # the next sweep or refusal writes them
-            raise
-        return len(summaries)
-
-    # ------------------------------------------------------------------ co-signing
-    def decide(self, *, principal: Principal, request_id: str, decision: str, reason: str,
-               source_ip: str | None = None) -> dict[str, Any]:
-        try:
-            choice = Decision(decision)
-        except ValueError:
-            raise InvalidInput("decision must be 'approve' or 'deny'", code="invalid_decision",
-                               field="decision") from None
-        reason = _clean_reason(reason)
-        now = self.clock.now()
-        notify: str | None = None
-        outbox: list[tuple[str, dict[str, Any]]] = []
-        try:
-            with self.database.transaction() as repo:
-                row = self._visible_request(repo, principal, request_id, for_update=True)
-                # NOTE: an expiry found here is committed (nothing is raised inside this unit of work).
-                expired = self._expire_if_stale(repo, row, now, outbox)
-                if not expired:
-                    template = self.catalog.get(row.template)
-                    require_status(RequestStatus(row.status), [RequestStatus.PENDING], action="decide on")
-                    check = may_deny if choice is Decision.DENY else may_approve
-                    check(template.approval, self._pending_facts(repo, row), principal)
-                    if template.version_digest != row.template_digest:
-                        raise Conflict("the scope template changed since the request was made; the agent must "
-                                       "make a new request", code="template_changed")
-                    if repo.has_decided(row.id, principal.id) or self._person_decided(repo, row, principal):
-                        raise Conflict("you have already decided on this request; each person counts once",
-                                       code="already_decided")
-                    notify, view = self._record_decision(repo, row, template, principal=principal, choice=choice,
-                                                         reason=reason, now=now, source_ip=source_ip)
-            self._send(outbox)
-            if expired:
-                raise Conflict("the request expired before it was decided", code="request_expired")
-        except (Forbidden, Conflict) as exc:
-            self._log_request_refusal(request_id=request_id, principal=principal, error=exc, source_ip=source_ip)
-            raise
-        if notify:
-            self.notifier.notify(event=notify, request=view)
-        return view
-
-    def _record_decision(self, repo: Repository, row: RequestRow, template: ScopeTemplate, *, principal: Principal,
-                         choice: Decision, reason: str, now: datetime,
-                         source_ip: str | None) -> tuple[str | None, dict[str, Any]]:
-        notify: str | None = None
-        repo.add_approval(ApprovalRow(request_id=row.id, approver=principal.id, decision=choice.value,
-                                      binding_digest=row.binding_digest, reason=reason, created_at=now))
-        approvals = self._approval_list(repo, row.id)
-        if choice is Decision.DENY:
-            repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
-                                    to_status=RequestStatus.DENIED.value, updated_at=now, decided_reason=reason)
-            row.status, row.decided_reason = RequestStatus.DENIED.value, reason
-            repo.append_event(self._event(EventType.DENIED, row, actor=principal.id, now=now, approvals=approvals,
-                                          details={"reason": reason}, source_ip=source_ip))
-            notify = EventType.DENIED
-        else:
-            repo.append_event(self._event(EventType.COSIGNED, row, actor=principal.id, now=now, approvals=approvals,
-                                          source_ip=source_ip, details={"reason": reason}))
-            counted = self._counted(repo, row, template)
-            if len(counted) >= template.approval.approvals:
-                redeem_by = now + timedelta(seconds=template.approval.redeem_within)
-                repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
-                                        to_status=RequestStatus.APPROVED.value, approved_at=now,
-                                        redeem_by=redeem_by, updated_at=now)
-                row.status, row.approved_at, row.redeem_by = RequestStatus.APPROVED.value, now, redeem_by
-                repo.append_event(self._event(EventType.APPROVED, row, actor=principal.id, now=now, approvals=approvals,
-                                              details={"counted": sorted(counted)}))
-                notify = EventType.APPROVED
-        return notify, self.request_view(row, template=template, approvals=approvals)
-
-    def _log_request_refusal(self, *, request_id: str, principal: Principal, error: BrokerError,
-                             source_ip: str | None) -> None:
-        """A refused decision or redemption on an existing request is itself a logged step."""
-        now = self.clock.now()
-        with refusal_entry(self.refusal_budget, principal.id, reason_code=error.code) as ticket:
-            if ticket is None:
-                return  # over the principal's refusal budget: counted, not logged
-            with self.database.transaction() as repo:
-                row = repo.get_request(str(request_id)[:64])
-                if row is None:
-                    return
-                extra: dict[str, Any] = {"source_ip": source_ip} if source_ip else {}
-                repo.append_event(ticket.shape(self._event(EventType.REFUSED, row, actor=principal.id, now=now,
-                                                           reason_code=error.code,
-                                                           details={"message": error.message[:300]}, **extra)))
-
-    def _approval_list(self, repo: Repository, request_id: str) -> list[dict[str, Any]]:
-        return [{"approver": a.approver, "decision": a.decision, "reason": a.reason,
-                 "binding_digest": a.binding_digest, "at": issuance_log.log_time(as_utc(a.created_at))}
-                for a in repo.approvals_for(request_id)]
-
-    def _counted(self, repo: Repository, row: RequestRow, template: ScopeTemplate,
-                 binding_digest: str | None = None) -> set[str]:
-        """Approvals that still stand now: same binding (``binding_digest``, by default the row's recomputed),
-        approver still allowed (re-checked)."""
-        signatures = [CoSignature(approver=a.approver, decision=Decision(a.decision), binding_digest=a.binding_digest,
-                                  reason=a.reason, at=a.created_at) for a in repo.approvals_for(row.id)]
-        facts = self._pending_facts(repo, row)
-        still_allowed: dict[str, bool] = {}
-        person_of: dict[str, str] = {}
-        for sig in signatures:
-            approver = repo.get_principal(sig.approver)
-            try:
-                if approver is None:
-                    raise Forbidden("approver no longer exists")
-                person_of[sig.approver] = approver.person
-                may_approve(template.approval, facts, approver)
-                still_allowed[sig.approver] = True
-            except Forbidden:
-                still_allowed[sig.approver] = False
-        return counted_approvals(signatures, binding_digest=binding_digest or binding_of(row).digest(),
-                                 still_allowed=still_allowed, person_of=person_of)
-
-    @staticmethod
-    def _pending_facts(repo: Repository, row: RequestRow) -> PendingFacts:
-        """What the approval rules need, with the person of the human the agent acts for (their linked ids)."""
-        human = repo.get_principal(row.acts_for) if row.acts_for else None
-        return PendingFacts(row.requester, row.acts_for, row.binding_digest,
-                            acts_for_person=human.person if human is not None else None)
-
-    @staticmethod
-    def _person_decided(repo: Repository, row: RequestRow, principal: Principal) -> bool:
-        """Whether another id of ``principal``'s person (the directory's ``person:`` group) already decided."""
-        if principal.person == principal.id:
-            return False
-        others = {a.approver for a in repo.approvals_for(row.id)} - {principal.id}
-        return any((p := repo.get_principal(other)) is not None and p.person == principal.person for other in others)
 
     def redeem(self, *, principal: Principal, request_id: str) -> RequestOutcome:
         now = self.clock.now()
@@ -494,7 +303,7 @@ class BrokerService:
         return self._mint_and_record(row, template, plan, actor=principal.id)
 
     @staticmethod
-    def _plan_for_stored(template: ScopeTemplate, row: RequestRow, *,
+    def _plan_for_stored(template: ScopeTemplate, row: StoredRequest, *,
                          identity: CallerIdentity) -> tuple[MintPlan | None, tuple[str, ...]]:
         """The plan re-derived for a stored request (identity-bound values from ``identity``, the redeeming
         requester as it authenticated now), and the stored fields that disagree with it."""
@@ -516,7 +325,7 @@ class BrokerService:
             return plan, ("session_tags",)
         return plan, plan.disagreements(stored)
 
-    def _fail_altered(self, repo: Repository, row: RequestRow, plan: MintPlan | None, altered: tuple[str, ...], *,
+    def _fail_altered(self, repo: UnitOfWork, row: StoredRequest, plan: MintPlan | None, altered: tuple[str, ...], *,
                       actor: str, now: datetime) -> None:
         """The request ends failed, with a ``failed`` entry naming the altered fields; nothing is minted."""
         if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
@@ -529,170 +338,6 @@ class BrokerService:
         repo.append_event(self._event(EventType.FAILED, row, actor=actor, now=now, reason_code=STORED_REQUEST_ALTERED,
                                       details={"altered": list(altered)}, **approved))
 
-    def cancel(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
-        now = self.clock.now()
-        outbox: list[tuple[str, dict[str, Any]]] = []
-        with self.database.transaction() as repo:
-            row = self._visible_request(repo, principal, request_id, for_update=True)
-            if principal.id != row.requester and not principal.has_role(Role.ADMIN):
-                raise Forbidden("only the requester can cancel a request", code="not_requester")
-            # NOTE: an expiry found here is committed; the refusal is raised after the unit of work.
-            expired = self._expire_if_stale(repo, row, now, outbox)
-            if not expired:
-                require_status(RequestStatus(row.status), [RequestStatus.PENDING, RequestStatus.APPROVED],
-                               action="cancel")
-                repo.transition_request(row.id,
-                                        from_statuses=[RequestStatus.PENDING.value, RequestStatus.APPROVED.value],
-                                        to_status=RequestStatus.CANCELLED.value, updated_at=now)
-                row.status = RequestStatus.CANCELLED.value
-                repo.append_event(self._event(EventType.CANCELLED, row, actor=principal.id, now=now))
-                view = self.request_view(row, approvals=self._approval_list(repo, row.id))
-        self._send(outbox)
-        if expired:
-            raise Conflict("the request expired", code="request_expired")
-        return view
-
-    def _expire_if_stale(self, repo: Repository, row: RequestRow, now: datetime,
-                         outbox: list[tuple[str, dict[str, Any]]]) -> bool:
-        """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit."""
-        deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
-                    RequestStatus.APPROVED.value: row.redeem_by}.get(row.status)
-        if deadline is None or as_utc(deadline) > now:
-            return False
-        if repo.transition_request(row.id, from_statuses=[row.status], to_status=RequestStatus.EXPIRED.value,
-                                   updated_at=now):
-            previous = row.status
-            row.status = RequestStatus.EXPIRED.value
-            repo.append_event(self._event(EventType.EXPIRED, row, actor="broker", now=now, details={"was": previous}))
-            outbox.append((EventType.EXPIRED, self.request_view(row)))
-        return True
-
-    def _send(self, outbox: list[tuple[str, dict[str, Any]]]) -> None:
-        """Notifications for committed changes only (call after the unit of work)."""
-        for event, view in outbox:
-            self.notifier.notify(event=event, request=view)
-
-    def expire_stale(self) -> int:
-        """Sweep: expire pending requests past their wait and approved ones not redeemed in time."""
-        now = self.clock.now()
-        outbox: list[tuple[str, dict[str, Any]]] = []
-        with self.database.transaction() as repo:
-            expired = sum(self._expire_if_stale(repo, row, now, outbox) for row in repo.stale_requests(now=now))
-        self._send(outbox)
-        return expired
-
-    # ------------------------------------------------------------------ reads
-    def get_request(self, *, principal: Principal, request_id: str) -> dict[str, Any]:
-        now = self.clock.now()
-        outbox: list[tuple[str, dict[str, Any]]] = []
-        with self.database.transaction() as repo:
-            row = self._visible_request(repo, principal, request_id)
-            self._expire_if_stale(repo, row, now, outbox)
-            grant = repo.grant_for_request(row.id)
-            view = self.request_view(row, approvals=self._approval_list(repo, row.id))
-            if grant is not None:
-                view["grant"] = grant_view(grant, ttl_seconds=row.ttl_seconds)
-        self._send(outbox)
-        return view
-
-    def list_pending(self, *, principal: Principal, offset: int = 0, limit: int = PENDING_PAGE) -> dict[str, Any]:
-        """One page of the requests waiting for co-signers, newest first, with the totals: how many wait in
-        all (``total``) and per agent (``by_agent``, most first), and where the next page starts."""
-        if not (principal.has_role(Role.APPROVER) or principal.has_role(Role.ADMIN)
-                or principal.has_role(Role.REVIEWER)):
-            raise Forbidden("only approvers can list pending requests", code="not_an_approver")
-        if not 1 <= limit <= PENDING_PAGE_MAX:
-            raise InvalidInput(f"limit must be between 1 and {PENDING_PAGE_MAX}", code="invalid_limit", field="limit")
-        if not 0 <= offset <= PENDING_OFFSET_MAX:
-            raise InvalidInput(f"offset must be between 0 and {PENDING_OFFSET_MAX}", code="invalid_offset",
-                               field="offset")
-        self.expire_stale()
-        with self.database.read() as repo:
-            by_agent = repo.count_requests_by_requester(statuses=[RequestStatus.PENDING.value])
-            rows = repo.list_requests(statuses=[RequestStatus.PENDING.value], limit=limit, offset=offset)
-            views = [self.request_view(r, approvals=self._approval_list(repo, r.id)) for r in rows]
-        total = sum(by_agent.values())
-        following = offset + len(views)
-        return {"requests": views, "total": total, "offset": offset, "limit": limit,
-                "next_offset": following if following < total else None, "by_agent": by_agent}
-
-    def decision_options(self, *, principal: Principal, view: Mapping[str, Any]) -> DecisionOptions:
-        """What ``principal`` may still decide on the request ``view`` shows, by the same rules ``decide``
-        applies (its answer to an actual decision stays the authority)."""
-        decided = next((a for a in view.get("approvals") or [] if a.get("approver") == principal.id), None)
-        if view.get("status") != RequestStatus.PENDING.value or decided is not None:
-            return DecisionOptions(approve=False, deny=False, decided=decided)
-        try:
-            template = self.catalog.get(str(view["template"]))
-        except BrokerError:
-            return DecisionOptions(approve=False, deny=False, why="The scope template is no longer loaded.")
-        if template.version_digest != view.get("template_digest"):
-            return DecisionOptions(approve=False, deny=False, why="The scope template changed since the request "
-                                   "was made; the agent must make a new request.")
-        facts = PendingFacts(str(view["requester"]), view.get("acts_for"), str(view.get("binding_digest")))
-        refusals: dict[str, str] = {}
-        for choice, check in ((Decision.APPROVE, may_approve), (Decision.DENY, may_deny)):
-            try:
-                check(template.approval, facts, principal)
-            except Forbidden as exc:
-                refusals[choice.value] = exc.message
-        approve, deny = "approve" not in refusals, "deny" not in refusals
-        why = None
-        if not approve:
-            reason = refusals["approve"]
-            why = (f"You cannot approve: {reason} (two-person rule); you may deny it." if deny
-                   else f"You cannot decide on this request: {reason}.")
-        return DecisionOptions(approve=approve, deny=deny, why=why)
-
-    def _visible_request(self, repo: Repository, principal: Principal, request_id: str, *,
-                         for_update: bool = False) -> RequestRow:
-        row = repo.get_request(str(request_id)[:64], for_update=for_update)
-        visible = row is not None and (
-            principal.id in (row.requester, row.acts_for)
-            or principal.has_role(Role.APPROVER) or principal.has_role(Role.REVIEWER) or principal.has_role(Role.ADMIN)
-        )
-        if not visible:
-            # NOTE: same answer for "absent" and "not yours": ids are not an oracle.
-            raise RequestNotFound("no such request", field="id")
-        return row
-
-    def request_view(self, row: AnyRequest, *, template: ScopeTemplate | None = None,
-                     approvals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        view: dict[str, Any] = {
-            "id": row.id, "status": row.status, "template": row.template, "template_digest": row.template_digest,
-            "environment": row.environment, "parameters": json.loads(row.parameters), "role_arn": row.role_arn,
-            "policy": json.loads(row.policy), "policy_digest": row.policy_digest, "ttl_seconds": row.ttl_seconds,
-            "binding_digest": row.binding_digest, "requester": row.requester, "acts_for": row.acts_for,
-            "reason": row.reason, "created_at": iso(row.created_at), "approvals_required": row.approvals_required,
-            "pending_expires_at": iso(row.pending_expires_at), "approved_at": iso(row.approved_at),
-            "redeem_by": iso(row.redeem_by), "issued_at": iso(row.issued_at),
-            "identity": stored_identity(row.identity),
-            "links": {"self": f"/v1/requests/{row.id}", "approve": f"/v1/requests/{row.id}/approvals",
-                      "redeem": f"/v1/requests/{row.id}/credentials", "page": f"{self.public_url}/ui/requests/{row.id}"},
-        }
-        if approvals is not None:
-            view["approvals"] = approvals
-            view["approvals_counted"] = len({a["approver"] for a in approvals if a["decision"] == "approve"
-                                             and a["binding_digest"] == row.binding_digest})
-        if row.decided_reason and row.status in (RequestStatus.DENIED.value, RequestStatus.FAILED.value):
-            view["decided_reason"] = row.decided_reason
-        if template is None:
-            try:
-                template = self.catalog.get(row.template)
-            except BrokerError:
-                template = None
-        if template is not None:
-            view["approvers"] = list(template.approval.approvers)
-            # The blast radius is for humans deciding; an issued request does not need it recomputed.
-            if self.blast_radius is not None and row.status != RequestStatus.ISSUED.value:
-                try:
-                    view["blast_radius"] = self.blast_radius(template, render_policy(
-                        template, {**json.loads(row.parameters), **stored_identity(row.identity)}))
-                    # Each risk class of the exact policy, most dangerous first, in plain words.
-                    view["risk"] = view["blast_radius"].get("risk", [])
-                except BrokerError:
-                    view["blast_radius"] = None
-        return view
 
     # ------------------------------------------------------------------ events
     def _event(self, kind: EventType, row: AnyRequest, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
@@ -712,52 +357,10 @@ class BrokerService:
         return body
 
 
-def append_refusal(database: Database, budget: RefusalBudget, principal_id: str, body: dict[str, Any]) -> None:
-    """Write a refusal's entry in its own unit of work, or let the principal's refusal budget count it instead.
-
-    NOTE: if the entry cannot be written the caller gets 503 instead: nothing unlogged.  Over the budget it is
-    counted, not written (broker.usecases.refusal_budget); the caller raises its error all the same.
-    """
-    with refusal_entry(budget, principal_id, reason_code=body["reason_code"]) as ticket:
-        if ticket is not None:
-            with database.transaction() as repo:
-                repo.append_event(ticket.shape(body))
-
-
-def mint_intent_for(row: AnyRequest, now: datetime) -> NewMintIntent:
+def mint_intent_for(row: AnyRequest, now: datetime) -> MintIntent:
     """The intent written before STS is called for ``row`` (an open one at start-up is an orphan)."""
-    return NewMintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
+    return MintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
                          source_identity=row.source_identity, created_at=now)
 
 
-def binding_of(row: AnyRequest) -> BindingFacts:
-    return BindingFacts(request_id=row.id, template=row.template, template_digest=row.template_digest,
-                        parameters=json.loads(row.parameters), role_arn=row.role_arn, policy_digest=row.policy_digest,
-                        ttl_seconds=row.ttl_seconds,
-                        session_tags=tuple(tuple(t) for t in json.loads(row.session_tags)),
-                        source_identity=row.source_identity)
-
-
-def grant_view(grant: GrantRow | NewGrant, *, ttl_seconds: int) -> dict[str, Any]:
-    return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
-            "expiration": iso(grant.expiration), "role_arn": grant.role_arn, "session_name": grant.session_name,
-            "source_identity": grant.source_identity, "policy_digest": grant.policy_digest, "ttl_seconds": ttl_seconds,
-            "revoked_at": iso(grant.revoked_at)}
-
-
-def _clean_reason(reason: Any) -> str:
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidInput("a reason is required: say what the credentials are for", code="missing_reason",
-                           field="reason")
-    if len(reason) > MAX_REASON or unsafe_characters(reason):
-        # NOTE: control and bidirectional characters would make what approvers read differ from what was written.
-        raise InvalidInput(f"reason must be at most {MAX_REASON} printable characters (no control or bidirectional "
-                           "formatting characters)", code="invalid_reason", field="reason")
-    return reason.strip()
-
-
-
-
-
-
-__all__ = ["BrokerService", "RequestOutcome", "StorageUnavailable", "binding_of", "grant_view"]
+__all__ = ["BrokerService", "RequestOutcome", "StorageUnavailable", "mint_intent_for"]

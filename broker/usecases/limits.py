@@ -31,8 +31,8 @@ from datetime import datetime, timedelta
 from broker.domain.principals import Principal
 from broker.domain.templates import ScopeTemplate
 from broker.errors import RateLimited
-from broker.storage.repository import Repository
 from broker.domain.times import as_utc
+from broker.ports import UnitOfWork
 
 WINDOW = timedelta(seconds=60)
 
@@ -49,15 +49,15 @@ class Limit:
 
     code: str
     maximum: int
-    counted: str  # a key of Repository.issuance_counts
-    retry_after: Callable[[Repository, Principal, ScopeTemplate, datetime], int]
+    counted: str  # a key of UnitOfWork.issuance_counts
+    retry_after: Callable[[UnitOfWork, Principal, ScopeTemplate, datetime], int]
     message: str
     # Which requests the limit binds (every one unless it says otherwise).
     applies: Callable[[ScopeTemplate], bool] = lambda _template: True
 
 
 def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
-    def retry_after(repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> int:
+    def retry_after(repo: UnitOfWork, principal: Principal, template: ScopeTemplate, now: datetime) -> int:
         # The maximum-th newest request in the window is the one whose leaving brings the count under the limit.
         edge = repo.nth_newest_request_since(nth=maximum, since=now - WINDOW,
                                              template=template.name if by_template else None,
@@ -70,13 +70,13 @@ def _window_retry(maximum: int, *, by_template: bool) -> Callable[..., int]:
     return retry_after
 
 
-def _pending_retry(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
+def _pending_retry(repo: UnitOfWork, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
     # A slot frees when the agent's oldest waiting request expires (sooner if it is decided or cancelled).
     expiry = repo.earliest_pending_expiry(requester=principal.id, now=now)
     return 1 if expiry is None else _seconds_until(expiry, now)
 
 
-def _grant_retry(repo: Repository, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
+def _grant_retry(repo: UnitOfWork, principal: Principal, _t: ScopeTemplate, now: datetime) -> int:
     # NOTE: none expiring means the budget is taken by issuances in flight: they settle within seconds.
     expiry = repo.earliest_live_grant_expiry(agent=principal.id, now=now)
     return 1 if expiry is None else _seconds_until(expiry, now)
@@ -117,7 +117,7 @@ class RateLimitGate:
         """
         return RateLimitGate(limits=tuple(limit for limit in self.limits if limit.code == "too_many_live_grants"))
 
-    def __call__(self, repo: Repository, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
+    def __call__(self, repo: UnitOfWork, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
         if not self.limits:
             return  # every limit was disabled on purpose by configuration
         # NOTE: counted under the log's lock (a no-op if the unit of work holds it already), so a limit is exact.

@@ -15,9 +15,7 @@ from broker.domain.principals import Principal, Role
 from broker.domain.requests import RequestStatus
 from broker.domain.times import as_utc, iso
 from broker.errors import InvalidInput
-from broker.ports import Clock
-from broker.storage.engine import Database
-from broker.storage.models import GrantRow
+from broker.ports import Clock, Store, StoredGrant
 from broker.usecases.issuance import BrokerService
 
 MAX_LISTED = 200
@@ -45,7 +43,7 @@ def my_requests(service: BrokerService, principal: Principal, *, statuses: Seque
         return views
 
 
-def grant_summary(grant: GrantRow, now: datetime) -> dict[str, Any]:
+def grant_summary(grant: StoredGrant, now: datetime) -> dict[str, Any]:
     expiration = as_utc(grant.expiration)
     status = "revoked" if grant.revoked_at is not None else ("expired" if expiration <= now else "live")
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,
@@ -55,7 +53,7 @@ def grant_summary(grant: GrantRow, now: datetime) -> dict[str, Any]:
             "revoked_by": grant.revoked_by, "status": status}
 
 
-def visible_grants(database: Database, clock: Clock, principal: Principal, *, agent: str | None = None,
+def visible_grants(database: Store, clock: Clock, principal: Principal, *, agent: str | None = None,
                    access_key_id: str | None = None, include_expired: bool = False) -> list[dict[str, Any]]:
     now = clock.now()
     sees_all = principal.has_role(Role.ADMIN) or principal.has_role(Role.REVIEWER)

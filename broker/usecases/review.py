@@ -20,8 +20,7 @@ from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, REVOKING_TYPES, 
 from broker.domain.principals import Principal
 from broker.domain.times import as_utc
 from broker.errors import InvalidInput
-from broker.ports import Clock
-from broker.storage.engine import Database
+from broker.ports import Clock, Store
 from broker.storage.log_figures import Bucketing, LogFigures
 from broker.usecases.audit import require_reviewer
 from broker.usecases.refusal_budget import carried_refusals
@@ -88,7 +87,7 @@ class ReviewDashboard:
     """The figures, computed at most once per ``fresh_for`` seconds and range: the page and its five
     chart images (each a request of its own) share one computation, and a reload storm costs one."""
 
-    database: Database
+    database: Store
     clock: Clock
     fresh_for: float = 30.0
     _cache: dict[str, Figures] = field(default_factory=dict, init=False, repr=False)

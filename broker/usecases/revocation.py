@@ -19,7 +19,7 @@ Reviewers and approvers read; they do not revoke (unless they are the accountabl
 How it reaches AWS: the record of what is revoked lives in the database (``broker_settings``
 key ``revocations``, plus ``grants.revoked_at``); each target role carries the deny policy
 :func:`broker.domain.revocation.fit_revocation_policy` derives from it.  Every change is planned from
-a read, written to IAM under the role's own lock (``Database.exclusive``: never under the log's lock,
+a read, written to IAM under the role's own lock (``Store.exclusive``: never under the log's lock,
 so a slow IAM stalls no issuance), then recorded, with its log entry, in one unit of work under the
 log's lock, which checks that IAM has what the record now calls for (and writes again if not).  If
 IAM refuses the write, nothing is recorded, a ``revocation_failed`` entry is logged and the caller
@@ -47,39 +47,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from broker.domain import revocation as rules
 from broker.domain.events import EventType, log_entry
 from broker.domain.principals import Principal, Role
-from broker.domain.requests import RequestStatus
+from broker.domain.requests import RequestStatus, clean_reason
 from broker.domain.sts_rules import source_identity_for
-from broker.domain.templates import STS_MAX_DURATION, Environment, ScopeTemplate
+from broker.domain.templates import STS_MAX_DURATION, ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFound, PolicyTooLarge,
                            StorageUnavailable, Unavailable)
-from broker.ports import Clock, SessionRevoker, TemplateSource
+from broker.ports import Clock, DenyPolicyStore, Store, StoredGrant, TemplateSource, UnitOfWork
+from broker.usecases.lockdown import Lockdown
 from broker.usecases.refusal_budget import RefusalBudget
-from broker.usecases.issuance import _clean_reason as clean_reason
-from broker.usecases.issuance import append_refusal, grant_view
-from broker.storage.engine import Database
-from broker.storage.models import GrantRow
-from broker.storage.repository import Repository
-from broker.domain.times import as_utc, iso, parse_time
+from broker.usecases.refusal_log import append_refusal
+from broker.usecases.views import grant_view
+from broker.domain.times import as_utc, iso
 
 log = logging.getLogger("broker.revocation")
 
 REVOCATIONS_KEY = "revocations"
-LOCKDOWN_KEY = "lockdown:{scope}"
-LIFT_KEY = "lockdown-lift:{scope}"
-# A lockdown covers one environment, or every environment at once.
-ALL_ENVIRONMENTS = "all"
-LOCKDOWN_SCOPES = (*(e.value for e in Environment), ALL_ENVIRONMENTS)
-
-
-class DenyPolicyStore(SessionRevoker, Protocol):
-    """The revoker, plus how much room IAM leaves on the role for our policy."""
-
-    def deny_policy_room(self, *, role_arn: str) -> int: ...
 
 
 @dataclass
@@ -91,7 +78,7 @@ class Change:
     events: list[dict[str, Any]]
     view: dict[str, Any]
     entries: list[rules.RevocationEntry] = field(default_factory=list)
-    record: Callable[[Repository], None] = lambda _repo: None
+    record: Callable[[UnitOfWork], None] = lambda _repo: None
 
 
 class _StateMoved(Exception):
@@ -128,7 +115,7 @@ class IamBackoff:
 
 
 def _event(kind: EventType, *, now: datetime, actor: str, acts_for: str | None = None, source_ip: str | None = None,
-           grant: GrantRow | None = None, reason_code: str | None = None, **details: Any) -> dict[str, Any]:
+           grant: StoredGrant | None = None, reason_code: str | None = None, **details: Any) -> dict[str, Any]:
     body = log_entry(kind, now=now, actor=actor, acts_for=acts_for, source_ip=source_ip, reason_code=reason_code,
                      details=details)
     if grant is not None:
@@ -150,8 +137,8 @@ FALLBACK_TARGETS = {rules.RevokeScope.ROLE: "role_arn", rules.RevokeScope.AGENT:
 
 
 @dataclass
-class RevocationService:
-    database: Database
+class RevocationService(Lockdown):
+    database: Store
     catalog: TemplateSource
     revoker: DenyPolicyStore
     clock: Clock
@@ -166,12 +153,12 @@ class RevocationService:
 
     # ------------------------------------------------------------------ the unit of work
     def _apply(self, *, principal_id: str, source_ip: str | None, action: str,
-               plan: Callable[[Repository, list[rules.RevocationEntry], datetime], Change],
-               precheck: Callable[[Repository], None] | None = None, now: datetime | None = None) -> dict[str, Any]:
+               plan: Callable[[UnitOfWork, list[rules.RevocationEntry], datetime], Change],
+               precheck: Callable[[UnitOfWork], None] | None = None, now: datetime | None = None) -> dict[str, Any]:
         """Plan, write the deny to IAM, then record it under the log's lock.
 
         The IAM calls happen outside the log's lock (and outside any write transaction), so a slow or hanging
-        IAM stalls no issuance; the roles' own locks (``Database.exclusive``) keep two revocations of one role
+        IAM stalls no issuance; the roles' own locks (``Store.exclusive``) keep two revocations of one role
         from writing its policy at once.  Fail closed: nothing is recorded unless IAM took the deny; if the
         record moved in between (``plan`` decides differently under the lock), the policy is written again.
         """
@@ -215,7 +202,7 @@ class RevocationService:
             raise
         return view
 
-    def _fit(self, repo: Repository, change: Change, now: datetime, *, rooms: dict[str, int]) -> dict[str, _FittedRole]:
+    def _fit(self, repo: UnitOfWork, change: Change, now: datetime, *, rooms: dict[str, int]) -> dict[str, _FittedRole]:
         """The policy of each role the change touches; IAM is asked for a role's room unless ``rooms`` has it."""
         entries = rules.merge_revoke_all(rules.live_entries([*self._load(repo), *change.entries], now=now))
         fitted = {}
@@ -259,7 +246,7 @@ class RevocationService:
         return {**change.view, "policies": summary}
 
     @staticmethod
-    def _record_fallback(repo: Repository, fallback: rules.RevokeAll, now: datetime,
+    def _record_fallback(repo: UnitOfWork, fallback: rules.RevokeAll, now: datetime,
                          replaced: Sequence[str]) -> dict[str, Any]:
         """A role's session entries did not fit and a revoke-all took their place: the grants it denies besides
         them are revoked too (the record says what AWS does), and the log says so in a ``revoked_all`` entry."""
@@ -291,7 +278,7 @@ class RevocationService:
         append_refusal(self.database, budget, principal_id, body)
 
     @staticmethod
-    def _load(repo: Repository) -> list[rules.RevocationEntry]:
+    def _load(repo: UnitOfWork) -> list[rules.RevocationEntry]:
         raw = repo.get_setting(REVOCATIONS_KEY)
         if raw is None:
             return []
@@ -302,7 +289,7 @@ class RevocationService:
         return [rules.entry_from_dict(item) for item in stored]
 
     @staticmethod
-    def _store(repo: Repository, entries: Sequence[rules.RevocationEntry], now: datetime) -> None:
+    def _store(repo: UnitOfWork, entries: Sequence[rules.RevocationEntry], now: datetime) -> None:
         value = json.dumps({"entries": [e.to_dict() for e in entries]}, sort_keys=True) if entries else None
         repo.set_setting(REVOCATIONS_KEY, value, now=now)
 
@@ -316,7 +303,7 @@ class RevocationService:
                      source_ip: str | None = None) -> dict[str, Any]:
         reason = clean_reason(reason)
 
-        def plan(repo: Repository, _entries: list[rules.RevocationEntry], now: datetime) -> Change:
+        def plan(repo: UnitOfWork, _entries: list[rules.RevocationEntry], now: datetime) -> Change:
             grant = repo.get_grant(str(grant_id)[:64])
             self._authorize_grant(principal, grant)
             assert grant is not None
@@ -325,7 +312,7 @@ class RevocationService:
             if as_utc(grant.expiration) <= now:
                 raise Conflict("this grant's credentials have already expired", code="grant_expired")
 
-            def record(repo: Repository) -> None:
+            def record(repo: UnitOfWork) -> None:
                 grant.revoked_at, grant.revoked_by = now, principal.id
                 repo.save_grant(grant)
 
@@ -346,7 +333,7 @@ class RevocationService:
                            precheck=lambda repo: self._authorize_grant(principal, repo.get_grant(str(grant_id)[:64])))
 
     @staticmethod
-    def _authorize_grant(principal: Principal, grant: GrantRow | None) -> None:
+    def _authorize_grant(principal: Principal, grant: StoredGrant | None) -> None:
         may = grant is not None and (principal.has_role(Role.ADMIN) or principal.id in (grant.agent, grant.acts_for))
         if may:
             return
@@ -366,7 +353,7 @@ class RevocationService:
         (target, value), = chosen.items()
         value = str(value)[:2048]
 
-        def plan(repo: Repository, _entries: list[rules.RevocationEntry], now: datetime) -> Change:
+        def plan(repo: UnitOfWork, _entries: list[rules.RevocationEntry], now: datetime) -> Change:
             self._authorize_revoke_all(repo, principal, target, value)
             cutoff = rules.revoke_all_cutoff(now)
             grants = repo.find_grants(live_at=now, revoked=False, **{target: value})
@@ -385,7 +372,7 @@ class RevocationService:
                                        expires_at=self._expiry_for_role(role, cutoff)) for role in sorted(roles)]
             revoked = [g for g in grants if as_utc(g.issued_at) < cutoff]
 
-            def record(repo: Repository) -> None:
+            def record(repo: UnitOfWork) -> None:
                 for grant in revoked:
                     grant.revoked_at, grant.revoked_by = now, principal.id
                     repo.save_grant(grant)
@@ -402,7 +389,7 @@ class RevocationService:
         return self._apply(principal_id=principal.id, source_ip=source_ip, action="revoke_all", plan=plan,
                            precheck=lambda repo: self._authorize_revoke_all(repo, principal, target, value))
 
-    def _authorize_revoke_all(self, repo: Repository, principal: Principal, target: str, value: str) -> None:
+    def _authorize_revoke_all(self, repo: UnitOfWork, principal: Principal, target: str, value: str) -> None:
         if principal.has_role(Role.ADMIN):
             if target == "role_arn" and not self._role_is_managed(repo, value):
                 raise NotFound("the broker does not manage this role", code="role_not_managed", field="role_arn")
@@ -414,7 +401,7 @@ class RevocationService:
         raise Forbidden("revoking everything needs an admin (or, for an agent, the human it acts for)",
                         code="not_allowed_to_revoke")
 
-    def _role_is_managed(self, repo: Repository, role_arn: str) -> bool:
+    def _role_is_managed(self, repo: UnitOfWork, role_arn: str) -> bool:
         return role_arn in self._static_roles(None) or bool(repo.find_grants(role_arn=role_arn))
 
     def _static_roles(self, template_name: str | None) -> set[str]:
@@ -423,7 +410,7 @@ class RevocationService:
                 and not t.role_parameters()}
 
     @staticmethod
-    def _intent_roles(repo: Repository, target: str, value: str) -> set[str]:
+    def _intent_roles(repo: UnitOfWork, target: str, value: str) -> set[str]:
         field_of = {"agent": "requester", "template": "template", "role_arn": "role_arn"}[target]
         roles = set()
         for intent in repo.unresolved_intents():
@@ -436,7 +423,7 @@ class RevocationService:
     def sync(self) -> dict[str, Any]:
         """Drop entries whose credentials have expired; rewrite every affected role's policy."""
 
-        def plan(_repo: Repository, entries: list[rules.RevocationEntry], now: datetime) -> Change:
+        def plan(_repo: UnitOfWork, entries: list[rules.RevocationEntry], now: datetime) -> Change:
             live = rules.live_entries(entries, now=now)
             dropped = len(entries) - len(live)
             roles = {e.role_arn for e in entries}
@@ -476,7 +463,7 @@ class RevocationService:
             log.warning("reconciled %d orphaned mint intent(s): logged and revoked", len(orphans))
         return {**synced, "orphans": orphans}
 
-    def _orphans(self, repo: Repository, _entries: list[rules.RevocationEntry], now: datetime) -> Change:
+    def _orphans(self, repo: UnitOfWork, _entries: list[rules.RevocationEntry], now: datetime) -> Change:
         stale = [i for i in repo.unresolved_intents()
                  if as_utc(i.created_at) <= now - timedelta(seconds=self.orphan_grace_seconds)]
         requests = {i.grant_id: repo.get_request(i.request_id) for i in stale}
@@ -500,7 +487,7 @@ class RevocationService:
                          template=request.template if request is not None else None)
             events.append(event)
 
-        def record(repo: Repository) -> None:
+        def record(repo: UnitOfWork) -> None:
             for intent in stale:
                 request = requests[intent.grant_id]
                 if request is not None:
@@ -512,121 +499,8 @@ class RevocationService:
         return Change(roles={i.role_arn for i in stale}, events=events, entries=entries, record=record,
                       view={"orphans": [i.grant_id for i in stale]})
 
-    # ------------------------------------------------------------------ lockdown
-    def lockdown(self, *, principal: Principal, environment: str, reason: str,
-                 source_ip: str | None = None) -> dict[str, Any]:
-        reason = clean_reason(reason)
-        scope = self._admin_scope(principal, environment, source_ip=source_ip, action="lockdown")
-        now = self.clock.now()
-        with self.database.transaction() as repo:
-            repo.lock_log_head()
-            if repo.get_setting(LOCKDOWN_KEY.format(scope=scope)) is not None:
-                raise Conflict(f"'{scope}' is already locked down", code="already_locked_down")
-            state = {"environment": scope, "by": principal.id, "reason": reason, "at": iso(now)}
-            repo.set_setting(LOCKDOWN_KEY.format(scope=scope), json.dumps(state), now=now)
-            repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
-            repo.append_event(_event(EventType.LOCKDOWN, now=now, actor=principal.id, source_ip=source_ip,
-                                     environment=scope, reason=reason))
-        return {**state, "status": "locked"}
 
-    def lift_lockdown(self, *, principal: Principal, environment: str, reason: str,
-                      source_ip: str | None = None) -> dict[str, Any]:
-        """First admin: requests the lift.  A *different* admin: confirms it, and the lockdown ends."""
-        reason = clean_reason(reason)
-        scope = self._admin_scope(principal, environment, source_ip=source_ip, action="lockdown_lift")
-        now = self.clock.now()
-        with self.database.transaction() as repo:
-            repo.lock_log_head()
-            locked = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
-            if locked is None:
-                raise Conflict(f"'{scope}' is not locked down", code="not_locked_down")
-            pending = self._pending_lift(repo, scope, now)
-            if pending is None:
-                lift = {"environment": scope, "requested_by": principal.id, "reason": reason, "at": iso(now),
-                        "expires_at": iso(now + timedelta(seconds=self.lift_request_seconds))}
-                repo.set_setting(LIFT_KEY.format(scope=scope), json.dumps(lift), now=now)
-                repo.append_event(_event(EventType.LOCKDOWN_LIFT_REQUESTED, now=now, actor=principal.id,
-                                         source_ip=source_ip, environment=scope, reason=reason))
-                return {**lift, "status": "lift_requested"}
-            if pending["requested_by"] == principal.id:
-                raise Conflict("a second, different admin must confirm the lift", code="second_admin_required")
-            repo.set_setting(LOCKDOWN_KEY.format(scope=scope), None, now=now)
-            repo.set_setting(LIFT_KEY.format(scope=scope), None, now=now)
-            repo.append_event(_event(EventType.LOCKDOWN_LIFTED, now=now, actor=principal.id, source_ip=source_ip,
-                                     environment=scope, requested_by=pending["requested_by"],
-                                     request_reason=pending["reason"], confirmed_by=principal.id, reason=reason,
-                                     lockdown=json.loads(locked)))
-        return {"environment": scope, "status": "lifted", "requested_by": pending["requested_by"],
-                "confirmed_by": principal.id}
-
-    def _pending_lift(self, repo: Repository, scope: str, now: datetime) -> dict[str, Any] | None:
-        raw = repo.get_setting(LIFT_KEY.format(scope=scope))
-        if raw is None:
-            return None
-        pending = json.loads(raw)
-        expires = parse_time(pending["expires_at"])
-        return pending if expires > now else None
-
-    def _admin_scope(self, principal: Principal, environment: str, *, source_ip: str | None, action: str) -> str:
-        if not principal.has_role(Role.ADMIN):
-            error = Forbidden("only admins may lock down or lift a lockdown", code="admin_required")
-            self._log_failure(EventType.REFUSED, principal_id=principal.id, source_ip=source_ip, action=action,
-                              error=error)
-            raise error
-        if environment not in LOCKDOWN_SCOPES:
-            raise InvalidInput(f"environment must be one of {', '.join(LOCKDOWN_SCOPES)}",
-                               code="invalid_environment", field="environment")
-        return environment
-
-    def lockdowns(self) -> list[dict[str, Any]]:
-        now = self.clock.now()
-        with self.database.transaction() as repo:
-            states = []
-            for scope in LOCKDOWN_SCOPES:
-                raw = repo.get_setting(LOCKDOWN_KEY.format(scope=scope))
-                if raw is not None:
-                    states.append({**json.loads(raw), "lift_request": self._pending_lift(repo, scope, now)})
-            return states
-
-    # ------------------------------------------------------------------ the gate
-    @staticmethod
-    def check_lockdown(repo: Repository, environment: str) -> None:
-        keys = {LOCKDOWN_KEY.format(scope=scope): scope for scope in (environment, ALL_ENVIRONMENTS)}
-        locked = repo.get_settings(list(keys))  # one query for both switches
-        for key, scope in keys.items():
-            if key in locked:
-                raise Forbidden(f"new credentials for '{environment}' are locked down by an administrator",
-                                code="environment_locked", details={"environment": scope})
-
-    def lockdown_gate(self, repo: Repository, principal: Principal, template: ScopeTemplate,  # noqa: ARG002
-                      now: datetime) -> None:  # noqa: ARG002
-        """``IssuanceGate``: refuses every new request for a locked-down environment."""
-        self.check_lockdown(repo, template.environment.value)
-
-
-__all__ = ["DenyPolicyStore", "RevocationService"]
-
-
-def wire_revocation(settings: Any, *, database: Database, catalog: TemplateSource, clock: Clock,
-                    revoker: DenyPolicyStore | None = None, refusal_budget: RefusalBudget | None = None,
-                    ) -> tuple[RevocationService, list[Callable[..., None]], list[Callable[..., None]]]:
-    """For the composition root: the revocation service, the gates on new requests, the gates on redemption.
-
-    The lockdown gates both paths that mint (a new request, and redeeming an approved one), inside the
-    unit of work that commits to minting, so no path mints while an environment is locked down.
-    """
-    from broker.usecases.limits import RateLimitGate
-
-    if revoker is None:
-        from broker.aws.revocation import IamRevoker
-        revoker = IamRevoker(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
-    revocations = RevocationService(database=database, catalog=catalog, revoker=revoker, clock=clock,
-                                    refusal_budget=refusal_budget or RefusalBudget.disabled())
-    limits = RateLimitGate.from_settings(agent_requests_per_minute=settings.agent_requests_per_minute,
-                                         template_requests_per_minute=settings.template_requests_per_minute,
-                                         agent_max_live_grants=settings.agent_max_live_grants,
-                                         agent_max_pending_requests=settings.agent_max_pending_requests)
-    return revocations, [revocations.lockdown_gate, limits], [revocations.lockdown_gate, limits.for_redemption()]
+__all__ = ["RevocationService", "start_up"]
 
 
 def start_up(revocations: RevocationService) -> None:

@@ -12,6 +12,8 @@ import json
 
 import pytest
 
+from tests.event_loops import run_coroutine
+
 GOOD = {"template": "test-s3-read", "parameters": {"prefix": "reports"}, "reason": "contract"}
 JSON = {"content-type": "application/json"}
 
@@ -74,8 +76,6 @@ def test_the_body_schema_is_documented(sqlite_broker):
 
 def test_a_caller_that_disconnects_mid_body_is_not_an_error(sqlite_broker, caplog):
     """Found in review: the body read outside FastAPI's handling let ClientDisconnect become a 500."""
-    import asyncio
-
     from broker.api.app import create_app
 
     app = create_app(sqlite_broker.container)
@@ -93,7 +93,7 @@ def test_a_caller_that_disconnects_mid_body_is_not_an_error(sqlite_broker, caplo
              "scheme": "http", "path": "/v1/requests", "raw_path": b"/v1/requests", "query_string": b"",
              "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
              "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
-    asyncio.run(app(scope, receive, send))
+    run_coroutine(app, scope, receive, send)
     assert statuses == [400]
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     assert sqlite_broker.request_count() == 0

@@ -153,8 +153,17 @@ def test_api_errors_are_shown_and_exit_non_zero(broker_url, capsys, tmp_path, ar
 
 
 def test_unreachable_broker_is_unavailable(capsys):
-    assert main(["audit", "query", "--url", "http://127.0.0.1:9"]) == 1
+    assert main(["audit", "query", "--url", "http://127.0.0.1:9", "--token", "brk_x"]) == 1
     assert "service_unavailable" in capsys.readouterr().err
+
+
+def test_no_token_is_refused_before_any_call(capsys, monkeypatch):
+    """Like every command that calls the broker (the SDK's client): no token source, no request."""
+    for name in ("BROKER_TOKEN", "BROKER_TOKEN_FILE", "BROKER_TOKEN_COMMAND", "BROKER_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BROKER_CLI_CONFIG", "/nonexistent/config.json")
+    assert main(["audit", "query", "--url", "http://127.0.0.1:9"]) == 1
+    assert "error [missing_credentials]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("report, expected", [

@@ -17,10 +17,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from broker.cli.mcp_server import REDACTED
+from tests.event_loops import run_coroutine
 from tests.sdk.conftest import live_broker  # noqa: F401 - fixture
 
 REASON = "investigate bug 42 in the cost reports"
@@ -96,7 +96,7 @@ def test_the_command_never_gets_the_broker_key(live_broker, tmp_path):  # noqa: 
         # While the session is still open: the parent's environment as the kernel shows it (root reads it).
         context["parent_environ"] = Path(f"/proc/{seen['ppid']}/environ").read_bytes().decode(errors="replace")
 
-    context = anyio.run(_run, params, [("run_with_scope", {**SCOPE, "command": probe}, ran)])
+    context = run_coroutine(_run, params, [("run_with_scope", {**SCOPE, "command": probe}, ran)])
     seen = context["seen"]
     # The parent is not readable by its own command (same uid): not its environment, not its memory.
     assert seen["parent_environ"].startswith("DENIED"), seen["parent_environ"][:200]
@@ -127,7 +127,7 @@ def test_a_token_the_command_reads_from_its_file_is_scrubbed(live_broker, tmp_pa
         assert payload["exit_code"] == 0, payload
         assert token not in payload["output"] and payload["output"].count(REDACTED) == 2
 
-    anyio.run(_run, params, [("run_with_scope", {**SCOPE, "command": leak}, scrubbed)])
+    run_coroutine(_run, params, [("run_with_scope", {**SCOPE, "command": leak}, scrubbed)])
 
 
 def test_failed_tool_calls_set_is_error(live_broker, tmp_path):  # noqa: F811
@@ -148,7 +148,7 @@ def test_failed_tool_calls_set_is_error(live_broker, tmp_path):  # noqa: F811
     def pending(result, _context):
         assert result.is_error is False and _payload(result)["status"] == "pending"
 
-    anyio.run(_run, params, [
+    run_coroutine(_run, params, [
         ("request_scope", {"template": "no-such-scope", "parameters": {}, "reason": REASON},
          failed("template_not_found")),
         ("run_with_scope", {**SCOPE, "command": "/no/such/program"}, failed("command_not_runnable")),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from broker.cli.mcp_server import REDACTED, scrub
 from tests.conftest import moto_sts_sessions
+from tests.event_loops import run_coroutine
 from tests.sdk.conftest import live_broker  # noqa: F401 - fixture
 
 REASON = "investigate bug 42 in the cost reports"
@@ -63,7 +63,7 @@ def test_mcp_tools_answer_with_status_never_credentials(live_broker, tmp_path): 
                             "command": "echo should-not-run"}),
         ("request_scope", {"template": "no-such-scope", "parameters": {}, "reason": REASON}),
     ]
-    results = anyio.run(_session_calls, params, calls)
+    results = run_coroutine(_session_calls, params, calls)
 
     assert results[0][1] == {"list_scopes", "request_scope", "check_request", "run_with_scope"}
     by_call = [(name, _payload(result)) for name, result in results[1:]]

@@ -5,7 +5,8 @@ import pytest
 from broker.domain.principals import Principal, Role
 from broker.errors import Unauthenticated
 from broker.identity.apikeys import generate_api_key
-from broker.identity.authenticator import ApiKeyRecord, Authenticator
+from broker.identity.authenticator import Authenticator
+from broker.ports import ApiKeyRecord
 from tests.identity.jwt_factory import ISSUER, SUBJECT, make_verifier, standard_claims
 
 

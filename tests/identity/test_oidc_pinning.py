@@ -135,7 +135,7 @@ HOSTILE_CLAIMS = [
 ]
 
 
-@pytest.mark.parametrize(("claim", "value"), HOSTILE_CLAIMS, ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize(("claim", "value"), HOSTILE_CLAIMS, ids=lambda v: "MISSING" if v is MISSING else repr(v)[:40])
 def test_a_token_off_its_pins_is_refused_without_echoing_it(pinned, rsa_signer, claim, value):
     claims = {**GOOD, claim: value}
     if value is MISSING:

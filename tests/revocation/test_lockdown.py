@@ -144,7 +144,7 @@ def _race_a_lockdown(broker) -> None:
     import threading
     import time
 
-    from broker.usecases.revocation import LOCKDOWN_KEY
+    from broker.usecases.lockdown import LOCKDOWN_KEY
 
     database = broker.container.database
     sessions_before = len(moto_sts_sessions(broker.aws_endpoint))

@@ -209,3 +209,17 @@ def test_unreachable_broker_is_a_typed_error():
 def test_error_mapping_is_total_over_malformed_answers(status, body, cls, code):
     error = error_from_response(status, body)
     assert isinstance(error, cls) and error.code == code and error.status == status and error.message
+
+
+def test_the_export_streams_line_by_line_and_its_errors_decode_like_every_call(live_broker):
+    with live_broker.client("agent:demo") as agent:
+        agent.request("test-s3-read", {}, reason=REASON)
+        # Not a reviewer: the streamed GET's error is the API's, typed like any call's.
+        with pytest.raises(Forbidden) as caught, agent.stream("/v1/events/export"):
+            pass
+        assert caught.value.status == 403 and caught.value.code
+    with live_broker.client("human:rita") as reviewer:
+        lines = list(reviewer.export_events())
+    entries = [line for line in lines if '"seq"' in line]
+    assert lines and all(line.startswith("{") for line in lines)
+    assert any('"type":"requested"' in line for line in entries)

@@ -93,9 +93,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              r"and sig\.binding_digest == binding_digest", "", "an approval counts only for its binding"),
     Mutation("approval-still-allowed", "broker/domain/requests.py",
              r"and still_allowed\.get\(sig\.approver, False\)", "", "a removed approver no longer counts"),
-    Mutation("approval-one-vote-per-human", "broker/usecases/issuance.py",
+    Mutation("approval-one-vote-per-human", "broker/usecases/cosigning.py",
              r"if repo\.has_decided\(row\.id, principal\.id\):", "if False:", "one human counts once"),
-    Mutation("approval-expiry-on-decide", "broker/usecases/issuance.py",
+    Mutation("approval-expiry-on-decide", "broker/usecases/cosigning.py",
              r"expired = self\._expire_if_stale\(repo, row, now, outbox\)", "expired = False",
              "no approval after the wait expired"),
     # --- redemption
@@ -111,7 +111,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "a stored row that disagrees with its approved rendering fails instead of being minted"),
     Mutation("redeem-not-requester", "broker/usecases/issuance.py",
              r"if row\.requester != principal\.id:", "if False:", "only the requesting agent redeems"),
-    Mutation("request-visibility", "broker/usecases/issuance.py",
+    Mutation("request-visibility", "broker/usecases/requests.py",
              r"principal\.id in \(row\.requester, row\.acts_for\)", "True",
              "requests are invisible to unrelated principals"),
     # --- authentication

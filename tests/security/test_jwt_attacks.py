@@ -28,7 +28,8 @@ from cryptography.x509.oid import NameOID
 from broker.domain.principals import Principal, Role
 from broker.errors import Unauthenticated
 from broker.identity.apikeys import generate_api_key
-from broker.identity.authenticator import ApiKeyRecord, Authenticator
+from broker.identity.authenticator import Authenticator
+from broker.ports import ApiKeyRecord
 from broker.identity.oidc import OidcVerifier
 from tests.identity.jwt_factory import (
     AUDIENCE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,8 @@ from sqlmodel import select
 from broker.domain import log as issuance_log
 from broker.errors import Conflict
 from broker.storage.engine import Database, build_engine
-from broker.storage.models import GrantRow, MintIntentRow, NewGrant, NewMintIntent, NewRequest, RequestRow
+from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
+from broker.storage.models import ApprovalRow, GrantRow, MintIntentRow, RequestRow
 from tests.conftest import migrated_database
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -22,8 +24,8 @@ def database(db_url):
         yield database
 
 
-def _request(request_id: str, grant_id: str) -> NewRequest:
-    return NewRequest(id=request_id, template="t", template_digest="sha256:t", environment="dev", parameters="{}",
+def _request(request_id: str, grant_id: str) -> CredentialRequest:
+    return CredentialRequest(id=request_id, template="t", template_digest="sha256:t", environment="dev", parameters="{}",
                       role_arn="arn:aws:iam::123456789012:role/r", policy="{}", policy_digest="sha256:p",
                       ttl_seconds=900, session_tags="[]", source_identity="agent.a", session_name="a-1",
                       grant_id=grant_id, binding_digest="sha256:b", requester="agent:a", acts_for="human:h",
@@ -31,8 +33,8 @@ def _request(request_id: str, grant_id: str) -> NewRequest:
                       updated_at=NOW)
 
 
-def _grant(request_id: str, grant_id: str) -> NewGrant:
-    return NewGrant(id=grant_id, request_id=request_id, template="t", agent="agent:a", acts_for="human:h",
+def _grant(request_id: str, grant_id: str) -> Grant:
+    return Grant(id=grant_id, request_id=request_id, template="t", agent="agent:a", acts_for="human:h",
                     role_arn="arn:aws:iam::123456789012:role/r", access_key_id="ASIAEXAMPLE", source_identity="agent.a",
                     session_name="a-1", policy_digest="sha256:p", environment="dev", issued_at=NOW,
                     expiration=NOW + timedelta(seconds=900))
@@ -40,7 +42,7 @@ def _grant(request_id: str, grant_id: str) -> NewGrant:
 
 def _open(database: Database, request_id: str, grant_id: str) -> None:
     with database.transaction() as repo:
-        repo.add_request_and_intent(_request(request_id, grant_id), NewMintIntent(
+        repo.add_request_and_intent(_request(request_id, grant_id), MintIntent(
             grant_id=grant_id, request_id=request_id, role_arn="arn:aws:iam::123456789012:role/r",
             source_identity="agent.a", created_at=NOW))
 
@@ -113,22 +115,18 @@ def test_an_in_memory_sqlite_database_still_starts():
         engine.dispose()
 
 
-def test_plain_values_call_default_factories_per_row():
-    from sqlmodel import Field, SQLModel
-
-    from broker.storage.models import plain_values_of
-
-    class Sample(SQLModel):
-        name: str
-        tags: list[str] = Field(default_factory=list)
-        count: int = 3
-
-    New = plain_values_of(Sample)
-    first, second = New(name="a"), New(name="b")
-    first.tags.append("x")
-    assert second.tags == [] and first.count == second.count == 3
-    with pytest.raises(TypeError):
-        New()  # a required field stays required
+@pytest.mark.parametrize(("record", "table"), [(CredentialRequest, RequestRow), (Grant, GrantRow),
+                                               (MintIntent, MintIntentRow), (Approval, ApprovalRow)])
+def test_the_records_have_the_tables_fields_and_defaults(record, table):
+    """broker.domain.records are what the use cases write: a column they lack (or a default that differs) would
+    be a row the repository cannot insert as the table says."""
+    fields = {f.name: f for f in dataclasses.fields(record)}
+    assert list(fields) == list(table.model_fields)
+    for name, info in table.model_fields.items():
+        default = fields[name].default
+        assert (default is dataclasses.MISSING) == info.is_required(), name
+        if not info.is_required():
+            assert default == info.default, name
 
 
 def _add_request(database: Database, request_id: str, *, requester: str, template: str, created_at: datetime,
