@@ -31,6 +31,10 @@ class BrokerSettings(BaseSettings):
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     signing_key_file: Path | None = None
+    # The log's signing key in AWS KMS instead of a file (key id, ARN, alias name or alias ARN of an
+    # ECC_NIST_EDWARDS25519 SIGN_VERIFY key; broker.aws.kms_signing), reached like STS (aws_endpoint_url,
+    # aws_region).  Set one of signing_key_file and signing_kms_key_id, not both.
+    signing_kms_key_id: str | None = None
     oidc_issuers_file: Path | None = None
     public_url: str = "http://127.0.0.1:8080"
     webhook_url: str | None = None

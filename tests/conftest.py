@@ -258,8 +258,9 @@ def build_harness(*, db_url: str, scopes: Path, aws_endpoint: str, state_dir: Pa
     settings_overrides.setdefault("sqlite_reserve_bytes", 0)
     # NOTE: tests move a FrozenClock by hand, away from the database's clock: no skew bound unless a test sets one.
     settings_overrides.setdefault("max_clock_skew_seconds", 0)
+    settings_overrides.setdefault("signing_key_file", private)
     settings = BrokerSettings(database_url=db_url, scopes_dir=scopes, aws_endpoint_url=aws_endpoint,
-                              signing_key_file=private, **settings_overrides)
+                              **settings_overrides)
     clock = clock or FrozenClock()
     container = build_container(settings, clock=clock, minter=minter)
     if seed:

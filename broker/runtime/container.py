@@ -121,11 +121,19 @@ def load_oidc_verifiers(path: Path | None) -> list[OidcVerifier]:
 
 
 def load_signer(settings: BrokerSettings) -> issuance_log.CheckpointSigner:
+    if settings.signing_kms_key_id is not None:
+        if settings.signing_key_file is not None:
+            raise InvalidInput("BROKER_SIGNING_KEY_FILE and BROKER_SIGNING_KMS_KEY_ID are both set: set only one "
+                               "of them", code="config_invalid", field="signing_kms_key_id")
+        from broker.aws.kms_signing import KmsMessageSigner  # only when the key is in KMS
+        return issuance_log.CheckpointSigner(KmsMessageSigner(
+            key_id=settings.signing_kms_key_id, endpoint_url=settings.aws_endpoint_url, region=settings.aws_region))
     if settings.signing_key_file is None:
         if not settings.dev_mode:
             # NOTE: an ephemeral key would make every checkpoint unverifiable after a restart, and
             # different on each replica: refuse to start instead.
-            raise InvalidInput("BROKER_SIGNING_KEY_FILE must name the Ed25519 key that signs log checkpoints",
+            raise InvalidInput("BROKER_SIGNING_KEY_FILE (or BROKER_SIGNING_KMS_KEY_ID) must name the Ed25519 key "
+                               "that signs log checkpoints",
                                code="config_invalid", field="signing_key_file")
         log.warning("BROKER_SIGNING_KEY_FILE is not set: dev mode signs checkpoints with an EPHEMERAL key")
         return issuance_log.CheckpointSigner(issuance_log.generate_signing_key())
