@@ -80,6 +80,7 @@ def seed(database: Database, count: int, signer: log.CheckpointSigner, now: date
     raw = database.engine.raw_connection()
     try:
         cursor = raw.driver_connection.cursor()
+        cursor.execute("SET statement_timeout = 0")  # a bulk load, not a request
         with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as events_copy:
             checkpoints = []
             for seq in range(1, count + 1):
@@ -218,6 +219,7 @@ def body_indexes(database: Database, create: bool) -> float:
     raw = database.engine.raw_connection()
     try:
         cursor = raw.driver_connection.cursor()
+        cursor.execute("SET statement_timeout = 0")
         for field in ("actor", "acts_for", "template", "type", "request_id", "access_key_id", "grant_id", "time"):
             cursor.execute(f"CREATE INDEX ix_events_body_{field} ON events "
                            f"((jsonb_extract_path_text(CAST(body AS JSONB), '{field}')), seq)" if create

@@ -18,12 +18,14 @@ SINCE = datetime(2026, 1, 1, tzinfo=UTC)
 
 def plan(database: Database, statement) -> str:
     dialect = postgresql.dialect() if database.is_postgres else sqlite.dialect()
-    sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    compiled = statement.compile(dialect=dialect)
+    values = compiled.construct_params()
+    params = values if database.is_postgres else tuple(values[name] for name in compiled.positiontup)
     explain = "EXPLAIN " if database.is_postgres else "EXPLAIN QUERY PLAN "
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         if database.is_postgres:
             connection.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: ask which index it can use
-        return "\n".join(str(row[-1]) for row in connection.exec_driver_sql(explain + sql))
+        return "\n".join(str(row[-1]) for row in connection.exec_driver_sql(explain + str(compiled), params))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -60,3 +62,27 @@ def test_a_time_window_is_planned_on_the_time_index(database):
 def test_a_name_outside_the_body_fields_is_refused(database):
     with database.read() as repo, pytest.raises(ValueError):
         repo._body_field("body'); DROP TABLE events; --")
+
+
+def test_a_time_window_is_exact_whatever_order_the_times_are_in(database):
+    """Replicas' clocks disagree: an entry may carry an earlier time than the one before it.  The window's
+    bound (its first seq, from the time index) must not drop one."""
+    from broker.domain.log import log_time
+    from tests.domain.test_log import make_body
+
+    hours = [3, 1, 5, 2, 4, 6]  # entry seq n+1 at 00:00 + hours[n]
+    with database.transaction() as repo:
+        first = repo.log_head()[0] + 1
+        for hour in hours:
+            repo.append_event(make_body(90_000 + hour, time=log_time(datetime(2031, 1, 1, hour, tzinfo=UTC))))
+    with database.read() as repo:
+        def window(since: int, until: int | None, after: int = 0) -> list[int]:
+            rows = repo.query_events(filters={}, after_seq=after, since=datetime(2031, 1, 1, since, tzinfo=UTC),
+                                     until=None if until is None else datetime(2031, 1, 1, until, tzinfo=UTC))
+            return [row["seq"] - first + 1 for row in rows]
+
+        assert window(2, 5) == [1, 4, 5]            # 03:00, 02:00, 04:00
+        assert window(2, 5, after=first) == [4, 5]  # paged past the first
+        assert window(1, None) == [1, 2, 3, 4, 5, 6]
+        assert window(6, None) == [6]
+        assert window(7, None) == []
