@@ -113,11 +113,11 @@ class ReviewDashboard:
 
     def _compute(self, chosen: str, wanted: set[str], *, until: datetime) -> Figures:
         figures = Figures(range=chosen, since=until - RANGES[chosen], until=until)
-        fillers: Mapping[str, Callable[[LogFigureQueries, Figures], None]] = {
+        fillers: Mapping[str, Callable[[_Reads, Figures], None]] = {
             "over_time": _over_time, "refusals": _refusals, "time_to_approve": _time_to_approve,
             "live_grants": _live_grants, "risky_grants": _risky_grants, "revocations": _revocations}
         with self.database.read() as repo:
-            queries = repo.log_figures()
+            queries = _Reads(repo.log_figures(), since=figures.since, until=figures.until)
             for part in PARTS:
                 if part in wanted:
                     fillers[part](queries, figures)
@@ -125,19 +125,35 @@ class ReviewDashboard:
         return figures
 
 
-def _over_time(queries: LogFigureQueries, figures: Figures) -> None:
+class _Reads:
+    """The queries of one computation, with the one pass over the refusals' bodies shared by the parts that
+    need it (over time and by reason): reading the bodies is what a long range costs."""
+
+    def __init__(self, queries: LogFigureQueries, *, since: datetime, until: datetime) -> None:
+        self.queries = queries
+        self._since, self._until = since, until
+        self._refusals: tuple[dict[str, int], list[tuple[datetime, dict[str, Any]]]] | None = None
+
+    def refusal_figures(self) -> tuple[dict[str, int], list[tuple[datetime, dict[str, Any]]]]:
+        if self._refusals is None:
+            self._refusals = self.queries.refusal_figures(refusal_types=REFUSAL_TYPES, carrying_types=CARRYING_TYPES,
+                                                          since=self._since, until=self._until)
+        return self._refusals
+
+
+def _over_time(reads: _Reads, figures: Figures) -> None:
     bucketing = Bucketing.for_range(figures.since, figures.until)
     figures.bucket_unit = bucketing.unit
     figures.buckets = bucket_labels(figures.since, figures.until, bucketing)
     index = {label: i for i, label in enumerate(figures.buckets)}
     series = {kind: [0] * len(figures.buckets) for kind in ("issued", "refused", "denied", "expired")}
-    for bucket, kind, count in queries.counts_over_time(types=OUTCOME_TYPES, since=figures.since,
+    for bucket, kind, count in reads.queries.counts_over_time(types=OUTCOME_TYPES, since=figures.since,
                                                         until=figures.until, bucketing=bucketing):
         name = EventType.REFUSED if kind == EventType.REFUSALS_SUPPRESSED else kind
         if bucket in index:
             series[name][index[bucket]] += count
     # Refusals the refusal budget counted instead of logging one by one, in the bucket of the entry carrying them.
-    for moment, details in queries.carried_counts(types=CARRYING_TYPES, since=figures.since, until=figures.until):
+    for moment, details in reads.refusal_figures()[1]:
         bucket = bucketing.label(as_utc(moment))
         if bucket in index:
             series["refused"][index[bucket]] += sum(carried_refusals(details).values())
@@ -145,28 +161,31 @@ def _over_time(queries: LogFigureQueries, figures: Figures) -> None:
     figures.totals = {kind: sum(values) for kind, values in series.items()}
 
 
-def _refusals(queries: LogFigureQueries, figures: Figures) -> None:
+def _refusals(reads: _Reads, figures: Figures) -> None:
     """Every refusal once: entries by reason, plus the suppressed ones the refusal budget counted."""
     reasons: Counter[str] = Counter()
-    for reason, count in queries.refusals_by_reason(types=REFUSAL_TYPES, since=figures.since,
-                                                    until=figures.until).items():
+    by_reason, carried = reads.refusal_figures()
+    for reason, count in by_reason.items():
         reasons[reason or "unattributed"] += count
-    for _, details in queries.carried_counts(types=CARRYING_TYPES, since=figures.since, until=figures.until):
+    for _, details in carried:
         reasons.update(carried_refusals(details))
     figures.refusals_by_reason = dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _time_to_approve(queries: LogFigureQueries, figures: Figures) -> None:
+def _time_to_approve(reads: _Reads, figures: Figures) -> None:
+    queries = reads.queries
     figures.wait_buckets, figures.median_wait_seconds = queries.time_to_approve(since=figures.since,
                                                                                 until=figures.until)
 
 
-def _live_grants(queries: LogFigureQueries, figures: Figures) -> None:
+def _live_grants(reads: _Reads, figures: Figures) -> None:
+    queries = reads.queries
     figures.live_grants = [{"agent": agent, "template": template, "environment": environment, "grants": count}
                            for agent, template, environment, count in queries.live_grants(now=figures.until)]
 
 
-def _risky_grants(queries: LogFigureQueries, figures: Figures) -> None:
+def _risky_grants(reads: _Reads, figures: Figures) -> None:
+    queries = reads.queries
     total, newest = queries.risky_grants(since=figures.since, until=figures.until)
     figures.risky_total = total
     figures.risky_grants = [{
@@ -176,7 +195,8 @@ def _risky_grants(queries: LogFigureQueries, figures: Figures) -> None:
         "environment": (e.get("details") or {}).get("environment")} for e in newest]
 
 
-def _revocations(queries: LogFigureQueries, figures: Figures) -> None:
+def _revocations(reads: _Reads, figures: Figures) -> None:
+    queries = reads.queries
     counts = queries.counts_by_type(types=REVOCATION_TYPES, since=figures.since, until=figures.until)
     figures.revocations = {kind: counts.get(kind, 0) for kind in REVOCATION_TYPES}
     figures.revocation_entries = [{"seq": e.get("seq"), "time": e.get("time"), "type": e.get("type"),

@@ -128,10 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--pg-url", default=PG_ADMIN_URL)
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--postgres-only", action="store_true")
+    parser.add_argument("--pg-database", default=None,
+                        help="keep the PostgreSQL log in this database and reuse it when it exists")
     parser.add_argument("--sqlite-file", default=None,
                         help="keep the SQLite log in this file and reuse it when it exists (filling takes minutes)")
     args = parser.parse_args(argv)
-    if args.sqlite_file:
+    if args.postgres_only:
+        pass
+    elif args.sqlite_file:
         exists = os.path.exists(args.sqlite_file)
         measure("sqlite", f"sqlite:///{args.sqlite_file}", args.entries, fill_it=not exists)
     else:
@@ -141,16 +146,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     import sqlalchemy
 
-    name = f"broker_bench_{uuid.uuid4().hex[:10]}"
+    name = args.pg_database or f"broker_bench_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        exists = connection.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %(name)s",
+                                            {"name": name}).first() is not None
+        if not exists:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     try:
         measure("postgres", sqlalchemy.engine.make_url(args.pg_url).set(database=name).render_as_string(
-            hide_password=False), args.entries)
+            hide_password=False), args.entries, fill_it=not exists)
     finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not args.pg_database:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
 
 
