@@ -5,11 +5,11 @@ log's entries into the process, so the dashboard stays quick on a log of million
 (``tests/bench/bench_dashboard.py`` measures it).  Types, times, templates and actors are read from
 the indexed columns written with each entry; reason codes, risks and environments, which only the
 entry's body holds, are read from the body with the database's JSON functions (SQLite's
-``json_extract``, PostgreSQL's ``json``), only for the entries of the types concerned.  Reading bodies is
-what a long range costs, so each body is read by one query at most: the refusals' reasons and the
-suppressed counts they carry come from one pass, the risky grants' count and newest ones from another,
-and a plain substring test (``instr``/``strpos``) picks the candidates before any parsing.  (No side
-column is trusted for these: a reviewer's figures come only from what the hash chain covers.)
+``json_extract``, PostgreSQL's ``json``), only for the entries of the types concerned.  Reading
+bodies is what a long range costs, so the refusals' reasons and the suppressed counts they carry come
+from one pass over their bodies, and a plain substring test (``instr``/``strpos``) picks the candidates
+before any parsing.  (No side column is trusted for these: a reviewer's figures come only from what the
+hash chain covers.)
 """
 
 from __future__ import annotations
@@ -161,11 +161,11 @@ class LogFigures:
         risky = and_(candidate, or_(and_(risks.is_not(None), cast(risks, String) != empty),
                                     environment == "production"))
         where = (EVENTS.c.type == EventType.ISSUED.value, EVENTS.c.time >= since, EVENTS.c.time <= until, risky)
-        # NOTE: one pass: the count is a window function over the same matching rows as the newest ones.
-        total_of = func.count().over().label("total")
-        rows = self._rows(select(EVENTS.c.body, total_of).where(*where).order_by(EVENTS.c.seq.desc()).limit(limit))
-        total = int(rows[0][1]) if rows else 0
-        return total, [json.loads(body) for body, _ in rows]
+        # NOTE: two queries, not a window count: with count() over () the newest ones cannot stop at ``limit``,
+        # and PostgreSQL then walks the whole log in seq order (24 h at 1,000,000 entries: 0.3 s -> 2.4 s).
+        total = int(self._session.execute(select(func.count()).select_from(EVENTS).where(*where)).scalar_one())
+        newest = self._rows(select(EVENTS.c.body).where(*where).order_by(EVENTS.c.seq.desc()).limit(limit))
+        return total, [json.loads(body) for (body,) in newest]
 
     def newest(self, *, types: Sequence[str], since: datetime, until: datetime,
                limit: int = 20) -> list[dict[str, Any]]:
