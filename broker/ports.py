@@ -17,7 +17,7 @@ from broker.domain.principals import Principal
 from broker.domain.rendering import RenderedPolicy
 from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
 from broker.domain.templates import ScopeTemplate
-from broker.domain.times import as_utc
+from broker.domain.times import Bucketing, as_utc
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,23 @@ class StoredApiKey(Protocol):
     revoked_by: str | None
 
 
+class LogFigureQueries(Protocol):
+    """The reviewers' dashboard's aggregates over the log and the grants (each one query of the store)."""
+
+    def counts_over_time(self, *, types: Sequence[str], since: datetime, until: datetime,
+                         bucketing: Bucketing) -> list[tuple[str, str, int]]: ...
+    def counts_by_type(self, *, types: Sequence[str], since: datetime, until: datetime) -> dict[str, int]: ...
+    def refusals_by_reason(self, *, types: Sequence[str], since: datetime, until: datetime) -> dict[str, int]: ...
+    def carried_counts(self, *, types: Sequence[str], since: datetime, until: datetime,
+                       limit: int = 10_000) -> list[tuple[datetime, dict[str, Any]]]: ...
+    def time_to_approve(self, *, since: datetime, until: datetime) -> tuple[dict[str, int], float | None]: ...
+    def live_grants(self, *, now: datetime) -> list[tuple[str, str, str, int]]: ...
+    def risky_grants(self, *, since: datetime, until: datetime,
+                     limit: int = 50) -> tuple[int, list[dict[str, Any]]]: ...
+    def newest(self, *, types: Sequence[str], since: datetime, until: datetime,
+               limit: int = 20) -> list[dict[str, Any]]: ...
+
+
 class UnitOfWork(Protocol):
     """The queries of one unit of work.  It never commits: the :class:`Store` does, when the block ends.
 
@@ -281,6 +298,7 @@ class UnitOfWork(Protocol):
     def latest_checkpoint(self) -> issuance_log.Checkpoint | None: ...
     def checkpoints(self, *, from_seq: int = 0) -> list[issuance_log.Checkpoint]: ...
     def stored_entry_lines(self, *, from_seq: int) -> list[bytes]: ...
+    def log_figures(self) -> LogFigureQueries: ...
 
 
 class Store(Protocol):

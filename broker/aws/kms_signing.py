@@ -46,10 +46,12 @@ class KmsMessageSigner:
             raise InvalidInput("BROKER_SIGNING_KMS_KEY_ID is empty", code="config_invalid",
                                field="signing_kms_key_id")
         self.key_id = key_id
-        # NOTE: one attempt, short timeouts: a checkpoint KMS did not sign is not stored and is tried again at
-        # the next one (the background checkpointer, `broker serve`'s periodic one), so botocore need not retry.
+        # NOTE: one attempt, short timeouts.  A checkpoint is signed while its unit of work holds the log's lock
+        # (broker.usecases.checkpoints), so a slow KMS must not hold it past BROKER_DB_LOCK_TIMEOUT_MS (5 s by
+        # default): 1 s + 2 s at most.  A checkpoint KMS did not sign is not stored and is tried again at the
+        # next one (the background checkpointer, `broker serve`'s periodic one), so botocore need not retry.
         self._kms = client or boto3.client("kms", endpoint_url=endpoint_url, region_name=region, config=Config(
-            retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=2, read_timeout=5))
+            retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=1, read_timeout=2))
         self._public_key = self._fetch_public_key()
 
     def _fetch_public_key(self) -> Ed25519PublicKey:

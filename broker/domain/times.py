@@ -5,6 +5,7 @@ SQLite hands back naive datetimes for what was stored as UTC; :func:`as_utc` mak
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import overload
 
@@ -54,4 +55,23 @@ def parse_utc(text: str) -> datetime:
     return parse_time(text).astimezone(UTC)
 
 
-__all__ = ["as_utc", "aware_like", "iso", "iso_seconds", "log_time", "parse_time", "parse_utc"]
+@dataclass(frozen=True)
+class Bucketing:
+    """How times are grouped on the time axis: ``hour`` or ``day``."""
+
+    unit: str
+
+    @classmethod
+    def for_range(cls, since: datetime, until: datetime) -> "Bucketing":
+        return cls("hour" if (until - since).total_seconds() <= 2 * 86400 else "day")
+
+    @property
+    def spelling(self) -> str:
+        """A bucket's label as strftime spells it (SQLite's strftime spells it the same)."""
+        return "%Y-%m-%d %H:00" if self.unit == "hour" else "%Y-%m-%d"
+
+    def label(self, moment: datetime) -> str:
+        return moment.astimezone(UTC).strftime(self.spelling)
+
+
+__all__ = ["Bucketing", "as_utc", "aware_like", "iso", "iso_seconds", "log_time", "parse_time", "parse_utc"]

@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, String, and_, cast, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.orm import aliased
+from sqlmodel import Session
 
 from broker.domain.events import EventType
+from broker.domain.times import Bucketing
 from broker.storage.models import EventRow, GrantRow
-from broker.storage.repository import Repository
 
 EVENTS = EventRow.__table__
 GRANTS = GrantRow.__table__
@@ -35,30 +35,12 @@ WAIT_BUCKETS: tuple[tuple[float, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Bucketing:
-    """How times are grouped on the time axis: ``hour`` or ``day``."""
-
-    unit: str
-
-    @classmethod
-    def for_range(cls, since: datetime, until: datetime) -> "Bucketing":
-        return cls("hour" if (until - since).total_seconds() <= 2 * 86400 else "day")
-
-    @property
-    def spelling(self) -> str:
-        """A bucket's label as strftime spells it (SQLite's strftime spells it the same)."""
-        return "%Y-%m-%d %H:00" if self.unit == "hour" else "%Y-%m-%d"
-
-    def label(self, moment: datetime) -> str:
-        return moment.astimezone(UTC).strftime(self.spelling)
-
-
 class LogFigures:
-    """The dashboard's queries, on one unit of work's connection (``Database.read()``)."""
+    """The dashboard's queries (``broker.ports.LogFigureQueries``), on one unit of work's session
+    (``Repository.log_figures``)."""
 
-    def __init__(self, repo: Repository) -> None:
-        self._session = repo.session
+    def __init__(self, session: Session) -> None:
+        self._session = session
         self._postgres = self._session.get_bind().dialect.name == "postgresql"
 
     # --- helpers -----------------------------------------------------------------------------

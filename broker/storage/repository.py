@@ -33,6 +33,7 @@ from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
 from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
 from broker.ports import ApiKeyRecord
+from broker.storage.log_figures import LogFigures
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
                                    MintIntentRow, PrincipalRow, RequestRow, SettingRow)
 
@@ -569,6 +570,10 @@ class Repository:
         rows = self._core.execute(core_select(_CHECKPOINTS).where(_CHECKPOINTS.c.seq >= from_seq)
                                   .order_by(_CHECKPOINTS.c.position))
         return [_checkpoint(row) for row in rows]
+
+    def log_figures(self) -> LogFigures:
+        """The dashboard's aggregate queries, in this unit of work."""
+        return LogFigures(self.session)
 
     def stored_entry_lines(self, *, from_seq: int) -> list[bytes]:
         """The stored lines (canonical JSON, what was hashed) of every entry from ``from_seq`` on, by seq."""

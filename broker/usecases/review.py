@@ -18,10 +18,9 @@ from urllib.parse import urlencode
 from broker.domain import log as issuance_log
 from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, REVOKING_TYPES, EventType
 from broker.domain.principals import Principal
-from broker.domain.times import as_utc
+from broker.domain.times import Bucketing, as_utc
 from broker.errors import InvalidInput
-from broker.ports import Clock, Store
-from broker.storage.log_figures import Bucketing, LogFigures
+from broker.ports import Clock, LogFigureQueries, Store
 from broker.usecases.audit import require_reviewer
 from broker.usecases.refusal_budget import carried_refusals
 
@@ -114,11 +113,11 @@ class ReviewDashboard:
 
     def _compute(self, chosen: str, wanted: set[str], *, until: datetime) -> Figures:
         figures = Figures(range=chosen, since=until - RANGES[chosen], until=until)
-        fillers: Mapping[str, Callable[[LogFigures, Figures], None]] = {
+        fillers: Mapping[str, Callable[[LogFigureQueries, Figures], None]] = {
             "over_time": _over_time, "refusals": _refusals, "time_to_approve": _time_to_approve,
             "live_grants": _live_grants, "risky_grants": _risky_grants, "revocations": _revocations}
         with self.database.read() as repo:
-            queries = LogFigures(repo)
+            queries = repo.log_figures()
             for part in PARTS:
                 if part in wanted:
                     fillers[part](queries, figures)
@@ -126,7 +125,7 @@ class ReviewDashboard:
         return figures
 
 
-def _over_time(queries: LogFigures, figures: Figures) -> None:
+def _over_time(queries: LogFigureQueries, figures: Figures) -> None:
     bucketing = Bucketing.for_range(figures.since, figures.until)
     figures.bucket_unit = bucketing.unit
     figures.buckets = bucket_labels(figures.since, figures.until, bucketing)
@@ -146,7 +145,7 @@ def _over_time(queries: LogFigures, figures: Figures) -> None:
     figures.totals = {kind: sum(values) for kind, values in series.items()}
 
 
-def _refusals(queries: LogFigures, figures: Figures) -> None:
+def _refusals(queries: LogFigureQueries, figures: Figures) -> None:
     """Every refusal once: entries by reason, plus the suppressed ones the refusal budget counted."""
     reasons: Counter[str] = Counter()
     for reason, count in queries.refusals_by_reason(types=REFUSAL_TYPES, since=figures.since,
@@ -157,17 +156,17 @@ def _refusals(queries: LogFigures, figures: Figures) -> None:
     figures.refusals_by_reason = dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _time_to_approve(queries: LogFigures, figures: Figures) -> None:
+def _time_to_approve(queries: LogFigureQueries, figures: Figures) -> None:
     figures.wait_buckets, figures.median_wait_seconds = queries.time_to_approve(since=figures.since,
                                                                                 until=figures.until)
 
 
-def _live_grants(queries: LogFigures, figures: Figures) -> None:
+def _live_grants(queries: LogFigureQueries, figures: Figures) -> None:
     figures.live_grants = [{"agent": agent, "template": template, "environment": environment, "grants": count}
                            for agent, template, environment, count in queries.live_grants(now=figures.until)]
 
 
-def _risky_grants(queries: LogFigures, figures: Figures) -> None:
+def _risky_grants(queries: LogFigureQueries, figures: Figures) -> None:
     total, newest = queries.risky_grants(since=figures.since, until=figures.until)
     figures.risky_total = total
     figures.risky_grants = [{
@@ -177,7 +176,7 @@ def _risky_grants(queries: LogFigures, figures: Figures) -> None:
         "environment": (e.get("details") or {}).get("environment")} for e in newest]
 
 
-def _revocations(queries: LogFigures, figures: Figures) -> None:
+def _revocations(queries: LogFigureQueries, figures: Figures) -> None:
     counts = queries.counts_by_type(types=REVOCATION_TYPES, since=figures.since, until=figures.until)
     figures.revocations = {kind: counts.get(kind, 0) for kind in REVOCATION_TYPES}
     figures.revocation_entries = [{"seq": e.get("seq"), "time": e.get("time"), "type": e.get("type"),

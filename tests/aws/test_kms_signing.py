@@ -82,8 +82,9 @@ class FakeKms:
         return 400, {"__type": "UnsupportedOperationException", "message": f"FAKE KMS: no {target}"}
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server.socket.fileno() != -1:  # once: a test may stop it before the fixture does
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @pytest.fixture
