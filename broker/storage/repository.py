@@ -522,12 +522,14 @@ class Repository:
             window.append(self._body_field("time") >= issuance_log.log_time(since))
         if until is not None:
             window.append(self._body_field("time") < issuance_log.log_time(until))
-        if since is not None and not filtered:
-            # NOTE: a time window alone: its entries come from its time index: the first seq that has a time in it
-            # bounds the walk in seq order from below (exact: no entry before it is in the window, whatever order
-            # the replicas' clocks gave the times).  Without it the planner walks seq order from the start of the
-            # log, reading every body before the window.  The OFFSET keeps the subquery on the time index.  (With
-            # another filter, that filter's index leads, and the bound would only mislead the planner.)
+        if since is not None and until is not None and not filtered and not after_seq:
+            # NOTE: the first page of a time window alone: its entries come from its time index: the first seq that
+            # has a time in it bounds the walk in seq order from below (exact: no entry before it is in the window,
+            # whatever order the replicas' clocks gave the times).  Without it the planner walks seq order from
+            # the start of the log, reading every body before the window.  The OFFSET keeps the subquery on the
+            # time index.  Not for an open window (``since`` only: report, export) nor for later pages, which
+            # start at their after_seq: there the planner would read every body of the window to find its first
+            # seq; not with another filter either, whose index leads.
             in_window = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_window")
             statement = statement.where(_EVENTS.c.seq >= core_select(func.min(in_window.c.seq)).scalar_subquery())
         return statement.where(*window)

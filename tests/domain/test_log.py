@@ -509,3 +509,23 @@ def test_parse_since(text, expected):
 def test_parse_since_refuses(text):
     with pytest.raises(InvalidInput):
         log.parse_since(text, NOW)
+
+
+@pytest.mark.parametrize(("body", "stored"), [
+    ({"template": "x\x00y"}, {"template": "x\ufffdy"}),
+    ({"details": {"message": "a\x00", "k\x00": ["\x00", 1, None]}},
+     {"details": {"message": "a\ufffd", "k\ufffd": ["\ufffd", 1, None]}}),
+    ({"details": {"message": "a backslash then u0000: \\u0000"}},
+     {"details": {"message": "a backslash then u0000: \\u0000"}}),
+])
+def test_an_entry_never_holds_nul(body, stored):
+    """PostgreSQL holds U+0000 neither as text nor as JSONB (the body indexes): a refusal carrying a caller's NUL
+    must still be written, so sealing puts U+FFFD in its place (docs/log-format.md, section 3)."""
+    entry = log.seal_entry({"type": "refused", "event_id": "e", "time": "2026-01-01T00:00:00.000000Z", **body},
+                           seq=1, prev_hash=log.GENESIS_HASH)
+    assert {key: entry[key] for key in stored} == stored
+    line = log.entry_line(entry)
+    assert b"\x00" not in line and (b"\\u0000" not in line or b"\\\\u0000" in line)
+    # What is stored is what was hashed: sealing the stored form again gives the same hash.
+    again = {key: value for key, value in json.loads(line).items() if key not in ("seq", "prev_hash", "hash")}
+    assert log.seal_entry(again, seq=1, prev_hash=log.GENESIS_HASH)["hash"] == entry["hash"]

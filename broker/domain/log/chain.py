@@ -90,11 +90,34 @@ def seal_entry(body: Mapping[str, Any], *, seq: int, prev_hash: str) -> dict[str
     entry[SEQ_FIELD] = seq
     entry[PREV_HASH_FIELD] = prev_hash
     body_bytes = canonical_json(entry)
+    if NUL_ESCAPE in body_bytes:
+        # NOTE: an entry's strings never hold U+0000 (a caller's input can carry one into a refusal's
+        # message): PostgreSQL holds it neither in text nor in JSONB (the body indexes), so such an entry
+        # could not be written, and a refusal must always be.  U+FFFD stands in its place.
+        entry = _without_nul(entry)
+        body_bytes = canonical_json(entry)
     # NOTE: canonical_json(json.loads(b)) == b for canonical b, so hashing body_bytes is
     # hashing the stored entry (minus its hash).
     entry = json.loads(body_bytes)
     entry[HASH_FIELD] = hashlib.sha256(ENTRY_PREFIX + body_bytes).hexdigest()
     return entry
+
+
+# How canonical JSON writes U+0000 (a false positive, an escaped backslash before "u0000", only costs a rewrite
+# that changes nothing).
+NUL_ESCAPE = b"\\u0000"
+NUL_STAND_IN = "\ufffd"
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 in its strings (keys included) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STAND_IN)
+    if isinstance(value, Mapping):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def entry_line(entry: Mapping[str, Any]) -> bytes:
