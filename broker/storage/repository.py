@@ -543,7 +543,10 @@ class Repository:
         if name not in BODY_FIELDS:
             raise ValueError(f"not a body field reviewers filter by: {name!r}")
         if self._postgres:
-            return func.jsonb_extract_path_text(cast(_EVENTS.c.body, JSONB), literal_column(f"'{name}'"))
+            # NOTE: the \u0000 escape (older entries may hold it; JSONB refuses it) is read as \ufffd, as in the
+            # indexes of migration 0012: the same expression, word for word.
+            body = func.replace(_EVENTS.c.body, literal_column("'\\u0000'"), literal_column("'\\ufffd'"))
+            return func.jsonb_extract_path_text(cast(body, JSONB), literal_column(f"'{name}'"))
         return func.json_extract(_EVENTS.c.body, literal_column(f"'$.{name}'"))
 
     def latest_event(self, event_type: str) -> dict[str, Any] | None:

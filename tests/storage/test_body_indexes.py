@@ -86,3 +86,33 @@ def test_a_time_window_is_exact_whatever_order_the_times_are_in(database):
         assert window(1, None) == [1, 2, 3, 4, 5, 6]
         assert window(6, None) == [6]
         assert window(7, None) == []
+
+
+def test_an_older_entry_holding_the_nul_escape_migrates_and_is_found(pg_admin_url):
+    """Entries written before sealing kept U+0000 out (a refused template name) hold the escape \\u0000, which
+    JSONB refuses: the body indexes and the queries read it as \\ufffd, so the migration builds and reviewers'
+    queries answer instead of failing on that row."""
+    from broker.domain import log
+
+    url, drop = _fresh_pg_database(pg_admin_url)
+    engine = build_engine(url)
+    try:
+        migrate(engine, "0011")
+        entry = {"type": "refused", "event_id": "e-1", "time": "2026-01-01T00:00:00.000000Z", "actor": "agent:demo",
+                 "template": "x?y", "seq": 1, "prev_hash": log.GENESIS_HASH, "hash": "0" * 64}
+        body = log.entry_line(entry).decode().replace("x?y", "x\\u0000y")  # as the older broker wrote it
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO events (seq, event_id, time, type, actor, template, body, prev_hash, hash) "
+                "VALUES (1, 'e-1', '2026-01-01T00:00:00Z', 'refused', 'agent:demo', 'x', %(body)s, %(prev)s, %(hash)s)",
+                {"body": body, "prev": log.GENESIS_HASH, "hash": "0" * 64})
+        migrate(engine)  # 0012 builds its indexes over that row
+        database = Database(engine)
+        with database.read() as repo:
+            found = repo.query_events(filters={"agent": "agent:demo"})
+            by_template = repo.query_events(filters={"template": "x\ufffdy"})
+        assert [e["event_id"] for e in found] == ["e-1"] and found[0]["template"] == "x\x00y"
+        assert [e["event_id"] for e in by_template] == ["e-1"]
+    finally:
+        engine.dispose()
+        drop()

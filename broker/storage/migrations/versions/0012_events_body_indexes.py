@@ -26,7 +26,10 @@ FIELDS = ("actor", "acts_for", "template", "type", "request_id", "access_key_id"
 
 def _expression(dialect: str, field: str) -> str:
     if dialect == "postgresql":
-        return f"jsonb_extract_path_text(CAST(body AS JSONB), '{field}')"
+        # NOTE: JSONB refuses the escape \u0000, which bodies written before U+0000 was kept out of entries may
+        # hold (they are chained and never rewritten): the index reads it as \ufffd.  The repository's query
+        # (broker.storage.repository._body_field) writes the same expression, or the index is not used.
+        return f"jsonb_extract_path_text(CAST(replace(body, '\\u0000', '\\ufffd') AS JSONB), '{field}')"
     return f"json_extract(body, '$.{field}')"
 
 
