@@ -39,9 +39,10 @@ class RefusalLogging:
     def _log_refusal(self, *, principal: Principal, template_name: str, error: BrokerError, source_ip: str | None,
                      now: datetime) -> None:
         body = log_entry(EventType.REFUSED, now=now)
-        # NOTE: the name is the caller's; a NUL (which PostgreSQL cannot store) must not stop the refusal's entry.
+        # NOTE: the name is the caller's: cut to a length a reviewer can read (a NUL in it is replaced when the
+        # entry is sealed, broker.domain.log.chain.seal_entry, as in every entry).
         body.update(actor=principal.id, acts_for=principal.acts_for,
-                    template=str(template_name)[:100].replace("\x00", "\ufffd"),
+                    template=str(template_name)[:100],
                     source_ip=source_ip, reason_code=error.code,
                     details={"message": error.message[:300], **({"field": error.field} if error.field else {})})
         append_refusal(self.database, self.refusal_budget, principal.id, body)
