@@ -76,6 +76,9 @@ ALTERED = {
     "binding digest": {"binding_digest": "sha256:" + "1" * 64},
     "parameters outside the template": {"parameters": json.dumps({"account": "123456789012", "service": "*"})},
     "ttl beyond the template": {"ttl_seconds": 43200},
+    # Text that is no request's value at all: read as unreadable (broker.storage.records), never as a value.
+    "session tags not JSON": {"session_tags": "[[\"broker:agent\", "},
+    "parameters not an object": {"parameters": json.dumps(["service", "checkout"])},
 }
 
 
@@ -102,8 +105,10 @@ def test_an_altered_row_is_never_minted(tamper, columns):
 
 
 @pytest.mark.parametrize("columns", [ALTERED["policy"], ALTERED["role"], ALTERED["session tags"],
-                                     ALTERED["source identity"], ALTERED["session name"]],
-                         ids=["policy", "role", "session tags", "source identity", "session name"])
+                                     ALTERED["source identity"], ALTERED["session name"],
+                                     ALTERED["session tags not JSON"], ALTERED["parameters not an object"]],
+                         ids=["policy", "role", "session tags", "source identity", "session name",
+                              "session tags not JSON", "parameters not an object"])
 def test_a_row_disagreeing_with_its_approved_rendering_fails_and_is_logged(tamper, columns):
     approved = _approved(tamper)
     _edit(tamper, approved["id"], **columns)
