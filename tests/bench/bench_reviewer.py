@@ -9,7 +9,7 @@ entries, written with COPY.  Then, as the API runs them (``AuditLog``, the use c
   first page and a page deep in the log), and of ``correlate`` by access key id;
 * ``report`` over 7 and 30 days;
 * the streaming ``export`` of the whole log (in a child process: its peak RSS) and ``broker audit verify``
-  of that export (``verify_export_file``, every CPU).
+  of that export (``verify_export`` in one pass, and ``verify_export_file`` on every CPU).
 
 The seed drops the events table's secondary indexes (the models' and migration 0012's body indexes) and
 builds them after the COPY: one sorted build per index instead of ten million random inserts.
