@@ -20,13 +20,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, String, and_, case, cast, func, literal, or_, select
+from sqlalchemy import String, and_, case, cast, exists, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from broker.domain.events import EventType
-from broker.domain.times import Bucketing
+from broker.domain.times import Bucketing, as_utc
+from broker.storage.body_fields import jsonb_body
 from broker.storage.models import EventRow, GrantRow
 
 EVENTS = EventRow.__table__
@@ -39,6 +40,58 @@ WAIT_BUCKETS: tuple[tuple[float, str], ...] = (
 )
 
 
+def wait_figures(waits: Sequence[float]) -> tuple[dict[str, int], float | None]:
+    """Waits (seconds) by WAIT_BUCKETS, and their median rounded to milliseconds (None without any)."""
+    counts = dict.fromkeys((name for _, name in WAIT_BUCKETS), 0)
+    for seconds in waits:
+        counts[next(name for bound, name in WAIT_BUCKETS if seconds < bound)] += 1
+    return counts, round(statistics.median(waits), 3) if waits else None
+
+
+def body_path(*path: str, postgres: bool):
+    """One string field of the entry's body (a JSON path such as ``details``, ``environment``)."""
+    if postgres:
+        # NOTE: json, not jsonb: one field read from each body parses it once, without building jsonb.
+        expression = cast(EVENTS.c.body, JSON)
+        for key in path[:-1]:
+            expression = expression[key]
+        return expression[path[-1]].astext
+    return func.json_extract(EVENTS.c.body, "$." + ".".join(path))
+
+
+def contains(column, text: str, *, postgres: bool):
+    """A substring test (``instr`` / ``strpos``: no LIKE pattern to match, no escaping)."""
+    if postgres:
+        return func.strpos(column, literal(text)) > 0
+    return func.instr(column, literal(text)) > 0
+
+
+def risk_condition(risk: str, *, postgres: bool):
+    """The entries (``issued`` ones) whose body declares ``risk`` (broker.domain.events.RISK_FILTERS): ``risky``,
+    any risk or production, as the dashboard's chart of destructive and high-risk grants counts them;
+    ``destructive``, the destructive risk among the declared ones (as ``broker audit report`` lists them)."""
+    risks = body_path("details", "risks", postgres=postgres)
+    if risk == "risky":
+        environment = body_path("details", "environment", postgres=postgres)
+        # NOTE: bodies are canonical JSON (compact, sorted keys): a text search picks the candidates cheaply,
+        # and only those are parsed for the exact test.
+        candidate = or_(contains(EVENTS.c.body, '"risks":["', postgres=postgres),
+                        contains(EVENTS.c.body, '"environment":"production"', postgres=postgres))
+        return and_(candidate, or_(and_(risks.is_not(None), cast(risks, String) != literal("[]")),
+                                   environment == "production"))
+    if risk == "destructive":
+        if postgres:
+            declared = jsonb_body()["details"]["risks"]
+            exact = and_(func.jsonb_typeof(declared) == "array", declared.has_key("destructive"))
+        else:
+            member = func.json_each(EVENTS.c.body, "$.details.risks").table_valued("value", "type")
+            exact = and_(func.json_type(EVENTS.c.body, "$.details.risks") == "array",
+                         exists().select_from(member).where(member.c.type == "text",
+                                                            member.c.value == "destructive"))
+        return and_(contains(EVENTS.c.body, '"destructive"', postgres=postgres), exact)
+    raise ValueError(f"not a risk filter: {risk!r}")
+
+
 class LogFigures:
     """The dashboard's queries (``broker.ports.LogFigureQueries``), on one unit of work's session
     (``Repository.log_figures``)."""
@@ -49,14 +102,7 @@ class LogFigures:
 
     # --- helpers -----------------------------------------------------------------------------
     def _body(self, *path: str):
-        """One string field of the entry's body (a JSON path such as ``details``, ``environment``)."""
-        if self._postgres:
-            # NOTE: json, not jsonb: one field read from each body parses it once, without building jsonb.
-            expression = cast(EVENTS.c.body, JSON)
-            for key in path[:-1]:
-                expression = expression[key]
-            return expression[path[-1]].astext
-        return func.json_extract(EVENTS.c.body, "$." + ".".join(path))
+        return body_path(*path, postgres=self._postgres)
 
     def _bucket(self, bucketing: Bucketing):
         if self._postgres:
@@ -64,11 +110,6 @@ class LogFigures:
             return func.to_char(func.date_trunc(bucketing.unit, func.timezone("UTC", EVENTS.c.time)),
                                 "YYYY-MM-DD HH24:00" if bucketing.unit == "hour" else "YYYY-MM-DD")
         return func.strftime(bucketing.spelling, EVENTS.c.time)
-
-    def _seconds_between(self, later, earlier):
-        if self._postgres:
-            return func.extract("epoch", later - earlier)
-        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
 
     def _rows(self, statement) -> list[Any]:
         return list(self._session.execute(statement))
@@ -118,26 +159,21 @@ class LogFigures:
         return reasons, [(moment, details) for _, moment, details in sorted(carried, key=lambda item: item[0])]
 
     def _contains(self, column, text: str):
-        """A substring test (``instr`` / ``strpos``: no LIKE pattern to match, no escaping)."""
-        if self._postgres:
-            return func.strpos(column, literal(text)) > 0
-        return func.instr(column, literal(text)) > 0
+        return contains(column, text, postgres=self._postgres)
 
     def time_to_approve(self, *, since: datetime, until: datetime) -> tuple[dict[str, int], float | None]:
         """Approved requests by how long they waited from ``pending`` to ``approved``, and the median wait.
 
-        One number per approved request leaves the database (its wait), never an entry."""
+        Two times per approved request leave the database, never an entry; the wait is their difference in
+        Python, exact to the microsecond (SQLite's julianday arithmetic left noise that moved waits across a
+        bucket's bound).  Only a ``pending`` entry logged before the ``approved`` one opens it (a request is
+        pending before it is approved, in seq order as in fact)."""
         approved, opened = aliased(EVENTS), aliased(EVENTS)
-        wait = cast(self._seconds_between(approved.c.time, opened.c.time), Float)
         joined = approved.join(opened, and_(opened.c.request_id == approved.c.request_id,
-                                            opened.c.type == EventType.PENDING.value))
-        waits = [float(w) for (w,) in self._rows(select(wait).select_from(joined).where(
-            approved.c.type == EventType.APPROVED.value, approved.c.time >= since, approved.c.time <= until))]
-        counts = dict.fromkeys((name for _, name in WAIT_BUCKETS), 0)
-        for seconds in waits:
-            counts[next(name for bound, name in WAIT_BUCKETS if seconds < bound)] += 1
-        # NOTE: rounded to milliseconds: SQLite's julianday arithmetic leaves float noise.
-        return counts, round(statistics.median(waits), 3) if waits else None
+                                            opened.c.type == EventType.PENDING.value, opened.c.seq < approved.c.seq))
+        pairs = self._rows(select(approved.c.time, opened.c.time).select_from(joined).where(
+            approved.c.type == EventType.APPROVED.value, approved.c.time >= since, approved.c.time <= until))
+        return wait_figures([(as_utc(later) - as_utc(earlier)).total_seconds() for later, earlier in pairs])
 
     def live_grants(self, *, now: datetime) -> list[tuple[str, str, str, int]]:
         """(agent, template, environment, grants) of unexpired, unrevoked grants, most first."""
@@ -151,21 +187,19 @@ class LogFigures:
     def risky_grants(self, *, since: datetime, until: datetime, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
         """``issued`` entries whose body declares a risk (destructive, permission-changing) or production:
         how many, and the newest ``limit`` of them (as the entries' bodies)."""
-        risks = self._body("details", "risks")
-        environment = self._body("details", "environment")
-        empty = literal("[]")
-        # NOTE: bodies are canonical JSON (compact, sorted keys): a text search picks the candidates cheaply,
-        # and only those are parsed for the exact test.
-        candidate = or_(self._contains(EVENTS.c.body, '"risks":["'),
-                        self._contains(EVENTS.c.body, '"environment":"production"'))
-        risky = and_(candidate, or_(and_(risks.is_not(None), cast(risks, String) != empty),
-                                    environment == "production"))
-        where = (EVENTS.c.type == EventType.ISSUED.value, EVENTS.c.time >= since, EVENTS.c.time <= until, risky)
+        where = self._risky_where(since=since, until=until)
         # NOTE: two queries, not a window count: with count() over () the newest ones cannot stop at ``limit``,
         # and PostgreSQL then walks the whole log in seq order (24 h at 1,000,000 entries: 0.3 s -> 2.4 s).
         total = int(self._session.execute(select(func.count()).select_from(EVENTS).where(*where)).scalar_one())
+        return total, self._newest_risky(where, limit)
+
+    def _risky_where(self, *, since: datetime, until: datetime) -> tuple[Any, ...]:
+        return (EVENTS.c.type == EventType.ISSUED.value, EVENTS.c.time >= since, EVENTS.c.time <= until,
+                risk_condition("risky", postgres=self._postgres))
+
+    def _newest_risky(self, where: tuple[Any, ...], limit: int) -> list[dict[str, Any]]:
         newest = self._rows(select(EVENTS.c.body).where(*where).order_by(EVENTS.c.seq.desc()).limit(limit))
-        return total, [json.loads(body) for (body,) in newest]
+        return [json.loads(body) for (body,) in newest]
 
     def newest(self, *, types: Sequence[str], since: datetime, until: datetime,
                limit: int = 20) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.domain import log as issuance_log
-from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, EventType
+from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, RISK_FILTERS, EventType
 from broker.domain.principals import Principal, Role
 from broker.errors import Forbidden, InvalidInput, NotFound
 from broker.ports import Clock, Store
@@ -219,6 +219,9 @@ class AuditLog:
     def query(self, *, principal: Principal, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
               since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
         require_reviewer(principal)
+        risk = filters.get("risk")
+        if risk is not None and risk not in RISK_FILTERS:
+            raise InvalidInput(f"risk must be one of {', '.join(RISK_FILTERS)}", code="invalid_risk", field="risk")
         if not 1 <= limit <= PAGE_MAX:
             raise InvalidInput(f"limit must be between 1 and {PAGE_MAX}", code="invalid_limit", field="limit")
         with self.database.transaction() as repo:
