@@ -89,6 +89,8 @@ class ReviewDashboard:
     database: Store
     clock: Clock
     fresh_for: float = 30.0
+    # True: every figure from every entry of the range, not from the store's cache of closed blocks (benchmarks).
+    live: bool = False
     _cache: dict[str, Figures] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -117,7 +119,7 @@ class ReviewDashboard:
             "over_time": _over_time, "refusals": _refusals, "time_to_approve": _time_to_approve,
             "live_grants": _live_grants, "risky_grants": _risky_grants, "revocations": _revocations}
         with self.database.read() as repo:
-            queries = _Reads(repo.log_figures(), since=figures.since, until=figures.until)
+            queries = _Reads(repo.log_figures(live=self.live), since=figures.since, until=figures.until)
             for part in PARTS:
                 if part in wanted:
                     fillers[part](queries, figures)
