@@ -8,7 +8,7 @@ by the hour of the entry's ``time`` and a facet:
 
 * ``count``: entries by type and reason code (``""`` without one);
 * ``risky``: ``issued`` entries that declare a risk or production (the dashboard's risky grants);
-* ``carried``: entries carrying counts of suppressed refusals, one row each (``value`` is its seq);
+* ``carried``: the suppressed refusals that entries carry (broker.domain.refusal_counts), by type and reason;
 * ``wait``: approved requests' waits from their ``pending`` entry (``value`` in microseconds).
 
 A block is filled on first read, in one transaction with its ``log_aggregate_blocks`` row (primary key: the
@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from broker.domain.events import EventType
+from broker.domain.refusal_counts import carried_refusals
 from broker.domain.times import Bucketing, log_time, parse_time
 from broker.storage.body_fields import body_field
 from broker.storage.log_figures import EVENTS, LogFigures, wait_figures
@@ -54,6 +55,8 @@ AGGREGATES = LogAggregateRow.__table__
 # Seqs per block: a block is read in one go when filled (a few MB of bodies).
 BLOCK = 4096
 COUNT, RISKY, CARRIED, WAIT = "count", "risky", "carried", "wait"
+# The facets read by hour (or day); waits are read over the whole window.
+BY_TIME = (COUNT, RISKY, CARRIED)
 HOUR = timedelta(hours=1)
 MICROSECOND = timedelta(microseconds=1)
 # (hour, facet, type, key, value): a tally's key.  Hours are the first 13 characters of a log time.
@@ -95,7 +98,8 @@ def tally(entries: Iterable[Entry], opened: Mapping[str, Sequence[tuple[int, dat
         out[(hour, COUNT, kind, _reason(entry), 0)] += 1
         details = entry.get("details")
         if '"suppressed"' in raw and isinstance(details, dict) and details.get("suppressed") is not None:
-            out[(hour, CARRIED, kind, "", seq)] += 1
+            for reason, refusals in carried_refusals(details).items():
+                out[(hour, CARRIED, kind, reason, 0)] += refusals
         if kind == EventType.ISSUED and _risky(raw, details):
             out[(hour, RISKY, kind, "", 0)] += 1
         request_id = entry.get("request_id")
@@ -221,13 +225,10 @@ class LogAggregates:
         # NOTE: by day when the figures want no finer: a 30-day window is then ~700 rows, not ~17,000.
         hour = func.substr(a.hour, 1, 10) if by_day else a.hour
         rows = self._connection.execute(select(hour, a.facet, a.type, a.key, a.value, n)
-                                        .where(cached, a.facet.in_((COUNT, RISKY)))
+                                        .where(cached, a.facet.in_(BY_TIME))
                                         .group_by(hour, a.facet, a.type, a.key, a.value)).all()
         for when, facet, kind, key, value, count in rows:
             out[(when, facet, kind, key, int(value))] += int(count)
-        rows = self._connection.execute(select(a.hour, a.type, a.value).where(cached, a.facet == CARRIED)).all()
-        for when, kind, value in rows:
-            out[(when, CARRIED, kind, "", int(value))] += 1
         rows = self._connection.execute(select(a.value, n).where(cached, a.facet == WAIT).group_by(a.value)).all()
         for value, count in rows:
             out[("", WAIT, EventType.APPROVED.value, "", int(value))] += int(count)
@@ -237,7 +238,7 @@ class LogAggregates:
             self._save(block, figures)
             for (when, facet, kind, key, value), count in figures.items():
                 if first <= when < last:
-                    out[(when[:10] if by_day and facet in (COUNT, RISKY) else when, facet, kind, key, value)] += count
+                    out[(when[:10] if by_day and facet in BY_TIME else when, facet, kind, key, value)] += count
         return out
 
 
@@ -283,21 +284,16 @@ class CachedLogFigures(LogFigures):
         return dict(counts)
 
     def refusal_figures(self, *, refusal_types: Sequence[str], carrying_types: Sequence[str], since: datetime,
-                        until: datetime) -> tuple[dict[str, int], list[tuple[datetime, dict[str, Any]]]]:
+                        until: datetime, bucketing: Bucketing) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
         refusing, carrying = set(refusal_types) & set(carrying_types), set(carrying_types)
         reasons: Counter[str] = Counter()
-        seqs: list[int] = []
-        for (_, facet, kind, key, value), n in self._window(since, until).items():
+        carried: Counter[tuple[str, str]] = Counter()
+        for (hour, facet, kind, key, _), n in self._window(since, until, by_hour=bucketing.unit == "hour").items():
             if facet == COUNT and kind in refusing:
                 reasons[key] += n
             elif facet == CARRIED and kind in carrying:
-                seqs.append(value)
-        carried = []
-        seqs.sort()
-        for start in range(0, len(seqs), 500):
-            for _, entry, _ in self._aggregates.entries(EVENTS.c.seq.in_(seqs[start:start + 500])):
-                carried.append((parse_time(entry["time"]), entry.get("details") or {}))
-        return dict(reasons), carried
+                carried[(_label(hour, bucketing), key)] += n
+        return dict(reasons), [(bucket, code, n) for (bucket, code), n in sorted(carried.items())]
 
     def time_to_approve(self, *, since: datetime, until: datetime) -> tuple[dict[str, int], float | None]:
         waits: Counter[int] = Counter()

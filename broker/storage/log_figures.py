@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from broker.domain.events import EventType
+from broker.domain.refusal_counts import carried_refusals
 from broker.domain.times import Bucketing, as_utc
 from broker.storage.body_fields import jsonb_body
 from broker.storage.models import EventRow, GrantRow
@@ -131,11 +133,10 @@ class LogFigures:
         return {str(t): int(n) for t, n in self._rows(statement)}
 
     def refusal_figures(self, *, refusal_types: Sequence[str], carrying_types: Sequence[str], since: datetime,
-                        until: datetime) -> tuple[dict[str, int], list[tuple[datetime, dict[str, Any]]]]:
+                        until: datetime, bucketing: Bucketing) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
         """In one pass over the bodies of the window's ``carrying_types`` entries: the entries of
-        ``refusal_types`` by their ``reason_code``, and the (time, ``details``) of the entries that carry
-        counts of suppressed refusals (few: one per flooder a window at most), for the use case to add up
-        with the refusal budget's own reading.
+        ``refusal_types`` by their ``reason_code``, and the suppressed refusals counted in the entries that carry
+        counts (few: one per flooder a window at most) by bucket and reason.
 
         One pass, not two: reading the bodies is the cost on a long range (half a million of them on 30 days
         of a busy log), and both figures come from the same bodies."""
@@ -147,16 +148,16 @@ class LogFigures:
                      .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(carrying_types)))
                      .group_by(reason, carrying))
         reasons: dict[str, int] = {}
-        carried: list[tuple[int, datetime, dict[str, Any]]] = []
+        carried: Counter[tuple[str, str]] = Counter()
         for code, body, count, moment in self._rows(statement):
             if code is not None:
                 reasons[str(code)] = reasons.get(str(code), 0) + int(count)
             if body is not None:
-                entry = json.loads(body)
-                details = entry.get("details") or {}
+                details = json.loads(body).get("details") or {}
                 if details.get("suppressed") is not None:
-                    carried.append((int(entry.get("seq") or 0), moment, details))
-        return reasons, [(moment, details) for _, moment, details in sorted(carried, key=lambda item: item[0])]
+                    for carried_reason, refusals in carried_refusals(details).items():
+                        carried[(bucketing.label(as_utc(moment)), carried_reason)] += refusals
+        return reasons, [(bucket, code, n) for (bucket, code), n in sorted(carried.items())]
 
     def _contains(self, column, text: str):
         return contains(column, text, postgres=self._postgres)

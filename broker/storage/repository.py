@@ -535,6 +535,13 @@ class Repository:
             statement = statement.where(_EVENTS.c.seq >= core_select(func.min(in_window.c.seq)).scalar_subquery())
         return statement.where(*window)
 
+    def first_seq_since(self, since: datetime) -> int | None:
+        """The first seq whose entry's (body) time is ``since`` or later, from the time index (None: no such entry).
+        No entry before it is in an open window from ``since``, whatever order the replicas' clocks gave the times."""
+        in_window = (core_select(_EVENTS.c.seq).where(self._body_field("time") >= issuance_log.log_time(since))
+                     .offset(literal_column("0")).subquery("in_window"))
+        return self._core.execute(core_select(func.min(in_window.c.seq))).scalar_one_or_none()
+
     def _body_field(self, name: str) -> Any:
         """A top-level string member of the stored entry body, as SQL (the expression of the body indexes)."""
         return body_field(name, postgres=self._postgres)
