@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--without-body-indexes", action="store_true",
                         help="time the queries without migration 0012's indexes first")
+    parser.add_argument("--report-only", action="store_true", help="time only the report (7 and 30 days)")
     args = parser.parse_args()
     url, drop = _fresh_pg_database(PG_ADMIN_URL)
     database = Database(build_engine(url))
@@ -261,10 +262,13 @@ def main() -> None:
         with database.engine.connect() as connection:
             size = connection.exec_driver_sql("SELECT pg_total_relation_size('events')").scalar_one()
         print(f"  events table with all its indexes: {size / 1e9:.2f} GB")
-        query_figures(audit, args.entries, args.samples, span)
+        if not args.report_only:
+            query_figures(audit, args.entries, args.samples, span)
+        print(f"  load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
         report_figures(audit, span)
-        with tempfile.TemporaryDirectory() as folder:
-            export_and_verify(url, key, signer, args.entries, Path(folder))
+        if not args.report_only:
+            with tempfile.TemporaryDirectory() as folder:
+                export_and_verify(url, key, signer, args.entries, Path(folder))
         print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; peak RSS of this process "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     finally:
