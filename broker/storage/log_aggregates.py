@@ -307,7 +307,7 @@ class CachedLogFigures(LogFigures):
 
     def risky_grants(self, *, since: datetime, until: datetime, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
         total = sum(n for (_, facet, _, _, _), n in self._window(since, until).items() if facet == RISKY)
-        return total, self._newest_risky(self._risky_where(since=since, until=until), limit)
+        return total, self._newest_risky(self._risky_where(since=since, until=until, walked=True), limit)
 
 
 def fill_log_aggregates(database: Any, *, limit: int | None = None) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, case, cast, exists, func, literal, or_, select
+from sqlalchemy import String, and_, case, cast, exists, func, literal, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
@@ -192,20 +192,32 @@ class LogFigures:
         # NOTE: two queries, not a window count: with count() over () the newest ones cannot stop at ``limit``,
         # and PostgreSQL then walks the whole log in seq order (24 h at 1,000,000 entries: 0.3 s -> 2.4 s).
         total = int(self._session.execute(select(func.count()).select_from(EVENTS).where(*where)).scalar_one())
-        return total, self._newest_risky(where, limit)
+        return total, self._newest_risky(self._risky_where(since=since, until=until, walked=True), limit)
 
-    def _risky_where(self, *, since: datetime, until: datetime) -> tuple[Any, ...]:
-        return (EVENTS.c.type == EventType.ISSUED.value, EVENTS.c.time >= since, EVENTS.c.time <= until,
+    def _risky_where(self, *, since: datetime, until: datetime, walked: bool = False) -> tuple[Any, ...]:
+        kind, time = (self._walked(EVENTS.c.type), self._walked(EVENTS.c.time)) if walked else (EVENTS.c.type,
+                                                                                                 EVENTS.c.time)
+        return (kind == EventType.ISSUED.value, time >= since, time <= until,
                 risk_condition("risky", postgres=self._postgres))
 
     def _newest_risky(self, where: tuple[Any, ...], limit: int) -> list[dict[str, Any]]:
-        newest = self._rows(select(EVENTS.c.body).where(*where).order_by(EVENTS.c.seq.desc()).limit(limit))
+        newest = self._rows(self._newest_first(select(EVENTS.c.body).where(*where)).limit(limit))
         return [json.loads(body) for (body,) in newest]
+
+    @staticmethod
+    def _newest_first(statement):
+        return statement.order_by(EVENTS.c.seq.desc())
+
+    def _walked(self, column):
+        """``column`` in a condition of a newest-first walk.  NOTE: SQLite otherwise reads every entry of the range
+        from the (type, time) index and sorts them (30 days at 1M entries: 4 s); unary plus keeps it on the walk
+        back in seq order, which stops at the ``limit``-th match."""
+        return column if self._postgres else literal_column(f"+events.{column.name}", column.type)
 
     def newest(self, *, types: Sequence[str], since: datetime, until: datetime,
                limit: int = 20) -> list[dict[str, Any]]:
         """The newest entries of some types (revocations, lockdowns), as their bodies."""
-        statement = (select(EVENTS.c.body)
-                     .where(EVENTS.c.time >= since, EVENTS.c.time <= until, EVENTS.c.type.in_(list(types)))
-                     .order_by(EVENTS.c.seq.desc()).limit(limit))
+        time = self._walked(EVENTS.c.time)
+        statement = self._newest_first(select(EVENTS.c.body).where(
+            time >= since, time <= until, self._walked(EVENTS.c.type).in_(list(types)))).limit(limit)
         return [json.loads(body) for (body,) in self._rows(statement)]
