@@ -32,6 +32,8 @@ from broker.runtime.template_loading import TemplateLoader
 from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
 from broker.storage.engine import Database, PostgresSessionLimits, build_engine
+from broker.storage.log_aggregates import BLOCK as AGGREGATE_BLOCK
+from broker.storage.log_aggregates import fill_log_aggregates
 from broker.storage.migrations import migrate
 from broker.storage.sqlite_space import SqliteSpace
 from broker.storage.observed import ObservedDatabase
@@ -215,6 +217,10 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     checkpointer = InBackground(audit.checkpoint, name="log-checkpoint")
     if settings.checkpoint_every > 0:
         database.observers.append(CheckpointEvery(checkpointer, every=settings.checkpoint_every))
+    # The reviewers' cache of closed blocks: each block is added up once it closes, off the request's path
+    # (a read computes a block not cached yet itself).
+    database.observers.append(CheckpointEvery(InBackground(lambda: fill_log_aggregates(database),
+                                                           name="log-aggregates"), every=AGGREGATE_BLOCK))
     metrics = wire_metrics(database=database, catalog=catalog, service=service)
     if audit.checkpointer is not None:
         audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)
