@@ -34,6 +34,14 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get("BROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+# ----------------------------------------------------------------------------- order
+def pytest_collection_modifyitems(config, items):
+    """Modules holding a test marked ``slow`` run first (otherwise in the order collected): under pytest-xdist's
+    loadscope a module is one unit of work, and a long one handed out last would be the run's tail."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # a stable sort: the same order everywhere
+
+
 # ----------------------------------------------------------------------------- fake AWS
 @dataclass
 class MotoProcess:
