@@ -3,7 +3,7 @@
 #
 # Creates .venv with python3.11 if it is missing, installs the package with its
 # test extra (only when pyproject.toml changed since the last install), then runs
-# pytest inside the venv. Without a test path it runs the whole suite on 4 workers (quietly if no arguments).
+# pytest inside the venv. Without a test path it runs the whole suite, 2 workers a core (quietly if no arguments).
 # The exit code is pytest's (5 = no tests collected).
 set -euo pipefail
 
@@ -44,9 +44,9 @@ if [[ "$want" != "$have" ]]; then
     echo "$want" >"$stamp"
 fi
 
-# The whole suite (no test path given, e.g. `.ci/run`'s `-q --timeout=600`) runs on 4 pytest-xdist workers
-# unless the arguments choose (-n, --numprocesses, --dist, -p no:xdist). Four on 2 cores: the suite mostly
-# waits (servers and CLI processes starting, the database syncing), so 2 workers left the cores half idle.
+# The whole suite (no test path given, e.g. `.ci/run`'s `-q --timeout=600`) runs on twice as many pytest-xdist
+# workers as cores unless the arguments choose (-n, --numprocesses, --dist, -p no:xdist): the suite mostly waits
+# (servers and CLI processes starting, the database syncing), so one worker a core left the cores half idle.
 # A module's tests stay on one worker (loadscope), so module-scoped brokers are built once.
 whole_suite=true
 for arg in "$@"; do
@@ -60,7 +60,7 @@ if [[ $# -eq 0 ]]; then
     set -- -q
 fi
 if $whole_suite; then
-    set -- -n 4 --dist loadscope "$@"
+    set -- -n "$(( 2 * $(nproc) ))" --dist loadscope "$@"
 fi
 # Compiled bytecode (and pytest's rewritten test modules) are cached in the git-ignored __pycache__ folders even
 # where the environment says PYTHONDONTWRITEBYTECODE: without the cache every worker and every CLI process the
