@@ -92,6 +92,9 @@ class Container:
     audit: AuditLog
     revocations: RevocationService
     checkpointer: InBackground
+    # Adds up the log's closed blocks not cached yet for the reviewers' figures (``broker serve`` starts it,
+    # so that a log that grew before the cache existed is cached without waiting for a block to close).
+    aggregates_fill: InBackground
     metrics: BrokerMetrics
     # The approvers' OIDC sign-in: ``ui_oidc.client()`` is None when it is not configured.
     ui_oidc: UiOidcSignIn
@@ -219,8 +222,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
         database.observers.append(CheckpointEvery(checkpointer, every=settings.checkpoint_every))
     # The reviewers' cache of closed blocks: each block is added up once it closes, off the request's path
     # (a read computes a block not cached yet itself).
-    database.observers.append(CheckpointEvery(InBackground(lambda: fill_log_aggregates(database),
-                                                           name="log-aggregates"), every=AGGREGATE_BLOCK))
+    aggregates_fill = InBackground(lambda: fill_log_aggregates(database), name="log-aggregates")
+    database.observers.append(CheckpointEvery(aggregates_fill, every=AGGREGATE_BLOCK))
     metrics = wire_metrics(database=database, catalog=catalog, service=service)
     if audit.checkpointer is not None:
         audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)
@@ -228,8 +231,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     start_up(revocations)  # measure the clock, reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock, audit=audit,
-                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
-                     templates=templates,
+                     revocations=revocations, checkpointer=checkpointer, aggregates_fill=aggregates_fill,
+                     metrics=metrics, ui_oidc=ui_oidc, templates=templates,
                      review=ReviewDashboard(database=database, clock=clock), clock_skew=clock_skew)
 
 
