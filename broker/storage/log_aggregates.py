@@ -160,7 +160,10 @@ class LogAggregates:
         """The block's rows and its marker, in one transaction; nothing if another filler got there first."""
         if not self._fill:
             return
-        values = {"block": block, "entries": BLOCK, "filled_at": datetime.now(UTC)}
+        time = self._time()
+        low, high = self._connection.execute(select(func.min(time), func.max(time)).where(
+            EVENTS.c.seq > block * BLOCK, EVENTS.c.seq <= (block + 1) * BLOCK)).one()
+        values = {"block": block, "entries": BLOCK, "filled_at": datetime.now(UTC), "min_time": low, "max_time": high}
         marker = (postgres_insert(BLOCKS).values(values).on_conflict_do_nothing() if self._postgres
                   else insert(BLOCKS).values(values).prefix_with("OR IGNORE"))
         try:
@@ -242,6 +245,53 @@ class LogAggregates:
                 if first <= when < last:
                     out[(when[:10] if by_day and facet in BY_TIME else when, facet, kind, key, value)] += count
         return out
+
+
+# (after, up_to, cached, high): seqs ``after + 1 .. up_to`` (None: to the head) that may hold entries of a time
+# window; ``cached``: their blocks are filled (each holds an entry on the window's side of its bounds), and
+# ``high`` is the greatest body time of the run's first block (None when not cached).
+Run = tuple[int, int | None, bool, str | None]
+
+
+def window_runs(connection: Connection, *, after_seq: int, since: str | None, until: str | None) -> list[Run]:
+    """The runs of seqs after ``after_seq``, in seq order, outside which no entry has a body time in the window
+    ``[since, until)`` (log times; either may be None): every seq but those of the filled closed blocks whose
+    least and greatest body times (log_aggregate_blocks, compared in SQL as the body time is) keep the window out.
+    A block not filled is kept, never assumed empty; so is the open tail after the closed blocks."""
+    block_size = BLOCK  # NOTE: read once (tests patch the module's BLOCK)
+    head = int(connection.execute(select(func.max(EVENTS.c.seq))).scalar_one_or_none() or 0)
+    closed, start = head // block_size, after_seq // block_size
+    if start >= closed:
+        return [(after_seq, None, False, None)]
+    b = BLOCKS.c
+    outside = [b.max_time.is_(None), b.min_time.is_(None)]
+    if since is not None:
+        outside.append(b.max_time < since)
+    if until is not None:
+        outside.append(b.min_time >= until)
+    in_range = and_(b.block >= start, b.block < closed)
+    filled = int(connection.execute(select(func.count()).select_from(BLOCKS).where(in_range)).scalar_one())
+    kept = {int(block): high for block, high in connection.execute(select(b.block, b.max_time)
+                                                                     .where(in_range, ~or_(*outside)))}
+    if filled == closed - start:
+        cached = set(range(start, closed))
+    else:
+        cached = {int(block) for (block,) in connection.execute(select(b.block).where(in_range))}
+    runs: list[Run] = []
+    for block in range(start, closed):
+        if block in cached and block not in kept:
+            continue
+        after, up_to, is_cached = max(block * block_size, after_seq), (block + 1) * block_size, block in cached
+        if runs and runs[-1][1] == block * block_size and runs[-1][2] == is_cached:
+            runs[-1] = (runs[-1][0], up_to, is_cached, runs[-1][3])
+        else:
+            runs.append((after, up_to, is_cached, kept.get(block) if is_cached else None))
+    tail = max(closed * block_size, after_seq)
+    if runs and runs[-1][1] == tail and not runs[-1][2]:
+        runs[-1] = (runs[-1][0], None, False, None)
+    else:
+        runs.append((tail, None, False, None))
+    return runs
 
 
 def _label(hour: str, bucketing: Bucketing) -> str:

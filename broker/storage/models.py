@@ -186,12 +186,16 @@ class SettingRow(SQLModel, table=True):
 
 class LogAggregateBlockRow(SQLModel, table=True):
     """A closed block of the log (seqs ``block * BLOCK + 1 .. (block + 1) * BLOCK``) whose aggregates are in
-    ``log_aggregates`` (broker.storage.log_aggregates): written in the same transaction as its rows, once."""
+    ``log_aggregates`` (broker.storage.log_aggregates): written in the same transaction as its rows, once.
+    ``min_time`` and ``max_time``: the least and greatest body time of its entries, as SQL compares the body
+    time (None: no entry has one); the time windows of the reviewers' queries skip the blocks outside them."""
 
     __tablename__ = "log_aggregate_blocks"
     block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     entries: int
     filled_at: datetime
+    min_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    max_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class LogAggregateRow(SQLModel, table=True):

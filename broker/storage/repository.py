@@ -34,7 +34,8 @@ from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
 from broker.ports import ApiKeyRecord
 from broker.storage.body_fields import body_field
-from broker.storage.log_aggregates import CachedLogFigures
+from broker.storage import log_aggregates
+from broker.storage.log_aggregates import CachedLogFigures, Run, window_runs
 from broker.storage.log_figures import LogFigures, risk_condition
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
                                    MintIntentRow, PrincipalRow, RequestRow, SettingRow)
@@ -518,14 +519,77 @@ class Repository:
         copied from it for the issuance path: editing a column cannot hide an entry from a reviewer.  Log
         times compare as strings (one fixed width format).
         """
-        statement = self.events_statement(filters=filters, after_seq=after_seq, limit=limit, since=since, until=until)
-        return [json.loads(row.body) for row in self._core.execute(statement)]
+        if since is None and until is None:
+            statement = self.events_statement(filters=filters, after_seq=after_seq, limit=limit)
+            return [json.loads(row.body) for row in self._core.execute(statement)]
+        found: list[dict[str, Any]] = []
+        # NOTE: a time window reads only the runs of seqs that may hold its entries (the filled blocks' time
+        # bounds, log_aggregates.window_runs), in seq order, each on the primary key or a filter's (field, seq)
+        # index: exact, as no skipped block holds an entry of the window.  A run not filled (a log the fill has not
+        # caught up with, the open tail) starts, as without the cache, at the window's first seq from the time
+        # index when that bound is cheap to trust (a closed window, no other filter: see events_statement).
+        first: int | None = 0
+        filtered = any(value is not None and name != "risk" for name, value in filters.items())
+        time_bound = since is not None and until is not None and not filtered
+        for after, up_to, cached, high in self._window_runs(after_seq, since, until):
+            if cached and not filtered and since is not None and high is not None:
+                after = self._first_in_block(after, since, until, high)
+            if not cached and time_bound:
+                if first == 0:
+                    first = self._first_seq(self._window(since, until))
+                if first is None:
+                    break  # no entry in the window at all
+                after = max(after, first - 1)
+                if up_to is not None and after >= up_to:
+                    continue
+            statement = self.events_statement(filters=filters, after_seq=after, limit=limit - len(found),
+                                              since=since, until=until, up_to=up_to, time_bound=False)
+            found.extend(json.loads(row.body) for row in self._core.execute(statement))
+            if len(found) >= limit:
+                break
+        return found
+
+    def _window(self, since: datetime | None, until: datetime | None) -> list[Any]:
+        window = []
+        if since is not None:
+            window.append(self._body_field("time") >= issuance_log.log_time(since))
+        if until is not None:
+            window.append(self._body_field("time") < issuance_log.log_time(until))
+        return window
+
+    def _first_in_block(self, after: int, since: datetime, until: datetime | None, high: str) -> int:
+        """Where to walk a cached run from: before the first seq of its first block (``after``'s) with a time in
+        the window, read on the time index between ``since`` and the block's greatest time ``high`` (every time
+        of the block is at most ``high``: without skew a block's worth of index entries, not the window's), or
+        the block's end when it has none."""
+        block_end = (after // log_aggregates.BLOCK + 1) * log_aggregates.BLOCK
+        window = [*self._window(since, until), self._body_field("time") <= high]
+        in_range = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_range")
+        first = self._core.execute(core_select(func.min(in_range.c.seq)).where(
+            in_range.c.seq > after, in_range.c.seq <= block_end)).scalar_one_or_none()
+        return block_end if first is None else int(first) - 1
+
+    def _first_seq(self, window: list[Any]) -> int | None:
+        """The first seq with a body time in the window, from the time index.  The OFFSET keeps the planner on it."""
+        in_window = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_window")
+        first = self._core.execute(core_select(func.min(in_window.c.seq))).scalar_one_or_none()
+        return None if first is None else int(first)
+
+    def _window_runs(self, after_seq: int, since: datetime | None, until: datetime | None) -> list[Run]:
+        return window_runs(self._core, after_seq=after_seq,
+                           since=None if since is None else issuance_log.log_time(since),
+                           until=None if until is None else issuance_log.log_time(until))
 
     def events_statement(self, *, filters: Mapping[str, Any], after_seq: int, limit: int,
-                         since: datetime | None = None, until: datetime | None = None) -> Any:
-        """The SELECT of :meth:`query_events` (each condition on a body index, migration 0012)."""
+                         since: datetime | None = None, until: datetime | None = None, up_to: int | None = None,
+                         time_bound: bool = True) -> Any:
+        """The SELECT of :meth:`query_events` without the cache (each condition on a body index, migration 0012),
+        of the seqs after ``after_seq`` (up to ``up_to``); ``time_bound``: a closed window's first page starts at
+        its first seq from the time index."""
         statement = (core_select(_EVENTS.c.body).where(_EVENTS.c.seq > after_seq).order_by(_EVENTS.c.seq)
                      .limit(limit))
+        if up_to is not None:
+            statement = statement.where(_EVENTS.c.seq <= up_to)
         filtered = False
         for name, value in filters.items():
             if value is not None and name == "risk":
@@ -533,12 +597,8 @@ class Repository:
             elif value is not None:
                 statement = statement.where(self._body_field(EVENT_FILTER_FIELDS[name]) == value)
                 filtered = True
-        window = []
-        if since is not None:
-            window.append(self._body_field("time") >= issuance_log.log_time(since))
-        if until is not None:
-            window.append(self._body_field("time") < issuance_log.log_time(until))
-        if since is not None and until is not None and not filtered and not after_seq:
+        window = self._window(since, until)
+        if since is not None and until is not None and not filtered and not after_seq and time_bound:
             # NOTE: the first page of a time window alone: its entries come from its time index: the first seq that
             # has a time in it bounds the walk in seq order from below (exact: no entry before it is in the window,
             # whatever order the replicas' clocks gave the times).  Without it the planner walks seq order from
@@ -552,10 +612,20 @@ class Repository:
 
     def first_seq_since(self, since: datetime) -> int | None:
         """The first seq whose entry's (body) time is ``since`` or later, from the time index (None: no such entry).
-        No entry before it is in an open window from ``since``, whatever order the replicas' clocks gave the times."""
-        in_window = (core_select(_EVENTS.c.seq).where(self._body_field("time") >= issuance_log.log_time(since))
-                     .offset(literal_column("0")).subquery("in_window"))
-        return self._core.execute(core_select(func.min(in_window.c.seq))).scalar_one_or_none()
+        No entry before it is in an open window from ``since``, whatever order the replicas' clocks gave the times.
+        The filled blocks that end before ``since`` (log_aggregates.window_runs) are skipped; the first kept filled
+        block holds an entry from ``since`` (its greatest time is), read on the primary key."""
+        window = self._window(since, None)
+        for after, up_to, cached, high in self._window_runs(0, since, None):
+            if not cached:
+                break  # NOTE: from a block not filled on: the time index, as without the cache
+            if high is not None:  # a cached run's first block holds an entry from since (its greatest time does)
+                after = self._first_in_block(after, since, None, high)
+            first = self._core.execute(core_select(func.min(_EVENTS.c.seq)).where(
+                _EVENTS.c.seq > after, _EVENTS.c.seq <= up_to, *window)).scalar_one_or_none()
+            if first is not None:
+                return int(first)
+        return self._first_seq(window)
 
     def _body_field(self, name: str) -> Any:
         """A top-level string member of the stored entry body, as SQL (the expression of the body indexes)."""

@@ -247,3 +247,84 @@ def test_the_report_starts_at_the_windows_first_entry_and_misses_none(database, 
     audit = AuditLog(database=database, signer=None, clock=SystemClock())  # type: ignore[arg-type]
     report = audit.report(principal=Principal(id="human:rita", roles=frozenset({Role.REVIEWER})), since=since)
     assert report == {"since": log_time(since), **expected.view()}
+
+
+def _fill_blocks(database: Database, blocks: set[int]) -> None:
+    """Cache exactly these closed blocks (any of them, not only a prefix), as a fill would."""
+    with database.read() as repo:
+        aggregates = LogAggregates(repo.session.connection(), postgres=database.is_postgres, fill=True)
+        for block in sorted(blocks):
+            if block < aggregates.closed_blocks():
+                aggregates._save(block, aggregates.block_tally(block))
+
+
+def _plain_window(database: Database, *, kind: str | None, after: int, limit: int, since: datetime | None,
+                  until: datetime | None) -> list[int]:
+    """The seqs of the window's page from every entry, in seq order (what the reviewers' query must answer)."""
+    seqs = []
+    with database.engine.connect() as connection:
+        for seq, body in connection.execute(select(EVENTS.c.seq, EVENTS.c.body).order_by(EVENTS.c.seq)):
+            entry = json.loads(body)
+            if (seq > after and (kind is None or entry["type"] == kind)
+                    and (since is None or entry["time"] >= log_time(since))
+                    and (until is None or entry["time"] < log_time(until))):
+                seqs.append(seq)
+    return seqs[:limit]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(log=st.lists(entry_strategy, min_size=1, max_size=70), block=st.sampled_from([1, 3, 4, 16]),
+       cached=st.sets(st.integers(0, 70)), start=moments(-HOUR_US, SPAN_SECONDS * 1_000_000 + HOUR_US),
+       length=st.one_of(st.none(), moments(0, SPAN_SECONDS * 1_000_000)), open_start=st.booleans(),
+       kind=st.sampled_from([None, None, "issued", "refused"]), after=st.integers(0, 75),
+       limit=st.sampled_from([1, 2, 5, 100]))
+def test_time_windows_skip_cached_blocks_exactly(database, log, block, cached, start, length, open_start, kind, after,
+                                                 limit):
+    """GET /v1/events' time windows skip the cached blocks whose time bounds keep the window out: the same page
+    as every entry read in seq order, and as the query without the cache, whatever order the times are in,
+    whichever blocks are cached (not only a prefix), windows cut mid-hour, open on either side, filtered or not,
+    paged; and the report's first seq is the window's first."""
+    empty(database)
+    since = None if open_start and length is not None else BASE + timedelta(microseconds=start)
+    until = None if length is None else BASE + timedelta(microseconds=start + length)
+    filters = {"type": kind}
+    with blocks_of(block):
+        append(database, log)
+        _fill_blocks(database, cached)
+        expected = _plain_window(database, kind=kind, after=after, limit=limit, since=since, until=until)
+        with database.read() as repo:
+            runs = repo._window_runs(after, since, until)
+            note(f"runs {runs}")
+            found = [e["seq"] for e in repo.query_events(filters=filters, after_seq=after, limit=limit, since=since,
+                                                          until=until)]
+            uncached = repo.events_statement(filters=filters, after_seq=after, limit=limit, since=since, until=until)
+            assert found == expected == [json.loads(row.body)["seq"]
+                                         for row in repo.session.connection().execute(uncached)]
+            if since is not None:
+                firsts = _plain_window(database, kind=None, after=0, limit=1, since=since, until=None)
+                assert repo.first_seq_since(since) == (firsts[0] if firsts else None)
+
+
+def test_a_window_reads_only_the_blocks_its_times_may_be_in(database):
+    """The cache is what bounds the window: with every closed block cached, a window inside one block's times
+    keeps that block and the open tail only (a block not cached is always kept)."""
+    empty(database)
+    specs = [{"type": "issued", "offset": i * 600_000_000, "request": 0, "reason": None, "risks": None,
+              "environment": None, "suppressed": None} for i in range(14)]  # every 10 minutes, in seq order
+    with blocks_of(4):
+        append(database, specs)  # blocks 0, 1, 2 closed; seqs 13, 14 the tail
+        since, until = BASE + timedelta(minutes=45), BASE + timedelta(minutes=65)  # seqs 6 and 7: block 1
+        with database.read() as repo:
+            assert repo._window_runs(0, since, until) == [(0, None, False, None)]  # nothing cached: everything
+        _fill_blocks(database, {0, 2})
+        with database.read() as repo:
+            assert repo._window_runs(0, since, until) == [(4, 8, False, None), (12, None, False, None)]
+        _fill_blocks(database, {1})
+        with database.read() as repo:
+            assert repo._window_runs(0, since, until) == [(4, 8, True, log_time(BASE + timedelta(minutes=70))), (12, None, False, None)]
+            assert repo._window_runs(5, since, None) == [(5, 12, True, log_time(BASE + timedelta(minutes=70))), (12, None, False, None)]
+            assert [e["seq"] for e in repo.query_events(filters={}, since=since, until=until)] == [6, 7]
+            assert repo.first_seq_since(since) == 6
+            assert repo._window_runs(0, BASE + timedelta(hours=3), None) == [(12, None, False, None)]
+            assert repo.first_seq_since(BASE + timedelta(hours=3)) is None

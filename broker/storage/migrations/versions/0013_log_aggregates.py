@@ -5,7 +5,9 @@ at a million entries.  ``log_aggregates`` holds, for each closed block of seqs (
 says which are filled), the figures of its entries by hour, derived from the hashed bodies only
 (``broker.storage.log_aggregates``).  Blocks are filled on first read (or by a sweep), each in one
 transaction with its marker row, so two replicas never count one block twice.  Empty after upgrade: a
-missing block is computed from the bodies, never assumed empty.
+missing block is computed from the bodies, never assumed empty.  A block's marker also holds the least and
+greatest body time of its entries (as the body time index compares them): a time window's queries skip
+the filled blocks that hold no entry of the window.
 
 Revision ID: 0013
 Revises: 0012
@@ -26,6 +28,8 @@ def upgrade() -> None:
         sa.Column('block', sa.Integer(), autoincrement=False, nullable=False),
         sa.Column('entries', sa.Integer(), nullable=False),
         sa.Column('filled_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column('min_time', sa.Text(), nullable=True),
+        sa.Column('max_time', sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint('block'),
     )
     op.create_table(
