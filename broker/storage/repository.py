@@ -543,18 +543,26 @@ class Repository:
                 if up_to is not None and after >= up_to:
                     continue
             statement = self.events_statement(filters=filters, after_seq=after, limit=limit - len(found),
-                                              since=since, until=until, up_to=up_to, time_bound=False)
+                                              since=since, until=until, up_to=up_to, time_bound=False,
+                                              time_indexed=not cached)
             found.extend(json.loads(row.body) for row in self._core.execute(statement))
             if len(found) >= limit:
                 break
         return found
 
-    def _window(self, since: datetime | None, until: datetime | None) -> list[Any]:
+    def _window(self, since: datetime | None, until: datetime | None, *, indexed: bool = True) -> list[Any]:
+        """The time window's conditions; not ``indexed``: the same values, but not the time index's expression on
+        PostgreSQL (``|| ''`` leaves a text as it is), so that a walk by seq in a cached run stays on the primary
+        key (the planner, misjudging the window and the seq range together as one row, would read the whole
+        window from the time index and sort it)."""
+        time = self._body_field("time")
+        if not indexed and self._postgres:
+            time = time.op("||")(literal_column("''"))
         window = []
         if since is not None:
-            window.append(self._body_field("time") >= issuance_log.log_time(since))
+            window.append(time >= issuance_log.log_time(since))
         if until is not None:
-            window.append(self._body_field("time") < issuance_log.log_time(until))
+            window.append(time < issuance_log.log_time(until))
         return window
 
     def _first_in_block(self, after: int, since: datetime, until: datetime | None, high: str) -> int:
@@ -582,10 +590,10 @@ class Repository:
 
     def events_statement(self, *, filters: Mapping[str, Any], after_seq: int, limit: int,
                          since: datetime | None = None, until: datetime | None = None, up_to: int | None = None,
-                         time_bound: bool = True) -> Any:
+                         time_bound: bool = True, time_indexed: bool = True) -> Any:
         """The SELECT of :meth:`query_events` without the cache (each condition on a body index, migration 0012),
         of the seqs after ``after_seq`` (up to ``up_to``); ``time_bound``: a closed window's first page starts at
-        its first seq from the time index."""
+        its first seq from the time index; ``time_indexed``: see :meth:`_window`."""
         statement = (core_select(_EVENTS.c.body).where(_EVENTS.c.seq > after_seq).order_by(_EVENTS.c.seq)
                      .limit(limit))
         if up_to is not None:
@@ -597,7 +605,7 @@ class Repository:
             elif value is not None:
                 statement = statement.where(self._body_field(EVENT_FILTER_FIELDS[name]) == value)
                 filtered = True
-        window = self._window(since, until)
+        window = self._window(since, until, indexed=time_indexed)
         if since is not None and until is not None and not filtered and not after_seq and time_bound:
             # NOTE: the first page of a time window alone: its entries come from its time index: the first seq that
             # has a time in it bounds the walk in seq order from below (exact: no entry before it is in the window,
@@ -622,7 +630,8 @@ class Repository:
             if high is not None:  # a cached run's first block holds an entry from since (its greatest time does)
                 after = self._first_in_block(after, since, None, high)
             first = self._core.execute(core_select(func.min(_EVENTS.c.seq)).where(
-                _EVENTS.c.seq > after, _EVENTS.c.seq <= up_to, *window)).scalar_one_or_none()
+                _EVENTS.c.seq > after, _EVENTS.c.seq <= up_to, *self._window(since, None, indexed=False))
+            ).scalar_one_or_none()
             if first is not None:
                 return int(first)
         return self._first_seq(window)
