@@ -121,8 +121,8 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
     @staticmethod
     def _run_gates(gates: Sequence[IssuanceGate], repo: UnitOfWork, principal: Principal, template: ScopeTemplate,
                    now: datetime) -> None:
-        # NOTE: the gates decide on a serialized view: each that reads takes the log's lock first (the lockdown's
-        # in the statement that reads it), so a lockdown (which takes the same lock) commits either before they
+        # NOTE: the gates decide on a serialized view: each that reads takes the log's lock before it reads (no
+        # statement of its own first), so a lockdown (which takes the same lock) commits either before they
         # read (and refuses this request) or after this request.  Whatever follows is under the lock too.
         for gate in gates:
             gate(repo, principal, template, now)
@@ -219,8 +219,8 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
                              expiration=issuance_log.log_time(grant.expiration),
                              details={"environment": row.environment, "risks": list(risks)})
         with self.database.transaction() as repo:
-            # NOTE: the release gates read under the log's lock (the lockdown's takes it in the statement that
-            # reads): a lockdown commits before this unit of work or after it.  Then the lock, if none took it.
+            # NOTE: the release gates read under the log's lock (each takes it before it reads): a lockdown
+            # commits before this unit of work or after it.  Then the lock, if no gate took it.
             for gate in self.release_gates:
                 gate(repo, row.environment)
             repo.lock_log_head()

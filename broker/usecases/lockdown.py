@@ -116,7 +116,7 @@ class Lockdown:
     def check_lockdown(repo: UnitOfWork, environment: str) -> None:
         keys = {LOCKDOWN_KEY.format(scope=scope): scope for scope in (environment, ALL_ENVIRONMENTS)}
         # NOTE: read under the log's lock (every lockdown commits under it): a lockdown commits before this read
-        # or after this unit of work.  One statement for the lock (if not held yet) and both switches.
+        # or after this unit of work.  Both switches in one query.
         locked = repo.get_settings(list(keys), lock_log=True)
         for key, scope in keys.items():
             if key in locked:
