@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal
 from broker.domain.rendering import RenderedPolicy
-from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
+from broker.domain.records import ApiKey, Approval, CredentialRequest, Grant, MintIntent, PrincipalEntry
 from broker.domain.templates import ScopeTemplate
 from broker.domain.times import Bucketing, as_utc
 
@@ -119,97 +119,6 @@ class PrincipalDirectory(Protocol):
 
 
 # ----------------------------------------------------------------------------- the store
-# Rows as a unit of work hands them back: the records' fields (broker.domain.records), changed in place and
-# saved with the unit of work (``save_grant``, ``save_api_key``) or moved with ``transition_request``.
-class StoredRequest(Protocol):
-    id: str
-    template: str
-    template_digest: str
-    environment: str
-    parameters: str
-    role_arn: str
-    policy: str
-    policy_digest: str
-    ttl_seconds: int
-    session_tags: str
-    source_identity: str
-    session_name: str
-    grant_id: str
-    binding_digest: str
-    requester: str
-    acts_for: str | None
-    reason: str
-    source_ip: str | None
-    status: str
-    approvals_required: int
-    created_at: datetime
-    updated_at: datetime
-    pending_expires_at: datetime | None
-    approved_at: datetime | None
-    redeem_by: datetime | None
-    issued_at: datetime | None
-    decided_reason: str | None
-    identity: str | None
-
-
-class StoredApproval(Protocol):
-    id: int | None
-    request_id: str
-    approver: str
-    decision: str
-    binding_digest: str
-    reason: str
-    created_at: datetime
-
-
-class StoredGrant(Protocol):
-    id: str
-    request_id: str
-    template: str
-    agent: str
-    acts_for: str | None
-    role_arn: str
-    access_key_id: str
-    source_identity: str
-    session_name: str
-    policy_digest: str
-    environment: str
-    issued_at: datetime
-    expiration: datetime
-    revoked_at: datetime | None
-    revoked_by: str | None
-
-
-class StoredMintIntent(Protocol):
-    grant_id: str
-    request_id: str
-    role_arn: str
-    source_identity: str
-    created_at: datetime
-    resolved: bool
-
-
-class StoredPrincipal(Protocol):
-    id: str
-    roles: str          # JSON list
-    groups: str         # JSON list
-    acts_for: str | None
-    disabled: bool
-    created_at: datetime
-    attributes: str | None
-
-
-class StoredApiKey(Protocol):
-    key_id: str
-    token_hash: str
-    principal_id: str
-    created_at: datetime
-    revoked: bool
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    revoked_by: str | None
-
-
 class LogFigureQueries(Protocol):
     """The reviewers' dashboard's aggregates over the log and the grants (each one query of the store)."""
 
@@ -231,6 +140,10 @@ class UnitOfWork(Protocol):
 
     Lock order: a unit of work that appends to the log and also locks rows it did not create takes the log
     head's lock first (:meth:`lock_log_head`); the methods that lock an existing row take it themselves.
+
+    Reads hand back records (``broker.domain.records``), decoded and frozen: nothing a use case holds is
+    tracked.  A use case changes one with :func:`dataclasses.replace` and writes it explicitly
+    (``transition_request``, ``record_issued``, ``save_grant``, ``save_api_key``, ...).
     """
 
     def flush(self) -> None: ...
@@ -240,25 +153,27 @@ class UnitOfWork(Protocol):
     def upsert_principal(self, *, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
                          acts_for: str | None = None, now: datetime,
                          attributes: Mapping[str, str] | None = None) -> None: ...
-    def get_principal_row(self, principal_id: str) -> StoredPrincipal | None: ...
+    def get_principal_entry(self, principal_id: str) -> PrincipalEntry | None: ...
     def set_principal_disabled(self, principal_id: str, disabled: bool) -> bool: ...
     def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime,
                     expires_at: datetime | None = None) -> None: ...
-    def get_api_key_row(self, key_id: str) -> StoredApiKey | None: ...
-    def list_api_keys(self, *, principal_id: str | None = None) -> list[StoredApiKey]: ...
-    def save_api_key(self, row: StoredApiKey) -> None: ...
+    def get_api_key(self, key_id: str) -> ApiKey | None: ...
+    def list_api_keys(self, *, principal_id: str | None = None) -> list[ApiKey]: ...
+    def save_api_key(self, key: ApiKey) -> None:
+        """Write a changed key (revoked, expiry moved) over the stored one."""
+        ...
 
     # requests and approvals
     def add_request(self, row: CredentialRequest) -> None: ...
-    def get_request(self, request_id: str, *, for_update: bool = False) -> StoredRequest | None: ...
+    def get_request(self, request_id: str, *, for_update: bool = False) -> CredentialRequest | None: ...
     def transition_request(self, request_id: str, *, from_statuses: Sequence[str], to_status: str,
                            **values: Any) -> bool: ...
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      acts_for: str | None = None, limit: int = 100, offset: int = 0) -> list[StoredRequest]: ...
+                      acts_for: str | None = None, limit: int = 100, offset: int = 0) -> list[CredentialRequest]: ...
     def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]: ...
-    def stale_requests(self, *, now: datetime) -> list[StoredRequest]: ...
+    def stale_requests(self, *, now: datetime) -> list[CredentialRequest]: ...
     def add_approval(self, row: Approval) -> None: ...
-    def approvals_for(self, request_id: str) -> list[StoredApproval]: ...
+    def approvals_for(self, request_id: str) -> list[Approval]: ...
     def has_decided(self, request_id: str, approver: str) -> bool: ...
 
     # mint intents and grants
@@ -268,13 +183,15 @@ class UnitOfWork(Protocol):
                       now: datetime, entry: Mapping[str, Any] | None = None) -> bool: ...
     def add_intent(self, row: MintIntent) -> None: ...
     def resolve_intent(self, grant_id: str) -> None: ...
-    def unresolved_intents(self) -> list[StoredMintIntent]: ...
-    def save_grant(self, row: StoredGrant) -> None: ...
-    def get_grant(self, grant_id: str) -> StoredGrant | None: ...
-    def grant_for_request(self, request_id: str) -> StoredGrant | None: ...
+    def unresolved_intents(self) -> list[MintIntent]: ...
+    def save_grant(self, grant: Grant) -> None:
+        """Write a changed grant (revoked) over the stored one."""
+        ...
+    def get_grant(self, grant_id: str) -> Grant | None: ...
+    def grant_for_request(self, request_id: str) -> Grant | None: ...
     def find_grants(self, *, access_key_id: str | None = None, source_identity: str | None = None,
                     agent: str | None = None, template: str | None = None, role_arn: str | None = None,
-                    live_at: datetime | None = None, revoked: bool | None = None) -> list[StoredGrant]: ...
+                    live_at: datetime | None = None, revoked: bool | None = None) -> list[Grant]: ...
 
     # settings (lockdowns, revocation entries)
     def get_setting(self, key: str) -> str | None: ...
@@ -317,8 +234,6 @@ class Store(Protocol):
         ...
 
 
-# A request as stored (loaded) or about to be (built on the issuance path): the same attributes.
-AnyRequest = StoredRequest | CredentialRequest
 # A check of a rendered policy: returns findings; any with `.blocking` refuses the request.
 RenderedCheck = Callable[[ScopeTemplate, RenderedPolicy], Sequence[object]]
 # Extra gate run inside unit of work A (rate limits, lockdown): raises a BrokerError to refuse.  A gate that

@@ -1,19 +1,27 @@
-"""The records the broker keeps about a credential request: the request, its approvals, its mint intent and
-its grant, as the use cases write them (the store's tables hold the same fields: ``broker.storage.models``).
+"""The records the broker keeps: a credential request, its approvals, its mint intent and its grant, a
+principal's directory entry and its API keys (the store's tables hold the same fields:
+``broker.storage.models``).
 
-They are plain values (keyword-only, slotted: the issuance path builds several per request).  JSON-valued
-fields (``parameters``, ``session_tags``, ``policy``, ``identity``) hold the canonical text the store keeps.
-A record is filled in while its unit of work decides (``status``, ``pending_expires_at``, ...) and written
-once; rows read back from the store have the same attributes (``broker.ports.StoredRequest`` ...).
+They are frozen values (keyword-only, slotted: the issuance path builds several per request), with decoded
+values: ``parameters`` and ``identity`` are read-only mappings, ``session_tags`` a tuple of (key, value)
+pairs.  Only ``policy`` stays text: it is the exact rendered policy, hashed and bound as it is.  The store
+(``broker.storage.repository``) encodes and decodes the JSON the tables keep; a use case changes a record with
+:func:`dataclasses.replace` and writes it back through its unit of work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+# The empty read-only mapping (a default: shared, it cannot change).
+NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CredentialRequest:
     """One request for a scope's credentials, with everything that would be minted for it."""
 
@@ -21,12 +29,12 @@ class CredentialRequest:
     template: str
     template_digest: str
     environment: str
-    parameters: str                 # JSON object (validated values)
+    parameters: Mapping[str, Any]             # the validated values
     role_arn: str
-    policy: str                     # the exact rendered session policy
+    policy: str                               # the exact rendered session policy (text)
     policy_digest: str
     ttl_seconds: int
-    session_tags: str               # JSON list of [key, value]
+    session_tags: tuple[tuple[str, str], ...]  # (key, value), in the order STS receives them
     source_identity: str
     session_name: str
     grant_id: str
@@ -44,10 +52,10 @@ class CredentialRequest:
     redeem_by: datetime | None = None
     issued_at: datetime | None = None
     decided_reason: str | None = None
-    identity: str | None = None     # JSON object of the caller-bound values, when the template has any
+    identity: Mapping[str, str] | None = None  # the caller-bound values, when the template has any
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Approval:
     """One co-signer's decision on a request (it signs the request's binding digest)."""
 
@@ -60,7 +68,7 @@ class Approval:
     created_at: datetime
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MintIntent:
     """Written before STS is called: an intent still open at start-up is a session that may exist (an orphan)."""
 
@@ -72,7 +80,7 @@ class MintIntent:
     resolved: bool = False
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Grant:
     """Credentials issued for a request (never the secret parts)."""
 
@@ -93,4 +101,33 @@ class Grant:
     revoked_by: str | None = None
 
 
-__all__ = ["Approval", "CredentialRequest", "Grant", "MintIntent"]
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrincipalEntry:
+    """A principal as the broker's directory stores it, disabled or not (admin views; authentication reads
+    :class:`broker.domain.principals.Principal`)."""
+
+    id: str
+    roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    acts_for: str | None = None
+    disabled: bool = False
+    created_at: datetime
+    # The directory entry's attributes, read by templates as attribute:NAME (None: none).
+    attributes: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApiKey:
+    """An API key as stored: its id and hash, never the key itself."""
+
+    key_id: str
+    token_hash: str
+    principal_id: str
+    created_at: datetime
+    revoked: bool = False
+    expires_at: datetime | None = None   # None: the key never expires
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+
+__all__ = ["NO_VALUES", "ApiKey", "Approval", "CredentialRequest", "Grant", "MintIntent", "PrincipalEntry"]

@@ -1,10 +1,11 @@
 """Repository: every query the use cases need.  It never commits (the unit of work does).
 
-The statements on the issuance path (authentication, the request, intent and grant rows, the
-log append) are SQLAlchemy Core on the unit of work's connection, not ORM unit-of-work
-flushes: the same tables and column types, a tenth of the Python per statement.  Rows written
-that way are not in the session's identity map; a later ORM read in the same unit of work
-loads them from the database like any other row.
+Requests, approvals, mint intents, grants, principals and API keys go in and come out as
+``broker.domain.records`` (``broker.storage.records`` maps rows to records and back, JSON
+included), with SQLAlchemy Core on the unit of work's connection: no ORM identity map or dirty
+tracking holds them, and a changed record is written only when a use case writes it.  (The
+settings, the log head's reads and the dashboard's queries still use an ORM session, made on
+first use.)
 
 Lock order: a unit of work that appends to the log and also locks rows it did not create takes the
 log head's lock first (see :meth:`Repository.lock_log_head`).  The methods that lock an existing row
@@ -26,17 +27,19 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import NoResultFound
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
-from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
+from broker.domain.records import ApiKey, Approval, CredentialRequest, Grant, MintIntent, PrincipalEntry
 from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
 from broker.ports import ApiKeyRecord
 from broker.storage.log_figures import LogFigures
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
                                    MintIntentRow, PrincipalRow, RequestRow, SettingRow)
+from broker.storage.records import (api_key_record, approval_record, encode_attributes, encode_names, grant_record,
+                                    intent_record, plain_values, principal_entry, request_record, request_values)
 
 
 _PRINCIPALS: Table = PrincipalRow.__table__  # type: ignore[attr-defined]
@@ -78,6 +81,20 @@ _HEAD_WITH_SETTINGS = (
     core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash, _SETTINGS.c.key, _SETTINGS.c.value)
     .select_from(_LOG_HEAD.outerjoin(_SETTINGS, _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True))))
     .where(_LOG_HEAD.c.id == 1))
+# The rows read back as records (broker.storage.records decodes them).
+_PRINCIPAL_BY_ID = core_select(_PRINCIPALS).where(_PRINCIPALS.c.id == bindparam("match_id"))
+_API_KEY_BY_ID = core_select(_API_KEYS).where(_API_KEYS.c.key_id == bindparam("match_id"))
+_REQUEST_BY_ID = core_select(_REQUESTS).where(_REQUESTS.c.id == bindparam("match_id"))
+_REQUEST_BY_ID_FOR_UPDATE = _REQUEST_BY_ID.with_for_update()
+_APPROVALS_OF = (core_select(_APPROVALS).where(_APPROVALS.c.request_id == bindparam("match_id"))
+                 .order_by(_APPROVALS.c.id))
+_GRANT_BY_ID = core_select(_GRANTS).where(_GRANTS.c.id == bindparam("match_id"))
+_GRANT_OF_REQUEST = core_select(_GRANTS).where(_GRANTS.c.request_id == bindparam("match_id"))
+# A changed record written over its row (every column but the key; prefixed binds: see _values_of).
+_SAVE_GRANT = update(_GRANTS).where(_GRANTS.c.id == bindparam("match_id")).values(
+    {c.name: bindparam("grant__" + c.name, type_=c.type) for c in _GRANTS.columns if c.name != "id"})
+_SAVE_API_KEY = update(_API_KEYS).where(_API_KEYS.c.key_id == bindparam("match_id")).values(
+    {c.name: bindparam("key__" + c.name, type_=c.type) for c in _API_KEYS.columns if c.name != "key_id"})
 
 
 def _values_of(table: Table, prefix: str) -> dict[str, Any]:
@@ -155,15 +172,6 @@ _RECORD_ISSUED_AND_APPEND_PG = (
     .add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry")))
 
 
-def _row_values(table: Table, row: SQLModel | CredentialRequest | Grant | MintIntent) -> dict[str, Any]:
-    """The column values of a new row (a table model instance or its plain ``New...`` values)."""
-    values = {column.name: getattr(row, column.name) for column in table.columns}
-    for column in table.primary_key.columns:
-        if values.get(column.name) is None:
-            values.pop(column.name, None)  # an autoincrement key: the database assigns it
-    return values
-
-
 def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None,
                attributes: str | None = None) -> Principal:
     return Principal(id=principal_id, roles=frozenset(Role(r) for r in json.loads(roles)), acts_for=acts_for,
@@ -208,63 +216,66 @@ class Repository:
             self._session = None
 
     # --- principals and keys ------------------------------------------------------------
+    def _principal_row(self, principal_id: str) -> Any:
+        return self._core.execute(_PRINCIPAL_BY_ID, {"match_id": principal_id}).first()
+
     def get_principal(self, principal_id: str) -> Principal | None:
-        row = self.session.get(PrincipalRow, principal_id)
+        row = self._principal_row(principal_id)
         if row is None or row.disabled:
             return None
         return _principal(row.id, row.roles, row.groups, row.acts_for, row.attributes)
 
     def is_principal_disabled(self, principal_id: str) -> bool:
-        row = self.session.get(PrincipalRow, principal_id)
+        row = self._principal_row(principal_id)
         return row is not None and bool(row.disabled)
 
     def upsert_principal(self, *, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
                          acts_for: str | None = None, now: datetime,
                          attributes: Mapping[str, str] | None = None) -> None:
         """Create or update a principal; ``attributes`` None keeps the stored ones, a mapping replaces them."""
-        row = self.session.get(PrincipalRow, principal_id)
-        if row is None:
-            row = PrincipalRow(id=principal_id, created_at=now)
-        row.roles = json.dumps(sorted(set(roles)))
-        row.groups = json.dumps(sorted(set(groups)))
-        row.acts_for = acts_for
+        values: dict[str, Any] = {"roles": encode_names(list(roles)), "groups": encode_names(list(groups)),
+                                  "acts_for": acts_for}
         if attributes is not None:
-            row.attributes = json.dumps(dict(sorted(attributes.items()))) if attributes else None
+            values["attributes"] = encode_attributes(attributes)
         # NOTE: a disabled principal stays disabled: only set_principal_disabled (a logged use case) enables it.
-        self.session.add(row)
+        if self._principal_row(principal_id) is None:
+            self._core.execute(insert(_PRINCIPALS), {"id": principal_id, "created_at": now, "disabled": False,
+                                                     "attributes": None, **values})
+        else:
+            self._core.execute(update(_PRINCIPALS).where(_PRINCIPALS.c.id == principal_id).values(values))
 
-    def get_principal_row(self, principal_id: str) -> PrincipalRow | None:
+    def get_principal_entry(self, principal_id: str) -> PrincipalEntry | None:
         """The stored principal, disabled or not (admin views)."""
-        return self.session.get(PrincipalRow, principal_id)
+        row = self._principal_row(principal_id)
+        return None if row is None else principal_entry(row)
 
     def set_principal_disabled(self, principal_id: str, disabled: bool) -> bool:
-        row = self.session.get(PrincipalRow, principal_id)
-        if row is None:
-            return False
-        row.disabled = disabled
-        self.session.add(row)
-        return True
+        result = self._core.execute(update(_PRINCIPALS).where(_PRINCIPALS.c.id == principal_id)
+                                    .values(disabled=disabled))
+        return result.rowcount == 1
 
     def disable_principal(self, principal_id: str) -> bool:
         return self.set_principal_disabled(principal_id, True)
 
     def add_api_key(self, *, key_id: str, token_hash: str, principal_id: str, now: datetime,
                     expires_at: datetime | None = None) -> None:
-        self.session.add(ApiKeyRow(key_id=key_id, token_hash=token_hash, principal_id=principal_id, created_at=now,
-                                   expires_at=expires_at))
+        self._core.execute(insert(_API_KEYS), plain_values(ApiKey(key_id=key_id, token_hash=token_hash,
+                                                                  principal_id=principal_id, created_at=now,
+                                                                  expires_at=expires_at)))
 
-    def get_api_key_row(self, key_id: str) -> ApiKeyRow | None:
-        return self.session.get(ApiKeyRow, key_id)
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        row = self._core.execute(_API_KEY_BY_ID, {"match_id": key_id}).first()
+        return None if row is None else api_key_record(row)
 
-    def list_api_keys(self, *, principal_id: str | None = None) -> list[ApiKeyRow]:
-        statement = select(ApiKeyRow).order_by(col(ApiKeyRow.principal_id), col(ApiKeyRow.created_at))
+    def list_api_keys(self, *, principal_id: str | None = None) -> list[ApiKey]:
+        statement = core_select(_API_KEYS).order_by(_API_KEYS.c.principal_id, _API_KEYS.c.created_at)
         if principal_id is not None:
-            statement = statement.where(ApiKeyRow.principal_id == principal_id)
-        return list(self.session.exec(statement))
+            statement = statement.where(_API_KEYS.c.principal_id == principal_id)
+        return [api_key_record(row) for row in self._core.execute(statement)]
 
-    def save_api_key(self, row: ApiKeyRow) -> None:
-        """A key loaded in this unit of work and changed (revoked, expiry moved): written at commit."""
-        self.session.add(row)
+    def save_api_key(self, key: ApiKey) -> None:
+        """A changed key (revoked, expiry moved) written over the stored one."""
+        self._core.execute(_SAVE_API_KEY, {**_prefixed("key__", plain_values(key)), "match_id": key.key_id})
 
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         found = self.find_api_key_with_principal(key_id)
@@ -283,16 +294,17 @@ class Repository:
         return record, _principal(row.principal_id, row.roles, row.groups, row.acts_for, row.attributes)
 
     # --- requests -------------------------------------------------------------------------
-    def add_request(self, row: RequestRow | CredentialRequest) -> None:
-        self._core.execute(insert(_REQUESTS), _row_values(_REQUESTS, row))
+    def add_request(self, row: CredentialRequest) -> None:
+        self._core.execute(insert(_REQUESTS), request_values(row))
 
-    def get_request(self, request_id: str, *, for_update: bool = False) -> RequestRow | None:
-        statement = select(RequestRow).where(RequestRow.id == request_id)
+    def get_request(self, request_id: str, *, for_update: bool = False) -> CredentialRequest | None:
+        statement = _REQUEST_BY_ID
         if for_update:
             self.lock_log_head()  # the lock order: the log head, then rows
             if self._postgres:
-                statement = statement.with_for_update()
-        return self.session.exec(statement).first()
+                statement = _REQUEST_BY_ID_FOR_UPDATE
+        row = self._core.execute(statement, {"match_id": request_id}).first()
+        return None if row is None else request_record(row)
 
     def transition_request(self, request_id: str, *, from_statuses: Sequence[str], to_status: str,
                            **values: Any) -> bool:
@@ -300,8 +312,8 @@ class Repository:
 
         Exactly one of many concurrent callers wins (the database decides, not a read-then-write).
         """
-        # NOTE: Core, not an ORM bulk update: a request object loaded in this session keeps the values
-        # it was read with; callers re-read when they need to.  The SET columns are the parameters' keys.
+        # NOTE: a record read before keeps the values it was read with (records are values); callers build the
+        # moved one with dataclasses.replace, or read it again.  The SET columns are the parameters' keys.
         self.lock_log_head()  # the lock order: the log head, then rows
         self.flush()
         result = self._core.execute(_TRANSITION, {"match_id": request_id, "match_statuses": list(from_statuses),
@@ -309,17 +321,18 @@ class Repository:
         return result.rowcount == 1
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
-                      acts_for: str | None = None, limit: int = 100, offset: int = 0) -> list[RequestRow]:
+                      acts_for: str | None = None, limit: int = 100,
+                      offset: int = 0) -> list[CredentialRequest]:
         """Newest first (ties by id, so pages never overlap)."""
-        statement = (select(RequestRow).order_by(col(RequestRow.created_at).desc(), col(RequestRow.id))
+        statement = (core_select(_REQUESTS).order_by(_REQUESTS.c.created_at.desc(), _REQUESTS.c.id)
                      .limit(limit).offset(offset))
         if statuses:
-            statement = statement.where(col(RequestRow.status).in_(list(statuses)))
+            statement = statement.where(_REQUESTS.c.status.in_(list(statuses)))
         if requester:
-            statement = statement.where(RequestRow.requester == requester)
+            statement = statement.where(_REQUESTS.c.requester == requester)
         if acts_for:
-            statement = statement.where(RequestRow.acts_for == acts_for)
-        return list(self.session.exec(statement))
+            statement = statement.where(_REQUESTS.c.acts_for == acts_for)
+        return [request_record(row) for row in self._core.execute(statement)]
 
     def count_requests_by_requester(self, *, statuses: Sequence[str]) -> dict[str, int]:
         """How many requests in ``statuses`` each requester has, most first."""
@@ -328,22 +341,22 @@ class Repository:
                      .group_by(_REQUESTS.c.requester).order_by(n.desc(), _REQUESTS.c.requester))
         return {requester: int(count) for requester, count in self._core.execute(statement)}
 
-    def stale_requests(self, *, now: datetime) -> list[RequestRow]:
-        pending = select(RequestRow).where(RequestRow.status == "pending", col(RequestRow.pending_expires_at) < now)
-        approved = select(RequestRow).where(RequestRow.status == "approved", col(RequestRow.redeem_by) < now)
-        return list(self.session.exec(pending)) + list(self.session.exec(approved))
+    def stale_requests(self, *, now: datetime) -> list[CredentialRequest]:
+        pending = core_select(_REQUESTS).where(_REQUESTS.c.status == "pending", _REQUESTS.c.pending_expires_at < now)
+        approved = core_select(_REQUESTS).where(_REQUESTS.c.status == "approved", _REQUESTS.c.redeem_by < now)
+        return [request_record(row) for statement in (pending, approved) for row in self._core.execute(statement)]
 
     # --- approvals ------------------------------------------------------------------------
-    def add_approval(self, row: ApprovalRow | Approval) -> None:
-        self.session.add(row if isinstance(row, ApprovalRow) else ApprovalRow(**_row_values(_APPROVALS, row)))
+    def add_approval(self, row: Approval) -> None:
+        self._core.execute(insert(_APPROVALS), plain_values(row))
 
-    def approvals_for(self, request_id: str) -> list[ApprovalRow]:
-        return list(self.session.exec(select(ApprovalRow).where(ApprovalRow.request_id == request_id)
-                                      .order_by(col(ApprovalRow.id))))
+    def approvals_for(self, request_id: str) -> list[Approval]:
+        return [approval_record(row) for row in self._core.execute(_APPROVALS_OF, {"match_id": request_id})]
 
     def has_decided(self, request_id: str, approver: str) -> bool:
-        statement = select(ApprovalRow).where(ApprovalRow.request_id == request_id, ApprovalRow.approver == approver)
-        return self.session.exec(statement).first() is not None
+        statement = core_select(_APPROVALS.c.id).where(_APPROVALS.c.request_id == request_id,
+                                                      _APPROVALS.c.approver == approver).limit(1)
+        return self._core.execute(statement).first() is not None
 
     # --- grants and mint intents ----------------------------------------------------------
     def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent, *,
@@ -354,8 +367,7 @@ class Repository:
             self.add_request(row)
             self.add_intent(intent)
             return None if entry is None else self.append_event(entry)
-        params = {**_prefixed("request__", _row_values(_REQUESTS, row)),
-                  **_prefixed("intent__", _row_values(_INTENTS, intent))}
+        params = {**_prefixed("request__", request_values(row)), **_prefixed("intent__", plain_values(intent))}
         if entry is None:
             self._core.execute(_ADD_REQUEST_AND_INTENT_PG, params)
             return None
@@ -381,7 +393,7 @@ class Repository:
                 self.append_event(entry)
             return True
         self.flush()
-        params = _prefixed("grant__", _row_values(_GRANTS, grant))
+        params = _prefixed("grant__", plain_values(grant))
         params.update(match_id=request_id, match_statuses=list(from_statuses), to_status=to_status,
                       to_issued_at=now, to_updated_at=now, match_grant_id=grant.id)
         if entry is None:
@@ -392,45 +404,48 @@ class Repository:
         self._appended(sealed, counts.appended == 1)
         return counts.moved == 1
 
-    def add_intent(self, row: MintIntentRow | MintIntent) -> None:
-        self._core.execute(insert(_INTENTS), _row_values(_INTENTS, row))
+    def add_intent(self, row: MintIntent) -> None:
+        self._core.execute(insert(_INTENTS), plain_values(row))
 
     def resolve_intent(self, grant_id: str) -> None:
         self.lock_log_head()  # the lock order: the log head, then rows
         self._core.execute(_RESOLVE_INTENT, {"match_grant_id": grant_id})
 
-    def unresolved_intents(self) -> list[MintIntentRow]:
-        return list(self.session.exec(select(MintIntentRow).where(MintIntentRow.resolved == False)))  # noqa: E712
+    def unresolved_intents(self) -> list[MintIntent]:
+        statement = core_select(_INTENTS).where(_INTENTS.c.resolved == False)  # noqa: E712
+        return [intent_record(row) for row in self._core.execute(statement)]
 
-    def add_grant(self, row: GrantRow | Grant) -> None:
-        """A new grant (an INSERT now; a grant loaded from this unit of work is saved with ``save_grant``)."""
-        self._core.execute(insert(_GRANTS), _row_values(_GRANTS, row))
+    def add_grant(self, row: Grant) -> None:
+        """A new grant (an INSERT; a changed one is written with ``save_grant``)."""
+        self._core.execute(insert(_GRANTS), plain_values(row))
 
-    def save_grant(self, row: GrantRow) -> None:
-        """A grant loaded in this unit of work and changed: written when the unit of work commits."""
-        self.session.add(row)
+    def save_grant(self, grant: Grant) -> None:
+        """A changed grant (revoked) written over the stored one."""
+        self._core.execute(_SAVE_GRANT, {**_prefixed("grant__", plain_values(grant)), "match_id": grant.id})
 
-    def get_grant(self, grant_id: str) -> GrantRow | None:
-        return self.session.get(GrantRow, grant_id)
+    def get_grant(self, grant_id: str) -> Grant | None:
+        row = self._core.execute(_GRANT_BY_ID, {"match_id": grant_id}).first()
+        return None if row is None else grant_record(row)
 
-    def grant_for_request(self, request_id: str) -> GrantRow | None:
-        return self.session.exec(select(GrantRow).where(GrantRow.request_id == request_id)).first()
+    def grant_for_request(self, request_id: str) -> Grant | None:
+        row = self._core.execute(_GRANT_OF_REQUEST, {"match_id": request_id}).first()
+        return None if row is None else grant_record(row)
 
     def find_grants(self, *, access_key_id: str | None = None, source_identity: str | None = None,
                     agent: str | None = None, template: str | None = None, role_arn: str | None = None,
-                    live_at: datetime | None = None, revoked: bool | None = None) -> list[GrantRow]:
-        statement = select(GrantRow).order_by(col(GrantRow.issued_at))
-        filters = {GrantRow.access_key_id: access_key_id, GrantRow.source_identity: source_identity,
-                   GrantRow.agent: agent, GrantRow.template: template, GrantRow.role_arn: role_arn}
+                    live_at: datetime | None = None, revoked: bool | None = None) -> list[Grant]:
+        statement = core_select(_GRANTS).order_by(_GRANTS.c.issued_at)
+        filters = {_GRANTS.c.access_key_id: access_key_id, _GRANTS.c.source_identity: source_identity,
+                   _GRANTS.c.agent: agent, _GRANTS.c.template: template, _GRANTS.c.role_arn: role_arn}
         for column, value in filters.items():
             if value is not None:
                 statement = statement.where(column == value)
         if live_at is not None:
-            statement = statement.where(col(GrantRow.expiration) > live_at)
+            statement = statement.where(_GRANTS.c.expiration > live_at)
         if revoked is not None:
-            statement = statement.where(col(GrantRow.revoked_at).is_not(None) if revoked
-                                        else col(GrantRow.revoked_at).is_(None))
-        return list(self.session.exec(statement))
+            statement = statement.where(_GRANTS.c.revoked_at.is_not(None) if revoked
+                                        else _GRANTS.c.revoked_at.is_(None))
+        return [grant_record(row) for row in self._core.execute(statement)]
 
     # --- settings (lockdown) --------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:

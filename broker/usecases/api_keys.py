@@ -17,19 +17,19 @@ key id and hash.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from broker.domain.events import EventType, log_entry
 from broker.domain.principals import Principal, Role
+from broker.domain.records import ApiKey, PrincipalEntry
 from broker.domain.text import unsafe_characters
 from broker.domain.times import as_utc, iso
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
-from broker.ports import Clock, Store, StoredApiKey, StoredPrincipal
+from broker.ports import Clock, Store
 from broker.usecases.refusal_budget import RefusalBudget
 from broker.usecases.refusal_log import append_refusal
 
@@ -58,7 +58,7 @@ class CreatedKey:
         return {**self.view, "token": self.token}
 
 
-def key_status(row: StoredApiKey, principal: StoredPrincipal | None, now: datetime) -> str:
+def key_status(row: ApiKey, principal: PrincipalEntry | None, now: datetime) -> str:
     if row.revoked:
         return "revoked"
     if principal is not None and principal.disabled:
@@ -69,12 +69,12 @@ def key_status(row: StoredApiKey, principal: StoredPrincipal | None, now: dateti
     return "active"
 
 
-def key_view(row: StoredApiKey, principal: StoredPrincipal | None, now: datetime) -> dict[str, Any]:
+def key_view(row: ApiKey, principal: PrincipalEntry | None, now: datetime) -> dict[str, Any]:
     return {
         "key_id": row.key_id, "principal": row.principal_id, "status": key_status(row, principal, now),
-        "roles": json.loads(principal.roles) if principal is not None else [],
+        "roles": list(principal.roles) if principal is not None else [],
         "acts_for": principal.acts_for if principal is not None else None,
-        "attributes": json.loads(principal.attributes) if principal is not None and principal.attributes else {},
+        "attributes": dict(principal.attributes) if principal is not None and principal.attributes else {},
         "created_at": iso(row.created_at), "expires_at": iso(row.expires_at),
         "revoked_at": iso(row.revoked_at), "revoked_by": row.revoked_by,
     }
@@ -169,8 +169,8 @@ class ApiKeyAdministration:
         raise error
 
     @staticmethod
-    def _revoke(row: StoredApiKey, *, by: str, now: datetime) -> None:
-        row.revoked, row.revoked_at, row.revoked_by = True, now, by
+    def _revoke(row: ApiKey, *, by: str, now: datetime) -> ApiKey:
+        return replace(row, revoked=True, revoked_at=now, revoked_by=by)
 
     # ------------------------------------------------------------------ create
     def create_key(self, *, actor: Principal, principal_id: str, roles: Sequence[str], groups: Sequence[str] = (),
@@ -199,7 +199,7 @@ class ApiKeyAdministration:
         issued = self.generate_key()
         with self.database.transaction() as repo:
             repo.lock_log_head()
-            existing = repo.get_principal_row(principal_id)
+            existing = repo.get_principal_entry(principal_id)
             if existing is not None and existing.disabled:
                 raise Conflict(f"{principal_id} is disabled; enable it first (broker keys enable {principal_id})",
                                code="principal_disabled", field="principal")
@@ -212,8 +212,7 @@ class ApiKeyAdministration:
                 EventType.API_KEY_CREATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
                 principal=principal_id, roles=role_values, groups=sorted(set(groups)), acts_for=acts_for,
                 expires_at=iso(expires_at), reason=reason, new_principal=existing is None, **extra))
-            repo.flush()
-            view = key_view(repo.get_api_key_row(issued.key_id), repo.get_principal_row(principal_id), now)
+            view = key_view(repo.get_api_key(issued.key_id), repo.get_principal_entry(principal_id), now)
         return CreatedKey(view=view, token=issued.token)
 
     # ------------------------------------------------------------------ read
@@ -223,7 +222,7 @@ class ApiKeyAdministration:
         now = self.clock.now()
         with self.database.read() as repo:
             rows = repo.list_api_keys(principal_id=principal_id)
-            principals = {pid: repo.get_principal_row(pid) for pid in {r.principal_id for r in rows}}
+            principals = {pid: repo.get_principal_entry(pid) for pid in {r.principal_id for r in rows}}
             return [key_view(row, principals[row.principal_id], now) for row in rows]
 
     # ------------------------------------------------------------------ revoke / rotate
@@ -235,17 +234,16 @@ class ApiKeyAdministration:
         now = self.clock.now()
         with self.database.transaction() as repo:
             repo.lock_log_head()
-            row = repo.get_api_key_row(key_id)
+            row = repo.get_api_key(key_id)
             if row is None:
                 raise KeyNotFound("no such API key", field="key_id")
             if row.revoked:
                 raise Conflict(f"key {key_id} is already revoked", code="api_key_revoked", field="key_id")
-            self._revoke(row, by=actor.id, now=now)
+            row = self._revoke(row, by=actor.id, now=now)
             repo.save_api_key(row)
             repo.append_event(self._event(EventType.API_KEY_REVOKED, now=now, actor=actor, source_ip=source_ip,
                                           key_id=key_id, principal=row.principal_id, reason=reason))
-            repo.flush()
-            return key_view(row, repo.get_principal_row(row.principal_id), now)
+            return key_view(row, repo.get_principal_entry(row.principal_id), now)
 
     def rotate_key(self, *, actor: Principal, key_id: str, reason: str, grace_seconds: int = 0,
                    expires_at: datetime | None = None, source_ip: str | None = None) -> CreatedKey:
@@ -263,13 +261,13 @@ class ApiKeyAdministration:
         issued = self.generate_key()
         with self.database.transaction() as repo:
             repo.lock_log_head()
-            old = repo.get_api_key_row(key_id)
+            old = repo.get_api_key(key_id)
             if old is None:
                 raise KeyNotFound("no such API key", field="key_id")
             if old.revoked:
                 raise Conflict(f"key {key_id} is revoked; create a new key instead", code="api_key_revoked",
                                field="key_id")
-            principal = repo.get_principal_row(old.principal_id)
+            principal = repo.get_principal_entry(old.principal_id)
             if principal is None or principal.disabled:
                 raise Conflict(f"{old.principal_id} is disabled; enable it first", code="principal_disabled")
             if expires_at is None and old.expires_at is not None:
@@ -277,18 +275,17 @@ class ApiKeyAdministration:
             repo.add_api_key(key_id=issued.key_id, token_hash=issued.token_hash, principal_id=old.principal_id,
                              now=now, expires_at=expires_at)
             if grace_seconds == 0:
-                self._revoke(old, by=actor.id, now=now)
+                old = self._revoke(old, by=actor.id, now=now)
             else:
                 grace_end = now + timedelta(seconds=grace_seconds)
                 current = as_utc(old.expires_at)
-                old.expires_at = grace_end if current is None or current > grace_end else current
+                old = replace(old, expires_at=grace_end if current is None or current > grace_end else current)
             repo.save_api_key(old)
             repo.append_event(self._event(
                 EventType.API_KEY_ROTATED, now=now, actor=actor, source_ip=source_ip, key_id=issued.key_id,
                 replaces=key_id, principal=old.principal_id, expires_at=iso(expires_at),
                 old_key_ends_at=iso(now if grace_seconds == 0 else old.expires_at), reason=reason))
-            repo.flush()
-            view = key_view(repo.get_api_key_row(issued.key_id), principal, now)
+            view = key_view(repo.get_api_key(issued.key_id), principal, now)
             view["replaces"] = key_view(old, principal, now)
         return CreatedKey(view=view, token=issued.token)
 
@@ -312,7 +309,7 @@ class ApiKeyAdministration:
         now = self.clock.now()
         with self.database.transaction() as repo:
             repo.lock_log_head()
-            row = repo.get_principal_row(principal_id)
+            row = repo.get_principal_entry(principal_id)
             if row is None:
                 raise PrincipalNotFound(f"{principal_id} is not in the broker's directory", field="principal")
             if bool(row.disabled) == disabled:
@@ -322,8 +319,7 @@ class ApiKeyAdministration:
             # NOTE: disabling revokes every key, so that enabling again brings none of them back.
             for key in repo.list_api_keys(principal_id=principal_id) if disabled else ():
                 if not key.revoked:
-                    self._revoke(key, by=actor.id, now=now)
-                    repo.save_api_key(key)
+                    repo.save_api_key(self._revoke(key, by=actor.id, now=now))
                     revoked.append(key.key_id)
             repo.set_principal_disabled(principal_id, disabled)
             kind = EventType.PRINCIPAL_DISABLED if disabled else EventType.PRINCIPAL_ENABLED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
 from broker.domain.caller_identity import CallerIdentity
@@ -16,9 +16,9 @@ def caller_identity(principal: Principal) -> CallerIdentity:
                           attributes=principal.attributes)
 
 
-def stored_identity(text: str | None) -> dict[str, Any]:
-    """A request row's ``identity`` column (NULL: the template binds nothing to the caller)."""
-    return json.loads(text) if text else {}
+def stored_identity(identity: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A request's ``identity`` values as a plain dict (None: the template binds nothing to the caller)."""
+    return dict(identity) if identity else {}
 
 
 __all__ = ["caller_identity", "stored_identity"]

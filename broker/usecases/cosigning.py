@@ -5,29 +5,27 @@ counts only for the binding it signed).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain import log as issuance_log
 from broker.domain.events import EventType
 from broker.domain.principals import Principal
-from broker.domain.records import Approval
+from broker.domain.records import Approval, CredentialRequest
 from broker.domain.requests import (BindingFacts, CoSignature, Decision, PendingFacts, RequestStatus, clean_reason,
                                     counted_approvals, may_approve, may_deny, require_status)
 from broker.domain.templates import ScopeTemplate
 from broker.domain.times import as_utc
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidInput
-from broker.ports import AnyRequest, Clock, Notifier, Store, StoredRequest, TemplateSource, UnitOfWork
+from broker.ports import Clock, Notifier, Store, TemplateSource, UnitOfWork
 
 
-def binding_of(row: AnyRequest) -> BindingFacts:
+def binding_of(row: CredentialRequest) -> BindingFacts:
     return BindingFacts(request_id=row.id, template=row.template, template_digest=row.template_digest,
-                        parameters=json.loads(row.parameters), role_arn=row.role_arn, policy_digest=row.policy_digest,
-                        ttl_seconds=row.ttl_seconds,
-                        session_tags=tuple(tuple(t) for t in json.loads(row.session_tags)),
+                        parameters=row.parameters, role_arn=row.role_arn, policy_digest=row.policy_digest,
+                        ttl_seconds=row.ttl_seconds, session_tags=row.session_tags,
                         source_identity=row.source_identity)
 
 
@@ -88,7 +86,7 @@ class CoSigning:
             self.notifier.notify(event=notify, request=view)
         return view
 
-    def _record_decision(self, repo: UnitOfWork, row: StoredRequest, template: ScopeTemplate, *, principal: Principal,
+    def _record_decision(self, repo: UnitOfWork, row: CredentialRequest, template: ScopeTemplate, *, principal: Principal,
                          choice: Decision, reason: str, now: datetime,
                          source_ip: str | None) -> tuple[str | None, dict[str, Any]]:
         notify: str | None = None
@@ -98,7 +96,7 @@ class CoSigning:
         if choice is Decision.DENY:
             repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
                                     to_status=RequestStatus.DENIED.value, updated_at=now, decided_reason=reason)
-            row.status, row.decided_reason = RequestStatus.DENIED.value, reason
+            row = replace(row, status=RequestStatus.DENIED.value, decided_reason=reason, updated_at=now)
             repo.append_event(self._event(EventType.DENIED, row, actor=principal.id, now=now, approvals=approvals,
                                           details={"reason": reason}, source_ip=source_ip))
             notify = EventType.DENIED
@@ -111,7 +109,8 @@ class CoSigning:
                 repo.transition_request(row.id, from_statuses=[RequestStatus.PENDING.value],
                                         to_status=RequestStatus.APPROVED.value, approved_at=now,
                                         redeem_by=redeem_by, updated_at=now)
-                row.status, row.approved_at, row.redeem_by = RequestStatus.APPROVED.value, now, redeem_by
+                row = replace(row, status=RequestStatus.APPROVED.value, approved_at=now, redeem_by=redeem_by,
+                              updated_at=now)
                 repo.append_event(self._event(EventType.APPROVED, row, actor=principal.id, now=now, approvals=approvals,
                                               details={"counted": sorted(counted)}))
                 notify = EventType.APPROVED
@@ -122,7 +121,7 @@ class CoSigning:
                  "binding_digest": a.binding_digest, "at": issuance_log.log_time(as_utc(a.created_at))}
                 for a in repo.approvals_for(request_id)]
 
-    def _counted(self, repo: UnitOfWork, row: StoredRequest, template: ScopeTemplate,
+    def _counted(self, repo: UnitOfWork, row: CredentialRequest, template: ScopeTemplate,
                  binding_digest: str | None = None) -> set[str]:
         """Approvals that still stand now: same binding (``binding_digest``, by default the row's recomputed),
         approver still allowed (re-checked)."""
@@ -145,14 +144,14 @@ class CoSigning:
                                  still_allowed=still_allowed, person_of=person_of)
 
     @staticmethod
-    def _pending_facts(repo: UnitOfWork, row: StoredRequest) -> PendingFacts:
+    def _pending_facts(repo: UnitOfWork, row: CredentialRequest) -> PendingFacts:
         """What the approval rules need, with the person of the human the agent acts for (their linked ids)."""
         human = repo.get_principal(row.acts_for) if row.acts_for else None
         return PendingFacts(row.requester, row.acts_for, row.binding_digest,
                             acts_for_person=human.person if human is not None else None)
 
     @staticmethod
-    def _person_decided(repo: UnitOfWork, row: StoredRequest, principal: Principal) -> bool:
+    def _person_decided(repo: UnitOfWork, row: CredentialRequest, principal: Principal) -> bool:
         """Whether another id of ``principal``'s person (the directory's ``person:`` group) already decided."""
         if principal.person == principal.id:
             return False

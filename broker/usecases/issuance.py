@@ -14,12 +14,12 @@ the unresolved intent is reconciled at start-up (logged as an orphan, revoked).
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from broker.domain import log as issuance_log
@@ -33,8 +33,8 @@ from broker.domain.requests import RequestStatus, clean_reason, require_status
 from broker.domain.templates import ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, GuardrailViolation, StorageDisconnected,
                            StorageUnavailable, Unavailable)
-from broker.ports import (AnyRequest, Clock, CredentialMinter, IssuanceGate, MintOrder, MintedCredentials, Notifier,
-                          NullNotifier, ReleaseGate, RenderedCheck, Store, StoredRequest, TemplateSource, UnitOfWork)
+from broker.ports import (Clock, CredentialMinter, IssuanceGate, MintOrder, MintedCredentials, Notifier, NullNotifier,
+                          ReleaseGate, RenderedCheck, Store, TemplateSource, UnitOfWork)
 from broker.usecases.caller import caller_identity, stored_identity
 from broker.usecases.cosigning import CoSigning
 from broker.usecases.refusal_budget import RefusalBudget
@@ -94,20 +94,23 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
         except BrokerError as exc:
             self._log_refusal(principal=principal, template_name=template_name, error=exc, source_ip=source_ip, now=now)
             raise
-        # NOTE: the row is the plan's stored form, field for field (what a redemption checks it against).
+        # NOTE: the record is the plan's stored form, field for field (what a redemption checks it against).
         stored = plan.stored_form()
+        pending = template.needs_approval
         row = CredentialRequest(
             id=request_id, template=plan.template, template_digest=plan.template_digest,
-            environment=template.environment.value, parameters=json.dumps(stored["parameters"], sort_keys=True),
+            environment=template.environment.value, parameters=MappingProxyType(stored["parameters"]),
             role_arn=plan.role_arn, policy=plan.policy.json, policy_digest=plan.policy.digest,
-            ttl_seconds=plan.ttl_seconds, session_tags=json.dumps(stored["session_tags"]),
+            ttl_seconds=plan.ttl_seconds, session_tags=plan.session_tags,
             source_identity=plan.source_identity, session_name=plan.session_name, grant_id=grant_id,
             binding_digest=stored["binding_digest"], requester=principal.id, acts_for=principal.acts_for,
-            reason=reason, source_ip=source_ip, status=RequestStatus.PENDING.value,
+            reason=reason, source_ip=source_ip,
+            status=RequestStatus.PENDING.value if pending else RequestStatus.ISSUING.value,
             approvals_required=template.approval.approvals, created_at=now, updated_at=now,
-            identity=json.dumps(dict(plan.identity), sort_keys=True) if plan.identity else None,
+            pending_expires_at=now + timedelta(seconds=template.approval.expires_after) if pending else None,
+            identity=MappingProxyType(plan.identity) if plan.identity else None,
         )
-        if template.needs_approval:
+        if pending:
             return self._open_pending(row, template, principal, now)
         return self._issue_now(row, template, principal, plan, now)
 
@@ -130,7 +133,6 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
 
     def _open_pending(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal,
                       now: datetime) -> RequestOutcome:
-        row.pending_expires_at = now + timedelta(seconds=template.approval.expires_after)
         try:
             with self.database.transaction() as repo:
                 self._run_gates(self.gates, repo, principal, template, now)
@@ -149,7 +151,6 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
 
     def _issue_now(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
                    now: datetime) -> RequestOutcome:
-        row.status = RequestStatus.ISSUING.value
         # NOTE: the entry and the intent are made before the unit of work (nothing in them depends on the log's
         # head): under the log's lock only the gates' reads and one write (PostgreSQL: one statement) remain.
         requested = self._event(EventType.REQUESTED, row, actor=principal.id, now=now)
@@ -165,8 +166,10 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             raise
         return self._mint_and_record(row, template, plan, actor=principal.id)
 
-    def _mint_and_record(self, row: AnyRequest, template: ScopeTemplate, plan: MintPlan, *,
+    def _mint_and_record(self, row: CredentialRequest, template: ScopeTemplate, plan: MintPlan, *,
                          actor: str) -> RequestOutcome:
+        """Mint for ``row`` (moved to issuing by the caller's unit of work: its status is not read here) and record
+        the grant; the answer shows the request as issued."""
         # NOTE: every field from the plan (re-derived from the template and what the approvals bind), none from
         # the stored row: a row edited in the database is never what STS receives.
         order = MintOrder(role_arn=plan.role_arn, session_name=plan.session_name, policy_json=plan.policy.json,
@@ -207,12 +210,11 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             # session exists but is withheld; it is logged as failed and its open intent revoked.
             self._record_failure(row, actor=actor, error=exc, session_may_exist=True)
             raise
-        row.status, row.issued_at = RequestStatus.ISSUED.value, now
-        return RequestOutcome(request=self.request_view(row, template=template), credentials=minted,
+        return RequestOutcome(request=self.request_view(row, template=template, issued_at=now), credentials=minted,
                               grant=grant_view(grant, ttl_seconds=row.ttl_seconds))
 
 
-    def _record_issued(self, row: AnyRequest, grant: Grant, *, actor: str, risks: Sequence[str],
+    def _record_issued(self, row: CredentialRequest, grant: Grant, *, actor: str, risks: Sequence[str],
                        retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
         issued = self._event(EventType.ISSUED, row, actor=actor, now=grant.issued_at, access_key_id=grant.access_key_id,
@@ -234,7 +236,7 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
                     grant=grant, now=grant.issued_at, entry=issued):
                 raise Conflict("the request changed while credentials were minted", code="request_changed")
 
-    def _record_failure(self, row: AnyRequest, *, actor: str, error: BrokerError, session_may_exist: bool) -> None:
+    def _record_failure(self, row: CredentialRequest, *, actor: str, error: BrokerError, session_may_exist: bool) -> None:
         now = self.clock.now()
         try:
             with self.database.transaction() as repo:
@@ -258,7 +260,7 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
                 row = self._visible_request(repo, principal, request_id)
                 if row.requester != principal.id:
                     raise Forbidden("only the agent that made the request can redeem it", code="not_requester")
-                self._expire_if_stale(repo, row, now, outbox)
+                row = self._expire_if_stale(repo, row, now, outbox) or row
             self._send(outbox)
             if row.status == RequestStatus.EXPIRED.value:
                 raise Conflict("the request expired", code="request_expired")
@@ -304,17 +306,16 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             raise Conflict("the stored request differs from what was approved (the database was edited); nothing "
                            "was minted and the request is failed", code=STORED_REQUEST_ALTERED,
                            details={"altered": list(altered)})
-        row.status = RequestStatus.ISSUING.value
         return self._mint_and_record(row, template, plan, actor=principal.id)
 
     @staticmethod
-    def _plan_for_stored(template: ScopeTemplate, row: StoredRequest, *,
+    def _plan_for_stored(template: ScopeTemplate, row: CredentialRequest, *,
                          identity: CallerIdentity) -> tuple[MintPlan | None, tuple[str, ...]]:
         """The plan re-derived for a stored request (identity-bound values from ``identity``, the redeeming
         requester as it authenticated now), and the stored fields that disagree with it."""
         try:
             plan = plan_mint(template, request_id=row.id, grant_id=row.grant_id, requester=row.requester,
-                             acts_for=row.acts_for, parameters=json.loads(row.parameters), ttl_seconds=row.ttl_seconds,
+                             acts_for=row.acts_for, parameters=row.parameters, ttl_seconds=row.ttl_seconds,
                              identity=identity)
         except Forbidden:
             raise  # the caller lacks an identity value now: a refusal, not an altered row
@@ -323,21 +324,19 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             return None, (exc.field or "parameters",)
         except ValueError:
             return None, ("parameters",)
-        try:
-            stored = {**{name: getattr(row, name) for name in plan.stored_form()},
-                      "parameters": json.loads(row.parameters), "session_tags": json.loads(row.session_tags)}
-        except ValueError:
-            return plan, ("session_tags",)
+        # NOTE: in the stored form's shape (plain dict, [key, value] lists): what was compared when the store
+        # handed back JSON text, compared the same way.
+        stored = {**{name: getattr(row, name) for name in plan.stored_form()},
+                  "parameters": dict(row.parameters), "session_tags": [list(tag) for tag in row.session_tags]}
         return plan, plan.disagreements(stored)
 
-    def _fail_altered(self, repo: UnitOfWork, row: StoredRequest, plan: MintPlan | None, altered: tuple[str, ...], *,
+    def _fail_altered(self, repo: UnitOfWork, row: CredentialRequest, plan: MintPlan | None, altered: tuple[str, ...], *,
                       actor: str, now: datetime) -> None:
         """The request ends failed, with a ``failed`` entry naming the altered fields; nothing is minted."""
         if not repo.transition_request(row.id, from_statuses=[RequestStatus.APPROVED.value],
                                        to_status=RequestStatus.FAILED.value, updated_at=now,
                                        decided_reason=STORED_REQUEST_ALTERED):
             raise Conflict("the request was already redeemed", code="request_already_redeemed")
-        row.status = RequestStatus.FAILED.value
         # NOTE: the entry carries what was approved (the plan's digest), not the edited row's.
         approved = {"policy_digest": plan.policy.digest} if plan is not None else {}
         repo.append_event(self._event(EventType.FAILED, row, actor=actor, now=now, reason_code=STORED_REQUEST_ALTERED,
@@ -345,24 +344,24 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
 
 
     # ------------------------------------------------------------------ events
-    def _event(self, kind: EventType, row: AnyRequest, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
+    def _event(self, kind: EventType, row: CredentialRequest, *, actor: str, now: datetime, **extra: Any) -> dict[str, Any]:
         body = log_entry(kind, now=now)
         body.update(request_id=row.id, grant_id=row.grant_id, actor=actor,
                     acts_for=row.acts_for if actor == row.requester else None, template=row.template,
-                    template_digest=row.template_digest, parameters=json.loads(row.parameters),
+                    template_digest=row.template_digest, parameters=dict(row.parameters),
                     policy_digest=row.policy_digest, source_ip=row.source_ip)
         details = dict(extra.pop("details", None) or {})
         details.setdefault("requester", row.requester)
         details.setdefault("on_behalf_of", row.acts_for)
         details.setdefault("ttl_seconds", row.ttl_seconds)
-        if row.identity:
+        if row.identity is not None:
             details.setdefault("identity", stored_identity(row.identity))
         body["details"] = details
         body.update(extra)
         return body
 
 
-def mint_intent_for(row: AnyRequest, now: datetime) -> MintIntent:
+def mint_intent_for(row: CredentialRequest, now: datetime) -> MintIntent:
     """The intent written before STS is called for ``row`` (an open one at start-up is an orphan)."""
     return MintIntent(grant_id=row.grant_id, request_id=row.id, role_arn=row.role_arn,
                          source_identity=row.source_identity, created_at=now)

@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from broker.domain.principals import Principal, Role
+from broker.domain.records import Grant
 from broker.domain.requests import RequestStatus
 from broker.domain.times import as_utc, iso
 from broker.errors import InvalidInput
-from broker.ports import Clock, Store, StoredGrant
+from broker.ports import Clock, Store
 from broker.usecases.issuance import BrokerService
 
 MAX_LISTED = 200
@@ -43,7 +44,7 @@ def my_requests(service: BrokerService, principal: Principal, *, statuses: Seque
         return views
 
 
-def grant_summary(grant: StoredGrant, now: datetime) -> dict[str, Any]:
+def grant_summary(grant: Grant, now: datetime) -> dict[str, Any]:
     expiration = as_utc(grant.expiration)
     status = "revoked" if grant.revoked_at is not None else ("expired" if expiration <= now else "live")
     return {"id": grant.id, "request_id": grant.request_id, "access_key_id": grant.access_key_id,

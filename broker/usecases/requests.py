@@ -4,6 +4,7 @@ reviewers see it), the approvers' pending list, cancelling, and expiring what wa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,8 @@ from broker.domain.principals import Principal, Role
 from broker.domain.requests import RequestStatus, require_status
 from broker.domain.times import as_utc
 from broker.errors import Conflict, Forbidden, InvalidInput, RequestNotFound
-from broker.ports import Clock, Notifier, Store, StoredRequest, UnitOfWork
+from broker.domain.records import CredentialRequest
+from broker.ports import Clock, Notifier, Store, UnitOfWork
 from broker.usecases.views import grant_view
 
 # The approvers' pending list: a page's default and largest size, and how deep it may page.
@@ -43,7 +45,7 @@ class RequestLifecycle:
                 repo.transition_request(row.id,
                                         from_statuses=[RequestStatus.PENDING.value, RequestStatus.APPROVED.value],
                                         to_status=RequestStatus.CANCELLED.value, updated_at=now)
-                row.status = RequestStatus.CANCELLED.value
+                row = replace(row, status=RequestStatus.CANCELLED.value, updated_at=now)
                 repo.append_event(self._event(EventType.CANCELLED, row, actor=principal.id, now=now))
                 view = self.request_view(row, approvals=self._approval_list(repo, row.id))
         self._send(outbox)
@@ -51,20 +53,22 @@ class RequestLifecycle:
             raise Conflict("the request expired", code="request_expired")
         return view
 
-    def _expire_if_stale(self, repo: UnitOfWork, row: StoredRequest, now: datetime,
-                         outbox: list[tuple[str, dict[str, Any]]]) -> bool:
-        """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit."""
+    def _expire_if_stale(self, repo: UnitOfWork, row: CredentialRequest, now: datetime,
+                         outbox: list[tuple[str, dict[str, Any]]]) -> CredentialRequest | None:
+        """Expire ``row`` if its deadline passed; the notification waits in ``outbox`` until the commit.
+
+        None if it had not; else the request as expired (or as read, when another unit of work moved it first)."""
         deadline = {RequestStatus.PENDING.value: row.pending_expires_at,
                     RequestStatus.APPROVED.value: row.redeem_by}.get(row.status)
         if deadline is None or as_utc(deadline) > now:
-            return False
+            return None
         if repo.transition_request(row.id, from_statuses=[row.status], to_status=RequestStatus.EXPIRED.value,
                                    updated_at=now):
             previous = row.status
-            row.status = RequestStatus.EXPIRED.value
+            row = replace(row, status=RequestStatus.EXPIRED.value, updated_at=now)
             repo.append_event(self._event(EventType.EXPIRED, row, actor="broker", now=now, details={"was": previous}))
             outbox.append((EventType.EXPIRED, self.request_view(row)))
-        return True
+        return row
 
     def _send(self, outbox: list[tuple[str, dict[str, Any]]]) -> None:
         """Notifications for committed changes only (call after the unit of work)."""
@@ -76,7 +80,8 @@ class RequestLifecycle:
         now = self.clock.now()
         outbox: list[tuple[str, dict[str, Any]]] = []
         with self.database.transaction() as repo:
-            expired = sum(self._expire_if_stale(repo, row, now, outbox) for row in repo.stale_requests(now=now))
+            expired = sum(self._expire_if_stale(repo, row, now, outbox) is not None
+                          for row in repo.stale_requests(now=now))
         self._send(outbox)
         return expired
 
@@ -85,7 +90,7 @@ class RequestLifecycle:
         outbox: list[tuple[str, dict[str, Any]]] = []
         with self.database.transaction() as repo:
             row = self._visible_request(repo, principal, request_id)
-            self._expire_if_stale(repo, row, now, outbox)
+            row = self._expire_if_stale(repo, row, now, outbox) or row
             grant = repo.grant_for_request(row.id)
             view = self.request_view(row, approvals=self._approval_list(repo, row.id))
             if grant is not None:
@@ -115,7 +120,7 @@ class RequestLifecycle:
                 "next_offset": following if following < total else None, "by_agent": by_agent}
 
     def _visible_request(self, repo: UnitOfWork, principal: Principal, request_id: str, *,
-                         for_update: bool = False) -> StoredRequest:
+                         for_update: bool = False) -> CredentialRequest:
         row = repo.get_request(str(request_id)[:64], for_update=for_update)
         visible = row is not None and (
             principal.id in (row.requester, row.acts_for)

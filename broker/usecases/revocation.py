@@ -45,19 +45,20 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain import revocation as rules
 from broker.domain.events import EventType, log_entry
 from broker.domain.principals import Principal, Role
+from broker.domain.records import Grant
 from broker.domain.requests import RequestStatus, clean_reason
 from broker.domain.sts_rules import source_identity_for
 from broker.domain.templates import STS_MAX_DURATION, ScopeTemplate
 from broker.errors import (BrokerError, Conflict, Forbidden, InvalidInput, NotFound, PolicyTooLarge,
                            StorageUnavailable, Unavailable)
-from broker.ports import Clock, DenyPolicyStore, Store, StoredGrant, TemplateSource, UnitOfWork
+from broker.ports import Clock, DenyPolicyStore, Store, TemplateSource, UnitOfWork
 from broker.usecases.lockdown import Lockdown
 from broker.usecases.refusal_budget import RefusalBudget
 from broker.usecases.refusal_log import append_refusal
@@ -115,7 +116,7 @@ class IamBackoff:
 
 
 def _event(kind: EventType, *, now: datetime, actor: str, acts_for: str | None = None, source_ip: str | None = None,
-           grant: StoredGrant | None = None, reason_code: str | None = None, **details: Any) -> dict[str, Any]:
+           grant: Grant | None = None, reason_code: str | None = None, **details: Any) -> dict[str, Any]:
     body = log_entry(kind, now=now, actor=actor, acts_for=acts_for, source_ip=source_ip, reason_code=reason_code,
                      details=details)
     if grant is not None:
@@ -256,8 +257,7 @@ class RevocationService(Lockdown):
                       or (fallback.scope is rules.RevokeScope.AGENT and g.source_identity == fallback.value)
                       or (fallback.scope is rules.RevokeScope.TEMPLATE and g.template == fallback.value))]
         for grant in grants:
-            grant.revoked_at, grant.revoked_by = now, "broker"
-            repo.save_grant(grant)
+            repo.save_grant(replace(grant, revoked_at=now, revoked_by="broker"))
         target = FALLBACK_TARGETS[fallback.scope]
         event = _event(EventType.REVOKED_ALL, now=now, actor="broker", reason_code="revocation_policy_full",
                        reason="the role's per-session deny entries no longer fit IAM's inline policy limit",
@@ -313,8 +313,7 @@ class RevocationService(Lockdown):
                 raise Conflict("this grant's credentials have already expired", code="grant_expired")
 
             def record(repo: UnitOfWork) -> None:
-                grant.revoked_at, grant.revoked_by = now, principal.id
-                repo.save_grant(grant)
+                repo.save_grant(replace(grant, revoked_at=now, revoked_by=principal.id))
 
             entry = rules.RevokedSession(role_arn=grant.role_arn, grant_id=grant.id, session_name=grant.session_name,
                                          expires_at=as_utc(grant.expiration), issued_by=as_utc(grant.issued_at),
@@ -333,7 +332,7 @@ class RevocationService(Lockdown):
                            precheck=lambda repo: self._authorize_grant(principal, repo.get_grant(str(grant_id)[:64])))
 
     @staticmethod
-    def _authorize_grant(principal: Principal, grant: StoredGrant | None) -> None:
+    def _authorize_grant(principal: Principal, grant: Grant | None) -> None:
         may = grant is not None and (principal.has_role(Role.ADMIN) or principal.id in (grant.agent, grant.acts_for))
         if may:
             return
@@ -374,8 +373,7 @@ class RevocationService(Lockdown):
 
             def record(repo: UnitOfWork) -> None:
                 for grant in revoked:
-                    grant.revoked_at, grant.revoked_by = now, principal.id
-                    repo.save_grant(grant)
+                    repo.save_grant(replace(grant, revoked_at=now, revoked_by=principal.id))
 
             event = _event(EventType.REVOKED_ALL, now=now, actor=principal.id, acts_for=principal.acts_for,
                            source_ip=source_ip, reason=reason, target=target, value=value,

@@ -243,13 +243,13 @@ def test_an_approval_is_not_usable_on_another_request(broker):
     # Even copied into the other request's rows, the checkout approvals do not count for billing.
     from datetime import UTC, datetime
 
-    from broker.storage.models import ApprovalRow
+    from broker.domain.records import Approval
 
     with broker.container.database.transaction() as repo:
         for who in ("human:bob", "human:carol"):
-            repo.add_approval(ApprovalRow(request_id=billing["id"], approver=who, decision="approve",
-                                          binding_digest=checkout["binding_digest"], reason="copied",
-                                          created_at=datetime.now(UTC)))
+            repo.add_approval(Approval(request_id=billing["id"], approver=who, decision="approve",
+                                       binding_digest=checkout["binding_digest"], reason="copied",
+                                       created_at=datetime.now(UTC)))
     assert error_code(redeem(broker, billing["id"])) == "approval_pending"
     view = broker.get(f"/v1/requests/{billing['id']}", "human:bob").json()
     assert view["status"] == "pending"
@@ -261,12 +261,12 @@ def test_forged_approvals_with_another_binding_do_not_count_towards_approval(bro
     billing = open_pending(broker, {"service": "billing"})
     from datetime import UTC, datetime
 
-    from broker.storage.models import ApprovalRow
+    from broker.domain.records import Approval
 
     with broker.container.database.transaction() as repo:
-        repo.add_approval(ApprovalRow(request_id=billing["id"], approver="human:bob", decision="approve",
-                                      binding_digest=checkout["binding_digest"], reason="copied",
-                                      created_at=datetime.now(UTC)))
+        repo.add_approval(Approval(request_id=billing["id"], approver="human:bob", decision="approve",
+                                   binding_digest=checkout["binding_digest"], reason="copied",
+                                   created_at=datetime.now(UTC)))
     after = approve(broker, billing["id"], "human:carol")
     assert after.status_code == 200
     assert after.json()["status"] == "pending"

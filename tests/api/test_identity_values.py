@@ -114,7 +114,7 @@ def test_an_api_key_agent_reads_its_directory_attribute(identity_broker):
     refused = harness.post("/v1/requests", "agent:other", json=RESET)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_value_missing"
     with harness.container.database.transaction() as repo:
-        row = repo.get_principal_row("agent:other")
+        row = repo.get_principal_entry("agent:other")
         repo.upsert_principal(principal_id="agent:other", roles=["agent"], acts_for=row.acts_for,
                               now=row.created_at, attributes={"workspace": "ws-d"})
     response = harness.post("/v1/requests", "agent:other", json=RESET)
@@ -157,7 +157,7 @@ def test_the_co_signed_scope_is_shown_as_the_callers_own_and_redeemed_with_the_s
     assert json.loads(session["policy"])["Statement"][0]["Resource"] == [TABLE.format("ws-a")]
     # moto does not record session tags: the request's stored tags are the plan's (what the minter sent).
     with harness.container.database.transaction() as repo:
-        assert ["workspace", "ws-a"] in json.loads(repo.get_request(request_id).session_tags)
+        assert ("workspace", "ws-a") in repo.get_request(request_id).session_tags
 
 
 def test_the_template_view_explains_the_callers_own(identity_broker):

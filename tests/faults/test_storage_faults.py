@@ -3,7 +3,7 @@ failing after STS succeeded: credentials withheld, the intent reconciled at next
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import pytest
@@ -168,19 +168,17 @@ def test_a_connection_lost_while_sts_mints_is_retried_once_and_the_credentials_a
 def test_a_retry_finds_the_issuance_already_recorded_and_writes_nothing_twice(broker):
     """The connection was lost at COMMIT and the commit had landed: the retry sees this exact grant
     recorded and logged, and neither refuses nor logs it again."""
-    from broker.domain.records import Grant
-
     issued = broker.post("/v1/requests", "agent:demo", json=S3_REQUEST).json()
     service = broker.container.service
     with service.database.transaction() as repo:
         row = repo.get_request(issued["id"])
         recorded = repo.get_grant(issued["grant"]["id"])
-    again = Grant(**{name: getattr(recorded, name) for name in Grant.__dataclass_fields__})
+    again = recorded
     before = broker.events()
     service._record_issued(row, again, actor="agent:demo", risks=[], retry=True)  # noqa: SLF001 - the retry's own step
     assert broker.events() == before
     # A different grant for the same request is a conflict, not a silent success.
-    again.access_key_id = "ASIAOTHERKEY00000000"
+    again = replace(recorded, access_key_id="ASIAOTHERKEY00000000")
     with pytest.raises(Conflict):
         service._record_issued(row, again, actor="agent:demo", risks=[], retry=True)  # noqa: SLF001
     assert broker.events() == before

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlmodel import func, select
 
-from broker.storage.models import ApprovalRow, GrantRow, RequestRow
+from broker.domain.records import Approval
+from broker.storage.models import GrantRow, RequestRow
 from tests.conftest import moto_sts_sessions
 from tests.security.attack_tally import record
 from tests.security.conftest import reset_principals
@@ -120,9 +121,9 @@ def test_approvals_of_one_request_do_not_count_for_another(abuse):
     # write access to the approvals table, or a bug mixing ids, would produce).
     with abuse.container.database.transaction() as repo:
         original = next(a for a in repo.approvals_for(approved["id"]) if a.approver == "human:bob")
-        repo.add_approval(ApprovalRow(request_id=other["id"], approver=original.approver, decision=original.decision,
-                                      binding_digest=original.binding_digest, reason=original.reason,
-                                      created_at=original.created_at))
+        repo.add_approval(Approval(request_id=other["id"], approver=original.approver, decision=original.decision,
+                                   binding_digest=original.binding_digest, reason=original.reason,
+                                   created_at=original.created_at))
     assert _state(abuse, other["id"])["approvals_counted"] == 0
     # carol's genuine approval is then the only one that counts: B stays pending
     response = _decide(abuse, other["id"], "human:carol")

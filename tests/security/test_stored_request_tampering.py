@@ -76,6 +76,9 @@ ALTERED = {
     "binding digest": {"binding_digest": "sha256:" + "1" * 64},
     "parameters outside the template": {"parameters": json.dumps({"account": "123456789012", "service": "*"})},
     "ttl beyond the template": {"ttl_seconds": 43200},
+    # Text that is no request's value at all: read as unreadable (broker.storage.records), never as a value.
+    "session tags not JSON": {"session_tags": "[[\"broker:agent\", "},
+    "parameters not an object": {"parameters": json.dumps(["service", "checkout"])},
 }
 
 
@@ -102,8 +105,10 @@ def test_an_altered_row_is_never_minted(tamper, columns):
 
 
 @pytest.mark.parametrize("columns", [ALTERED["policy"], ALTERED["role"], ALTERED["session tags"],
-                                     ALTERED["source identity"], ALTERED["session name"]],
-                         ids=["policy", "role", "session tags", "source identity", "session name"])
+                                     ALTERED["source identity"], ALTERED["session name"],
+                                     ALTERED["session tags not JSON"], ALTERED["parameters not an object"]],
+                         ids=["policy", "role", "session tags", "source identity", "session name",
+                              "session tags not JSON", "parameters not an object"])
 def test_a_row_disagreeing_with_its_approved_rendering_fails_and_is_logged(tamper, columns):
     approved = _approved(tamper)
     _edit(tamper, approved["id"], **columns)
@@ -131,3 +136,31 @@ def test_the_untouched_control_is_minted_with_the_rendered_policy_and_role(tampe
                    if s["access_key_id"] == redeemed.json()["credentials"]["access_key_id"])
     assert json.loads(session["policy"]) == approved["policy"]
     assert session["role_arn"] == approved["role_arn"]
+
+
+def test_sts_gets_the_plan_even_for_a_row_that_got_past_the_stored_row_check():
+    """Below the stored-row check, minting reads the plan alone: handed a request whose policy and role text differ
+    from its plan (an edit the check above had missed), STS still gets the policy and role rendered from the
+    template.  (On fakes: through the API the check above refuses such a row first.)"""
+    from dataclasses import replace
+
+    from broker.domain.mint_plan import plan_mint
+    from broker.usecases.caller import caller_identity
+    from tests.usecases.fakes import AGENT, ask, world
+
+    w = world()
+    ask(w, "test-s3-read", {"prefix": "reports"})
+    (row,) = w.store.state["requests"].values()
+    template = w.service.catalog.get(row.template)
+    plan = plan_mint(template, request_id=row.id, grant_id=row.grant_id, requester=row.requester,
+                     acts_for=row.acts_for, parameters=row.parameters, ttl_seconds=row.ttl_seconds,
+                     identity=caller_identity(AGENT))
+    w.store.state["requests"][row.id] = replace(row, status="issuing")
+    edited = replace(row, policy=STAR, role_arn=ADMIN_ROLE)
+
+    w.service._mint_and_record(edited, template, plan, actor=AGENT.id)  # noqa: SLF001 - the step below the check
+
+    order = w.minter.orders[-1]
+    assert (order.policy_json, order.role_arn) == (plan.policy.json, plan.role_arn) == (row.policy, row.role_arn)
+    assert order.policy_json != STAR
+    record("stored-row tampering: minting reads the plan, not the row", refused=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 import pytest
 from sqlmodel import select
@@ -12,8 +13,9 @@ from sqlmodel import select
 from broker.domain import log as issuance_log
 from broker.errors import Conflict
 from broker.storage.engine import Database, build_engine
-from broker.domain.records import Approval, CredentialRequest, Grant, MintIntent
-from broker.storage.models import ApprovalRow, GrantRow, MintIntentRow, RequestRow
+from broker.domain.records import ApiKey, Approval, CredentialRequest, Grant, MintIntent, PrincipalEntry
+from broker.storage import records as codec
+from broker.storage.models import ApiKeyRow, ApprovalRow, GrantRow, MintIntentRow, PrincipalRow, RequestRow
 from tests.conftest import migrated_database
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -26,9 +28,10 @@ def database(db_url):
 
 
 def _request(request_id: str, grant_id: str) -> CredentialRequest:
-    return CredentialRequest(id=request_id, template="t", template_digest="sha256:t", environment="dev", parameters="{}",
-                      role_arn="arn:aws:iam::123456789012:role/r", policy="{}", policy_digest="sha256:p",
-                      ttl_seconds=900, session_tags="[]", source_identity="agent.a", session_name="a-1",
+    return CredentialRequest(id=request_id, template="t", template_digest="sha256:t", environment="dev",
+                      parameters=MappingProxyType({}), role_arn="arn:aws:iam::123456789012:role/r", policy="{}",
+                      policy_digest="sha256:p", ttl_seconds=900, session_tags=(), source_identity="agent.a",
+                      session_name="a-1",
                       grant_id=grant_id, binding_digest="sha256:b", requester="agent:a", acts_for="human:h",
                       reason="why", source_ip=None, status="issuing", approvals_required=0, created_at=NOW,
                       updated_at=NOW)
@@ -166,36 +169,86 @@ def test_an_in_memory_sqlite_database_still_starts():
         engine.dispose()
 
 
+# The columns holding JSON text, and how the store decodes each into its record's value.
+DECODED = {(PrincipalRow, "roles"): codec.decode_names, (PrincipalRow, "groups"): codec.decode_names}
+
+
 @pytest.mark.parametrize(("record", "table"), [(CredentialRequest, RequestRow), (Grant, GrantRow),
-                                               (MintIntent, MintIntentRow), (Approval, ApprovalRow)])
+                                               (MintIntent, MintIntentRow), (Approval, ApprovalRow),
+                                               (PrincipalEntry, PrincipalRow), (ApiKey, ApiKeyRow)])
 def test_the_records_have_the_tables_fields_and_defaults(record, table):
-    """broker.domain.records are what the use cases write: a column they lack (or a default that differs) would
-    be a row the repository cannot insert as the table says."""
+    """broker.domain.records are what the use cases write: a column they lack (or a default that differs, decoded
+    where the column holds JSON text) would be a row the repository cannot insert as the table says."""
     fields = {f.name: f for f in dataclasses.fields(record)}
     assert list(fields) == list(table.model_fields)
     for name, info in table.model_fields.items():
         default = fields[name].default
         assert (default is dataclasses.MISSING) == info.is_required(), name
         if not info.is_required():
-            assert default == info.default, name
+            assert default == DECODED.get((table, name), lambda value: value)(info.default), name
+
+
+def test_stored_json_text_is_the_canonical_text_written_before_records_were_decoded(database):
+    """The columns keep the exact text the use cases used to encode (keys sorted, json's default separators):
+    binding digests, stored-row checks and exports depend on it."""
+    row = dataclasses.replace(_request("r-json", "g-json"), parameters=MappingProxyType({"z": "1", "a": "é"}),
+                              session_tags=(("broker:agent", "agent:a"), ("k", "v")),
+                              identity=MappingProxyType({"workspace": "ws", "account": "1"}))
+    with database.transaction() as repo:
+        repo.add_request(row)
+        repo.upsert_principal(principal_id="agent:j", roles=["agent", "agent", "admin"], groups=["b", "a"],
+                              now=NOW, attributes={"z": "1", "a": "2"})
+    with database.transaction() as repo:
+        stored = repo.session.get(RequestRow, "r-json")
+        principal = repo.session.get(PrincipalRow, "agent:j")
+        assert stored.parameters == json.dumps({"a": "é", "z": "1"}, sort_keys=True) == '{"a": "\\u00e9", "z": "1"}'
+        assert stored.session_tags == '[["broker:agent", "agent:a"], ["k", "v"]]'
+        assert stored.identity == '{"account": "1", "workspace": "ws"}'
+        assert (principal.roles, principal.groups) == ('["admin", "agent"]', '["a", "b"]')
+        assert principal.attributes == '{"a": "2", "z": "1"}'
+        read = repo.get_request("r-json")
+        assert (read.parameters, read.session_tags, read.identity) == (row.parameters, row.session_tags, row.identity)
+        assert isinstance(read.parameters, MappingProxyType) and isinstance(read.identity, MappingProxyType)
+        entry = repo.get_principal_entry("agent:j")
+        assert (entry.roles, entry.groups, dict(entry.attributes)) == (("admin", "agent"), ("a", "b"),
+                                                                        {"a": "2", "z": "1"})
+
+
+@pytest.mark.parametrize("column, text", [
+    ("parameters", "not json"), ("parameters", "[]"), ("session_tags", "{}"), ("session_tags", '["ab"]'),
+    ("session_tags", '[["a", "b", "c"]]'), ("identity", "7"),
+])
+def test_an_edited_value_that_does_not_decode_reads_as_unreadable_never_as_a_request_value(database, column, text):
+    """Text edited in the database into something no request holds reads as a value no plan can equal."""
+    with database.transaction() as repo:
+        repo.add_request(_request("r-bad", "g-bad"))
+    with database.transaction() as repo:
+        stored = repo.session.get(RequestRow, "r-bad")
+        setattr(stored, column, text)
+        repo.session.add(stored)
+    with database.read() as repo:
+        value = getattr(repo.get_request("r-bad"), column)
+    if column == "session_tags":
+        assert value == ((codec.UNREADABLE, text),)
+    else:
+        assert dict(value) == {codec.UNREADABLE: text}
 
 
 def _add_request(database: Database, request_id: str, *, requester: str, template: str, created_at: datetime,
                  status: str = "issued", pending_expires_at: datetime | None = None) -> None:
-    row = _request(request_id, "g-" + request_id)
-    row.requester, row.template, row.created_at, row.status = requester, template, created_at, status
-    row.pending_expires_at = pending_expires_at
+    row = dataclasses.replace(_request(request_id, "g-" + request_id), requester=requester, template=template,
+                              created_at=created_at, status=status, pending_expires_at=pending_expires_at)
     with database.transaction() as repo:
         repo.add_request(row)
 
 
 def _add_grant(database: Database, grant_id: str, *, agent: str, expiration: datetime, revoked: bool = False) -> None:
-    grant = _grant("r-" + grant_id, grant_id)
-    grant.agent, grant.expiration = agent, expiration
-    grant.access_key_id = "ASIA" + grant_id.upper()
+    grant = dataclasses.replace(_grant("r-" + grant_id, grant_id), agent=agent, expiration=expiration,
+                                access_key_id="ASIA" + grant_id.upper())
     with database.transaction() as repo:
-        repo.save_grant(GrantRow(**{**{c: getattr(grant, c) for c in GrantRow.model_fields},
-                                    "revoked_at": NOW if revoked else None}))
+        repo.add_grant(grant)
+        if revoked:
+            repo.save_grant(dataclasses.replace(grant, revoked_at=NOW, revoked_by="human:r"))
 
 
 def test_issuance_counts_count_what_each_limit_bounds(database):

@@ -1,7 +1,8 @@
 """In-memory stand-ins for the use cases' ports (broker.ports), for tests where the logic is the point.
 
-``MemoryStore`` keeps the records the use cases write in dicts; a unit of work that raises leaves them as they
-were (the store snapshots them when the unit of work begins).  The SQLite and PostgreSQL suites
+``MemoryStore`` keeps the records the use cases write in dicts, as they are written (records are frozen: what a
+use case holds cannot change what is stored, nor the other way round); a unit of work that raises leaves them as
+they were (the store snapshots its dicts when the unit of work begins).  The SQLite and PostgreSQL suites
 (tests/storage, tests/api) are where locking and ordering are the point; here there is no SQL, no HTTP, no AWS.
 """
 
@@ -11,7 +12,7 @@ import copy
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,22 +49,18 @@ class MemoryUnitOfWork:
 
     # --- requests and approvals
     def add_request(self, row: CredentialRequest) -> None:
-        self.s["requests"][row.id] = copy.copy(row)
+        self.s["requests"][row.id] = row
 
     def get_request(self, request_id: str, *, for_update: bool = False) -> CredentialRequest | None:
         return self.s["requests"].get(request_id)
 
     def transition_request(self, request_id: str, *, from_statuses: Sequence[str], to_status: str,
                            **values: Any) -> bool:
-        # Like the repository's conditional UPDATE: the stored request moves, a copy the caller holds does not.
+        # Like the repository's conditional UPDATE: the stored request moves, the record the caller holds does not.
         row = self.s["requests"].get(request_id)
         if row is None or row.status not in from_statuses:
             return False
-        moved = copy.copy(row)
-        moved.status = to_status
-        for name, value in values.items():
-            setattr(moved, name, value)
-        self.s["requests"][request_id] = moved
+        self.s["requests"][request_id] = replace(row, status=to_status, **values)
         return True
 
     def list_requests(self, *, statuses: Sequence[str] | None = None, requester: str | None = None,
@@ -86,7 +83,7 @@ class MemoryUnitOfWork:
                 or (r.status == "approved" and r.redeem_by and r.redeem_by < now)]
 
     def add_approval(self, row: Approval) -> None:
-        self.s["approvals"].append(_with_id(row, len(self.s["approvals"]) + 1))
+        self.s["approvals"].append(replace(row, id=len(self.s["approvals"]) + 1))
 
     def approvals_for(self, request_id: str) -> list[Approval]:
         return [a for a in self.s["approvals"] if a.request_id == request_id]
@@ -102,21 +99,26 @@ class MemoryUnitOfWork:
         return None if entry is None else self.append_event(entry)
 
     def add_intent(self, row: MintIntent) -> None:
-        self.s["intents"][row.grant_id] = copy.copy(row)
+        self.s["intents"][row.grant_id] = row
 
     def resolve_intent(self, grant_id: str) -> None:
-        self.s["intents"][grant_id].resolved = True
+        intents = self.s["intents"]
+        intents[grant_id] = replace(intents[grant_id], resolved=True)
 
     def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: Grant,
                       now: datetime, entry: Mapping[str, Any] | None = None) -> bool:
         if not self.transition_request(request_id, from_statuses=from_statuses, to_status=to_status,
                                        issued_at=now, updated_at=now):
             return False
-        self.s["grants"][grant.id] = copy.copy(grant)
+        self.s["grants"][grant.id] = grant
         self.resolve_intent(grant.id)
         if entry is not None:
             self.append_event(entry)
         return True
+
+    def save_grant(self, grant: Grant) -> None:
+        assert grant.id in self.s["grants"], "save_grant writes over a stored grant"
+        self.s["grants"][grant.id] = grant
 
     def get_grant(self, grant_id: str) -> Grant | None:
         return self.s["grants"].get(grant_id)
@@ -135,11 +137,6 @@ class MemoryUnitOfWork:
         return entry
 
 
-def _with_id(row: Approval, number: int) -> Approval:
-    kept = {name: getattr(row, name) for name in row.__dataclass_fields__}
-    return Approval(**{**kept, "id": number})
-
-
 class MemoryStore:
     """``broker.ports.Store`` in memory: a unit of work that raises leaves nothing behind."""
 
@@ -153,7 +150,8 @@ class MemoryStore:
         if self.fail_next is not None:
             failure, self.fail_next = self.fail_next, None
             raise failure
-        before = copy.deepcopy(self.state)
+        # NOTE: the records are frozen and the entries never changed once appended: copies of the containers suffice.
+        before = {name: copy.copy(value) for name, value in self.state.items()}
         try:
             yield MemoryUnitOfWork(self.state, self.principals)
         except BaseException:
