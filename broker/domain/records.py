@@ -19,6 +19,9 @@ from typing import Any
 
 # The empty read-only mapping (a default: shared, it cannot change).
 NO_VALUES: Mapping[str, Any] = MappingProxyType({})
+# The key under which the store hands back a stored value that does not decode (text edited in the database):
+# no template parameter, identity value or tag key is named so, so it never matches what was approved.
+UNREADABLE = "(unreadable)"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,4 +133,4 @@ class ApiKey:
     revoked_by: str | None = None
 
 
-__all__ = ["NO_VALUES", "ApiKey", "Approval", "CredentialRequest", "Grant", "MintIntent", "PrincipalEntry"]
+__all__ = ["UNREADABLE", "NO_VALUES", "ApiKey", "Approval", "CredentialRequest", "Grant", "MintIntent", "PrincipalEntry"]

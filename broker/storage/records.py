@@ -21,10 +21,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from broker.domain.records import ApiKey, Approval, CredentialRequest, Grant, MintIntent, PrincipalEntry
-
-# Where an undecodable stored value is kept (no template parameter, identity value or tag key is named so).
-UNREADABLE = "(unreadable)"
+from broker.domain.records import UNREADABLE, ApiKey, Approval, CredentialRequest, Grant, MintIntent, PrincipalEntry
 
 
 # --------------------------------------------------------------------------- encoding (records -> columns)
@@ -84,7 +81,8 @@ def decode_session_tags(text: str) -> tuple[tuple[str, str], ...]:
         value = json.loads(text)
     except (TypeError, ValueError):
         value = None
-    if type(value) is list and all(type(tag) is list and len(tag) == 2 for tag in value):
+    if type(value) is list and all(type(tag) is list and len(tag) == 2 and type(tag[0]) is str
+                                   and type(tag[1]) is str for tag in value):
         return tuple((key, tag_value) for key, tag_value in value)
     return ((UNREADABLE, str(text)),)
 
@@ -100,7 +98,7 @@ def decode_names(text: str) -> tuple[str, ...]:
         value = json.loads(text)
     except (TypeError, ValueError):
         return ()
-    return tuple(value) if type(value) is list else ()
+    return tuple(value) if type(value) is list and all(type(name) is str for name in value) else ()
 
 
 def decode_attributes(text: str | None) -> Mapping[str, str] | None:

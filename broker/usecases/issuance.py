@@ -27,7 +27,7 @@ from broker.domain.caller_identity import CallerIdentity
 from broker.domain.events import EventType, log_entry
 from broker.domain.mint_plan import MintPlan, plan_mint
 from broker.domain.principals import Principal, Role
-from broker.domain.records import CredentialRequest, Grant, MintIntent
+from broker.domain.records import UNREADABLE, CredentialRequest, Grant, MintIntent
 from broker.domain.rendering import RenderedPolicy
 from broker.domain.requests import RequestStatus, clean_reason, require_status
 from broker.domain.templates import ScopeTemplate
@@ -278,7 +278,7 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             # NOTE: what is minted is derived again from the template and what the approvals bind; the row's
             # rendered policy, role, tags, ... are only compared with it (see broker.domain.mint_plan).
             plan, altered = self._plan_for_stored(template, row, identity=caller_identity(principal))
-            if plan is not None:
+            if plan is not None and not altered:   # an altered row fails as such below, whatever else
                 if dict(plan.identity) != stored_identity(row.identity):
                     raise Conflict("the caller's identity values changed since the request; a new request is "
                                    "needed", code="identity_changed")
@@ -328,7 +328,11 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
         # handed back JSON text, compared the same way.
         stored = {**{name: getattr(row, name) for name in plan.stored_form()},
                   "parameters": dict(row.parameters), "session_tags": [list(tag) for tag in row.session_tags]}
-        return plan, plan.disagreements(stored)
+        altered = plan.disagreements(stored)
+        if row.identity is not None and UNREADABLE in row.identity:
+            # The identity values were edited into text no request holds: altered, not a changed caller.
+            altered = (*altered, "identity")
+        return plan, altered
 
     def _fail_altered(self, repo: UnitOfWork, row: CredentialRequest, plan: MintPlan | None, altered: tuple[str, ...], *,
                       actor: str, now: datetime) -> None:

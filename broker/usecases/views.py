@@ -24,6 +24,14 @@ def grant_view(grant: Grant, *, ttl_seconds: int) -> dict[str, Any]:
             "revoked_at": iso(grant.revoked_at)}
 
 
+def _stored_policy(text: str) -> Any:
+    """The stored policy as JSON, or its text when it is not JSON (edited in the database: shown, never minted)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 class RequestViews:
     """The request view, with its template's blast radius and risks (a part of ``BrokerService``)."""
 
@@ -41,7 +49,7 @@ class RequestViews:
         view: dict[str, Any] = {
             "id": row.id, "status": status, "template": row.template, "template_digest": row.template_digest,
             "environment": row.environment, "parameters": dict(row.parameters), "role_arn": row.role_arn,
-            "policy": json.loads(row.policy), "policy_digest": row.policy_digest, "ttl_seconds": row.ttl_seconds,
+            "policy": _stored_policy(row.policy), "policy_digest": row.policy_digest, "ttl_seconds": row.ttl_seconds,
             "binding_digest": row.binding_digest, "requester": row.requester, "acts_for": row.acts_for,
             "reason": row.reason, "created_at": iso(row.created_at), "approvals_required": row.approvals_required,
             "pending_expires_at": iso(row.pending_expires_at), "approved_at": iso(row.approved_at),
@@ -70,7 +78,9 @@ class RequestViews:
                         template, {**row.parameters, **stored_identity(row.identity)}))
                     # Each risk class of the exact policy, most dangerous first, in plain words.
                     view["risk"] = view["blast_radius"].get("risk", [])
-                except BrokerError:
+                except (BrokerError, TypeError, ValueError):
+                    # NOTE: TypeError/ValueError: stored parameters edited into values no request has (the row
+                    # is shown as it is; redeeming it fails as altered).
                     view["blast_radius"] = None
         return view
 

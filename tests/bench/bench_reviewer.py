@@ -9,12 +9,21 @@ entries, written with COPY.  Then, as the API runs them (``AuditLog``, the use c
   first page and a page deep in the log), and of ``correlate`` by access key id;
 * ``report`` over 7 and 30 days;
 * the streaming ``export`` of the whole log (in a child process: its peak RSS) and ``broker audit verify``
-  of that export (``verify_export_file``, every CPU).
+  of that export (``verify_export`` in one pass, and ``verify_export_file`` on every CPU).
+
+The seed drops the events table's secondary indexes (the models' and migration 0012's body indexes) and
+builds them after the COPY: one sorted build per index instead of ten million random inserts.
 
 With ``--without-body-indexes`` the queries are first timed without migration 0012's indexes (a few
 samples: each reads every body), then the indexes are built (timed) and the queries timed again.
 
+With ``--database NAME`` the seeded database is kept under that name (its signing key and seed time in
+the database's comment) and a later run with the same name and ``--entries`` measures it again without
+seeding (ten million entries take a while to seed); ``--drop`` removes it.  ``--parts`` picks what to
+measure (``queries,report,export``; export includes verify).
+
     .venv/bin/python -m tests.bench.bench_reviewer [--entries 1000000] [--samples 40] [--without-body-indexes]
+        [--database bench10m] [--parts queries,report,export] [--drop]
 
 Not collected by pytest (file name bench_*.py); figures, not assertions.
 """
@@ -22,6 +31,7 @@ Not collected by pytest (file name bench_*.py); figures, not assertions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import resource
@@ -37,9 +47,10 @@ from broker.domain import log
 from broker.domain.principals import Principal, Role
 from broker.ports import SystemClock
 from broker.storage.engine import Database, build_engine
-from broker.storage.export_files import verify_export_file
+from broker.storage.export_files import available_cpus, verify_export_file
 from broker.storage.migrations import migrate
 from broker.usecases.audit import AuditLog
+from tests.bench.bench_log import _cpu_with_children
 from tests.conftest import PG_ADMIN_URL, _fresh_pg_database
 
 AGENTS, HUMANS, TEMPLATES = 500, 200, 40
@@ -70,8 +81,12 @@ def body_of(seq: int, moment: datetime, kind: str, rng: random.Random) -> dict:
     }
 
 
-def seed(database: Database, count: int, signer: log.CheckpointSigner, now: datetime) -> dict:
-    """``count`` sealed entries over the 30 days before ``now``, with their checkpoints, by COPY."""
+def seed(database: Database, count: int, signer: log.CheckpointSigner, now: datetime, *,
+         body_indexes: bool = True) -> dict:
+    """``count`` sealed entries over the 30 days before ``now``, with their checkpoints, by COPY.
+
+    The events table's secondary indexes are dropped first and built after the load (timed); migration
+    0012's body indexes too unless ``body_indexes`` is False (then ``span["body_indexes"]`` builds them)."""
     rng = random.Random(21)
     kinds = [kind for kind, weight in TYPES for _ in range(weight)]
     start = now - timedelta(days=30)
@@ -81,6 +96,10 @@ def seed(database: Database, count: int, signer: log.CheckpointSigner, now: date
     try:
         cursor = raw.driver_connection.cursor()
         cursor.execute("SET statement_timeout = 0")  # a bulk load, not a request
+        indexes = _secondary_indexes(cursor, "events")
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        began = time.perf_counter()
         with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as events_copy:
             checkpoints = []
             for seq in range(1, count + 1):
@@ -102,12 +121,40 @@ def seed(database: Database, count: int, signer: log.CheckpointSigner, now: date
                 checkpoints_copy.write_row(row)
         cursor.execute("UPDATE log_head SET seq = %s, hash = %s WHERE id = 1", (count, prev_hash))
         raw.driver_connection.commit()
+        print(f"  COPY of the entries and checkpoints (sealed and signed here): {time.perf_counter() - began:.0f} s")
+        body = [(name, sql) for name, sql in indexes if name.startswith("ix_events_body_")]
+        _build_indexes(cursor, [(name, sql) for name, sql in indexes if (name, sql) not in body], "the models' indexes")
+        if body_indexes:
+            _build_indexes(cursor, body, "the body indexes of migration 0012")
+        raw.driver_connection.commit()
         raw.driver_connection.autocommit = True
+        began = time.perf_counter()
         cursor.execute("VACUUM ANALYZE events")
+        cursor.execute("VACUUM ANALYZE checkpoints")
+        print(f"  VACUUM ANALYZE: {time.perf_counter() - began:.0f} s")
         raw.driver_connection.autocommit = False
     finally:
         raw.close()
-    return {"start": start, "now": now, "rng": rng}
+    return {"start": start, "now": now, "body_indexes": body}
+
+
+def _secondary_indexes(cursor, table: str) -> list[tuple[str, str]]:
+    """(name, CREATE INDEX statement) of ``table``'s indexes that back no constraint."""
+    cursor.execute("SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                   "WHERE i.indrelid = %s::regclass AND NOT EXISTS "
+                   "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY 1", (table,))
+    return [(name.strip('"'), sql) for name, sql in cursor.fetchall()]
+
+
+def _build_indexes(cursor, indexes: list[tuple[str, str]], what: str) -> float:
+    began = time.perf_counter()
+    cursor.execute("SET maintenance_work_mem = '1GB'")
+    for _, sql in indexes:
+        cursor.execute(sql)
+    cursor.connection.commit()
+    seconds = time.perf_counter() - began
+    print(f"  {what} ({len(indexes)}) built in {seconds:.0f} s")
+    return seconds
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -206,31 +253,64 @@ def export_and_verify(url: str, key, signer: log.CheckpointSigner, count: int, f
     size = out.stat().st_size
     print(f"  export (streamed, whole log): {count / float(seconds):9,.0f} entries/s ({float(seconds):.1f} s, "
           f"{size / 1e6:,.0f} MB); peak RSS of the exporting process {int(peak_kib) / 1024:,.0f} MiB")
-    began = time.perf_counter()
-    report = verify_export_file(out, signer.public_key)
-    seconds = time.perf_counter() - began
+    with open(out, "rb") as export:
+        began, cpu = time.perf_counter(), time.process_time()
+        report = log.verify_export(export, signer.public_key)
+        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     assert report.ok and report.entries == count, report.message
-    print(f"  verify the export (every CPU): {count / seconds:9,.0f} entries/s ({seconds:.1f} s, "
-          f"{report.checkpoints:,} checkpoints)")
+    print(f"  verify the export, one pass: {count / seconds:9,.0f} entries/s wall ({seconds:.1f} s; {count / cpu:,.0f} "
+          f"entries/s of CPU), load average {os.getloadavg()[0]:.1f}")
+    began, cpu = time.perf_counter(), _cpu_with_children()
+    again = verify_export_file(out, signer.public_key)
+    seconds, cpu = time.perf_counter() - began, _cpu_with_children() - cpu
+    assert again == report, again.message
+    print(f"  verify the export, {available_cpus()} CPU(s) (broker audit verify): {count / seconds:9,.0f} entries/s wall "
+          f"({seconds:.1f} s, {report.checkpoints:,} checkpoints); {cpu:.1f} s CPU in all its processes, so "
+          f"{count / cpu * available_cpus():,.0f} entries/s on {available_cpus()} idle CPUs; load average "
+          f"{os.getloadavg()[0]:.1f}")
 
 
-def body_indexes(database: Database, create: bool) -> float:
-    began = time.perf_counter()
+def build_body_indexes(database: Database, indexes: list[tuple[str, str]]) -> None:
     raw = database.engine.raw_connection()
     try:
         cursor = raw.driver_connection.cursor()
         cursor.execute("SET statement_timeout = 0")
-        for field in ("actor", "acts_for", "template", "type", "request_id", "access_key_id", "grant_id", "time"):
-            cursor.execute(f"CREATE INDEX ix_events_body_{field} ON events "
-                           f"((jsonb_extract_path_text(CAST(body AS JSONB), '{field}')), seq)" if create
-                           else f"DROP INDEX ix_events_body_{field}")
-        raw.driver_connection.commit()
-        if create:
-            raw.driver_connection.autocommit = True
-            cursor.execute("ANALYZE events")
+        _build_indexes(cursor, indexes, "the body indexes of migration 0012")
+        raw.driver_connection.autocommit = True
+        cursor.execute("ANALYZE events")
     finally:
         raw.close()
-    return time.perf_counter() - began
+
+
+def kept_database(name: str, entries: int) -> tuple[str, dict | None]:
+    """The URL of the database ``name`` (created when missing) and what its comment says was seeded in it,
+    or None when it holds no seeded log of ``entries`` entries (then it is emptied)."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            comment = connection.exec_driver_sql(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)).first()
+            seeded = json.loads(comment[0]) if comment and comment[0] else None
+            if seeded is None or seeded["entries"] != entries:
+                if comment:
+                    print(f"-- database {name} holds no seeded log of {entries:,} entries: made again")
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+                seeded = None
+    finally:
+        admin.dispose()
+    return sqlalchemy.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False), seeded
+
+
+def drop_database(name: str) -> None:
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
 
 
 def main() -> None:
@@ -238,33 +318,73 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--without-body-indexes", action="store_true",
-                        help="time the queries without migration 0012's indexes first")
+                        help="time the queries without migration 0012's indexes first (a fresh seed only)")
+    parser.add_argument("--database", help="keep the seeded database under this name, and reuse it when it "
+                                           "holds --entries entries")
+    parser.add_argument("--parts", default="queries,report,export",
+                        help="what to measure, of queries, report and export (export includes verify)")
+    parser.add_argument("--drop", action="store_true", help="drop the --database named and stop")
     args = parser.parse_args()
-    url, drop = _fresh_pg_database(PG_ADMIN_URL)
+    parts = set(filter(None, args.parts.split(",")))
+    if not parts <= {"queries", "report", "export"}:
+        parser.error(f"--parts: unknown {sorted(parts - {'queries', 'report', 'export'})}")
+    if args.drop:
+        if args.database:
+            drop_database(args.database)
+        return
+    if args.database:
+        url, seeded = kept_database(args.database, args.entries)
+
+        def drop() -> None:
+            """Kept for the next run."""
+    else:
+        (url, drop), seeded = _fresh_pg_database(PG_ADMIN_URL), None
     database = Database(build_engine(url))
     try:
-        migrate(database.engine)
-        key = log.generate_signing_key()
+        print(f"== {args.entries:,} entries over 30 days in PostgreSQL, a checkpoint every {CHECKPOINT_EVERY}; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        if seeded is None:
+            migrate(database.engine)
+            key = log.generate_signing_key()
+            began, cpu = time.perf_counter(), time.process_time()
+            span = seed(database, args.entries, log.CheckpointSigner(key), datetime.now(UTC),
+                        body_indexes=not args.without_body_indexes)
+            seeded_in = time.perf_counter() - began
+            print(f"  seeded (sealed by the broker's code, COPY, indexes built after it, VACUUM ANALYZE) in "
+                  f"{seeded_in:.0f} s ({args.entries / seeded_in:,.0f} entries/s; {time.process_time() - cpu:.0f} s "
+                  f"CPU here); load average {os.getloadavg()[0]:.1f}")
+            if args.database:
+                with database.engine.connect() as connection:
+                    note = json.dumps({"entries": args.entries, "now": span["now"].isoformat(),
+                                       "key": log.private_key_pem(key).decode()})
+                    connection.exec_driver_sql(f'COMMENT ON DATABASE "{args.database}" IS '
+                                               f"'{note}'")  # JSON of known characters, no quote in it
+                    connection.commit()
+        else:
+            began = time.perf_counter()
+            migrate(database.engine)  # what the branch adds since the seed (a summary table is built here)
+            print(f"  migrations to the head: {time.perf_counter() - began:.0f} s")
+            key = log.load_signing_key(seeded["key"].encode())
+            now = datetime.fromisoformat(seeded["now"])
+            span = {"start": now - timedelta(days=30), "now": now, "body_indexes": []}
+            print(f"  (seeded earlier, at {seeded['now']}: database {args.database} reused)")
         signer = log.CheckpointSigner(key)
-        body_indexes(database, create=False)  # built after the COPY: one pass over the bodies, not one per row
-        began, cpu = time.perf_counter(), time.process_time()
-        span = seed(database, args.entries, signer, datetime.now(UTC))
-        seeded = time.perf_counter() - began
-        print(f"== {args.entries:,} entries over 30 days in PostgreSQL, a checkpoint every {CHECKPOINT_EVERY}")
-        print(f"  seeded (sealed by the broker's code, COPY with the models' indexes, VACUUM ANALYZE) in "
-              f"{seeded:.0f} s ({args.entries / seeded:,.0f} entries/s; {time.process_time() - cpu:.0f} s CPU here)")
         audit = AuditLog(database=database, signer=signer, clock=SystemClock())
-        if args.without_body_indexes:
+        if args.without_body_indexes and span["body_indexes"]:
             print("-- without the body indexes (migration 0012)")
             query_figures(audit, args.entries, min(args.samples, 3), span)
-        print(f"-- the body indexes of migration 0012 built in {body_indexes(database, create=True):.0f} s")
+            build_body_indexes(database, span["body_indexes"])
         with database.engine.connect() as connection:
             size = connection.exec_driver_sql("SELECT pg_total_relation_size('events')").scalar_one()
-        print(f"  events table with all its indexes: {size / 1e9:.2f} GB")
-        query_figures(audit, args.entries, args.samples, span)
-        report_figures(audit, span)
-        with tempfile.TemporaryDirectory() as folder:
-            export_and_verify(url, key, signer, args.entries, Path(folder))
+            whole = connection.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
+        print(f"  events table with all its indexes: {size / 1e9:.2f} GB (the database: {whole / 1e9:.2f} GB)")
+        if "queries" in parts:
+            query_figures(audit, args.entries, args.samples, span)
+        if "report" in parts:
+            report_figures(audit, span)
+        if "export" in parts:
+            with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_EXPORT_DIR")) as folder:
+                export_and_verify(url, key, signer, args.entries, Path(folder))
         print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; peak RSS of this process "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     finally:

@@ -294,3 +294,41 @@ def test_a_checkpoint_of_the_empty_log_comes_first():
     assert report.ok and report.first_seq == 1 and report.checkpoints == 4, report.message
     del lines[1]
     assert verify(lines).problem == "removed"
+
+
+class _IdentityKeySigner:
+    """A degenerate "key": the identity point, for which (R = the base point, S = 1) passes OpenSSL's Ed25519 check
+    for every message, and which libsodium refuses (a small-order point)."""
+
+    def public_key(self):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(bytes([1]) + bytes(31))
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes.fromhex("58" + "66" * 31) + bytes([1]) + bytes(31)
+
+
+def test_the_verdict_on_a_checkpoint_signature_is_openssls_where_libsodium_refuses_it():
+    # The verifier checks checkpoint signatures with libsodium first (faster), which refuses more than OpenSSL does:
+    # a signature it refuses is judged again by OpenSSL, so the report is what it was before libsodium was used.
+    degenerate = log.CheckpointSigner(_IdentityKeySigner())
+    entries = make_entries(SIZE)
+    lines = chained_export(entries, signed_chain(entries, by=degenerate), by=degenerate)
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    with pytest.raises(BadSignatureError):
+        VerifyKey(bytes([1]) + bytes(31)).verify(b"message", degenerate._key.sign(b"message"))
+    report = log.verify_export(lines, degenerate.public_key)
+    assert report.ok and report.checkpoints == 3, report.message
+    # And a signature both refuse stays refused.
+    forged = lines_of()
+    assert log.verify_export(forged, degenerate.public_key).problem == "wrong_key"
+    honest = signer()
+    first = next(i for i, line in enumerate(lines_of()) if line.startswith(b'{"checkpoint":'))
+    tampered = list(lines_of())
+    signature = json.loads(tampered[first])["checkpoint"]["signature"]
+    other = ("B" if signature[0] == "A" else "A") + signature[1:]
+    tampered[first] = tampered[first].replace(signature.encode(), other.encode())
+    assert log.verify_export(tampered, honest.public_key).problem == "bad_signature"

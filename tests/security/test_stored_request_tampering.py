@@ -79,6 +79,8 @@ ALTERED = {
     # Text that is no request's value at all: read as unreadable (broker.storage.records), never as a value.
     "session tags not JSON": {"session_tags": "[[\"broker:agent\", "},
     "parameters not an object": {"parameters": json.dumps(["service", "checkout"])},
+    "session tag not a string": {"session_tags": json.dumps([["broker:agent", 1]])},
+    "identity not JSON": {"identity": "{not json"},
 }
 
 
@@ -106,9 +108,11 @@ def test_an_altered_row_is_never_minted(tamper, columns):
 
 @pytest.mark.parametrize("columns", [ALTERED["policy"], ALTERED["role"], ALTERED["session tags"],
                                      ALTERED["source identity"], ALTERED["session name"],
-                                     ALTERED["session tags not JSON"], ALTERED["parameters not an object"]],
+                                     ALTERED["session tags not JSON"], ALTERED["parameters not an object"],
+                                     ALTERED["session tag not a string"], ALTERED["identity not JSON"]],
                          ids=["policy", "role", "session tags", "source identity", "session name",
-                              "session tags not JSON", "parameters not an object"])
+                              "session tags not JSON", "parameters not an object", "session tag not a string",
+                              "identity not JSON"])
 def test_a_row_disagreeing_with_its_approved_rendering_fails_and_is_logged(tamper, columns):
     approved = _approved(tamper)
     _edit(tamper, approved["id"], **columns)
@@ -164,3 +168,30 @@ def test_sts_gets_the_plan_even_for_a_row_that_got_past_the_stored_row_check():
     assert (order.policy_json, order.role_arn) == (plan.policy.json, plan.role_arn) == (row.policy, row.role_arn)
     assert order.policy_json != STAR
     record("stored-row tampering: minting reads the plan, not the row", refused=True)
+
+
+# Text edited into values no request holds, column by column: what approvers and reviewers read still answers.
+ODD = {
+    "policy not JSON": {"policy": "{not json"},
+    "parameter not a string": {"parameters": json.dumps({"service": 5})},
+    "session tag not a string": {"session_tags": json.dumps([[1, "x"]])},
+    "identity not an object": {"identity": json.dumps([1, 2])},
+}
+
+
+@pytest.mark.parametrize("columns", list(ODD.values()), ids=list(ODD))
+def test_an_edited_pending_row_still_shows_to_approvers(tamper, columns):
+    created = tamper.post("/v1/requests", "agent:demo", json=PROD)
+    assert created.status_code == 202, created.text
+    _edit(tamper, created.json()["id"], **columns)
+
+    shown = tamper.get(f"/v1/requests/{created.json()['id']}", "human:bob")
+    listed = tamper.get("/v1/requests?status=pending", "human:bob")
+
+    assert shown.status_code == 200, shown.text
+    assert listed.status_code == 200, listed.text
+    assert created.json()["id"] in {r["id"] for r in listed.json()["requests"]}
+    # Approving it binds to the stored digest: counted or not, the answer is an answer, never a 500.
+    decided = tamper.post(f"/v1/requests/{created.json()['id']}/approvals", "human:bob",
+                          json={"decision": "approve", "reason": "looked at it"})
+    assert decided.status_code < 500, decided.text

@@ -46,13 +46,15 @@ ENTRY_FIELDS = (
 _HEX_DIGITS = "0123456789abcdef"
 
 
+# NOTE: every argument is part of the on-disk format; changing any breaks old logs.  One encoder for every call (what
+# json.dumps builds on each call given these arguments; it keeps no state between calls).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(obj: Any) -> bytes:
     """The canonical bytes of ``obj`` (docs/log-format.md, section 2)."""
     try:
-        # NOTE: every argument is part of the on-disk format; changing any breaks old logs.
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-        return text.encode("utf-8")
+        return _CANONICAL.encode(obj).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise InvalidInput("A log entry holds a value that has no canonical JSON form.",
                            code="log_entry_not_canonical") from exc
