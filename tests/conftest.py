@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,16 +34,68 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get("BROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+# ----------------------------------------------------------------------------- order
+def pytest_collection_modifyitems(config, items):
+    """Modules holding a test marked ``slow`` run first (otherwise in the order collected): under pytest-xdist's
+    loadscope a module is one unit of work, and a long one handed out last would be the run's tail."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # a stable sort: the same order everywhere
+
+
 # ----------------------------------------------------------------------------- fake AWS
+@dataclass
+class MotoProcess:
+    """moto's server in a process of its own (FAKE AWS): its answers do not wait for this worker's GIL, so a busy
+    test (or a busy machine) does not push an STS call past the broker's read timeout."""
+
+    endpoint_url: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def start_moto_process(log_file: Path, attempts: int = 3) -> MotoProcess:
+    from broker.runtime.devmode import free_port
+
+    for _ in range(attempts):  # a port probed free may be taken before moto binds it (another worker): again
+        port = free_port(0)
+        with log_file.open("ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/moto-api/data.json", timeout=5):
+                    return MotoProcess(endpoint_url=url, process=process)
+            except OSError:
+                time.sleep(0.05)
+        MotoProcess(endpoint_url=url, process=process).stop()
+    raise RuntimeError(f"moto's server did not start:\n{log_file.read_text(errors='replace')[-3000:]}")
+
+
 @pytest.fixture(scope="session")
-def moto_server():
+def moto_server(tmp_path_factory):
     """moto's real server on 127.0.0.1 (FAKE AWS): tests talk to it over HTTP."""
-    from broker.runtime.devmode import start_fake_aws
-
-    from broker.storage.template_files import load_catalog
     from broker.runtime.devmode import seed_aws
+    from broker.storage.template_files import load_catalog
 
-    aws = start_fake_aws(0)
+    aws = start_moto_process(tmp_path_factory.mktemp("moto") / "moto.log")
+    # The broker's own (fake) AWS identity for calling moto (as broker dev sets it).
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "FAKEBROKERKEY")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "fake-broker-secret")
     # The test templates' target roles and the demo bucket, once per session.
     seed_aws(aws.endpoint_url, load_catalog(TEST_SCOPES))
     yield aws
@@ -66,23 +125,92 @@ def pg_admin_url() -> str:
     return PG_ADMIN_URL
 
 
+class _PgCopies:
+    """Databases made ahead and dropped behind, off the tests' clock.
+
+    CREATE DATABASE and DROP DATABASE each wait for the server to flush its WAL (together about a second a test on a
+    disk that syncs): two threads of this worker make the next copies of a template while tests run, and drop
+    the used ones afterwards.  Every test still gets a database of its own that no other test touched."""
+
+    SPARES = 2
+
+    def __init__(self, admin_url: str) -> None:
+        import sqlalchemy
+
+        self.admin_url = admin_url
+        self._admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-copies")
+        self._spares: dict[str | None, deque[Future]] = {}
+        self._lock = threading.Lock()
+
+    def _create(self, template: str | None) -> str:
+        name = f"broker_test_{uuid.uuid4().hex[:12]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
+        with self._admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"{clause}')
+        return name
+
+    def _drop(self, name: str) -> None:
+        with self._admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def take(self, template: str | None) -> str:
+        """A new database (empty, or a copy of ``template``) for one test; the next ones are already being made."""
+        with self._lock:
+            spares = self._spares.setdefault(template, deque())
+            ready = spares.popleft() if spares else None
+            while len(spares) < self.SPARES:
+                spares.append(self._threads.submit(self._create, template))
+        return ready.result() if ready is not None else self._create(template)
+
+    def give_back(self, name: str) -> None:
+        """Drop a used database in the background (WITH (FORCE): a connection a test left open does not stop it)."""
+        self._threads.submit(self._drop, name)
+
+    def forget(self, template: str) -> None:
+        """No more copies of ``template`` (before it is dropped: a copy in progress would hold it)."""
+        with self._lock:
+            spares = self._spares.pop(template, deque())
+        for spare in spares:
+            self._drop(spare.result())
+
+    def close(self) -> None:
+        with self._lock:
+            everything = [spare for spares in self._spares.values() for spare in spares]
+            self._spares.clear()
+        for spare in everything:
+            self._drop(spare.result())
+        self._threads.shutdown(wait=True)  # the pending drops
+        self._admin.dispose()
+
+
+_PG_COPIES: dict[str, _PgCopies] = {}
+
+
+def _pg_copies(admin_url: str) -> _PgCopies:
+    if admin_url not in _PG_COPIES:
+        _PG_COPIES[admin_url] = _PgCopies(admin_url)
+    return _PG_COPIES[admin_url]
+
+
+@atexit.register  # the scripts of tests/bench use _fresh_pg_database too
+def _close_pg_copies() -> None:
+    while _PG_COPIES:
+        _PG_COPIES.popitem()[1].close()
+
+
+def pytest_sessionfinish(session):
+    _close_pg_copies()
+
+
 def _fresh_pg_database(admin_url: str, *, template: str | None = None) -> tuple[str, callable]:
-    """A new, empty database (or a copy of ``template``, which is much faster than migrating)."""
+    """A new, empty database (or a copy of ``template``, which is much faster than migrating), and its drop."""
     import sqlalchemy
 
-    name = f"broker_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        clause = f' TEMPLATE "{template}"' if template else ""
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"{clause}')
+    copies = _pg_copies(admin_url)
+    name = copies.take(template)
     url = sqlalchemy.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-    return url, drop
+    return url, lambda: copies.give_back(name)
 
 
 @pytest.fixture
@@ -101,12 +229,15 @@ def pg_migrated_template(pg_admin_url) -> Iterator[str]:
     from broker.storage.engine import build_engine
     from broker.storage.migrations import migrate
 
-    url, drop = _fresh_pg_database(pg_admin_url)
+    url, _ = _fresh_pg_database(pg_admin_url)
     engine = build_engine(url)
     migrate(engine)
     engine.dispose()
-    yield sqlalchemy.engine.make_url(url).database
-    drop()
+    name = sqlalchemy.engine.make_url(url).database
+    yield name
+    copies = _pg_copies(pg_admin_url)
+    copies.forget(name)
+    copies.give_back(name)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 #
 # Creates .venv with python3.11 if it is missing, installs the package with its
 # test extra (only when pyproject.toml changed since the last install), then runs
-# pytest inside the venv. With no arguments it runs the whole suite quietly, on every core.
+# pytest inside the venv. Without a test path it runs the whole suite, 2 workers a core (quietly if no arguments).
 # The exit code is pytest's (5 = no tests collected).
 set -euo pipefail
 
@@ -44,8 +44,26 @@ if [[ "$want" != "$have" ]]; then
     echo "$want" >"$stamp"
 fi
 
+# The whole suite (no test path given, e.g. `.ci/run`'s `-q --timeout=600`) runs on twice as many pytest-xdist
+# workers as cores unless the arguments choose (-n, --numprocesses, --dist, -p no:xdist): the suite mostly waits
+# (servers and CLI processes starting, the database syncing), so one worker a core left the cores half idle.
+# A module's tests stay on one worker (loadscope), so module-scoped brokers are built once.
+whole_suite=true
+for arg in "$@"; do
+    case "$arg" in
+        -n | -n* | --numprocesses* | --dist* | no:xdist) whole_suite=false ;;
+        -*) ;;
+        *) [[ -e "${arg%%::*}" ]] && whole_suite=false ;;
+    esac
+done
 if [[ $# -eq 0 ]]; then
-    # Every core (pytest-xdist); a module's tests stay on one worker, so module-scoped brokers are built once.
-    set -- -q -n auto --dist loadscope
+    set -- -q
 fi
+if $whole_suite; then
+    set -- -n "$(( 2 * $(nproc) ))" --dist loadscope "$@"
+fi
+# Compiled bytecode (and pytest's rewritten test modules) are cached in the git-ignored __pycache__ folders even
+# where the environment says PYTHONDONTWRITEBYTECODE: without the cache every worker and every CLI process the
+# tests start compiles again (collection alone took twice the CPU).
+unset PYTHONDONTWRITEBYTECODE
 exec "$venv/bin/python" -m pytest "$@"

@@ -32,11 +32,14 @@ def _time(value: str | None, name: str, now: datetime) -> datetime | None:
 def list_events(container: ContainerDep, principal: CurrentPrincipal, agent: str | None = None,
                 human: str | None = None, template: str | None = None, type: str | None = None,
                 request_id: str | None = None, access_key_id: str | None = None, grant_id: str | None = None,
+                risk: str | None = Query(None, description="Only entries declaring a risk: risky (any risk, or "
+                                         "production: the dashboard's destructive and high-risk grants) or "
+                                         "destructive."),
                 since: str | None = None, until: str | None = None, after_seq: int = Query(0, ge=0, le=MAX_SEQ),
                 limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     now = container.clock.now()
     filters = {"agent": agent, "human": human, "template": template, "type": type, "request_id": request_id,
-               "access_key_id": access_key_id, "grant_id": grant_id}
+               "access_key_id": access_key_id, "grant_id": grant_id, "risk": risk}
     return container.audit.query(principal=principal, filters=filters, after_seq=after_seq, limit=limit,
                                            since=_time(since, "since", now), until=_time(until, "until", now))
 

@@ -40,7 +40,11 @@ def register(subparsers) -> None:
 def _checkpoint_loop(container, stop: threading.Event, every_seconds: float = 60.0) -> None:
     audit = container.audit
     revocations = container.revocations
+    # The reviewers' cache of closed blocks: caught up now (a log older than the cache, or blocks whose fill
+    # failed), then at every sweep; on its own thread (minutes on a large log), calls coalesce.
+    container.aggregates_fill()
     while not stop.wait(every_seconds):
+        container.aggregates_fill()
         try:
             # Counts of suppressed refusals whose window is over and that no later refusal carried
             # (before the checkpoint, so it covers them).

@@ -60,6 +60,10 @@ REFUSAL_TYPES = (EventType.REFUSED, EventType.REFUSALS_SUPPRESSED)
 CARRYING_TYPES = (*REFUSAL_TYPES, EventType.REFUSALS_SUPPRESSED_SUMMARY)
 # Entries that end a grant before its expiry.
 REVOKING_TYPES = (EventType.REVOKED, EventType.REVOKED_ALL)
+# What a reviewer may filter ``issued`` entries by (``GET /v1/events?risk=``): ``risky``, a grant that declares a
+# risk (destructive, permission-changing) or is for production (the dashboard's destructive and high-risk
+# grants); ``destructive``, one that declares the destructive risk.
+RISK_FILTERS = ("risky", "destructive")
 
 
 def log_entry(kind: EventType | str, *, now: datetime, event_id: str | None = None,
@@ -78,4 +82,4 @@ def log_entry(kind: EventType | str, *, now: datetime, event_id: str | None = No
     return body
 
 
-__all__ = ["CARRYING_TYPES", "REFUSAL_TYPES", "REVOKING_TYPES", "EventType", "log_entry"]
+__all__ = ["CARRYING_TYPES", "REFUSAL_TYPES", "REVOKING_TYPES", "RISK_FILTERS", "EventType", "log_entry"]

@@ -32,6 +32,8 @@ from broker.runtime.template_loading import TemplateLoader
 from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
 from broker.storage.engine import Database, PostgresSessionLimits, build_engine
+from broker.storage.log_aggregates import BLOCK as AGGREGATE_BLOCK
+from broker.storage.log_aggregates import fill_log_aggregates
 from broker.storage.migrations import migrate
 from broker.storage.sqlite_space import SqliteSpace
 from broker.storage.observed import ObservedDatabase
@@ -90,6 +92,9 @@ class Container:
     audit: AuditLog
     revocations: RevocationService
     checkpointer: InBackground
+    # Adds up the log's closed blocks not cached yet for the reviewers' figures (``broker serve`` starts it,
+    # so that a log that grew before the cache existed is cached without waiting for a block to close).
+    aggregates_fill: InBackground
     metrics: BrokerMetrics
     # The approvers' OIDC sign-in: ``ui_oidc.client()`` is None when it is not configured.
     ui_oidc: UiOidcSignIn
@@ -215,6 +220,10 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     checkpointer = InBackground(audit.checkpoint, name="log-checkpoint")
     if settings.checkpoint_every > 0:
         database.observers.append(CheckpointEvery(checkpointer, every=settings.checkpoint_every))
+    # The reviewers' cache of closed blocks: each block is added up once it closes, off the request's path
+    # (a read computes a block not cached yet itself).
+    aggregates_fill = InBackground(lambda: fill_log_aggregates(database), name="log-aggregates")
+    database.observers.append(CheckpointEvery(aggregates_fill, every=AGGREGATE_BLOCK))
     metrics = wire_metrics(database=database, catalog=catalog, service=service)
     if audit.checkpointer is not None:
         audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)
@@ -222,8 +231,8 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     start_up(revocations)  # measure the clock, reconcile orphaned mint intents, prune expired revocations
     return Container(settings=settings, database=database, catalog=catalog, service=service,
                      authenticator=authenticator, signer=signer, clock=clock, audit=audit,
-                     revocations=revocations, checkpointer=checkpointer, metrics=metrics, ui_oidc=ui_oidc,
-                     templates=templates,
+                     revocations=revocations, checkpointer=checkpointer, aggregates_fill=aggregates_fill,
+                     metrics=metrics, ui_oidc=ui_oidc, templates=templates,
                      review=ReviewDashboard(database=database, clock=clock), clock_skew=clock_skew)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -182,3 +182,28 @@ class SettingRow(SQLModel, table=True):
 # The use cases write broker.domain.records' plain values (CredentialRequest, Grant, MintIntent, Approval):
 # building a table model instance costs ~50 us (SQLAlchemy instrumentation on every field), and the
 # repository inserts the plain values with Core.  Their fields are the tables' (tests/storage hold them equal).
+
+
+class LogAggregateBlockRow(SQLModel, table=True):
+    """A closed block of the log (seqs ``block * BLOCK + 1 .. (block + 1) * BLOCK``) whose aggregates are in
+    ``log_aggregates`` (broker.storage.log_aggregates): written in the same transaction as its rows, once."""
+
+    __tablename__ = "log_aggregate_blocks"
+    block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    entries: int
+    filled_at: datetime
+
+
+class LogAggregateRow(SQLModel, table=True):
+    """One figure of one closed block and one hour, derived from the entries' hashed bodies only
+    (broker.storage.log_aggregates says which facets there are)."""
+
+    __tablename__ = "log_aggregates"
+    __table_args__ = (Index("ix_log_aggregates_facet_hour", "facet", "hour"),)
+    block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    hour: str = Field(sa_column=Column(String(13), primary_key=True))
+    facet: str = Field(sa_column=Column(String(16), primary_key=True))
+    type: str = Field(sa_column=Column(Text, primary_key=True))
+    key: str = Field(sa_column=Column(Text, primary_key=True))
+    value: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    n: int = Field(sa_column=Column(BigInteger, nullable=False))

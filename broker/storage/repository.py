@@ -22,8 +22,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Table, bindparam, cast, func, insert, literal_column, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Table, bindparam, func, insert, literal_column, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import NoResultFound
@@ -35,7 +34,9 @@ from broker.domain.records import ApiKey, Approval, CredentialRequest, Grant, Mi
 from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
 from broker.ports import ApiKeyRecord
-from broker.storage.log_figures import LogFigures
+from broker.storage.body_fields import body_field
+from broker.storage.log_aggregates import CachedLogFigures
+from broker.storage.log_figures import LogFigures, risk_condition
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
                                    MintIntentRow, PrincipalRow, RequestRow, SettingRow)
 from broker.storage.records import (api_key_record, approval_record, encode_attributes, encode_names, grant_record,
@@ -52,12 +53,10 @@ _LOG_HEAD: Table = LogHeadRow.__table__  # type: ignore[attr-defined]
 _SETTINGS: Table = SettingRow.__table__  # type: ignore[attr-defined]
 _CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[attr-defined]
 _APPROVALS: Table = ApprovalRow.__table__  # type: ignore[attr-defined]
-# Reviewer query filters -> the entry field each matches (in the hashed body).
+# Reviewer query filters -> the entry field each matches (in the hashed body; each in body_fields.BODY_FIELDS).
 EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "template", "type": "type",
                        "request_id": "request_id", "access_key_id": "access_key_id", "actor": "actor",
                        "grant_id": "grant_id"}
-# The body fields queries filter on (each has an index on its expression, migration 0012).
-BODY_FIELDS = frozenset({*EVENT_FILTER_FIELDS.values(), "time"})
 
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
@@ -596,7 +595,9 @@ class Repository:
                      .limit(limit))
         filtered = False
         for name, value in filters.items():
-            if value is not None:
+            if value is not None and name == "risk":
+                statement = statement.where(risk_condition(value, postgres=self._postgres))
+            elif value is not None:
                 statement = statement.where(self._body_field(EVENT_FILTER_FIELDS[name]) == value)
                 filtered = True
         window = []
@@ -616,20 +617,16 @@ class Repository:
             statement = statement.where(_EVENTS.c.seq >= core_select(func.min(in_window.c.seq)).scalar_subquery())
         return statement.where(*window)
 
-    def _body_field(self, name: str) -> Any:
-        """A top-level string member of the stored entry body, as SQL.
+    def first_seq_since(self, since: datetime) -> int | None:
+        """The first seq whose entry's (body) time is ``since`` or later, from the time index (None: no such entry).
+        No entry before it is in an open window from ``since``, whatever order the replicas' clocks gave the times."""
+        in_window = (core_select(_EVENTS.c.seq).where(self._body_field("time") >= issuance_log.log_time(since))
+                     .offset(literal_column("0")).subquery("in_window"))
+        return self._core.execute(core_select(func.min(in_window.c.seq))).scalar_one_or_none()
 
-        NOTE: the member's name is written into the SQL, not bound: the expression must be the one the
-        body indexes are built on (migration 0012), and a bound name would not match them.  Names come
-        from BODY_FIELDS only."""
-        if name not in BODY_FIELDS:
-            raise ValueError(f"not a body field reviewers filter by: {name!r}")
-        if self._postgres:
-            # NOTE: the \u0000 escape (older entries may hold it; JSONB refuses it) is read as \ufffd, as in the
-            # indexes of migration 0012: the same expression, word for word.
-            body = func.replace(_EVENTS.c.body, literal_column("'\\u0000'"), literal_column("'\\ufffd'"))
-            return func.jsonb_extract_path_text(cast(body, JSONB), literal_column(f"'{name}'"))
-        return func.json_extract(_EVENTS.c.body, literal_column(f"'$.{name}'"))
+    def _body_field(self, name: str) -> Any:
+        """A top-level string member of the stored entry body, as SQL (the expression of the body indexes)."""
+        return body_field(name, postgres=self._postgres)
 
     def latest_event(self, event_type: str) -> dict[str, Any] | None:
         """The newest entry of one type (e.g. the last ``templates_loaded``), or None."""
@@ -656,9 +653,13 @@ class Repository:
                                   .order_by(_CHECKPOINTS.c.position))
         return [_checkpoint(row) for row in rows]
 
-    def log_figures(self) -> LogFigures:
-        """The dashboard's aggregate queries, in this unit of work."""
-        return LogFigures(self.session)
+    def log_figures(self, *, live: bool = False) -> LogFigures:
+        """The dashboard's aggregate queries, in this unit of work: from the cache of closed blocks
+        (broker.storage.log_aggregates), or ``live`` from every entry of the range.  The cache is written
+        only from a read (on SQLite a transaction holds the write lock another connection would wait for)."""
+        if live:
+            return LogFigures(self.session)
+        return CachedLogFigures(self.session, fill=self._read_only or self._postgres)
 
     def stored_entry_lines(self, *, from_seq: int) -> list[bytes]:
         """The stored lines (canonical JSON, what was hashed) of every entry from ``from_seq`` on, by seq."""

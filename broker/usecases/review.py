@@ -18,11 +18,10 @@ from urllib.parse import urlencode
 from broker.domain import log as issuance_log
 from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES, REVOKING_TYPES, EventType
 from broker.domain.principals import Principal
-from broker.domain.times import Bucketing, as_utc
+from broker.domain.times import Bucketing
 from broker.errors import InvalidInput
 from broker.ports import Clock, LogFigureQueries, Store
 from broker.usecases.audit import require_reviewer
-from broker.usecases.refusal_budget import carried_refusals
 
 # The ranges the dashboard offers (ending now).  Fixed: a bounded amount of work per view.
 RANGES: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30),
@@ -89,6 +88,8 @@ class ReviewDashboard:
     database: Store
     clock: Clock
     fresh_for: float = 30.0
+    # True: every figure from every entry of the range, not from the store's cache of closed blocks (benchmarks).
+    live: bool = False
     _cache: dict[str, Figures] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -117,7 +118,7 @@ class ReviewDashboard:
             "over_time": _over_time, "refusals": _refusals, "time_to_approve": _time_to_approve,
             "live_grants": _live_grants, "risky_grants": _risky_grants, "revocations": _revocations}
         with self.database.read() as repo:
-            queries = _Reads(repo.log_figures(), since=figures.since, until=figures.until)
+            queries = _Reads(repo.log_figures(live=self.live), since=figures.since, until=figures.until)
             for part in PARTS:
                 if part in wanted:
                     fillers[part](queries, figures)
@@ -132,12 +133,14 @@ class _Reads:
     def __init__(self, queries: LogFigureQueries, *, since: datetime, until: datetime) -> None:
         self.queries = queries
         self._since, self._until = since, until
-        self._refusals: tuple[dict[str, int], list[tuple[datetime, dict[str, Any]]]] | None = None
+        self._refusals: tuple[dict[str, int], list[tuple[str, str, int]]] | None = None
 
-    def refusal_figures(self) -> tuple[dict[str, int], list[tuple[datetime, dict[str, Any]]]]:
+    def refusal_figures(self) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
+        """Refusal entries by reason, and the suppressed refusals carried, as (bucket, reason, refusals)."""
         if self._refusals is None:
             self._refusals = self.queries.refusal_figures(refusal_types=REFUSAL_TYPES, carrying_types=CARRYING_TYPES,
-                                                          since=self._since, until=self._until)
+                                                          since=self._since, until=self._until,
+                                                          bucketing=Bucketing.for_range(self._since, self._until))
         return self._refusals
 
 
@@ -153,10 +156,9 @@ def _over_time(reads: _Reads, figures: Figures) -> None:
         if bucket in index:
             series[name][index[bucket]] += count
     # Refusals the refusal budget counted instead of logging one by one, in the bucket of the entry carrying them.
-    for moment, details in reads.refusal_figures()[1]:
-        bucket = bucketing.label(as_utc(moment))
+    for bucket, _, count in reads.refusal_figures()[1]:
         if bucket in index:
-            series["refused"][index[bucket]] += sum(carried_refusals(details).values())
+            series["refused"][index[bucket]] += count
     figures.over_time = series
     figures.totals = {kind: sum(values) for kind, values in series.items()}
 
@@ -167,8 +169,8 @@ def _refusals(reads: _Reads, figures: Figures) -> None:
     by_reason, carried = reads.refusal_figures()
     for reason, count in by_reason.items():
         reasons[reason or "unattributed"] += count
-    for _, details in carried:
-        reasons.update(carried_refusals(details))
+    for _, reason, count in carried:
+        reasons[reason] += count
     figures.refusals_by_reason = dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
 

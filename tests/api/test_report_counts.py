@@ -105,3 +105,33 @@ def test_each_count_of_the_report_on_a_known_log(broker):
     # The approver's refused decision is a refusal in the log (and the report's list), not the agent's.
     assert [(r["actor"], r["reason_code"]) for r in report["refusals"]] == [
         ("human:alice", "approver_is_principal_human")]
+
+
+def test_the_risky_grants_chart_links_to_exactly_its_grants(broker):
+    """The dashboard's destructive and high-risk grants link to ``GET /v1/events?type=issued&risk=risky``,
+    which lists exactly them; ``risk=destructive`` lists the report's destructive grants; a bad value is a 422."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from broker.domain.principals import Principal, Role
+
+    approved_and_redeemed(broker, "agent:demo", STACK, wait=60)          # destructive, production
+    approved_and_redeemed(broker, "agent:demo", ECS, wait=30)            # production (high risk)
+    for _ in range(2):
+        assert broker.post("/v1/requests", "agent:demo", json=S3).status_code == 201  # dev, no risk
+    figures = broker.container.review.figures(principal=Principal(id="human:rita", roles=frozenset({Role.REVIEWER})),
+                                              range_name="7d", parts=["risky_grants"])
+    link = urlsplit(figures.events_link(type="issued", risk="risky"))
+    listed = broker.get(link.path, "human:rita", params=dict(parse_qsl(link.query)))
+    assert listed.status_code == 200, listed.text
+    assert figures.risky_total == 2
+    assert [e["seq"] for e in listed.json()["events"]] == sorted(g["seq"] for g in figures.risky_grants)
+    everything = broker.get("/v1/events", "human:rita", params={"type": "issued"}).json()["events"]
+    assert len(everything) == 4  # the filter leaves the dev grants out
+
+    report = broker.get("/v1/events/report", "human:rita", params={"since": "7d"}).json()
+    destructive = broker.get("/v1/events", "human:rita", params={"type": "issued", "risk": "destructive"})
+    assert [e["seq"] for e in destructive.json()["events"]] == [g["seq"] for g in report["destructive_grants"]]
+    assert len(report["destructive_grants"]) == 1
+
+    bad = broker.get("/v1/events", "human:rita", params={"risk": "scary"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_risk"

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from broker.domain import log as issuance_log
 from broker.domain.principals import Principal, Role
 from broker.storage.engine import Database, build_engine
+from broker.storage.log_aggregates import BLOCK, LogAggregates
 from broker.storage.migrations import migrate
 from broker.storage.models import EventRow, GrantRow
 from broker.usecases.review import PARTS, RANGES, ReviewDashboard
@@ -90,7 +91,7 @@ def fill(database: Database, entries: int) -> float:
     return time.perf_counter() - began
 
 
-def measure(label: str, url: str, entries: int, *, fill_it: bool = True) -> None:
+def measure(label: str, url: str, entries: int, *, fill_it: bool = True, live: bool = False) -> None:
     database = Database(build_engine(url))
     migrate(database.engine)
     if fill_it:
@@ -98,8 +99,17 @@ def measure(label: str, url: str, entries: int, *, fill_it: bool = True) -> None
         print(f"{label}: {entries:,} entries written in {filled:.1f} s")
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM ANALYZE" if database.is_postgres else "ANALYZE")
+    print(f"{label}: load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1, 5, 15 min); "
+          + ("every figure from every entry (--live)" if live else "figures from the cache of closed blocks"))
+    if not live:
+        began = time.perf_counter()
+        with database.read() as repo:
+            filled = LogAggregates(repo.session.connection(), postgres=database.is_postgres, fill=True).fill()
+        print(f"  cache: {filled} blocks of {BLOCK} seqs filled in {time.perf_counter() - began:.1f} s "
+              "(once, on the first read after the upgrade; 0: filled by an earlier run)")
+
     def dashboard() -> ReviewDashboard:  # a fresh one each time: its few seconds' cache would hide the work
-        return ReviewDashboard(database=database, clock=FixedClock())
+        return ReviewDashboard(database=database, clock=FixedClock(), live=live)
 
     reviewer = Principal(id="human:rita", roles=frozenset({Role.REVIEWER}))
     for range_name in RANGES:
@@ -129,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg-url", default=PG_ADMIN_URL)
     parser.add_argument("--sqlite-only", action="store_true")
     parser.add_argument("--postgres-only", action="store_true")
+    parser.add_argument("--live", action="store_true",
+                        help="compute every figure from every entry (as before the cache), for comparison")
     parser.add_argument("--pg-database", default=None,
                         help="keep the PostgreSQL log in this database and reuse it when it exists")
     parser.add_argument("--sqlite-file", default=None,
@@ -138,10 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         pass
     elif args.sqlite_file:
         exists = os.path.exists(args.sqlite_file)
-        measure("sqlite", f"sqlite:///{args.sqlite_file}", args.entries, fill_it=not exists)
+        measure("sqlite", f"sqlite:///{args.sqlite_file}", args.entries, fill_it=not exists, live=args.live)
     else:
         with tempfile.TemporaryDirectory() as folder:
-            measure("sqlite", f"sqlite:///{folder}/dashboard.db", args.entries)
+            measure("sqlite", f"sqlite:///{folder}/dashboard.db", args.entries, live=args.live)
     if args.sqlite_only:
         return
     import sqlalchemy
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     try:
         measure("postgres", sqlalchemy.engine.make_url(args.pg_url).set(database=name).render_as_string(
-            hide_password=False), args.entries, fill_it=not exists)
+            hide_password=False), args.entries, fill_it=not exists, live=args.live)
     finally:
         if not args.pg_database:
             with admin.connect() as connection:

@@ -324,8 +324,9 @@ def main() -> None:
     parser.add_argument("--parts", default="queries,report,export",
                         help="what to measure, of queries, report and export (export includes verify)")
     parser.add_argument("--drop", action="store_true", help="drop the --database named and stop")
+    parser.add_argument("--report-only", action="store_true", help="time only the report (7 and 30 days): --parts report")
     args = parser.parse_args()
-    parts = set(filter(None, args.parts.split(",")))
+    parts = {"report"} if args.report_only else set(filter(None, args.parts.split(",")))
     if not parts <= {"queries", "report", "export"}:
         parser.error(f"--parts: unknown {sorted(parts - {'queries', 'report', 'export'})}")
     if args.drop:
@@ -380,6 +381,7 @@ def main() -> None:
         print(f"  events table with all its indexes: {size / 1e9:.2f} GB (the database: {whole / 1e9:.2f} GB)")
         if "queries" in parts:
             query_figures(audit, args.entries, args.samples, span)
+        print(f"  load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
         if "report" in parts:
             report_figures(audit, span)
         if "export" in parts:

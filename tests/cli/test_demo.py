@@ -7,12 +7,15 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from broker.cli.main import main
 from tests.sdk.conftest import live_repo_broker  # noqa: F401 - fixture
 
 CLI = [sys.executable, "-m", "broker.cli.main"]
 
 
+@pytest.mark.slow
 def test_demo_starts_broker_dev_and_tells_the_approved_story(tmp_path):
     done = subprocess.run(CLI + ["demo"], capture_output=True, text=True, timeout=240, check=False,
                           cwd=tmp_path)   # no ./scopes here: the demo finds the shipped templates itself

@@ -48,6 +48,7 @@ def dev_broker(tmp_path):
         process.wait(10)
 
 
+@pytest.mark.slow
 def test_dev_mode_starts_writes_keys_and_self_checks(dev_broker):
     output = "\n".join(dev_broker["lines"])
     assert "self-check FAILED" not in output, output

@@ -144,6 +144,7 @@ def test_the_documents_have_blocks_and_every_skipped_block_says_why():
 
 
 @pytest.mark.parametrize("doc", DOCS)
+@pytest.mark.slow
 def test_every_block_runs_as_written(terminal, doc):
     ran = 0
     for block in blocks_of(doc):

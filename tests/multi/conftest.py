@@ -17,7 +17,7 @@ import pytest
 from broker.runtime.devmode import DEV_ACCOUNTS, DEV_PRINCIPALS, ensure_signing_key, free_port, seed_principals
 from broker.storage.engine import Database, build_engine
 from broker.storage.migrations import migrate
-from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES
+from tests.conftest import TEST_PRINCIPALS, TEST_SCOPES, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90.0
@@ -63,13 +63,7 @@ def wait_ready(replica: Replica) -> None:
 
 
 def stop(replica: Replica) -> None:
-    if replica.process.poll() is None:
-        replica.process.terminate()
-        try:
-            replica.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            replica.process.kill()
-            replica.process.wait(timeout=15)
+    stop_process(replica.process, timeout=15)
 
 
 def start_replica(name: str, *, database_url: str, signing_key: Path, aws_endpoint: str, log_dir: Path,

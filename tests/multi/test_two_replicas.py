@@ -117,6 +117,7 @@ def test_two_replicas_serve_interleaved_traffic_and_keep_one_chain(cluster):
     assert len(seqs) >= 2 * 30 + 20 + len(events)
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_two_processes_make_one_gapless_chain(cluster):
     per_replica = 200
     a, b = cluster.replicas

@@ -50,6 +50,7 @@ def issue(url: str, key: str) -> httpx.Response:
         return client.post("/v1/requests", json=S3, headers={"Authorization": f"Bearer {key}"})
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_port_and_keep_one_chain(two_workers):
     broker, keys = two_workers
     workers = workers_of(broker.process.pid)

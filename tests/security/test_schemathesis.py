@@ -69,6 +69,7 @@ def _fuzz(operation, harness) -> tuple[int, str | None]:
     return calls, None
 
 
+@pytest.mark.slow
 def test_api_conforms_to_its_schema_and_never_fails(fuzz_broker):
     """Every operation in the spec, fuzzed; zero 5xx and zero schema violations."""
     api = schemathesis.openapi.from_asgi("/openapi.json", fuzz_broker.client.app)

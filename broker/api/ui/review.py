@@ -34,7 +34,7 @@ def review(request: Request, container: ContainerDep, range: str | None = None) 
              "refusals": figures.events_link(type=EventType.REFUSED),
              "time-to-approve": figures.events_link(type=EventType.APPROVED),
              "live-grants": figures.events_link(type=EventType.ISSUED),
-             "risky-grants": figures.events_link(type=EventType.ISSUED),
+             "risky-grants": figures.events_link(type=EventType.ISSUED, risk="risky"),
              "revocations": figures.events_link(type=EventType.REVOKED),
              "lockdowns": figures.events_link(type=EventType.LOCKDOWN)}
     return render("review.html", now=container.clock.now(), f=figures, links=links, ranges=list(RANGES),
