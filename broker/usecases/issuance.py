@@ -278,7 +278,7 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             # NOTE: what is minted is derived again from the template and what the approvals bind; the row's
             # rendered policy, role, tags, ... are only compared with it (see broker.domain.mint_plan).
             plan, altered = self._plan_for_stored(template, row, identity=caller_identity(principal))
-            if plan is not None and not altered:   # an altered row fails as such below, whatever else
+            if plan is not None and "identity" not in altered:   # an unreadable identity fails as altered below
                 if dict(plan.identity) != stored_identity(row.identity):
                     raise Conflict("the caller's identity values changed since the request; a new request is "
                                    "needed", code="identity_changed")
