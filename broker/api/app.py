@@ -35,12 +35,14 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = error_response(413, "request_too_large", f"request bodies are limited to {self.limit} bytes")
+        declared = None
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                declared = value  # the last one, as a dict of the headers would keep
         if declared is not None:
             try:
                 if int(declared) > self.limit:
-                    return await too_big(scope, receive, send)
+                    return await self._too_big()(scope, receive, send)
             except ValueError:
                 return await error_response(400, "bad_request", "invalid Content-Length")(scope, receive, send)
         seen = 0
@@ -57,7 +59,11 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            await too_big(scope, receive, send)
+            await self._too_big()(scope, receive, send)
+
+    def _too_big(self) -> JSONResponse:
+        # NOTE: made when needed, not for every request.
+        return error_response(413, "request_too_large", f"request bodies are limited to {self.limit} bytes")
 
 
 class _BodyTooLarge(Exception):

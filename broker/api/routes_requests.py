@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.message
+import functools
 import json
 from typing import Any, TypeVar
 
@@ -66,6 +67,16 @@ def _create_request(request: Request, container: Container, raw: bytes) -> JSONR
     return JSONResponse(outcome_body(outcome), status_code=status, headers=NO_STORE)
 
 
+@functools.lru_cache(maxsize=64)
+def _is_json(content_type: str) -> bool:
+    """An ``application/json`` or ``application/*+json`` content type (as the email module parses it; callers
+    send the same one or two, so each is parsed once)."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 def parse_json_body(model: type[BodyModel], raw: bytes, content_type: str | None) -> BodyModel:
     """The body as FastAPI reads a model parameter: JSON only for an ``application/json`` or
     ``application/*+json`` content type; otherwise, or empty, it fails the model's validation.
@@ -74,11 +85,7 @@ def parse_json_body(model: type[BodyModel], raw: bytes, content_type: str | None
     value: Any = None
     if raw:
         value = raw
-        message = email.message.Message()
-        message["content-type"] = content_type or ""
-        subtype = message.get_content_subtype()
-        if content_type and message.get_content_maintype() == "application" and (
-                subtype == "json" or subtype.endswith("+json")):
+        if content_type and _is_json(content_type):
             try:
                 value = json.loads(raw)
             except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep, huge integer

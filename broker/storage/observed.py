@@ -22,22 +22,6 @@ log = logging.getLogger("broker.log_observers")
 EntryObserver = Callable[[Sequence[Mapping[str, Any]]], None]
 
 
-class _RecordingRepository:
-    """The unit of work's repository, noting each entry it appends.  Everything else passes through."""
-
-    def __init__(self, repo: Repository) -> None:
-        self._repo = repo
-        self.appended: list[dict[str, Any]] = []
-
-    def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        entry = self._repo.append_event(body)
-        self.appended.append(entry)
-        return entry
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._repo, name)
-
-
 class ObservedDatabase(Database):
     """A ``Database`` that tells ``observers`` about the entries of each committed unit of work."""
 
@@ -48,12 +32,11 @@ class ObservedDatabase(Database):
     @contextmanager
     def transaction(self) -> Iterator[Repository]:
         with super().transaction() as repo:
-            recording = _RecordingRepository(repo)
-            yield recording  # type: ignore[misc]  # duck-typed Repository
+            yield repo
         # Reached only after the commit succeeded.
-        if recording.appended:
+        if repo.appended:
             for observer in tuple(self.observers):
                 try:
-                    observer(recording.appended)
+                    observer(repo.appended)
                 except Exception:  # noqa: BLE001 - an observer must not fail a committed operation
                     log.warning("log observer %r failed", observer, exc_info=True)

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, func, insert, literal_column, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import NoResultFound
 from sqlmodel import Session, col, select
 
 from broker.domain import log as issuance_log
@@ -72,6 +73,14 @@ _TRANSITION = update(_REQUESTS).where(_REQUESTS.c.id == bindparam("match_id"),
 _RESOLVE_INTENT = update(_INTENTS).where(_INTENTS.c.grant_id == bindparam("match_grant_id")).values(resolved=True)
 _SETTINGS_IN = core_select(_SETTINGS.c.key, _SETTINGS.c.value).where(
     _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True)))
+# SQLite: the log head and some settings in one statement (a row per setting found, or one with NULLs).
+# NOTE: not on PostgreSQL: a statement that waited for the head's row lock sees the other tables as they were
+# when it started (READ COMMITTED re-reads only the locked row), so a lockdown committed while it waited would
+# be missed.  There the settings are read by a statement of their own, after the lock.
+_HEAD_WITH_SETTINGS = (
+    core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash, _SETTINGS.c.key, _SETTINGS.c.value)
+    .select_from(_LOG_HEAD.outerjoin(_SETTINGS, _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True))))
+    .where(_LOG_HEAD.c.id == 1))
 # The rows read back as records (broker.storage.records decodes them).
 _PRINCIPAL_BY_ID = core_select(_PRINCIPALS).where(_PRINCIPALS.c.id == bindparam("match_id"))
 _API_KEY_BY_ID = core_select(_API_KEYS).where(_API_KEYS.c.key_id == bindparam("match_id"))
@@ -149,6 +158,18 @@ _ISSUANCE_COUNTS = core_select(
 # PostgreSQL: the entry's INSERT rides in the head UPDATE as a data-modifying CTE, one round trip
 # instead of two (both run, or neither: one statement).
 _APPEND_PG = _SET_HEAD.add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry"))
+# ... and with the writes of an issuance's unit of work A (the request, its mint intent) or B (the request's
+# move to issued, its grant, its intent resolved): the whole unit of work but its COMMIT in one statement.
+_ADD_REQUEST_INTENT_AND_APPEND_PG = _APPEND_PG.add_cte(
+    insert(_REQUESTS).values(_values_of(_REQUESTS, "request__")).cte("added_request"),
+    insert(_INTENTS).values(_values_of(_INTENTS, "intent__")).cte("added_intent"))
+_MOVED_HEAD_PG = _SET_HEAD.returning(_LOG_HEAD.c.id).cte("moved_head")
+_RECORD_ISSUED_AND_APPEND_PG = (
+    core_select(core_select(func.count()).select_from(_MOVED_TO_ISSUED_PG).scalar_subquery().label("moved"),
+                core_select(func.count()).select_from(_MOVED_HEAD_PG).scalar_subquery().label("appended"))
+    .add_cte(insert(_GRANTS).values(_values_of(_GRANTS, "grant__")).cte("added_grant"))
+    .add_cte(_RESOLVE_INTENT.cte("resolved_intent"))
+    .add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry")))
 
 
 def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None,
@@ -172,6 +193,8 @@ class Repository:
         self._head: tuple[int, str] | None = None
         # When this unit of work got the log's lock (perf_counter), for the lock's hold time.
         self.locked_at: float | None = None
+        # The entries this unit of work appended, sealed (told to the log's observers once it commits).
+        self.appended: list[dict[str, Any]] = []
 
     @property
     def session(self) -> Session:
@@ -336,20 +359,29 @@ class Repository:
         return self._core.execute(statement).first() is not None
 
     # --- grants and mint intents ----------------------------------------------------------
-    def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent) -> None:
-        """A request about to be minted and its mint intent (PostgreSQL: one statement)."""
+    def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent, *,
+                               entry: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """A request about to be minted and its mint intent, and ``entry`` appended to the log if given (it is
+        returned sealed).  PostgreSQL: one statement (with the entry: the log's lock must be held already)."""
         if not self._postgres:
             self.add_request(row)
             self.add_intent(intent)
-            return
+            return None if entry is None else self.append_event(entry)
         params = {**_prefixed("request__", request_values(row)), **_prefixed("intent__", plain_values(intent))}
-        self._core.execute(_ADD_REQUEST_AND_INTENT_PG, params)
+        if entry is None:
+            self._core.execute(_ADD_REQUEST_AND_INTENT_PG, params)
+            return None
+        sealed, entry_row, head = self._sealed(entry)
+        result = self._core.execute(_ADD_REQUEST_INTENT_AND_APPEND_PG,
+                                    {**params, **_prefixed("entry__", entry_row), **head})
+        return self._appended(sealed, result.rowcount == 1)
 
     def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: Grant,
-                      now: datetime) -> bool:
-        """Move the request to ``to_status`` if it is still in ``from_statuses``, add its grant and resolve its
-        mint intent.  False when the request had moved on: the caller must refuse (its unit of work then
-        rolls back the grant and the intent too).  PostgreSQL: one statement."""
+                      now: datetime, entry: Mapping[str, Any] | None = None) -> bool:
+        """Move the request to ``to_status`` if it is still in ``from_statuses``, add its grant, resolve its
+        mint intent and append ``entry`` if given.  False when the request had moved on: the caller must
+        refuse (its unit of work then rolls back the grant, the intent and the entry too).  PostgreSQL: one
+        statement."""
         self.lock_log_head()  # the lock order: the log head, then rows
         if not self._postgres:
             if not self.transition_request(request_id, from_statuses=from_statuses, to_status=to_status,
@@ -357,12 +389,20 @@ class Repository:
                 return False
             self.add_grant(grant)
             self.resolve_intent(grant.id)
+            if entry is not None:
+                self.append_event(entry)
             return True
         self.flush()
         params = _prefixed("grant__", plain_values(grant))
         params.update(match_id=request_id, match_statuses=list(from_statuses), to_status=to_status,
                       to_issued_at=now, to_updated_at=now, match_grant_id=grant.id)
-        return self._core.execute(_RECORD_ISSUED_PG, params).scalar_one() == 1
+        if entry is None:
+            return self._core.execute(_RECORD_ISSUED_PG, params).scalar_one() == 1
+        sealed, entry_row, head = self._sealed(entry)
+        counts = self._core.execute(_RECORD_ISSUED_AND_APPEND_PG,
+                                    {**params, **_prefixed("entry__", entry_row), **head}).one()
+        self._appended(sealed, counts.appended == 1)
+        return counts.moved == 1
 
     def add_intent(self, row: MintIntent) -> None:
         self._core.execute(insert(_INTENTS), plain_values(row))
@@ -412,8 +452,20 @@ class Repository:
         row = self.session.get(SettingRow, key)
         return None if row is None else row.value
 
-    def get_settings(self, keys: Sequence[str]) -> dict[str, str]:
-        """Several settings in one query (absent keys are left out)."""
+    def get_settings(self, keys: Sequence[str], *, lock_log: bool = False) -> dict[str, str]:
+        """Several settings in one query (absent keys are left out).
+
+        ``lock_log``: read them under the issuance log's lock (taken first, as :meth:`lock_log_head`; on
+        SQLite, when this unit of work does not hold it yet, the lock and the read are one statement)."""
+        if lock_log and self._head is None and not self._postgres:
+            self._refuse_lock_in_read()
+            rows = self._core.execute(_HEAD_WITH_SETTINGS, {"match_keys": list(keys)}).all()
+            if not rows:
+                raise NoResultFound("no log head row: the database is not migrated")  # as lock_log_head's .one()
+            self._locked(rows[0].seq, rows[0].hash)
+            return {row.key: row.value for row in rows if row.key is not None}
+        if lock_log:
+            self.lock_log_head()
         rows = self._core.execute(_SETTINGS_IN, {"match_keys": list(keys)})
         return {row.key: row.value for row in rows}
 
@@ -436,18 +488,24 @@ class Repository:
         nothing another unit of work appends (a lockdown, a request that counts against a limit) can
         commit between what this one reads and what it writes.
         """
-        if self._read_only:
-            raise RuntimeError("the log's lock is taken in a unit of work (Database.transaction), not a read")
+        self._refuse_lock_in_read()
         if self._head is None:
             # NOTE: on PostgreSQL the row lock serializes appends across broker replicas until this unit
             # of work commits; SQLite units of work are BEGIN IMMEDIATE (one writer at a time), so the
             # head cannot move under us either.  The head row is created by migration 0004; a database
             # without it is not migrated: .one() fails closed.
             head = self._core.execute(_HEAD_FOR_UPDATE if self._postgres else _HEAD).one()
-            self._head = (head.seq, head.hash)
-            if self.locked_at is None:
-                self.locked_at = time.perf_counter()
-        return self._head
+            self._locked(head.seq, head.hash)
+        return self._head  # type: ignore[return-value]
+
+    def _refuse_lock_in_read(self) -> None:
+        if self._read_only:
+            raise RuntimeError("the log's lock is taken in a unit of work (Database.transaction), not a read")
+
+    def _locked(self, seq: int, head_hash: str) -> None:
+        self._head = (seq, head_hash)
+        if self.locked_at is None:
+            self.locked_at = time.perf_counter()
 
     def issuance_counts(self, *, agent: str, template: str, since: datetime, now: datetime) -> dict[str, int]:
         """``agent_requests`` and ``template_requests`` made since ``since``; ``agent_live_grants`` and
@@ -483,6 +541,17 @@ class Repository:
 
     def append_event(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal and append one entry in this unit of work (committed with the state change)."""
+        entry, row, head = self._sealed(body)
+        if self._postgres:
+            result = self._core.execute(_APPEND_PG, {**_prefixed("entry__", row), **head})
+        else:
+            self._core.execute(_INSERT_EVENT, row)
+            result = self._core.execute(_SET_HEAD, head)
+        return self._appended(entry, result.rowcount == 1)
+
+    def _sealed(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """``body`` sealed as the entry after the head this unit of work holds (taking the log's lock if it does
+        not yet), its row, and the values of the head's compare-and-set."""
         seq, prev_hash = self.lock_log_head()
         entry = issuance_log.seal_entry(body, seq=seq + 1, prev_hash=prev_hash)
         row = {
@@ -492,19 +561,17 @@ class Repository:
             "access_key_id": entry.get("access_key_id"), "body": issuance_log.entry_line(entry).decode("utf-8"),
             "prev_hash": entry["prev_hash"], "hash": entry["hash"],
         }
-        head_values = {"head_seq": entry["seq"], "head_hash": entry["hash"], "prev_head_seq": seq,
-                       "prev_head_hash": prev_hash}
         self._head = None  # until this append is known to have moved the head
-        if self._postgres:
-            result = self._core.execute(_APPEND_PG, {**_prefixed("entry__", row), **head_values})
-        else:
-            self._core.execute(_INSERT_EVENT, row)
-            result = self._core.execute(_SET_HEAD, head_values)
-        if result.rowcount != 1:
+        return entry, row, {"head_seq": entry["seq"], "head_hash": entry["hash"], "prev_head_seq": seq,
+                            "prev_head_hash": prev_hash}
+
+    def _appended(self, entry: dict[str, Any], moved_head: bool) -> dict[str, Any]:
+        if not moved_head:
             # NOTE: the head is missing or is not the one this entry was chained to: fail closed, and the
             # unit of work rolls back the entry with everything else.
             raise StorageUnavailable("the issuance log head moved or is missing; nothing was written")
         self._head = (entry["seq"], entry["hash"])
+        self.appended.append(entry)
         return entry
 
     def log_head(self) -> tuple[int, str]:

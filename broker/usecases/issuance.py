@@ -124,11 +124,12 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
     @staticmethod
     def _run_gates(gates: Sequence[IssuanceGate], repo: UnitOfWork, principal: Principal, template: ScopeTemplate,
                    now: datetime) -> None:
-        # NOTE: the log's lock first, so the gates decide on a serialized view: a lockdown (which takes the
-        # same lock) commits either before they read (and refuses this request) or after this request.
-        repo.lock_log_head()
+        # NOTE: the gates decide on a serialized view: each that reads takes the log's lock before it reads (no
+        # statement of its own first), so a lockdown (which takes the same lock) commits either before they
+        # read (and refuses this request) or after this request.  Whatever follows is under the lock too.
         for gate in gates:
             gate(repo, principal, template, now)
+        repo.lock_log_head()
 
     def _open_pending(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal,
                       now: datetime) -> RequestOutcome:
@@ -150,11 +151,14 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
 
     def _issue_now(self, row: CredentialRequest, template: ScopeTemplate, principal: Principal, plan: MintPlan,
                    now: datetime) -> RequestOutcome:
+        # NOTE: the entry and the intent are made before the unit of work (nothing in them depends on the log's
+        # head): under the log's lock only the gates' reads and one write (PostgreSQL: one statement) remain.
+        requested = self._event(EventType.REQUESTED, row, actor=principal.id, now=now)
+        intent = mint_intent_for(row, now)
         try:
             with self.database.transaction() as repo:
                 self._run_gates(self.gates, repo, principal, template, now)
-                repo.add_request_and_intent(row, mint_intent_for(row, now))
-                repo.append_event(self._event(EventType.REQUESTED, row, actor=principal.id, now=now))
+                repo.add_request_and_intent(row, intent, entry=requested)
         except BrokerError as exc:
             if not isinstance(exc, Unavailable):
                 self._log_refusal(principal=principal, template_name=template.name, error=exc,
@@ -213,10 +217,15 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
     def _record_issued(self, row: CredentialRequest, grant: Grant, *, actor: str, risks: Sequence[str],
                        retry: bool = False) -> None:
         """Unit of work B: the grant, the request's move to issued and the ``issued`` entry, together."""
+        issued = self._event(EventType.ISSUED, row, actor=actor, now=grant.issued_at, access_key_id=grant.access_key_id,
+                             expiration=issuance_log.log_time(grant.expiration),
+                             details={"environment": row.environment, "risks": list(risks)})
         with self.database.transaction() as repo:
-            repo.lock_log_head()  # first: a lockdown commits before this unit of work or after it
+            # NOTE: the release gates read under the log's lock (each takes it before it reads): a lockdown
+            # commits before this unit of work or after it.  Then the lock, if no gate took it.
             for gate in self.release_gates:
                 gate(repo, row.environment)
+            repo.lock_log_head()
             # NOTE: on a retry the connection may have been lost at COMMIT, after that commit landed: then this
             # exact grant is recorded and logged already, and nothing is written twice.
             recorded = repo.get_grant(grant.id) if retry else None
@@ -224,12 +233,8 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
                 return
             if recorded is not None or not repo.record_issued(
                     row.id, from_statuses=[RequestStatus.ISSUING.value], to_status=RequestStatus.ISSUED.value,
-                    grant=grant, now=grant.issued_at):
+                    grant=grant, now=grant.issued_at, entry=issued):
                 raise Conflict("the request changed while credentials were minted", code="request_changed")
-            repo.append_event(self._event(EventType.ISSUED, row, actor=actor, now=grant.issued_at,
-                                          access_key_id=grant.access_key_id,
-                                          expiration=issuance_log.log_time(grant.expiration),
-                                          details={"environment": row.environment, "risks": list(risks)}))
 
     def _record_failure(self, row: CredentialRequest, *, actor: str, error: BrokerError, session_may_exist: bool) -> None:
         now = self.clock.now()
@@ -273,7 +278,7 @@ class BrokerService(CoSigning, RequestLifecycle, RequestViews, RefusalLogging):
             # NOTE: what is minted is derived again from the template and what the approvals bind; the row's
             # rendered policy, role, tags, ... are only compared with it (see broker.domain.mint_plan).
             plan, altered = self._plan_for_stored(template, row, identity=caller_identity(principal))
-            if plan is not None and not altered:   # an altered row fails as such below, whatever else
+            if plan is not None and "identity" not in altered:   # an unreadable identity fails as altered below
                 if dict(plan.identity) != stored_identity(row.identity):
                     raise Conflict("the caller's identity values changed since the request; a new request is "
                                    "needed", code="identity_changed")

@@ -118,14 +118,13 @@ class RateLimitGate:
         return RateLimitGate(limits=tuple(limit for limit in self.limits if limit.code == "too_many_live_grants"))
 
     def __call__(self, repo: UnitOfWork, principal: Principal, template: ScopeTemplate, now: datetime) -> None:
-        if not self.limits:
-            return  # every limit was disabled on purpose by configuration
+        binding = [limit for limit in self.limits if limit.applies(template)]
+        if not binding:
+            return  # every limit was disabled on purpose by configuration, or none binds this template
         # NOTE: counted under the log's lock (a no-op if the unit of work holds it already), so a limit is exact.
         repo.lock_log_head()
         counts = repo.issuance_counts(agent=principal.id, template=template.name, since=now - WINDOW, now=now)
-        for limit in self.limits:
-            if not limit.applies(template):
-                continue
+        for limit in binding:
             count = counts[limit.counted]
             if count >= limit.maximum:
                 retry = limit.retry_after(repo, principal, template, now)

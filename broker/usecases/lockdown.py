@@ -115,7 +115,9 @@ class Lockdown:
     @staticmethod
     def check_lockdown(repo: UnitOfWork, environment: str) -> None:
         keys = {LOCKDOWN_KEY.format(scope=scope): scope for scope in (environment, ALL_ENVIRONMENTS)}
-        locked = repo.get_settings(list(keys))  # one query for both switches
+        # NOTE: read under the log's lock (every lockdown commits under it): a lockdown commits before this read
+        # or after this unit of work.  Both switches in one query.
+        locked = repo.get_settings(list(keys), lock_log=True)
         for key, scope in keys.items():
             if key in locked:
                 raise Forbidden(f"new credentials for '{environment}' are locked down by an administrator",

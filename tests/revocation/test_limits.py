@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
+from broker.domain.principals import Principal, Role
 from tests.conftest import TEST_SCOPES, build_harness
 from tests.revocation.conftest import S3_REQUEST
 
@@ -81,6 +82,33 @@ def test_negative_limits_are_configuration_errors():
     with pytest.raises(ValueError):
         RateLimitGate.from_settings(agent_requests_per_minute=-1, template_requests_per_minute=1,
                                     agent_max_live_grants=1)
+
+
+def test_a_gate_with_no_limit_binding_the_template_reads_nothing_and_takes_no_lock():
+    """The pending-request limit alone binds only templates that need approval: for any other the gate is
+    a no-op (no count, no lock); for one that does, it counts under the log's lock."""
+    from broker.storage.template_files import load_catalog
+    from broker.usecases.limits import RateLimitGate
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def lock_log_head(self):
+            self.calls.append("lock")
+
+        def issuance_counts(self, **_counted):
+            self.calls.append("count")
+            return {"agent_pending_requests": 0}
+
+    gate = RateLimitGate.from_settings(agent_requests_per_minute=0, template_requests_per_minute=0,
+                                       agent_max_live_grants=0, agent_max_pending_requests=5)
+    catalog = load_catalog(TEST_SCOPES)
+    principal = Principal(id="agent:demo", roles=frozenset({Role.AGENT}))
+    for name, calls in (("test-s3-read", []), ("test-prod-ecs", ["lock", "count"])):
+        repo = Recording()
+        gate(repo, principal, catalog.get(name), datetime(2026, 1, 2, tzinfo=UTC))
+        assert repo.calls == calls, name
 
 
 PROD_REQUEST = {"template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "deploy"}

@@ -64,15 +64,63 @@ def test_request_and_intent_then_issued(database):
         assert repo.unresolved_intents() == []
 
 
-def test_a_request_that_moved_on_is_not_issued_and_nothing_is_kept(database):
+ENTRY = {"type": "test", "time": "2026-01-02T03:04:05.000000Z"}
+
+
+def test_an_issuances_writes_with_their_entries_each_write_the_entry_too(database):
+    """Unit of work A's and B's writes with their log entries (PostgreSQL: one statement each), chained."""
+    intent = MintIntent(grant_id="g5", request_id="r5", role_arn="arn:aws:iam::123456789012:role/r",
+                        source_identity="agent.a", created_at=NOW)
+    with database.transaction() as repo:
+        repo.lock_log_head()
+        requested = repo.add_request_and_intent(_request("r5", "g5"), intent, entry={**ENTRY, "event_id": "e1"})
+        assert repo.appended == [requested] and requested["seq"] == 1
+    with database.transaction() as repo:
+        assert repo.record_issued("r5", from_statuses=["issuing"], to_status="issued", grant=_grant("r5", "g5"),
+                                  now=NOW, entry={**ENTRY, "event_id": "e2"})
+        (issued,) = repo.appended
+        assert (issued["seq"], issued["prev_hash"]) == (2, requested["hash"])
+        assert repo.lock_log_head() == (2, issued["hash"])
+    with database.transaction() as repo:
+        assert [e["event_id"] for e in repo.query_events(filters={})] == ["e1", "e2"]
+        assert repo.log_head() == (2, issued["hash"])
+        assert repo.get_request("r5").status == "issued" and repo.get_grant("g5") is not None
+        assert repo.unresolved_intents() == []
+        # What is stored is what was hashed, chained from genesis.
+        stored = [json.loads(line) for line in repo.stored_entry_lines(from_seq=1)]
+        assert stored == [requested, issued] and requested["prev_hash"] == issuance_log.GENESIS_HASH
+        assert [issuance_log.entry_hash(e) for e in stored] == [requested["hash"], issued["hash"]]
+
+
+def test_an_issuances_write_chained_to_a_head_that_moved_writes_nothing(database):
+    """The compare-and-set of the head holds in the combined statements too: nothing of the unit of work stays."""
+    from broker.errors import StorageUnavailable
+
+    _open(database, "r7", "g7")
+    intent = MintIntent(grant_id="g8", request_id="r8", role_arn="arn:aws:iam::123456789012:role/r",
+                        source_identity="agent.a", created_at=NOW)
+    for write in (lambda repo: repo.add_request_and_intent(_request("r8", "g8"), intent, entry={**ENTRY, "event_id": "x"}),
+                  lambda repo: repo.record_issued("r7", from_statuses=["issuing"], to_status="issued",
+                                                  grant=_grant("r7", "g7"), now=NOW, entry={**ENTRY, "event_id": "x"})):
+        with pytest.raises(StorageUnavailable), database.transaction() as repo:
+            repo._head = (5, issuance_log.GENESIS_HASH)  # noqa: SLF001 - a stale idea of the head
+            write(repo)
+        with database.transaction() as repo:
+            assert repo.query_events(filters={}) == [] and repo.get_request("r8") is None
+            assert repo.get_request("r7").status == "issuing" and repo.get_grant("g7") is None
+
+
+@pytest.mark.parametrize("entry", [None, {**ENTRY, "event_id": "e1"}], ids=["alone", "with-its-entry"])
+def test_a_request_that_moved_on_is_not_issued_and_nothing_is_kept(database, entry):
     _open(database, "r2", "g2")
     with database.transaction() as repo:
         assert repo.transition_request("r2", from_statuses=["issuing"], to_status="cancelled", updated_at=NOW)
     with pytest.raises(Conflict), database.transaction() as repo:
         if not repo.record_issued("r2", from_statuses=["issuing"], to_status="issued", grant=_grant("r2", "g2"),
-                                  now=NOW):
+                                  now=NOW, entry=entry):
             raise Conflict("moved on", code="request_changed")
     with database.transaction() as repo:
+        assert repo.query_events(filters={}) == [] and repo.log_head() == (0, issuance_log.GENESIS_HASH)
         assert repo.get_request("r2").status == "cancelled"
         assert list(repo.session.exec(select(GrantRow))) == []
         intents = list(repo.session.exec(select(MintIntentRow)))
@@ -84,6 +132,9 @@ def test_a_request_that_moved_on_is_not_issued_and_nothing_is_kept(database):
     ("_RECORD_ISSUED_PG", {"requests": {"status", "updated_at", "issued_at"}, "mint_intents": {"resolved"}}),
     ("_APPEND_PG", {"log_head": {"seq", "hash"}}),
     ("_ADD_REQUEST_AND_INTENT_PG", {}),
+    ("_ADD_REQUEST_INTENT_AND_APPEND_PG", {"log_head": {"seq", "hash"}}),
+    ("_RECORD_ISSUED_AND_APPEND_PG", {"requests": {"status", "updated_at", "issued_at"}, "mint_intents": {"resolved"},
+                                      "log_head": {"seq", "hash"}}),
 ])
 def test_postgresql_statements_set_only_what_they_mean_to(statement, updated):
     """A bind parameter named like a column silently becomes a SET value of an UPDATE in the same
@@ -95,15 +146,14 @@ def test_postgresql_statements_set_only_what_they_mean_to(statement, updated):
 
     from broker.storage import repository
 
-    keys = {
-        "_RECORD_ISSUED_PG": [f"grant__{c.name}" for c in GrantRow.__table__.columns]
-        + ["match_id", "match_statuses", "to_status", "to_issued_at", "to_updated_at", "match_grant_id"],
-        "_APPEND_PG": [f"entry__{c}" for c in ("seq", "event_id", "time", "type", "request_id", "grant_id", "actor",
-                                               "acts_for", "template", "access_key_id", "body", "prev_hash", "hash")]
-        + ["head_seq", "head_hash"],
-        "_ADD_REQUEST_AND_INTENT_PG": [f"request__{c.name}" for c in RequestRow.__table__.columns]
-        + [f"intent__{c.name}" for c in MintIntentRow.__table__.columns],
-    }[statement]
+    record = [f"grant__{c.name}" for c in GrantRow.__table__.columns] + [
+        "match_id", "match_statuses", "to_status", "to_issued_at", "to_updated_at", "match_grant_id"]
+    append = [f"entry__{c}" for c in ("seq", "event_id", "time", "type", "request_id", "grant_id", "actor", "acts_for",
+                                      "template", "access_key_id", "body", "prev_hash", "hash")] + ["head_seq", "head_hash"]
+    add = [f"request__{c.name}" for c in RequestRow.__table__.columns] + [
+        f"intent__{c.name}" for c in MintIntentRow.__table__.columns]
+    keys = {"_RECORD_ISSUED_PG": record, "_APPEND_PG": append, "_ADD_REQUEST_AND_INTENT_PG": add,
+            "_ADD_REQUEST_INTENT_AND_APPEND_PG": add + append, "_RECORD_ISSUED_AND_APPEND_PG": record + append}[statement]
     sql = str(getattr(repository, statement).compile(dialect=postgresql.dialect(), column_keys=keys))
     found = {table: {column.split("=")[0].strip() for column in re.split(r",\s*(?=\w+=)", sets)}
              for table, sets in re.findall(r"UPDATE (\w+) SET (.*?) WHERE", sql, flags=re.S)}
@@ -267,3 +317,22 @@ def test_an_append_chained_to_a_head_that_moved_fails_closed(database):
 def test_a_read_only_unit_of_work_cannot_take_the_logs_lock(database):
     with database.read() as repo, pytest.raises(RuntimeError):
         repo.lock_log_head()
+
+
+def test_settings_read_under_the_logs_lock_take_it_first(database):
+    """``get_settings(lock_log=True)``: the lock and the read (SQLite: one statement), the head held after it."""
+    with database.transaction() as repo:
+        repo.set_setting("lockdown:dev", "on", now=NOW)
+        repo.flush()
+    with database.transaction() as repo:
+        assert repo.locked_at is None
+        assert repo.get_settings(["lockdown:dev", "lockdown:*"], lock_log=True) == {"lockdown:dev": "on"}
+        assert repo.locked_at is not None and repo.lock_log_head() == (0, issuance_log.GENESIS_HASH)
+        entry = repo.append_event({"type": "test", "time": "2026-01-02T03:04:05.000000Z", "event_id": "e1"})
+        # Held already: the settings alone, as they are now.
+        assert repo.get_settings(["lockdown:*"], lock_log=True) == {}
+    with database.transaction() as repo:
+        assert repo.get_settings(["absent"], lock_log=True) == {}
+        assert repo.lock_log_head() == (entry["seq"], entry["hash"])
+    with database.read() as repo, pytest.raises(RuntimeError):
+        repo.get_settings(["lockdown:dev"], lock_log=True)

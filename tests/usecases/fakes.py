@@ -92,9 +92,11 @@ class MemoryUnitOfWork:
         return any(a.approver == approver for a in self.approvals_for(request_id))
 
     # --- intents and grants
-    def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent) -> None:
+    def add_request_and_intent(self, row: CredentialRequest, intent: MintIntent, *,
+                               entry: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         self.add_request(row)
         self.add_intent(intent)
+        return None if entry is None else self.append_event(entry)
 
     def add_intent(self, row: MintIntent) -> None:
         self.s["intents"][row.grant_id] = row
@@ -104,12 +106,14 @@ class MemoryUnitOfWork:
         intents[grant_id] = replace(intents[grant_id], resolved=True)
 
     def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: Grant,
-                      now: datetime) -> bool:
+                      now: datetime, entry: Mapping[str, Any] | None = None) -> bool:
         if not self.transition_request(request_id, from_statuses=from_statuses, to_status=to_status,
                                        issued_at=now, updated_at=now):
             return False
         self.s["grants"][grant.id] = grant
         self.resolve_intent(grant.id)
+        if entry is not None:
+            self.append_event(entry)
         return True
 
     def save_grant(self, grant: Grant) -> None:
