@@ -584,7 +584,9 @@ class Repository:
 
         NOTE: every condition reads the stored body, the canonical JSON the hash covers, never the columns
         copied from it for the issuance path: editing a column cannot hide an entry from a reviewer.  Log
-        times compare as strings (one fixed width format).
+        times compare as strings (one fixed width format).  A time window trusts the cached blocks' time bounds
+        (derived from the bodies, log_aggregate_blocks): whoever can write that table can hide a block's entries
+        from windows, not from the queries without one, the export from the start or ``broker audit verify``.
         """
         if since is None and until is None:
             statement = self.events_statement(filters=filters, after_seq=after_seq, limit=limit)
