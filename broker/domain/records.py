@@ -14,11 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
-# The empty read-only mapping (a default: shared, it cannot change).
-NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 # The key under which the store hands back a stored value that does not decode (text edited in the database):
 # no template parameter, identity value or tag key is named so, so it never matches what was approved.
 UNREADABLE = "(unreadable)"
@@ -133,4 +130,4 @@ class ApiKey:
     revoked_by: str | None = None
 
 
-__all__ = ["UNREADABLE", "NO_VALUES", "ApiKey", "Approval", "CredentialRequest", "Grant", "MintIntent", "PrincipalEntry"]
+__all__ = ["UNREADABLE", "ApiKey", "Approval", "CredentialRequest", "Grant", "MintIntent", "PrincipalEntry"]

@@ -269,14 +269,12 @@ def window_runs(connection: Connection, *, after_seq: int, since: str | None, un
         outside.append(b.max_time < since)
     if until is not None:
         outside.append(b.min_time >= until)
-    in_range = and_(b.block >= start, b.block < closed)
-    filled = int(connection.execute(select(func.count()).select_from(BLOCKS).where(in_range)).scalar_one())
-    kept = {int(block): high for block, high in connection.execute(select(b.block, b.max_time)
-                                                                     .where(in_range, ~or_(*outside)))}
-    if filled == closed - start:
-        cached = set(range(start, closed))
-    else:
-        cached = {int(block) for (block,) in connection.execute(select(b.block).where(in_range))}
+    # One read of the filled blocks in range: which are filled, and which of those may hold the window (the
+    # bounds compared in SQL, as the body time is).
+    filled = connection.execute(select(b.block, b.max_time, ~or_(*outside))
+                                .where(b.block >= start, b.block < closed)).all()
+    cached = {int(block) for block, _, _ in filled}
+    kept = {int(block): high for block, high, may_hold in filled if may_hold}
     runs: list[Run] = []
     for block in range(start, closed):
         if block in cached and block not in kept:

@@ -59,6 +59,13 @@ EVENT_FILTER_FIELDS = {"agent": "actor", "human": "acts_for", "template": "templ
                        "request_id": "request_id", "access_key_id": "access_key_id", "actor": "actor",
                        "grant_id": "grant_id"}
 
+
+def _field_filtered(filters: Mapping[str, Any]) -> bool:
+    """Whether a filter on a body field (with its own (field, seq) index, which then leads) is set; ``risk`` is
+    not one."""
+    return any(value is not None and name != "risk" for name, value in filters.items())
+
+
 # Built once: SQLAlchemy caches their compiled form by identity.
 _KEY_WITH_PRINCIPAL = (
     core_select(_API_KEYS.c.key_id, _API_KEYS.c.token_hash, _API_KEYS.c.principal_id, _API_KEYS.c.revoked,
@@ -598,7 +605,7 @@ class Repository:
         # caught up with, the open tail) starts, as without the cache, at the window's first seq from the time
         # index when that bound is cheap to trust (a closed window, no other filter: see events_statement).
         first: int | None = 0
-        filtered = any(value is not None and name != "risk" for name, value in filters.items())
+        filtered = _field_filtered(filters)
         time_bound = since is not None and until is not None and not filtered
         for after, up_to, cached, high in self._window_runs(after_seq, since, until):
             if cached and not filtered and since is not None and high is not None:
@@ -640,17 +647,21 @@ class Repository:
         of the block is at most ``high``: without skew a block's worth of index entries, not the window's), or
         the block's end when it has none."""
         block_end = (after // log_aggregates.BLOCK + 1) * log_aggregates.BLOCK
-        window = [*self._window(since, until), self._body_field("time") <= high]
-        in_range = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_range")
-        first = self._core.execute(core_select(func.min(in_range.c.seq)).where(
-            in_range.c.seq > after, in_range.c.seq <= block_end)).scalar_one_or_none()
+        query, seq = self._first_seq_query([*self._window(since, until), self._body_field("time") <= high])
+        first = self._core.execute(query.where(seq > after, seq <= block_end)).scalar_one_or_none()
         return block_end if first is None else int(first) - 1
 
     def _first_seq(self, window: list[Any]) -> int | None:
-        """The first seq with a body time in the window, from the time index.  The OFFSET keeps the planner on it."""
-        in_window = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_window")
-        first = self._core.execute(core_select(func.min(in_window.c.seq))).scalar_one_or_none()
+        """The first seq with a body time in the window, from the time index."""
+        first = self._core.execute(self._first_seq_query(window)[0]).scalar_one_or_none()
         return None if first is None else int(first)
+
+    @staticmethod
+    def _first_seq_query(window: list[Any]) -> tuple[Any, Any]:
+        """SELECT min(seq) of the entries in ``window``, read on the time index (the OFFSET keeps the planner on
+        it), and the seq column of its subquery (for bounds a caller adds)."""
+        in_window = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_window")
+        return core_select(func.min(in_window.c.seq)), in_window.c.seq
 
     def _window_runs(self, after_seq: int, since: datetime | None, until: datetime | None) -> list[Run]:
         return window_runs(self._core, after_seq=after_seq,
@@ -667,15 +678,13 @@ class Repository:
                      .limit(limit))
         if up_to is not None:
             statement = statement.where(_EVENTS.c.seq <= up_to)
-        filtered = False
         for name, value in filters.items():
             if value is not None and name == "risk":
                 statement = statement.where(risk_condition(value, postgres=self._postgres))
             elif value is not None:
                 statement = statement.where(self._body_field(EVENT_FILTER_FIELDS[name]) == value)
-                filtered = True
         window = self._window(since, until, indexed=time_indexed)
-        if since is not None and until is not None and not filtered and not after_seq and time_bound:
+        if since is not None and until is not None and not _field_filtered(filters) and not after_seq and time_bound:
             # NOTE: the first page of a time window alone: its entries come from its time index: the first seq that
             # has a time in it bounds the walk in seq order from below (exact: no entry before it is in the window,
             # whatever order the replicas' clocks gave the times).  Without it the planner walks seq order from
@@ -683,8 +692,8 @@ class Repository:
             # time index.  Not for an open window (``since`` only: report, export) nor for later pages, which
             # start at their after_seq: there the planner would read every body of the window to find its first
             # seq; not with another filter either, whose index leads.
-            in_window = core_select(_EVENTS.c.seq).where(*window).offset(literal_column("0")).subquery("in_window")
-            statement = statement.where(_EVENTS.c.seq >= core_select(func.min(in_window.c.seq)).scalar_subquery())
+            first, _ = self._first_seq_query(window)
+            statement = statement.where(_EVENTS.c.seq >= first.scalar_subquery())
         return statement.where(*window)
 
     def first_seq_since(self, since: datetime) -> int | None:
@@ -692,7 +701,6 @@ class Repository:
         No entry before it is in an open window from ``since``, whatever order the replicas' clocks gave the times.
         The filled blocks that end before ``since`` (log_aggregates.window_runs) are skipped; the first kept filled
         block holds an entry from ``since`` (its greatest time is), read on the primary key."""
-        window = self._window(since, None)
         for after, up_to, cached, high in self._window_runs(0, since, None):
             if not cached:
                 break  # NOTE: from a block not filled on: the time index, as without the cache
@@ -703,7 +711,7 @@ class Repository:
             ).scalar_one_or_none()
             if first is not None:
                 return int(first)
-        return self._first_seq(window)
+        return self._first_seq(self._window(since, None))
 
     def _body_field(self, name: str) -> Any:
         """A top-level string member of the stored entry body, as SQL (the expression of the body indexes)."""
