@@ -97,6 +97,9 @@ def server_config(app: FastAPI, **options: Any):
     trusted = trusted_proxy_networks(app.state.container.settings)
     options.setdefault("log_level", "warning")
     options.setdefault("access_log", False)
+    # NOTE: named, not uvicorn's "auto" (which falls back to h11 and asyncio without a word when either is missing).
+    options.setdefault("http", "httptools")
+    options.setdefault("loop", "uvloop")
     return uvicorn.Config(app, proxy_headers=bool(trusted), forwarded_allow_ips=trusted, **options)
 
 
