@@ -22,7 +22,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, literal_column, update
+from sqlalchemy import Table, bindparam, func, insert, literal_column, text, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import NoResultFound
@@ -83,7 +83,12 @@ _SETTINGS_IN = core_select(_SETTINGS.c.key, _SETTINGS.c.value).where(
 # SQLite: the log head and some settings in one statement (a row per setting found, or one with NULLs).
 # NOTE: not on PostgreSQL: a statement that waited for the head's row lock sees the other tables as they were
 # when it started (READ COMMITTED re-reads only the locked row), so a lockdown committed while it waited would
-# be missed.  There the settings are read by a statement of their own, after the lock.
+# be missed.  There the settings are read by a query of their own after the lock, inside the function
+# broker_lock_log_head (migration 0014: each query of a VOLATILE function takes a fresh snapshot), so the lock
+# and the read are still one round trip.
+_HEAD_WITH_SETTINGS_PG = text(
+    "SELECT head_seq AS seq, head_hash AS hash, setting_key AS key, setting_value AS value "
+    "FROM broker_lock_log_head(CAST(:match_keys AS text[]))")
 _HEAD_WITH_SETTINGS = (
     core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash, _SETTINGS.c.key, _SETTINGS.c.value)
     .select_from(_LOG_HEAD.outerjoin(_SETTINGS, _SETTINGS.c.key.in_(bindparam("match_keys", expanding=True))))
@@ -462,11 +467,13 @@ class Repository:
     def get_settings(self, keys: Sequence[str], *, lock_log: bool = False) -> dict[str, str]:
         """Several settings in one query (absent keys are left out).
 
-        ``lock_log``: read them under the issuance log's lock (taken first, as :meth:`lock_log_head`; on
-        SQLite, when this unit of work does not hold it yet, the lock and the read are one statement)."""
-        if lock_log and self._head is None and not self._postgres:
+        ``lock_log``: read them under the issuance log's lock (taken first, as :meth:`lock_log_head`; when this
+        unit of work does not hold it yet, the lock and the read are one statement: on PostgreSQL a call of
+        ``broker_lock_log_head``, whose read runs after its lock)."""
+        if lock_log and self._head is None:
             self._refuse_lock_in_read()
-            rows = self._core.execute(_HEAD_WITH_SETTINGS, {"match_keys": list(keys)}).all()
+            rows = self._core.execute(_HEAD_WITH_SETTINGS_PG if self._postgres else _HEAD_WITH_SETTINGS,
+                                      {"match_keys": list(keys)}).all()
             if not rows:
                 raise NoResultFound("no log head row: the database is not migrated")  # as lock_log_head's .one()
             self._locked(rows[0].seq, rows[0].hash)

@@ -56,7 +56,7 @@ def run(db: str, limits: str, aws_endpoint: str) -> None:
     print(f"== {db}, rate limits {limits}: {len(sent)} statements per issuance (COMMITs included)")
     locked = False
     for number, statement in enumerate(sent, 1):
-        locked = locked or statement.startswith("SELECT log_head.seq")
+        locked = locked or statement.startswith("SELECT log_head.seq") or "broker_lock_log_head(" in statement
         print(f"  {number:2d} {'*' if locked else ' '} {' '.join(statement.split())[:150]}")
         locked = locked and statement != "COMMIT"
     print("  (* sent while the unit of work held the log's lock)")

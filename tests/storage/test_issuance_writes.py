@@ -336,3 +336,59 @@ def test_settings_read_under_the_logs_lock_take_it_first(database):
         assert repo.lock_log_head() == (entry["seq"], entry["hash"])
     with database.read() as repo, pytest.raises(RuntimeError):
         repo.get_settings(["lockdown:dev"], lock_log=True)
+
+
+
+def _blocked_on_a_lock(engine) -> bool:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return bool(connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar())
+
+
+def _read_while_a_lockdown_commits(database: Database, key: str, read) -> object:
+    """``read(database)`` started while another unit of work holds the log's lock and switches the lockdown ``key``
+    on; what it returns once that unit of work has committed."""
+    import threading
+    import time
+
+    answers: list[object] = []
+    with database.transaction() as repo:
+        repo.lock_log_head()
+        repo.set_setting(key, "on", now=NOW)
+        repo.flush()
+        reader = threading.Thread(target=lambda: answers.append(read(database)))
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not _blocked_on_a_lock(database.engine) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _blocked_on_a_lock(database.engine), "the read never waited for the log's lock"
+    reader.join(10)
+    (answer,) = answers
+    return answer
+
+
+def test_postgresql_settings_read_with_the_lock_see_a_lockdown_committed_while_it_waited(pg_url):
+    """One round trip (broker_lock_log_head, migration 0014), and still a read after the lock: a lockdown that
+    commits while the read waits for the lock is seen.  The control shows why it takes the function: the same
+    lock and read as one plain statement miss it."""
+    from sqlalchemy import text
+
+    def with_the_lock(db: Database) -> dict[str, str]:
+        with db.transaction() as repo:
+            return repo.get_settings(["lockdown:dev", "lockdown:*"], lock_log=True)
+
+    def in_one_plain_statement(db: Database) -> dict[str, str]:
+        with db.engine.begin() as connection:
+            rows = connection.execute(text(
+                "SELECT s.key, s.value FROM log_head AS h LEFT JOIN broker_settings AS s ON s.key = 'lockdown:*' "
+                "WHERE h.id = 1 FOR UPDATE OF h")).all()
+            return {row.key: row.value for row in rows if row.key is not None}
+
+    with migrated_database(pg_url) as database:
+        assert _read_while_a_lockdown_commits(database, "lockdown:dev", with_the_lock) == {"lockdown:dev": "on"}
+        assert _read_while_a_lockdown_commits(database, "lockdown:*", in_one_plain_statement) == {}, \
+            "the control: one plain statement reads the settings as they were before it waited"
+        assert with_the_lock(database) == {"lockdown:dev": "on", "lockdown:*": "on"}
