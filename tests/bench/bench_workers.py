@@ -9,8 +9,9 @@ over a socket (not httpx), so that it takes as little of the machine's CPU as it
 It prints issuances/s, client latency, the log head lock's hold time per issuance (from each
 response's ``Server-Timing: lock;dur=``: the two units of work of an issuance, from taking the lock
 to the end of COMMIT) and the lock's utilisation (the share of wall time some unit of work held it:
-the serial point, whatever the worker count), and the CPU of the broker's processes, moto's and the
-client's per issuance.
+the serial point, whatever the worker count), and the CPU per issuance of the broker's processes, moto's,
+the PostgreSQL backends serving the broker and the client's, with the ceiling they set together: the machine's
+CPUs divided by their sum.
 
     .venv/bin/python -m tests.bench.bench_workers [--requests 2000] [--clients 8] [--workers 1,2]
 
@@ -114,6 +115,17 @@ def load(port: int, key: str, clients: int, total: int) -> tuple[float, list[flo
     return wall, latencies, locks
 
 
+def database_backends(url: str) -> list[int]:
+    """The PostgreSQL backends connected to the database at ``url`` (the broker's pool, after the warm-up)."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        rows = connection.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                  (name,)).fetchall()
+    return [pid for (pid,) in rows]
+
+
 def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) -> dict[str, float]:
     from broker.runtime.devmode import DEV_ACCOUNTS, ensure_signing_key, free_port
 
@@ -137,16 +149,20 @@ def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) ->
             try:
                 time.sleep(2.0 if workers > 1 else 0.5)  # every worker ready, not only the first to answer
                 load(port, key, clients, warmup)
-                tree = process_tree(broker.process.pid)
-                before = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid), time.process_time()]
+                tree, backends = process_tree(broker.process.pid), database_backends(url)
+                before = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid),
+                          sum(cpu_seconds(pid) for pid in backends), time.process_time()]
                 wall, latencies, locks = load(port, key, clients, requests)
-                after = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid), time.process_time()]
+                after = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid),
+                         sum(cpu_seconds(pid) for pid in backends), time.process_time()]
             finally:
                 broker.stop()
     finally:
         drop()
-    broker_cpu, moto_cpu, client_cpu = ((b - a) / requests * 1000 for a, b in zip(before, after, strict=True))
-    figures = {"throughput": requests / wall, "lock_share": sum(locks) / 1000 / wall}
+    broker_cpu, moto_cpu, pg_cpu, client_cpu = ((b - a) / requests * 1000 for a, b in zip(before, after, strict=True))
+    figures = {"throughput": requests / wall, "lock_share": sum(locks) / 1000 / wall,
+               # All the CPUs, busy with this issuance path and nothing else, could do no more than this.
+               "ceiling": os.cpu_count() * 1000 / (broker_cpu + moto_cpu + pg_cpu + client_cpu)}
     print(f"== broker serve --workers {workers} (PostgreSQL), {clients} concurrent clients, {requests} issuances "
           f"({len(tree) - (workers > 1)} broker process(es))")
     print(f"  throughput          {figures['throughput']:7.1f} issuances/s")
@@ -155,7 +171,9 @@ def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) ->
           f"mean {statistics.mean(locks):5.2f} ms per issuance (two units of work); held "
           f"{figures['lock_share'] * 100:4.1f}% of the time")
     print(f"  CPU per issuance    broker {broker_cpu:5.2f} ms (all workers)  moto {moto_cpu:5.2f} ms  "
-          f"client {client_cpu:5.2f} ms")
+          f"PostgreSQL {pg_cpu:5.2f} ms (its backends for the broker)  client {client_cpu:5.2f} ms")
+    print(f"  machine's ceiling   {figures['ceiling']:7.1f} issuances/s ({os.cpu_count()} CPUs / the CPU of all four "
+          "per issuance: what no worker count can pass here)")
     return figures
 
 
