@@ -756,6 +756,15 @@ class Repository:
                                   .order_by(_CHECKPOINTS.c.position))
         return [_checkpoint(row) for row in rows]
 
+    def checkpoint_page(self, *, from_seq: int, up_to_seq: int, after_position: int,
+                        limit: int) -> list[tuple[int, issuance_log.Checkpoint]]:
+        """Up to ``limit`` checkpoints signing a seq from ``from_seq`` to ``up_to_seq``, signed after the one at
+        ``after_position``, in the order they were signed, each with its position (where the next page starts)."""
+        rows = self._core.execute(core_select(_CHECKPOINTS).where(
+            _CHECKPOINTS.c.seq >= from_seq, _CHECKPOINTS.c.seq <= up_to_seq, _CHECKPOINTS.c.position > after_position)
+            .order_by(_CHECKPOINTS.c.position).limit(limit))
+        return [(row.position, _checkpoint(row)) for row in rows]
+
     def log_figures(self, *, live: bool = False) -> LogFigures:
         """The dashboard's aggregate queries, in this unit of work: from the cache of closed blocks
         (broker.storage.log_aggregates), or ``live`` from every entry of the range.  The cache is written
