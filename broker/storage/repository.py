@@ -22,7 +22,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, literal_column, text, update
+from sqlalchemy import Table, bindparam, exists, func, insert, literal_column, text, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import NoResultFound
@@ -131,10 +131,22 @@ _MOVED_TO_ISSUED_PG = (
                        updated_at=bindparam("to_updated_at"))
     .returning(_REQUESTS.c.id)
     .cte("moved_request"))
+
+
+def _insert_if(table: Table, prefix: str, moved: Any) -> Any:
+    """An INSERT of one row of ``_values_of(table, prefix)`` for each row the CTE ``moved`` returned (one or none)."""
+    values = _values_of(table, prefix)
+    return insert(table).from_select(list(values), core_select(*values.values()).select_from(moved))
+
+
+# NOTE: every data-modifying CTE of a statement runs, whether the others wrote or not: the issuance's writes are
+# each conditional on the request having moved (its UPDATE's RETURNING), so a request that had moved on gets no
+# grant, no resolved intent and no entry, and the head stays, even if the unit of work then committed.
+_IF_MOVED_PG = exists().select_from(_MOVED_TO_ISSUED_PG)
+_ADDED_GRANT_PG = _insert_if(_GRANTS, "grant__", _MOVED_TO_ISSUED_PG).cte("added_grant")
+_RESOLVED_INTENT_PG = _RESOLVE_INTENT.where(_IF_MOVED_PG).cte("resolved_intent")
 _RECORD_ISSUED_PG = (
-    core_select(func.count()).select_from(_MOVED_TO_ISSUED_PG)
-    .add_cte(insert(_GRANTS).values(_values_of(_GRANTS, "grant__")).cte("added_grant"))
-    .add_cte(_RESOLVE_INTENT.cte("resolved_intent")))
+    core_select(func.count()).select_from(_MOVED_TO_ISSUED_PG).add_cte(_ADDED_GRANT_PG).add_cte(_RESOLVED_INTENT_PG))
 _HEAD = core_select(_LOG_HEAD.c.seq, _LOG_HEAD.c.hash).where(_LOG_HEAD.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 # Compare-and-set: the head moves only from the (seq, hash) the entry was chained to.
@@ -175,13 +187,12 @@ _APPEND_PG = _SET_HEAD.add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry
 _ADD_REQUEST_INTENT_AND_APPEND_PG = _APPEND_PG.add_cte(
     insert(_REQUESTS).values(_values_of(_REQUESTS, "request__")).cte("added_request"),
     insert(_INTENTS).values(_values_of(_INTENTS, "intent__")).cte("added_intent"))
-_MOVED_HEAD_PG = _SET_HEAD.returning(_LOG_HEAD.c.id).cte("moved_head")
+_MOVED_HEAD_PG = _SET_HEAD.where(_IF_MOVED_PG).returning(_LOG_HEAD.c.id).cte("moved_head")
 _RECORD_ISSUED_AND_APPEND_PG = (
     core_select(core_select(func.count()).select_from(_MOVED_TO_ISSUED_PG).scalar_subquery().label("moved"),
                 core_select(func.count()).select_from(_MOVED_HEAD_PG).scalar_subquery().label("appended"))
-    .add_cte(insert(_GRANTS).values(_values_of(_GRANTS, "grant__")).cte("added_grant"))
-    .add_cte(_RESOLVE_INTENT.cte("resolved_intent"))
-    .add_cte(insert(_EVENTS).values(_values_of(_EVENTS, "entry__")).cte("appended_entry")))
+    .add_cte(_ADDED_GRANT_PG).add_cte(_RESOLVED_INTENT_PG)
+    .add_cte(_insert_if(_EVENTS, "entry__", _MOVED_TO_ISSUED_PG).cte("appended_entry")))
 
 
 def _principal(principal_id: str, roles: str, groups: str, acts_for: str | None,
@@ -391,9 +402,9 @@ class Repository:
     def record_issued(self, request_id: str, *, from_statuses: Sequence[str], to_status: str, grant: Grant,
                       now: datetime, entry: Mapping[str, Any] | None = None) -> bool:
         """Move the request to ``to_status`` if it is still in ``from_statuses``, add its grant, resolve its
-        mint intent and append ``entry`` if given.  False when the request had moved on: the caller must
-        refuse (its unit of work then rolls back the grant, the intent and the entry too).  PostgreSQL: one
-        statement."""
+        mint intent and append ``entry`` if given.  False when the request had moved on: then nothing was
+        written (the head this unit of work holds stays) and the caller must refuse.  PostgreSQL: one statement,
+        each of whose parts writes only if the request moved."""
         self.lock_log_head()  # the lock order: the log head, then rows
         if not self._postgres:
             if not self.transition_request(request_id, from_statuses=from_statuses, to_status=to_status,
@@ -413,8 +424,11 @@ class Repository:
         sealed, entry_row, head = self._sealed(entry)
         counts = self._core.execute(_RECORD_ISSUED_AND_APPEND_PG,
                                     {**params, **_prefixed("entry__", entry_row), **head}).one()
+        if counts.moved != 1:
+            self._head = (head["prev_head_seq"], head["prev_head_hash"])  # nothing was written: the head stays
+            return False
         self._appended(sealed, counts.appended == 1)
-        return counts.moved == 1
+        return True
 
     def add_intent(self, row: MintIntent) -> None:
         self._core.execute(insert(_INTENTS), plain_values(row))
@@ -748,6 +762,15 @@ class Repository:
         rows = self._core.execute(core_select(_CHECKPOINTS).where(_CHECKPOINTS.c.seq >= from_seq)
                                   .order_by(_CHECKPOINTS.c.position))
         return [_checkpoint(row) for row in rows]
+
+    def checkpoint_page(self, *, from_seq: int, up_to_seq: int, after_position: int,
+                        limit: int) -> list[tuple[int, issuance_log.Checkpoint]]:
+        """Up to ``limit`` checkpoints signing a seq from ``from_seq`` to ``up_to_seq``, signed after the one at
+        ``after_position``, in the order they were signed, each with its position (where the next page starts)."""
+        rows = self._core.execute(core_select(_CHECKPOINTS).where(
+            _CHECKPOINTS.c.seq >= from_seq, _CHECKPOINTS.c.seq <= up_to_seq, _CHECKPOINTS.c.position > after_position)
+            .order_by(_CHECKPOINTS.c.position).limit(limit))
+        return [(row.position, _checkpoint(row)) for row in rows]
 
     def log_figures(self, *, live: bool = False) -> LogFigures:
         """The dashboard's aggregate queries, in this unit of work: from the cache of closed blocks

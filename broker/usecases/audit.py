@@ -25,6 +25,7 @@ log = logging.getLogger("broker.audit")
 
 EVENT_FILTERS = ("agent", "human", "template", "type", "request_id", "access_key_id", "grant_id")
 PAGE_MAX = 1000
+CHECKPOINT_PAGE = 1000  # an export's read of checkpoints: 100,000 entries' worth at one per 100
 
 
 def require_reviewer(principal: Principal) -> None:
@@ -211,6 +212,8 @@ class AuditLog:
     clock: Clock
     # Signs checkpoints, only over a log that extends the last one (broker.usecases.checkpoints).
     checkpointer: Checkpointer | None = None
+    # How many checkpoints an export reads at a time (it holds no more of them).
+    checkpoint_page: int = CHECKPOINT_PAGE
 
     def __post_init__(self) -> None:
         if self.checkpointer is None:
@@ -255,16 +258,30 @@ class AuditLog:
         entries = self._entries_up_to(final.seq, since=since)
         first = next(entries, None)
         first_seq = first["seq"] if first is not None else final.seq + 1
-        with self.database.transaction() as repo:
-            checkpoints = [c for c in repo.checkpoints(from_seq=first_seq if since is not None else 0)
-                           if c.seq <= final.seq]
-        # NOTE: the final checkpoint ends the export (after the statement) even if a replica has signed a newer one.
-        checkpoints = checkpoints[:checkpoints.index(final) + 1] if final in checkpoints else [*checkpoints, final]
+        checkpoints = self._checkpoints_before(final, from_seq=first_seq if since is not None else 0)
         statement = self.signer.sign_export(final, first_seq=first_seq,
                                             since=issuance_log.log_time(since) if since is not None else None,
                                             time=issuance_log.log_time(self.clock.now()))
         all_entries = entries if first is None else itertools.chain([first], entries)
-        yield from issuance_log.chained_export_lines(all_entries, checkpoints, statement)
+        yield from issuance_log.chained_export_lines(all_entries, checkpoints, statement, final=final)
+
+    def _checkpoints_before(self, final: issuance_log.Checkpoint, *,
+                            from_seq: int) -> Iterator[issuance_log.Checkpoint]:
+        """The checkpoints signing seq ``from_seq`` to ``final``'s, in the order they were signed, up to ``final``
+        (left out: it ends the export, after the statement, even if a replica has signed a newer one), read a page
+        at a time as the export reaches them: the export holds one page of them, whatever the log's size."""
+        after = 0
+        while True:
+            with self.database.read() as repo:
+                page = repo.checkpoint_page(from_seq=from_seq, up_to_seq=final.seq, after_position=after,
+                                            limit=self.checkpoint_page)
+            for _, checkpoint in page:
+                if checkpoint == final:
+                    return
+                yield checkpoint
+            if len(page) < self.checkpoint_page:
+                return
+            after = page[-1][0]
 
     def _entries_up_to(self, last_seq: int, *, since: datetime | None) -> Iterator[dict[str, Any]]:
         after = 0

@@ -34,6 +34,8 @@ class FaultySts:
     mode: str = "throttle"
     stall_seconds: float = 3.0
     hits: list[float] = field(default_factory=list)
+    # Set when the test ends: a stalled answer still pending is given up (no thread outlives the test).
+    released: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -51,7 +53,7 @@ def faulty_sts() -> Iterator[FaultySts]:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             state.hits.append(time.monotonic())
             if state.mode == "stall":
-                time.sleep(state.stall_seconds)
+                state.released.wait(state.stall_seconds)
                 status, code, message = STS_ANSWERS["error"]
             else:
                 status, code, message = STS_ANSWERS[state.mode]
@@ -73,6 +75,7 @@ def faulty_sts() -> Iterator[FaultySts]:
     holder["state"] = FaultySts(server=server)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     yield holder["state"]
+    holder["state"].released.set()
     server.shutdown()
     server.server_close()
 

@@ -23,13 +23,14 @@ class Webhook:
     def __init__(self, *, status: int = 200, delay: float = 0.0) -> None:
         self.received: list[dict] = []
         self.status, self.delay = status, delay
+        self.released = threading.Event()  # set on close: a slow answer still pending is given up
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length))
-                time.sleep(outer.delay)
+                outer.released.wait(outer.delay)
                 outer.received.append(body)
                 self.send_response(outer.status)
                 self.end_headers()
@@ -42,6 +43,7 @@ class Webhook:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}{SECRET_PATH}"
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -150,15 +152,20 @@ def test_failures_are_logged_without_the_secret_url(make_url, caplog):
         hook.close()
 
 
+# A webhook that answers after STALL seconds (or never, before the test ends), far beyond every bound below.
+STALL = 20.0
+
+
 def test_a_slow_webhook_never_blocks_the_caller():
-    hook = Webhook(delay=3.0)
+    hook = Webhook(delay=STALL)
     try:
         notifier = WebhookNotifier(hook.url, timeout=0.5)
         started = time.monotonic()
         for _ in range(5):
             notifier.notify(event="pending", request=VIEW)
-        assert time.monotonic() - started < 0.5
-        assert notifier.flush(10)
+        # Five posts made by the caller would take at least 5 x 0.5 s (their timeouts), queued ones next to nothing.
+        assert time.monotonic() - started < 2.0
+        assert notifier.flush(10)  # 5 x 0.5 s: without the timeout the first alone takes STALL
         assert notifier.failed == 5  # each timed out after 0.5 s
     finally:
         hook.close()
@@ -196,11 +203,16 @@ def test_broker_notifies_on_pending_and_approved_and_survives_a_dead_webhook(mot
         # Requests' secrets never travel to the webhook.
         assert all("secret" not in json.dumps(b).lower() for b in webhook.received)
 
-        webhook.close()
+        # A webhook that hangs (answers after STALL, far beyond the bound) is not waited for...
+        webhook.delay = STALL
         started = time.monotonic()
         again = harness.post("/v1/requests", "agent:demo", json={
             "template": "test-prod-ecs", "parameters": {"service": "billing"}, "reason": "deploy"})
         assert again.status_code == 202
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 6.0
+        # ... nor is a dead one.
+        webhook.close()
+        assert harness.post("/v1/requests", "agent:demo", json={
+            "template": "test-prod-ecs", "parameters": {"service": "checkout"}, "reason": "deploy"}).status_code == 202
     finally:
         harness.container.database.engine.dispose()

@@ -128,6 +128,28 @@ def test_a_request_that_moved_on_is_not_issued_and_nothing_is_kept(database, ent
         assert [r.id for r in repo.session.exec(select(RequestRow))] == ["r2"]
 
 
+@pytest.mark.parametrize("entry", [None, {**ENTRY, "event_id": "e2"}], ids=["alone", "with-its-entry"])
+def test_a_request_that_moved_on_gets_no_write_even_if_the_unit_of_work_commits(database, entry):
+    """False leaves nothing written by the call itself (PostgreSQL: every part of the one statement waits on the
+    request's move), not only once the caller's refusal rolls the unit of work back: here it commits."""
+    _open(database, "r3", "g3")
+    with database.transaction() as repo:
+        before = repo.append_event({**ENTRY, "event_id": "e1"})
+        assert repo.transition_request("r3", from_statuses=["issuing"], to_status="failed", updated_at=NOW)
+    with database.transaction() as repo:
+        assert repo.record_issued("r3", from_statuses=["issuing"], to_status="issued", grant=_grant("r3", "g3"),
+                                  now=NOW, entry=entry) is False
+        assert repo.appended == [] and repo.lock_log_head() == (1, before["hash"])
+    with database.transaction() as repo:
+        assert [e["event_id"] for e in repo.query_events(filters={})] == ["e1"]
+        assert repo.log_head() == (1, before["hash"])
+        assert repo.get_request("r3").status == "failed" and repo.get_request("r3").issued_at is None
+        assert list(repo.session.exec(select(GrantRow))) == []
+        assert [(i.grant_id, i.resolved) for i in repo.session.exec(select(MintIntentRow))] == [("g3", False)]
+        # The unit of work goes on from the head it holds: the next entry chains to the one before.
+        assert repo.append_event({**ENTRY, "event_id": "e3"})["prev_hash"] == before["hash"]
+
+
 @pytest.mark.parametrize(("statement", "updated"), [
     ("_RECORD_ISSUED_PG", {"requests": {"status", "updated_at", "issued_at"}, "mint_intents": {"resolved"}}),
     ("_APPEND_PG", {"log_head": {"seq", "hash"}}),

@@ -114,7 +114,10 @@ def test_a_finished_flow_frees_its_slot(site, small_caps, provider):
     assert start(same_address) == 303
 
 
-HOLD_SECONDS = 10
+# The other writer holds for up to HOLD_SECONDS (it lets go when the test's block ends); 20 answers that wait for
+# nothing come well within ANSWERED_WITHIN, even on a loaded machine, and one that waited would not (SQLite: it
+# waits until the writer lets go or its busy timeout, 30 s, ends; PostgreSQL: its lock timeout, 5 s, fails it).
+HOLD_SECONDS, ANSWERED_WITHIN = 40, 15
 
 
 def writer_holding_the_flows(harness):
@@ -134,7 +137,7 @@ def test_beyond_the_cap_nothing_is_written_nor_waited_for(site, small_caps):
         elapsed = time.monotonic() - started
     assert answers == [429] * 20
     # Had a refused begin written (or taken the write lock), it would have waited for the other writer.
-    assert elapsed < HOLD_SECONDS - 2, elapsed
+    assert elapsed < ANSWERED_WITHIN, elapsed
     assert [row.model_dump() for row in flow_rows(site)] == before
     assert session_rows(site) == []
 
@@ -203,5 +206,5 @@ def test_callbacks_naming_no_flow_are_answered_from_a_read(site):
                               follow_redirects=False).status_code for n in range(20)]
         elapsed = time.monotonic() - started
     assert set(answers) == {401}
-    assert elapsed < HOLD_SECONDS - 2, elapsed
+    assert elapsed < ANSWERED_WITHIN, elapsed
     assert [row.model_dump() for row in flow_rows(site)] == before and session_rows(site) == []

@@ -50,18 +50,20 @@ def write_export(entries: Iterable[Mapping[str, Any]], checkpoint: Checkpoint,
         out.write(line)
 
 
-def chained_export_lines(entries: Iterable[Mapping[str, Any]], checkpoints: Sequence[Checkpoint],
-                         statement: ExportStatement) -> Iterator[bytes]:
+def chained_export_lines(entries: Iterable[Mapping[str, Any]], checkpoints: Iterable[Checkpoint],
+                         statement: ExportStatement, *, final: Checkpoint | None = None) -> Iterator[bytes]:
     """Format 2: entries with every checkpoint right after the entry it signs (seq 0 ones
-    first), then the statement, then the final checkpoint (``checkpoints[-1]``).
+    first), then the statement, then the final checkpoint (``final``, else ``checkpoints[-1]``).
 
-    ``checkpoints`` are in the order they were signed; each must sign a seq of ``entries``.
+    ``checkpoints`` are in the order they were signed; each must sign a seq of ``entries``.  With ``final``
+    they are the ones before it, taken as the entries pass (an iterator: none is held ahead of its place).
     """
-    if not checkpoints or checkpoints[-1].hash() != statement.checkpoint:
+    if final is None and checkpoints:
+        *checkpoints, final = checkpoints  # type: ignore[misc]
+    if final is None or final.hash() != statement.checkpoint:
         raise InvalidInput("an export ends with the checkpoint its statement names",
                            code="export_invalid")
-    *earlier, final = checkpoints
-    pending = iter(earlier)
+    pending = iter(checkpoints)
     waiting = next(pending, None)
     for entry in entries:
         while waiting is not None and waiting.seq < entry[SEQ_FIELD]:
