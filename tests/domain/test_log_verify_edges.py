@@ -1,8 +1,11 @@
 """The verifier's shortcuts keep its verdicts: a checkpoint line read without a full parse (``_read_checkpoint``)
-gets exactly what the full parse gives it."""
+gets exactly what the full parse gives it, and an entry's hashed bytes are cut from its line as
+docs/log-format.md section 4 says (the first ``"hash":"<hex>"`` member, and the comma after it or, when none
+follows, the one before it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import string
 
@@ -119,3 +122,43 @@ def test_a_checkpoint_time_beyond_ascii_verifies():
                for line in lines if line.startswith(b'{"checkpoint":'))
     report = log.verify_export(lines, signer().public_key)
     assert report.ok and report.checkpoints == len(checkpoints) == 3, report.message
+
+
+# --- an entry's hashed bytes ---------------------------------------------------------------------------------------
+def crafted(members: bytes) -> bytes:
+    """A line ``{<members>,"hash":"<its hash>"}``: the hash member last, so the comma before it is cut."""
+    stated = hashlib.sha256(log.ENTRY_PREFIX + b"{" + members + b"}").hexdigest()
+    return b"{" + members + b',"hash":"' + stated.encode() + b'"}'
+
+
+def test_an_entry_whose_hash_member_is_last_has_the_comma_before_it_cut():
+    line = crafted(b'"prev_hash":"' + log.GENESIS_HASH.encode() + b'","seq":1')
+    stated = json.loads(line)["hash"]
+    checkpoint = log.checkpoint_line(signer().sign(1, stated, TIME))
+    for lines in ([line + b"\n", checkpoint], [line.decode(), checkpoint], [line + b"\n", checkpoint.rstrip(b"\n")]):
+        report = log.verify_export(lines, signer().public_key)
+        assert report.ok and report.entries == 1, report.message
+    assert log.verify_export([line + b" \n", checkpoint], signer().public_key).problem == "modified"
+
+
+def test_an_entry_whose_hash_member_appears_twice_is_modified():
+    # The first occurrence is the one cut: a copy of the member nested before it leaves the real one in the hashed
+    # bytes (the line cannot hash to a value it holds).
+    lines = lines_of()
+    stated = json.loads(lines[2])["hash"]
+    member = b'"hash":"' + stated.encode() + b'"'
+    lines[2] = lines[2].replace(b'{"access_key_id":', b'{"a":{' + member + b'},"access_key_id":', 1)
+    assert lines[2].count(member) == 2
+    report = log.verify_export(lines, signer().public_key)
+    assert (report.problem, report.first_bad_seq, report.line) == ("modified", 3, 3), report.message
+
+
+@pytest.mark.parametrize("members", [b'"a":1', b'"prev_hash":"' + log.GENESIS_HASH.encode() + b'"',
+                                     b'"seq":0,"prev_hash":"' + log.GENESIS_HASH.encode() + b'"',
+                                     b'"seq":true,"prev_hash":"' + log.GENESIS_HASH.encode() + b'"',
+                                     b'"seq":1,"prev_hash":7'],
+                         ids=["no seq", "no seq, a prev_hash", "seq 0", "seq true", "prev_hash a number"])
+def test_an_entry_that_matches_its_hash_without_a_valid_seq_or_prev_hash_is_malformed(members):
+    # Its own hash holds, so only the chain fields can refuse it (this raised TypeError for a missing seq).
+    report = log.verify_export([crafted(members) + b"\n", lines_of()[-1]], signer().public_key)
+    assert (report.ok, report.problem, report.line) == (False, "malformed", 1), report.message

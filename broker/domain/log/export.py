@@ -131,7 +131,7 @@ class _Failure(Exception):
         self.problem, self.message, self.seq, self.line = problem, message, seq, line
 
 
-class _Line(msgspec.Struct):
+class _Line(msgspec.Struct, gc=False):
     """What the verifier reads of a line: the chain fields, and whether it is something else."""
 
     seq: int | msgspec.UnsetType = msgspec.UNSET
@@ -364,16 +364,25 @@ class _ExportVerifier:
             seq, prev_hash = fields.seq, fields.prev_hash
             if type(stated) is not str:
                 raise _malformed_entry(raw.removesuffix(b"\n"), line_no)
-            member = b'"hash":"' + stated.encode("utf-8") + b'"'
+            member = b'"hash":"' + stated.encode() + b'"'
             start = raw.find(member)
             if start < 0:
                 raise self._bad_entry(raw.removesuffix(b"\n"), line_no)
-            size = len(raw) - (raw[-1] == 10)  # without the newline
+            # The hashed bytes, the line without its newline, its member and a comma, go to SHA-256 in two pieces
+            # (one copy of each instead of a body built first).
             end = start + len(member)
-            body = raw[:start] + raw[end + 1:size] if raw[end] == 44 else raw[:start - 1] + raw[end:size]  # 44: ","
-            if sha256(prefix + body).hexdigest() != stated:
+            if raw[end] == 44:  # 44: "," after the member: cut it with the member
+                digest = sha256(prefix + raw[:start])
+                digest.update(raw[end + 1:-1] if raw[-1] == 10 else raw[end + 1:])
+            else:  # the comma before it
+                digest = sha256(prefix + raw[:start - 1])
+                digest.update(raw[end:-1] if raw[-1] == 10 else raw[end:])
+            if digest.hexdigest() != stated:
                 raise self._bad_entry(raw.removesuffix(b"\n"), line_no)
             if seq != last_seq + 1 or prev_hash != last_hash:
+                # (An entry that is the next seq, chained to the last hash, has a valid seq and prev_hash.)
+                if not (is_seq(seq) and is_hex64(prev_hash)):
+                    raise _malformed_entry(raw.removesuffix(b"\n"), line_no)
                 self.last_seq, self.last_hash, self.last_line, self.count = last_seq, head, last_line, count
                 self.unsigned = unsigned
                 rest = ((number, later.removesuffix(b"\n") if isinstance(later, bytes) else later.encode("utf-8"))
