@@ -3,6 +3,8 @@ lines, the segments walked in forked processes, and the same report as the one-p
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from broker.domain import log
@@ -81,3 +83,40 @@ def test_a_file_without_checkpoints_in_its_middle_is_one_pass(tmp_path):
     lines = [log.entry_line(entry) + b"\n" for entry in make_entries(5)]
     path = write(tmp_path, lines)
     assert export_files.cut_at_checkpoints(path, path.stat().st_size, 3) == ([0, path.stat().st_size], [])
+
+
+def test_more_segments_than_processes_each_walked_once(tmp_path, monkeypatch):
+    lines = chained_lines(60, every=3)
+    path = write(tmp_path, lines)
+    walked = tmp_path / "walked"
+    real = export_files.verify_segment
+
+    def counting(segment, *args, seam, **kwargs):
+        with open(walked, "ab") as out:  # O_APPEND: the children's lines do not mix
+            out.write(b"%d\n" % (0 if seam is None else lines.index(seam + b"\n")))
+        return real(segment, *args, seam=seam, **kwargs)
+
+    monkeypatch.setattr(export_files, "verify_segment", counting)
+    monkeypatch.setattr(export_files, "verify_export", lambda *a, **k: pytest.fail("verified in one pass"))
+    report = export_files.verify_export_file(path, signer().public_key, processes=2, segment_bytes=1)
+    assert report == log.verify_export(lines, signer().public_key) and report.ok
+    starts = walked.read_bytes().split()
+    assert len(starts) == 2 * export_files.SEGMENTS_PER_CPU and len(set(starts)) == len(starts)
+
+
+def test_a_child_that_dies_leaves_the_report_to_one_pass(tmp_path, monkeypatch):
+    lines = chained_lines()
+    path = write(tmp_path, lines)
+    real = export_files.verify_segment
+
+    def dies_on_a_later_segment(segment, *args, seam, **kwargs):
+        if seam is not None:
+            os._exit(3)  # as a SIGBUS would end it: no outcome sent
+        return real(segment, *args, seam=seam, **kwargs)
+
+    monkeypatch.setattr(export_files, "verify_segment", dies_on_a_later_segment)
+    passes = []
+    one_pass = export_files.verify_export
+    monkeypatch.setattr(export_files, "verify_export", lambda *a, **k: passes.append(1) or one_pass(*a, **k))
+    report = export_files.verify_export_file(path, signer().public_key, processes=3, segment_bytes=1)
+    assert report == log.verify_export(lines, signer().public_key) and report.ok and passes == [1]
