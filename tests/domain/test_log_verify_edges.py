@@ -156,9 +156,25 @@ def test_an_entry_whose_hash_member_appears_twice_is_modified():
 @pytest.mark.parametrize("members", [b'"a":1', b'"prev_hash":"' + log.GENESIS_HASH.encode() + b'"',
                                      b'"seq":0,"prev_hash":"' + log.GENESIS_HASH.encode() + b'"',
                                      b'"seq":true,"prev_hash":"' + log.GENESIS_HASH.encode() + b'"',
-                                     b'"seq":1,"prev_hash":7'],
-                         ids=["no seq", "no seq, a prev_hash", "seq 0", "seq true", "prev_hash a number"])
+                                     b'"seq":1,"prev_hash":7', b'"seq":1,"prev_hash":""'],
+                         ids=["no seq", "no seq, a prev_hash", "seq 0", "seq true", "prev_hash a number",
+                              "prev_hash empty"])
 def test_an_entry_that_matches_its_hash_without_a_valid_seq_or_prev_hash_is_malformed(members):
     # Its own hash holds, so only the chain fields can refuse it (this raised TypeError for a missing seq).
     report = log.verify_export([crafted(members) + b"\n", lines_of()[-1]], signer().public_key)
     assert (report.ok, report.problem, report.line) == (False, "malformed", 1), report.message
+
+
+@pytest.mark.parametrize("require_genesis", [False, True], ids=["any start", "complete"])
+def test_a_made_up_first_entry_chained_to_nothing_is_refused_before_a_genuine_export(require_genesis):
+    """An entry stating ``"prev_hash":""`` (the value the walk once used to mean "take the slow path") and seq 1,
+    its own hash right, put before a genuine full export: it must not pass as chained, and the genuine seq 1 after
+    it must not pass as the export's first entry (this verified as OK, full log included)."""
+    lines = lines_of()
+    assert log.verify_export(lines, signer().public_key, require_genesis=require_genesis).ok
+    made_up = crafted(b'"actor":"human:mallory","event_id":"x","prev_hash":"","seq":1,"type":"approved"')
+    report = log.verify_export([made_up + b"\n", *lines], signer().public_key, require_genesis=require_genesis)
+    assert (report.ok, report.problem, report.line) == (False, "malformed", 1), report.message
+    segment = log.verify_segment(iter([made_up + b"\n", *lines]), signer().public_key, seam=None,
+                                 require_genesis=require_genesis)
+    assert segment.failed

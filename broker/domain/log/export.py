@@ -335,14 +335,16 @@ class _ExportVerifier:
         # NOTE: the entry path is the verifier's cost (one line per entry), so it keeps its state in locals,
         # reads a line's chain fields only, and leaves every rare case to a method: a position that is not
         # "the next seq, chained to the last hash" (the first entry, gaps, a checkpoint not yet placed, the
-        # statement seen: those set last_hash to "" so that the next entry takes the slow path).
+        # statement seen: those set last_hash to None so that the next entry takes the slow path).
+        # NOTE: None, never a string: a decoded prev_hash is a str (or UNSET), so no entry can equal the marker and
+        # slip past the slow path's checks ("" did: an entry stating "prev_hash":"" was taken as chained).
         it = iter(lines)
         decode, decode_errors, sha256, prefix, unset = _DECODE_LINE, _DECODE_ERRORS, hashlib.sha256, ENTRY_PREFIX, \
             msgspec.UNSET
         trusted = self.trusted
-        last_seq, last_hash, last_line, count, unsigned, line_no, final = (self.last_seq, "", self.last_line,
+        last_seq, last_hash, last_line, count, unsigned, line_no, final = (self.last_seq, None, self.last_line,
                                                                             self.count, None, self.lines, False)
-        head = self.last_hash  # the real hash of the last entry (last_hash may be "", to force the slow path)
+        head = self.last_hash  # the real hash of the last entry (last_hash may be None, to force the slow path)
         for raw in it:
             line_no += 1
             if type(raw) is str:
@@ -360,7 +362,7 @@ class _ExportVerifier:
                 self.unsigned = unsigned
                 self._take_other(raw.removesuffix(b"\n"), line_no)
                 # After the statement only the final checkpoint may come: an entry takes the slow path.
-                last_hash = head if self.statement is None and self.unplaced is None and self.first_seq else ""
+                last_hash = head if self.statement is None and self.unplaced is None and self.first_seq else None
                 unsigned, final = self.unsigned, bool(self.final_line)
                 continue
             seq, prev_hash = fields.seq, fields.prev_hash
@@ -462,6 +464,9 @@ class _ExportVerifier:
                            f"{self.checkpoint_line}) stands before entry seq {seq} (line {line_no}).",
                            seq=seq, line=line_no)
         if self.first_seq is None:
+            if self.count:  # entries were counted before the "first" one: the walk's state is not what it says
+                raise _Failure("malformed", f"entry seq {seq} at line {line_no} follows entries the verifier did "
+                               "not place.", seq=seq, line=line_no)
             self.first_seq = seq
             if seq > 1 and self.require_genesis:
                 raise _Failure("removed", f"entries seq 1 to seq {seq - 1} removed: the export "
