@@ -94,11 +94,14 @@ def server_config(app: FastAPI, **options: Any):
     """
     import uvicorn
 
+    from broker.api.http_protocol import BoundedHttpToolsProtocol
+
     trusted = trusted_proxy_networks(app.state.container.settings)
     options.setdefault("log_level", "warning")
     options.setdefault("access_log", False)
-    # NOTE: named, not uvicorn's "auto" (which falls back to h11 and asyncio without a word when either is missing).
-    options.setdefault("http", "httptools")
+    # NOTE: named, not uvicorn's "auto" (which falls back to h11 and asyncio without a word when either is missing);
+    # httptools bounded as h11 was (broker.api.http_protocol: llhttp gathers a head of any size).
+    options.setdefault("http", BoundedHttpToolsProtocol)
     options.setdefault("loop", "uvloop")
     return uvicorn.Config(app, proxy_headers=bool(trusted), forwarded_allow_ips=trusted, **options)
 
