@@ -51,17 +51,25 @@ def verify_export_file(path: str | Path, public_keys: Ed25519PublicKey | Sequenc
                        segment_bytes: int = SEGMENT_BYTES) -> VerificationReport:
     """verify_export on the file at ``path``, in segments on ``processes`` CPUs (default: all) when it is large."""
     options = {"require_genesis": require_genesis, "trusted": trusted, "anchored": anchored}
-    size = os.path.getsize(path)
+    before = os.stat(path)
+    size = before.st_size
     cpus = processes or available_cpus()
     wanted = min(cpus * SEGMENTS_PER_CPU, size // max(segment_bytes, 1), _MAX_SEGMENTS) if cpus > 1 else 1
     bounds, seams = cut_at_checkpoints(path, size, wanted) if wanted > 1 else ([0, size], [])
     if seams:
         outcomes = _walk_segments(path, bounds, seams, public_keys, options, workers=min(cpus, len(seams) + 1))
         report = merge_segments(outcomes, seams, public_keys, **options)
-        if report is not None:
+        # NOTE: the segments read the bytes the file had when it was cut; a file replaced or written meanwhile (a
+        # tail the segments never read) is judged by the one pass, which reads it to its end.
+        if report is not None and _same_file(before, os.stat(path)):
             return report
     with open(path, "rb", buffering=_READ) as export:
         return verify_export(export, public_keys, **options)
+
+
+def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) == \
+        (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns)
 
 
 def cut_at_checkpoints(path: str | Path, size: int, count: int) -> tuple[list[int], list[bytes]]:
@@ -131,7 +139,15 @@ def _walk_segments(path: str | Path, bounds: Sequence[int], seams: Sequence[byte
     children = []
     for _ in range(workers):
         read, write = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to spare (EAGAIN, ENOMEM): the children started walk it all, or the one pass does
+            os.close(read)
+            os.close(write)
+            if not children:
+                os.close(queue)
+                return [SegmentOutcome(failed=True, state={})] * segments
+            break
         if pid == 0:  # the child: walk segments, send their outcomes, exit without unwinding the parent's stack
             status = 1
             try:

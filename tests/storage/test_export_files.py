@@ -120,3 +120,39 @@ def test_a_child_that_dies_leaves_the_report_to_one_pass(tmp_path, monkeypatch):
     monkeypatch.setattr(export_files, "verify_export", lambda *a, **k: passes.append(1) or one_pass(*a, **k))
     report = export_files.verify_export_file(path, signer().public_key, processes=3, segment_bytes=1)
     assert report == log.verify_export(lines, signer().public_key) and report.ok and passes == [1]
+
+
+def test_a_file_written_while_its_segments_are_walked_gets_the_one_pass_report(tmp_path, monkeypatch):
+    """The segments read the bytes the file had when it was cut: a line appended meanwhile (after the final
+    checkpoint) is left to the one pass, which reads to the end and refuses it."""
+    lines = chained_lines()
+    path = write(tmp_path, lines)
+    real = export_files.verify_segment
+
+    def appends_while_walking(segment, *args, seam, **kwargs):
+        if seam is None:
+            with open(path, "ab") as out:
+                out.write(lines[1])
+        return real(segment, *args, seam=seam, **kwargs)
+
+    monkeypatch.setattr(export_files, "verify_segment", appends_while_walking)
+    report = export_files.verify_export_file(path, signer().public_key, processes=2, segment_bytes=1)
+    assert not report.ok and report == log.verify_export(path.read_bytes().splitlines(keepends=True),
+                                                         signer().public_key), report.message
+
+
+@pytest.mark.parametrize("fails_at", [1, 2], ids=["no child", "after one child"])
+def test_a_fork_that_fails_leaves_the_report_to_the_children_started_or_one_pass(tmp_path, monkeypatch, fails_at):
+    lines = chained_lines()
+    path = write(tmp_path, lines)
+    real_fork, calls = os.fork, []
+
+    def fork():
+        calls.append(1)
+        if len(calls) >= fails_at:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(export_files.os, "fork", fork)
+    report = export_files.verify_export_file(path, signer().public_key, processes=3, segment_bytes=1)
+    assert report == log.verify_export(lines, signer().public_key) and report.ok
