@@ -178,3 +178,49 @@ def test_a_made_up_first_entry_chained_to_nothing_is_refused_before_a_genuine_ex
     segment = log.verify_segment(iter([made_up + b"\n", *lines]), signer().public_key, seam=None,
                                  require_genesis=require_genesis)
     assert segment.failed
+
+
+BASE64 = string.ascii_letters + string.digits + "+/="
+
+
+def _near_shortcut_line(rng) -> bytes:
+    """A checkpoint line built from the shortcut's own alphabets and lengths, each field now and then a near miss
+    (a seq of 19 digits or a leading zero, a time or signature one character too long or with a character just
+    outside its set, a hash or key id one digit off or with an uppercase digit)."""
+    def text(alphabet: str, low: int, high: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+    def miss() -> bool:
+        return rng.random() < 0.08
+
+    time_chars = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) not in '"\\')
+    fields = {
+        "head_hash": text(HEX + "A", 63, 65) if miss() else text(HEX, 64, 64),
+        "key_id": rng.choice([text(HEX, 15, 15), text(HEX, 17, 17), "A" + text(HEX, 15, 15)]) if miss() else
+        text(HEX, 16, 16),
+        "seq": rng.choice([10**18, 10**19 + 7]) if miss() else rng.choice([0, 1, rng.randint(2, 10**18 - 1),
+                                                                             10**18 - 1]),
+        "signature": rng.choice([text(BASE64, 201, 201), text(BASE64, 0, 20) + rng.choice("-_.") + text(BASE64, 0, 20)])
+        if miss() else text(BASE64, 1, 200),
+        "time": rng.choice([text(time_chars, 65, 65), text(time_chars, 0, 20) + rng.choice("\u00e9\x7f\x1f\\\"")
+                            + text(time_chars, 0, 20), ""]) if miss() else text(time_chars, 1, 64),
+    }
+    if rng.random() < 0.5:
+        fields["prev_checkpoint"] = text(HEX + "A", 63, 65) if miss() else text(HEX, 64, 64)
+    raw = log.canonical_json({"checkpoint": fields})
+    if miss():
+        raw = raw.replace(b'"seq":', b'"seq":0', 1)
+    return raw
+
+
+def test_lines_shaped_like_the_shortcuts_get_the_full_parses_verdict():
+    """Most of these take the shortcut (the property test above mostly exercises the full parse on both sides):
+    every one gets the same outcome from both readers."""
+    import random
+
+    rng = random.Random(21)
+    lines = [_near_shortcut_line(rng) for _ in range(3000)]
+    shortcut = sum(export._CANONICAL_CHECKPOINT.fullmatch(raw) is not None for raw in lines)
+    assert shortcut > len(lines) // 2, shortcut
+    for raw in lines:
+        assert outcome(export._read_checkpoint, raw) == outcome(export._parse_checkpoint, raw), raw
