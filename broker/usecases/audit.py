@@ -216,6 +216,8 @@ class AuditLog:
     checkpoint_page: int = CHECKPOINT_PAGE
 
     def __post_init__(self) -> None:
+        if self.checkpoint_page < 1:
+            raise ValueError("checkpoint_page must be at least 1")
         if self.checkpointer is None:
             self.checkpointer = Checkpointer(database=self.database, signer=self.signer, clock=self.clock)
 

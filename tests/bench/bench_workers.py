@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from broker.storage.export_files import available_cpus
 from tests.bench.bench_issue import BIN, LIMIT_SETTINGS, Process, agent_keys, cpu_seconds, percentile, server_timing
 from tests.conftest import PG_ADMIN_URL, TEST_SCOPES, _fresh_pg_database
 
@@ -126,6 +127,18 @@ def database_backends(url: str) -> list[int]:
     return [pid for (pid,) in rows]
 
 
+def backends_cpu(pids: list[int], since: dict[int, float] | None = None) -> dict[int, float]:
+    """The CPU of each backend so far, or (``since``) used since then; one that has ended is left out (its CPU is
+    then missing from the figure: the run says so)."""
+    used = {}
+    for pid in pids:
+        try:
+            used[pid] = cpu_seconds(pid) - (since or {}).get(pid, 0.0)
+        except FileNotFoundError:
+            continue
+    return used
+
+
 def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) -> dict[str, float]:
     from broker.runtime.devmode import DEV_ACCOUNTS, ensure_signing_key, free_port
 
@@ -150,11 +163,15 @@ def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) ->
                 time.sleep(2.0 if workers > 1 else 0.5)  # every worker ready, not only the first to answer
                 load(port, key, clients, warmup)
                 tree, backends = process_tree(broker.process.pid), database_backends(url)
-                before = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid),
-                          sum(cpu_seconds(pid) for pid in backends), time.process_time()]
+                at_start = backends_cpu(backends)
+                before = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid), 0.0,
+                          time.process_time()]
                 wall, latencies, locks = load(port, key, clients, requests)
-                after = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid),
-                         sum(cpu_seconds(pid) for pid in backends), time.process_time()]
+                used = backends_cpu(backends, since=at_start)
+                after = [sum(cpu_seconds(pid) for pid in tree), cpu_seconds(aws.process.pid), sum(used.values()),
+                         time.process_time()]
+                if set(database_backends(url)) != set(used):
+                    print("  (the broker's PostgreSQL connections changed during the run: their CPU is not all counted)")
             finally:
                 broker.stop()
     finally:
@@ -162,7 +179,7 @@ def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) ->
     broker_cpu, moto_cpu, pg_cpu, client_cpu = ((b - a) / requests * 1000 for a, b in zip(before, after, strict=True))
     figures = {"throughput": requests / wall, "lock_share": sum(locks) / 1000 / wall,
                # All the CPUs, busy with this issuance path and nothing else, could do no more than this.
-               "ceiling": os.cpu_count() * 1000 / (broker_cpu + moto_cpu + pg_cpu + client_cpu)}
+               "ceiling": available_cpus() * 1000 / (broker_cpu + moto_cpu + pg_cpu + client_cpu)}
     print(f"== broker serve --workers {workers} (PostgreSQL), {clients} concurrent clients, {requests} issuances "
           f"({len(tree) - (workers > 1)} broker process(es))")
     print(f"  throughput          {figures['throughput']:7.1f} issuances/s")
@@ -172,7 +189,7 @@ def run(workers: int, requests: int, clients: int, warmup: int, aws: Process) ->
           f"{figures['lock_share'] * 100:4.1f}% of the time")
     print(f"  CPU per issuance    broker {broker_cpu:5.2f} ms (all workers)  moto {moto_cpu:5.2f} ms  "
           f"PostgreSQL {pg_cpu:5.2f} ms (its backends for the broker)  client {client_cpu:5.2f} ms")
-    print(f"  machine's ceiling   {figures['ceiling']:7.1f} issuances/s ({os.cpu_count()} CPUs / the CPU of all four "
+    print(f"  machine's ceiling   {figures['ceiling']:7.1f} issuances/s ({available_cpus()} CPUs / the CPU of all four "
           "per issuance: what no worker count can pass here)")
     return figures
 
