@@ -211,3 +211,19 @@ class LogAggregateRow(SQLModel, table=True):
     key: str = Field(sa_column=Column(Text, primary_key=True))
     value: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     n: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LogReportBlockRow(SQLModel, table=True):
+    """A closed block of the log (seqs as in ``log_aggregate_blocks``) whose figures for ``broker audit report``
+    are computed once, from its entries' hashed bodies, by the report's own per-entry rules
+    (broker.usecases.audit.ReportTally): ``figures`` is their JSON (None: the block is read from its bodies at
+    every report, e.g. one of its bodies does not parse).  ``min_time`` and ``max_time``: the least and
+    greatest body time of its entries, as SQL compares the body time; a report uses ``figures`` only for a
+    block wholly in its window."""
+
+    __tablename__ = "log_report_blocks"
+    block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    filled_at: datetime
+    min_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    max_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    figures: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
