@@ -222,6 +222,8 @@ class LogReportBlockRow(SQLModel, table=True):
     block wholly in its window."""
 
     __tablename__ = "log_report_blocks"
+    # The block size (broker.storage.report_blocks.BLOCK) the row was computed for: rows of another are not read.
+    entries: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     filled_at: datetime
     min_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -50,7 +50,8 @@ def report_segments(connection: Connection, *, since: str) -> list[Segment]:
     b = REPORT_BLOCKS.c
     inside = b.min_time >= since
     rows = connection.execute(select(b.block, inside, b.max_time < since, case((inside, b.figures), else_=None))
-                              .where(b.block < closed, b.figures.is_not(None))).all() if closed else []
+                              .where(b.entries == block_size, b.block < closed, b.figures.is_not(None))
+                              ).all() if closed else []
     cached = {int(block): figures for block, is_inside, _, figures in rows if is_inside}
     before = {int(block) for block, is_inside, is_before, _ in rows if is_before and not is_inside}
     segments: list[Segment] = []
@@ -77,7 +78,7 @@ def missing_report_blocks(connection: Connection) -> list[int]:
     block_size = BLOCK
     closed = _closed_blocks(connection, block_size)
     filled = {int(block) for (block,) in connection.execute(
-        select(REPORT_BLOCKS.c.block).where(REPORT_BLOCKS.c.block < closed))}
+        select(REPORT_BLOCKS.c.block).where(REPORT_BLOCKS.c.entries == block_size, REPORT_BLOCKS.c.block < closed))}
     return [block for block in range(closed) if block not in filled]
 
 
@@ -134,8 +135,8 @@ def pending_request_ids(connection: Connection, request_ids: Sequence[str], *, t
 def save_report_block(connection: Connection, block: int, *, min_time: str | None, max_time: str | None,
                       figures: str | None, postgres: bool) -> bool:
     """Insert a block's row; False (nothing written) when another filler got there first."""
-    values = {"block": block, "filled_at": datetime.now(UTC), "min_time": min_time, "max_time": max_time,
-              "figures": figures}
+    values = {"entries": BLOCK, "block": block, "filled_at": datetime.now(UTC), "min_time": min_time,
+              "max_time": max_time, "figures": figures}
     statement = (postgres_insert(REPORT_BLOCKS).values(values).on_conflict_do_nothing() if postgres
                  else insert(REPORT_BLOCKS).values(values).prefix_with("OR IGNORE"))
     return connection.execute(statement.returning(REPORT_BLOCKS.c.block)).first() is not None

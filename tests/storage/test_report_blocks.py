@@ -350,3 +350,10 @@ def test_fill_caches_each_closed_block_once(database):
         with database.engine.connect() as connection:
             assert connection.execute(select(REPORT_BLOCKS.c.block).order_by(REPORT_BLOCKS.c.block)).scalars().all() \
                 == [0, 1]
+        with database.read() as repo:
+            assert [figures is not None for _, _, figures in repo.report_segments(BASE)] == [True, True, False]
+    with sizes(2, 16):  # blocks of another size: the rows of the old size are not read as theirs
+        with database.read() as repo:
+            assert repo.missing_report_blocks() == [0, 1, 2]
+            assert repo.report_segments(BASE) == [(0, None, None)]
+        assert compare(database, audit, BASE)[0] == "report"

@@ -4,7 +4,7 @@ The report added up every entry of its window from the bodies: seconds over 7 an
 (issue 21).  ``log_report_blocks`` holds, for each closed block of seqs, the report's figures of its entries
 (``broker.usecases.audit``: what each entry adds on its own, its list rows, and the steps of its requests,
 which the report replays in seq order so that each request still counts once), derived from the hashed
-bodies only.  A block is written once (primary key: the block), by a background fill; a block not filled,
+bodies only.  A block is written once (primary key: the block size and the block), by a background fill; a block not filled,
 or not wholly in a report's window, is read from its bodies as before.  Empty after upgrade.
 
 Revision ID: 0014
@@ -23,12 +23,13 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         'log_report_blocks',
+        sa.Column('entries', sa.Integer(), autoincrement=False, nullable=False),
         sa.Column('block', sa.Integer(), autoincrement=False, nullable=False),
         sa.Column('filled_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column('min_time', sa.Text(), nullable=True),
         sa.Column('max_time', sa.Text(), nullable=True),
         sa.Column('figures', sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint('block'),
+        sa.PrimaryKeyConstraint('entries', 'block'),
     )
 
 
