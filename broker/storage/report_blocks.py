@@ -21,16 +21,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.engine import Connection
 
 from broker.storage.body_fields import body_field
-from broker.storage.models import EventRow, LogReportBlockRow
+from broker.storage.models import EventRow, LogReportBlockRow, LogReportCountRow
 
 EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 REPORT_BLOCKS = LogReportBlockRow.__table__  # type: ignore[attr-defined]
+REPORT_COUNTS = LogReportCountRow.__table__  # type: ignore[attr-defined]
+# (facet, principal, template, name, n): a count of log_report_counts.
+Count = tuple[str, str, str, str, int]
 # Seqs per block (a divisor of the dashboard's block: the fill runs when either closes).
 BLOCK = 1024
 # (after, up_to, figures): seqs ``after + 1 .. up_to`` (None: to the head) read from the bodies when ``figures``
@@ -132,11 +135,35 @@ def pending_request_ids(connection: Connection, request_ids: Sequence[str], *, t
     return found & set(wanted)
 
 
+def report_counts(connection: Connection, blocks: Sequence[int]) -> list[Count]:
+    """The counts of these blocks (of this ``BLOCK``), summed."""
+    c = REPORT_COUNTS.c
+    out: dict[tuple[str, str, str, str], int] = {}
+    wanted = sorted(set(blocks))
+    for start in range(0, len(wanted), 1000):
+        rows = connection.execute(select(c.facet, c.principal, c.template, c.name, func.sum(c.n))
+                                  .where(c.entries == BLOCK, c.block.in_(wanted[start:start + 1000]))
+                                  .group_by(c.facet, c.principal, c.template, c.name))
+        for facet, principal, template, name, n in rows:
+            key = (facet, principal, template, name)
+            out[key] = out.get(key, 0) + int(n)
+    return [(*key, n) for key, n in out.items()]
+
+
 def save_report_block(connection: Connection, block: int, *, min_time: str | None, max_time: str | None,
-                      figures: str | None, postgres: bool) -> bool:
-    """Insert a block's row; False (nothing written) when another filler got there first."""
+                      figures: str | None, counts: Sequence[Count], postgres: bool) -> bool:
+    """Insert a block's row and its counts (in the caller's transaction); False (nothing written) when another
+    filler got there first."""
     values = {"entries": BLOCK, "block": block, "filled_at": datetime.now(UTC), "min_time": min_time,
               "max_time": max_time, "figures": figures}
     statement = (postgres_insert(REPORT_BLOCKS).values(values).on_conflict_do_nothing() if postgres
                  else insert(REPORT_BLOCKS).values(values).prefix_with("OR IGNORE"))
-    return connection.execute(statement.returning(REPORT_BLOCKS.c.block)).first() is not None
+    if connection.execute(statement.returning(REPORT_BLOCKS.c.block)).first() is None:
+        return False
+    # NOTE: counts without their block's row (left by hand) are nobody's: replaced.
+    connection.execute(delete(REPORT_COUNTS).where(REPORT_COUNTS.c.entries == BLOCK, REPORT_COUNTS.c.block == block))
+    if counts:
+        connection.execute(insert(REPORT_COUNTS), [
+            {"entries": BLOCK, "block": block, "facet": facet, "principal": principal, "template": template,
+             "name": name, "n": n} for facet, principal, template, name, n in counts])
+    return True

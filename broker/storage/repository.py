@@ -734,10 +734,13 @@ class Repository:
         return report_blocks.pending_request_ids(self._core, request_ids, through_block=through_block,
                                                  postgres=self._postgres)
 
-    def save_report_block(self, block: int, *, min_time: str | None, max_time: str | None,
-                          figures: str | None) -> bool:
+    def report_counts(self, blocks: Sequence[int]) -> list[tuple[str, str, str, str, int]]:
+        return report_blocks.report_counts(self._core, blocks)
+
+    def save_report_block(self, block: int, *, min_time: str | None, max_time: str | None, figures: str | None,
+                          counts: Sequence[tuple[str, str, str, str, int]]) -> bool:
         return report_blocks.save_report_block(self._core, block, min_time=min_time, max_time=max_time,
-                                               figures=figures, postgres=self._postgres)
+                                               figures=figures, counts=counts, postgres=self._postgres)
 
     def _body_field(self, name: str) -> Any:
         """A top-level string member of the stored entry body, as SQL (the expression of the body indexes)."""

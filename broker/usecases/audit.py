@@ -212,30 +212,45 @@ class ReportTally:
             self.high_risk.append(shown)
 
     def block_figures(self, steps: list[Step]) -> dict[str, Any]:
-        """What this tally's entries (a block's, each through :meth:`count` only) add, with their requests'
+        """This tally's list rows (a block's entries, each through :meth:`count` only) and their requests'
         ``steps`` in seq order, as JSON values (:meth:`add_block` adds them to a report)."""
-        return {"rows": [[agent, template, {name: stats[name] for name in _ENTRY_COUNTS if stats[name]}]
-                         for (agent, template), stats in self.rows.items()],
-                "approvers": [[who, dict(counts)] for who, counts in self.approvers.items()],
-                "refusers": [[who, figures.one_by_one, figures.announced, figures.counted_announced,
-                              dict(figures.suppressed_by_reason)] for who, figures in self.refusers.items()],
-                "refusals": self.refusals, "destructive": self.destructive, "high_risk": self.high_risk,
+        return {"refusals": self.refusals, "destructive": self.destructive, "high_risk": self.high_risk,
                 "steps": [[kind, request_id, list(key), time] for kind, request_id, key, time in steps]}
 
+    def block_counts(self) -> list[tuple[str, str, str, str, int]] | None:
+        """What this tally's entries add whatever their order, as (facet, principal, template, name, n)
+        (:meth:`add_counts` adds them, summed over blocks); None when a principal or template is not a text
+        (a sum in SQL could not keep it apart from its equals: 1 and 1.0)."""
+        names = [who for who, _ in self.rows] + [template for _, template in self.rows] + [*self.approvers,
+                                                                                        *self.refusers]
+        if not all(isinstance(name, str) for name in names):
+            return None
+        counts = [("row", agent, template, name, stats[name]) for (agent, template), stats in self.rows.items()
+                  for name in _ENTRY_COUNTS if stats[name]]
+        counts += [("approver", who, "", name, n) for who, tally in self.approvers.items() for name, n in tally.items()]
+        for who, figures in self.refusers.items():
+            counts += [("refuser", who, "", "one_by_one", figures.one_by_one),
+                       ("refuser", who, "", "announced", figures.announced),
+                       ("refuser", who, "", "counted_announced", figures.counted_announced)]
+            counts += [("refuser", who, "", f"reason:{code}", n) for code, n in figures.suppressed_by_reason.items()]
+        return counts
+
+    def add_counts(self, counts: list[tuple[str, str, str, str, int]]) -> None:
+        """Counts of blocks (:meth:`block_counts`, summed), as if their entries were read here."""
+        for facet, who, template, name, n in counts:
+            if facet == "row":
+                self.rows[(who, template)][name] += n
+            elif facet == "approver":
+                self.approvers[who][name] += n
+            elif name.startswith("reason:"):
+                self.refusers[who].suppressed_by_reason[name.removeprefix("reason:")] += n
+            else:
+                refuser = self.refusers[who]
+                setattr(refuser, name, getattr(refuser, name) + n)
+
     def add_block(self, figures: Mapping[str, Any]) -> None:
-        """A block's figures (:meth:`block_figures`), as if its entries were read here (:meth:`add`)."""
-        for agent, template, counts in figures["rows"]:
-            stats = self.rows[(agent, template)]
-            for name, n in counts.items():
-                stats[name] += n
-        for who, counts in figures["approvers"]:
-            self.approvers[who].update(counts)
-        for who, one_by_one, announced, counted_announced, by_reason in figures["refusers"]:
-            refuser = self.refusers[who]
-            refuser.one_by_one += one_by_one
-            refuser.announced += announced
-            refuser.counted_announced += counted_announced
-            refuser.suppressed_by_reason.update(by_reason)
+        """A block's list rows and steps (:meth:`block_figures`), as if its entries were read here (its counts
+        come apart, :meth:`add_counts`)."""
         self.refusals.extend(figures["refusals"])
         self.destructive.extend(figures["destructive"])
         self.high_risk.extend(figures["high_risk"])
@@ -401,14 +416,15 @@ class AuditLog:
         for block in missing:
             with self.database.read() as repo:
                 entries, low, high = repo.report_block_entries(block)
-                figures = None if entries is None else self._block_figures(repo, block, entries)
+                cached = None if entries is None else self._block_figures(repo, block, entries)
+            figures, counts = (None, []) if cached is None else (json.dumps(cached[0]), cached[1])
             with self.database.transaction() as repo:
-                written += repo.save_report_block(block, min_time=low, max_time=high,
-                                                  figures=None if figures is None else json.dumps(figures))
+                written += repo.save_report_block(block, min_time=low, max_time=high, figures=figures, counts=counts)
         return written
 
     @staticmethod
-    def _block_figures(repo: Any, block: int, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _block_figures(repo: Any, block: int,
+                       entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[tuple[str, str, str, str, int]]] | None:
         if not all(isinstance(entry.get("time"), str) for entry in entries):
             # NOTE: the block's time bounds are texts; a time that is not (SQLite compares a number as a number)
             # would put the block in windows its entry is not in: left to the walk.
@@ -422,6 +438,9 @@ class AuditLog:
         except Exception:  # noqa: BLE001 - the entry breaks the report however it is read: left to the walk
             log.warning("report cache: block %s kept out (an entry breaks the tally)", block, exc_info=True)
             return None
+        counts = tally.block_counts()
+        if counts is None:
+            return None
         # NOTE: a state step other than pending, approved or denied matters only to a request with a pending
         # entry before it (whether it is still pending at the end of a window): the others are left out.  Kept
         # whenever the look-up could miss one (not a plain string request id): a step too many changes nothing.
@@ -429,7 +448,7 @@ class AuditLog:
         pending = repo.pending_request_ids(looked_up, through_block=block) if looked_up else set()
         kept = [step for step in steps if step[0] in (EventType.DENIED, EventType.APPROVED, EventType.PENDING)
                 or pending is None or not _plain_id(step[1]) or step[1] in pending]
-        return tally.block_figures(kept)
+        return tally.block_figures(kept), counts
 
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.
@@ -460,8 +479,12 @@ class AuditLog:
             # from the bodies, in seq order around them.
             segments = repo.report_segments(since)
             first = repo.first_seq_since(since) if segments[0][2] is None else None
-        if segments[0][2] is None and first is None:
-            segments = []  # no entry from ``since`` on at all
+            if segments[0][2] is None and first is None:
+                segments = []  # no entry from ``since`` on at all
+            # NOTE: the counts of exactly the blocks whose figures were read (a fill may add one meanwhile); a
+            # cached segment is one block, seqs ``block * size + 1 .. (block + 1) * size``.
+            cached = [after // (up_to - after) for after, up_to, figures in segments if figures is not None]
+            tally.add_counts(repo.report_counts(cached) if cached else [])
         for after, up_to, figures in segments:
             if figures is not None:
                 tally.add_block(json.loads(figures))

@@ -31,11 +31,12 @@ from broker.ports import SystemClock
 from broker.storage.engine import Database
 from broker.storage import report_blocks
 from broker.storage.log_aggregates import LogAggregates
-from broker.storage.models import LogReportBlockRow
+from broker.storage.models import LogReportBlockRow, LogReportCountRow
 from broker.usecases.audit import REQUEST_STATES, AuditLog, RefusalFigures, _agent_row
 from tests.storage.test_log_aggregates import BASE, EVENTS, HOUR_US, blocks_of, empty, throwaway_log
 
 REPORT_BLOCKS = LogReportBlockRow.__table__
+REPORT_COUNTS = LogReportCountRow.__table__
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -246,6 +247,7 @@ def clear(database: Database) -> None:
     empty(database)
     with database.engine.begin() as connection:
         connection.execute(delete(REPORT_BLOCKS))
+        connection.execute(delete(REPORT_COUNTS))
 
 
 def fill(database: Database, *, report_holes: list[bool], aggregates: bool) -> AuditLog:
@@ -282,14 +284,16 @@ def windows_from(specs: list[dict]) -> st.SearchStrategy[int]:
                                                                   HealthCheck.too_slow])
 @given(first=st.lists(entry_strategy, min_size=1, max_size=70), more=st.lists(entry_strategy, max_size=12),
        block=st.sampled_from([1, 3, 4, 8]), dashboard=st.sampled_from([1, 4, 7, 16]),
-       holes=st.lists(st.booleans(), max_size=25), aggregates=st.booleans(), data=st.data())
+       holes=st.lists(st.booleans(), max_size=25), aggregates=st.booleans(), refill=st.booleans(), data=st.data())
 def test_the_cached_report_is_the_walks_byte_for_byte(database, first, more, block, dashboard, holes, aggregates,
-                                                       data):
+                                                       refill, data):
     clear(database)
     with sizes(block, dashboard):
         append(database, first)
-        audit = fill(database, report_holes=holes, aggregates=aggregates)
+        audit = fill(database, report_holes=holes, aggregates=aggregates)  # the holes keep their counts' rows
         append(database, more)  # the open tail, and closed blocks nobody has cached yet
+        if refill:
+            audit.fill_report_blocks()
         for since in data.draw(st.lists(windows_from(first + more), min_size=1, max_size=3)):
             with database.read() as repo:
                 note(f"since {since}: segments {[(a, u, f is not None) for a, u, f in repo.report_segments(BASE + timedelta(microseconds=since))]}")

@@ -2,9 +2,9 @@
 
 The report added up every entry of its window from the bodies: seconds over 7 and 30 days of a large log
 (issue 21).  ``log_report_blocks`` holds, for each closed block of seqs, the report's figures of its entries
-(``broker.usecases.audit``: what each entry adds on its own, its list rows, and the steps of its requests,
-which the report replays in seq order so that each request still counts once), derived from the hashed
-bodies only.  A block is written once (primary key: the block size and the block), by a background fill; a block not filled,
+(``broker.usecases.audit``: its list rows and the steps of its requests, which the report replays in seq
+order so that each request still counts once), and ``log_report_counts`` what its entries add whatever their
+order (summed in SQL over a window's blocks), derived from the hashed bodies only.  A block is written once (primary key: the block size and the block), by a background fill; a block not filled,
 or not wholly in a report's window, is read from its bodies as before.  Empty after upgrade.
 
 Revision ID: 0014
@@ -31,7 +31,19 @@ def upgrade() -> None:
         sa.Column('figures', sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint('entries', 'block'),
     )
+    op.create_table(
+        'log_report_counts',
+        sa.Column('entries', sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column('block', sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column('facet', sa.String(length=16), nullable=False),
+        sa.Column('principal', sa.Text(), nullable=False),
+        sa.Column('template', sa.Text(), nullable=False),
+        sa.Column('name', sa.Text(), nullable=False),
+        sa.Column('n', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('entries', 'block', 'facet', 'principal', 'template', 'name'),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('log_report_counts')
     op.drop_table('log_report_blocks')
