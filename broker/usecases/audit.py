@@ -229,10 +229,10 @@ class ReportTally:
                   for name in _ENTRY_COUNTS if stats[name]]
         counts += [("approver", who, "", name, n) for who, tally in self.approvers.items() for name, n in tally.items()]
         for who, figures in self.refusers.items():
-            counts += [("refuser", who, "", "one_by_one", figures.one_by_one),
-                       ("refuser", who, "", "announced", figures.announced),
-                       ("refuser", who, "", "counted_announced", figures.counted_announced)]
-            counts += [("refuser", who, "", f"reason:{code}", n) for code, n in figures.suppressed_by_reason.items()]
+            named = [("refuser", who, "", name, getattr(figures, name))
+                     for name in ("one_by_one", "announced", "counted_announced") if getattr(figures, name)]
+            named += [("refuser", who, "", f"reason:{code}", n) for code, n in figures.suppressed_by_reason.items()]
+            counts += named or [("refuser", who, "", "one_by_one", 0)]  # a refuser with nothing to count is listed
         return counts
 
     def add_counts(self, counts: list[tuple[str, str, str, str, int]]) -> None:
