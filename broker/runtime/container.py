@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from broker.settings import BrokerSettings, load_target_accounts
 from broker.storage.directory import DirectoryAdapter
 from broker.storage.engine import Database, PostgresSessionLimits, build_engine
 from broker.storage.log_aggregates import BLOCK as AGGREGATE_BLOCK
+from broker.storage.report_blocks import BLOCK as REPORT_BLOCK
 from broker.storage.log_aggregates import fill_log_aggregates
 from broker.storage.migrations import migrate
 from broker.storage.sqlite_space import SqliteSpace
@@ -221,9 +223,11 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     if settings.checkpoint_every > 0:
         database.observers.append(CheckpointEvery(checkpointer, every=settings.checkpoint_every))
     # The reviewers' cache of closed blocks: each block is added up once it closes, off the request's path
-    # (a read computes a block not cached yet itself).
-    aggregates_fill = InBackground(lambda: fill_log_aggregates(database), name="log-aggregates")
-    database.observers.append(CheckpointEvery(aggregates_fill, every=AGGREGATE_BLOCK))
+    # (a read computes a block not cached yet itself), for the dashboard and for ``broker audit report`` (which
+    # reads a block not cached yet from its bodies).
+    aggregates_fill = InBackground(lambda: (fill_log_aggregates(database), audit.fill_report_blocks()),
+                                   name="log-aggregates")
+    database.observers.append(CheckpointEvery(aggregates_fill, every=math.gcd(AGGREGATE_BLOCK, REPORT_BLOCK)))
     metrics = wire_metrics(database=database, catalog=catalog, service=service)
     if audit.checkpointer is not None:
         audit.checkpointer.alarm = metrics  # a refused checkpoint is counted (an alarm)

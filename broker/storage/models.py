@@ -211,3 +211,38 @@ class LogAggregateRow(SQLModel, table=True):
     key: str = Field(sa_column=Column(Text, primary_key=True))
     value: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     n: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LogReportBlockRow(SQLModel, table=True):
+    """A closed block of the log (seqs ``block * entries + 1 .. (block + 1) * entries``) whose figures for
+    ``broker audit report`` are computed once, from its entries' hashed bodies, by the report's own per-entry
+    rules (broker.usecases.audit.ReportTally): ``figures`` is the JSON of its list rows and its requests' steps,
+    in seq order, its counts are in ``log_report_counts`` (None: the block is read from its bodies at every
+    report, e.g. one of its bodies does not parse).  ``min_time`` and ``max_time``: the least and
+    greatest body time of its entries, as SQL compares the body time; a report uses ``figures`` only for a
+    block wholly in its window."""
+
+    __tablename__ = "log_report_blocks"
+    # The block size (broker.storage.report_blocks.BLOCK) the row was computed for: rows of another are not read.
+    entries: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    filled_at: datetime
+    min_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    max_time: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    figures: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class LogReportCountRow(SQLModel, table=True):
+    """A count a closed block of ``log_report_blocks`` adds to ``broker audit report`` whatever the order of the
+    entries (a row of ``by_agent_and_template``, an approver's, a refuser's), so that a report sums the blocks of
+    its window in SQL: ``facet`` (``row``, ``approver``, ``refuser``), the principal, the template (``""`` but
+    for rows), the figure's name and how many."""
+
+    __tablename__ = "log_report_counts"
+    entries: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    facet: str = Field(sa_column=Column(String(16), primary_key=True))
+    principal: str = Field(sa_column=Column(Text, primary_key=True))
+    template: str = Field(sa_column=Column(Text, primary_key=True))
+    name: str = Field(sa_column=Column(Text, primary_key=True))
+    n: int = Field(sa_column=Column(BigInteger, nullable=False))

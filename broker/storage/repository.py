@@ -35,11 +35,12 @@ from broker.domain.times import parse_time
 from broker.errors import StorageUnavailable
 from broker.ports import ApiKeyRecord
 from broker.storage.body_fields import body_field
-from broker.storage import log_aggregates
+from broker.storage import log_aggregates, report_blocks
 from broker.storage.log_aggregates import CachedLogFigures, Run, window_runs
 from broker.storage.log_figures import LogFigures, risk_condition
 from broker.storage.models import (ApiKeyRow, ApprovalRow, CheckpointRow, EventRow, GrantRow, LogHeadRow,
                                    MintIntentRow, PrincipalRow, RequestRow, SettingRow)
+from broker.storage.report_blocks import Segment
 from broker.storage.records import (api_key_record, approval_record, encode_attributes, encode_names, grant_record,
                                     intent_record, plain_values, principal_entry, request_record, request_values)
 
@@ -607,8 +608,10 @@ class Repository:
         return (0, issuance_log.GENESIS_HASH) if head is None else (head.seq, head.hash)
 
     def query_events(self, *, filters: Mapping[str, Any], after_seq: int = 0, limit: int = 100,
-                     since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
-        """Entries matching ``filters`` (EVENT_FILTER_FIELDS) and times, oldest first.
+                     since: datetime | None = None, until: datetime | None = None,
+                     up_to: int | None = None) -> list[dict[str, Any]]:
+        """Entries matching ``filters`` (EVENT_FILTER_FIELDS) and times, oldest first (of the seqs after
+        ``after_seq``, up to ``up_to`` if given).
 
         NOTE: every condition reads the stored body, the canonical JSON the hash covers, never the columns
         copied from it for the issuance path: editing a column cannot hide an entry from a reviewer.  Log
@@ -617,7 +620,7 @@ class Repository:
         from windows, not from the queries without one, the export from the start or ``broker audit verify``.
         """
         if since is None and until is None:
-            statement = self.events_statement(filters=filters, after_seq=after_seq, limit=limit)
+            statement = self.events_statement(filters=filters, after_seq=after_seq, limit=limit, up_to=up_to)
             return [json.loads(row.body) for row in self._core.execute(statement)]
         found: list[dict[str, Any]] = []
         # NOTE: a time window reads only the runs of seqs that may hold its entries (the filled blocks' time
@@ -628,7 +631,11 @@ class Repository:
         first: int | None = 0
         filtered = _field_filtered(filters)
         time_bound = since is not None and until is not None and not filtered
-        for after, up_to, cached, high in self._window_runs(after_seq, since, until):
+        for after, run_up_to, cached, high in self._window_runs(after_seq, since, until):
+            if up_to is not None and after >= up_to:
+                break
+            if up_to is not None:
+                run_up_to = up_to if run_up_to is None else min(run_up_to, up_to)
             if cached and not filtered and since is not None and high is not None:
                 after = self._first_in_block(after, since, until, high)
             if not cached and time_bound:
@@ -637,10 +644,10 @@ class Repository:
                 if first is None:
                     break  # no entry in the window at all
                 after = max(after, first - 1)
-                if up_to is not None and after >= up_to:
+                if run_up_to is not None and after >= run_up_to:
                     continue
             statement = self.events_statement(filters=filters, after_seq=after, limit=limit - len(found),
-                                              since=since, until=until, up_to=up_to, time_bound=False,
+                                              since=since, until=until, up_to=run_up_to, time_bound=False,
                                               time_indexed=not cached)
             found.extend(json.loads(row.body) for row in self._core.execute(statement))
             if len(found) >= limit:
@@ -733,6 +740,28 @@ class Repository:
             if first is not None:
                 return int(first)
         return self._first_seq(self._window(since, None))
+
+    # --- the report's cache of closed blocks (broker.storage.report_blocks) -----------------------------------
+    def report_segments(self, since: datetime) -> list[Segment]:
+        return report_blocks.report_segments(self._core, since=issuance_log.log_time(since))
+
+    def missing_report_blocks(self) -> list[int]:
+        return report_blocks.missing_report_blocks(self._core)
+
+    def report_block_entries(self, block: int) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
+        return report_blocks.block_entries(self._core, block, postgres=self._postgres)
+
+    def pending_request_ids(self, request_ids: Sequence[str], *, through_block: int) -> set[str] | None:
+        return report_blocks.pending_request_ids(self._core, request_ids, through_block=through_block,
+                                                 postgres=self._postgres)
+
+    def report_counts(self, blocks: Sequence[int]) -> list[tuple[str, str, str, str, int]]:
+        return report_blocks.report_counts(self._core, blocks)
+
+    def save_report_block(self, block: int, *, min_time: str | None, max_time: str | None, figures: str | None,
+                          counts: Sequence[tuple[str, str, str, str, int]]) -> bool:
+        return report_blocks.save_report_block(self._core, block, min_time=min_time, max_time=max_time,
+                                               figures=figures, counts=counts, postgres=self._postgres)
 
     def _body_field(self, name: str) -> Any:
         """A top-level string member of the stored entry body, as SQL (the expression of the body indexes)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import statistics
 from collections import Counter, defaultdict
@@ -112,8 +113,20 @@ def _agent_row() -> dict[str, Any]:
     return {"issued": 0, "refused": 0, "approvals": 0, "cosignatures": 0, "denied": 0, "pending": 0, "waits": []}
 
 
+# The figures a row of ``by_agent_and_template`` adds up entry by entry, whatever the entry's request did before.
+_ENTRY_COUNTS = ("refused", "cosignatures", "issued")
+# A request's step for ReportTally.follow: (type, request id, (agent, template), time or None).
+Step = tuple[Any, Any, tuple[Any, Any], Any]
+
+
 class ReportTally:
-    """The report's figures over entries read oldest first; every request counts once in each figure."""
+    """The report's figures over entries read oldest first; every request counts once in each figure.
+
+    Each entry adds, on its own (:meth:`count`), its refusal, co-signature, denial and issue counts and its
+    rows of the lists, and hands back the step its request takes (:meth:`follow`: each request approved and
+    denied once, the wait from its ``pending`` entry, where it stands at the end), which needs the steps before
+    it.  So a closed block's figures can be added up once (:meth:`block_figures`) and a report adds them
+    (:meth:`add_block`), replaying the block's steps in seq order, as if it had read the block's entries."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(_agent_row)
@@ -128,11 +141,17 @@ class ReportTally:
         self._state: dict[str, tuple[tuple[str, str], str]] = {}
 
     def add(self, entry: Mapping[str, Any]) -> None:
+        step = self.count(entry)
+        if step is not None:
+            self.follow(step)
+
+    def count(self, entry: Mapping[str, Any]) -> Step | None:
+        """What the entry adds on its own; the step of its request, if it takes one (see :meth:`follow`)."""
         kind = entry["type"]
         if kind in CARRYING_TYPES:
             self.refusers[entry.get("actor") or "?"].add(entry)
         if kind == EventType.REFUSALS_SUPPRESSED_SUMMARY:
-            return  # a count only: no template, no request
+            return None  # a count only: no template, no request
         details = entry.get("details") or {}
         request_id = entry.get("request_id")
         actor = entry.get("actor") or "?"
@@ -153,6 +172,22 @@ class ReportTally:
             self.approvers[actor]["approved"] += 1
         elif kind == EventType.DENIED:
             self.approvers[actor]["denied"] += 1
+        elif kind == EventType.ISSUED:
+            self.rows[key]["issued"] += 1
+            self._note_risk(entry, details)
+        if kind in (EventType.DENIED, EventType.APPROVED, EventType.PENDING) or (request_id
+                                                                                and kind in REQUEST_STATES):
+            # NOTE: a pending entry's time is read here, an approved one's only if it is ever needed (as before).
+            time = entry["time"] if kind == EventType.PENDING else entry.get("time") if kind == EventType.APPROVED \
+                else None
+            return (kind, request_id, key, time)
+        return None
+
+    def follow(self, step: Step) -> None:
+        """A request's step, after every step before it: its first denial and first approval (with the wait
+        from its last ``pending`` entry before it) count, and its last step says whether it is still pending."""
+        kind, request_id, key, time = step
+        if kind == EventType.DENIED:
             if request_id not in self._denied:
                 self._denied.add(request_id)
                 self.rows[key]["denied"] += 1
@@ -160,12 +195,9 @@ class ReportTally:
             self._approved.add(request_id)
             self.rows[key]["approvals"] += 1
             if request_id in self._opened:
-                self.rows[key]["waits"].append((_time(entry) - self._opened[request_id]).total_seconds())
-        elif kind == EventType.ISSUED:
-            self.rows[key]["issued"] += 1
-            self._note_risk(entry, details)
+                self.rows[key]["waits"].append((parse_time(time) - self._opened[request_id]).total_seconds())
         elif kind == EventType.PENDING:
-            self._opened[request_id] = _time(entry)
+            self._opened[request_id] = parse_time(time)
         if request_id and kind in REQUEST_STATES:
             self._state[request_id] = (key, kind)
 
@@ -179,6 +211,52 @@ class ReportTally:
             self.destructive.append(shown)
         elif risks or environment == "production":
             self.high_risk.append(shown)
+
+    def block_figures(self, steps: list[Step]) -> dict[str, Any]:
+        """This tally's list rows (a block's entries, each through :meth:`count` only) and their requests'
+        ``steps`` in seq order, as JSON values (:meth:`add_block` adds them to a report)."""
+        return {"refusals": self.refusals, "destructive": self.destructive, "high_risk": self.high_risk,
+                "steps": [[kind, request_id, list(key), time] for kind, request_id, key, time in steps]}
+
+    def block_counts(self) -> list[tuple[str, str, str, str, int]] | None:
+        """What this tally's entries add whatever their order, as (facet, principal, template, name, n)
+        (:meth:`add_counts` adds them, summed over blocks); None when a principal or template is not a text
+        (a sum in SQL could not keep it apart from its equals: 1 and 1.0)."""
+        names = [who for who, _ in self.rows] + [template for _, template in self.rows] + [*self.approvers,
+                                                                                        *self.refusers]
+        if not all(isinstance(name, str) for name in names):
+            return None
+        counts = [("row", agent, template, name, stats[name]) for (agent, template), stats in self.rows.items()
+                  for name in _ENTRY_COUNTS if stats[name]]
+        counts += [("approver", who, "", name, n) for who, tally in self.approvers.items() for name, n in tally.items()]
+        for who, figures in self.refusers.items():
+            named = [("refuser", who, "", name, getattr(figures, name))
+                     for name in ("one_by_one", "announced", "counted_announced") if getattr(figures, name)]
+            named += [("refuser", who, "", f"reason:{code}", n) for code, n in figures.suppressed_by_reason.items()]
+            counts += named or [("refuser", who, "", "one_by_one", 0)]  # a refuser with nothing to count is listed
+        return counts
+
+    def add_counts(self, counts: list[tuple[str, str, str, str, int]]) -> None:
+        """Counts of blocks (:meth:`block_counts`, summed), as if their entries were read here."""
+        for facet, who, template, name, n in counts:
+            if facet == "row":
+                self.rows[(who, template)][name] += n
+            elif facet == "approver":
+                self.approvers[who][name] += n
+            elif name.startswith("reason:"):
+                self.refusers[who].suppressed_by_reason[name.removeprefix("reason:")] += n
+            else:
+                refuser = self.refusers[who]
+                setattr(refuser, name, getattr(refuser, name) + n)
+
+    def add_block(self, figures: Mapping[str, Any]) -> None:
+        """A block's list rows and steps (:meth:`block_figures`), as if its entries were read here (its counts
+        come apart, :meth:`add_counts`)."""
+        self.refusals.extend(figures["refusals"])
+        self.destructive.extend(figures["destructive"])
+        self.high_risk.extend(figures["high_risk"])
+        for kind, request_id, key, time in figures["steps"]:
+            self.follow((kind, request_id, tuple(key), time))  # type: ignore[arg-type]
 
     def view(self) -> dict[str, Any]:
         for key, state in self._state.values():
@@ -201,8 +279,9 @@ class ReportTally:
                 "approvers": approvers, "by_agent_and_template": summary}
 
 
-def _time(entry: Mapping[str, Any]) -> datetime:
-    return parse_time(entry["time"])
+def _plain_id(request_id: Any) -> bool:
+    """A request id the body index looks up as Python compares it (no NUL, no escape the index reads apart)."""
+    return isinstance(request_id, str) and "\x00" not in request_id and "\\" not in request_id
 
 
 @dataclass
@@ -343,6 +422,53 @@ class AuditLog:
             "mismatches": mismatches,
         }
 
+    def fill_report_blocks(self, *, limit: int | None = None) -> int:
+        """Add up the closed blocks of the log not cached yet for the report (at most ``limit``), each from its
+        entries' bodies by :class:`ReportTally`'s rules; how many were written.  Run in the background with the
+        dashboard's cache (broker.runtime.container), so that a report seldom reads a closed block's bodies.
+
+        A block is cached without figures (a report reads it from its bodies, as before) when one of its bodies
+        does not parse or an entry breaks the tally: whatever a report did on it, it still does."""
+        with self.database.read() as repo:
+            missing = repo.missing_report_blocks()[:limit]
+        written = 0
+        for block in missing:
+            with self.database.read() as repo:
+                entries, low, high = repo.report_block_entries(block)
+                cached = None if entries is None else self._block_figures(repo, block, entries)
+            figures, counts = (None, []) if cached is None else (json.dumps(cached[0]), cached[1])
+            with self.database.transaction() as repo:
+                written += repo.save_report_block(block, min_time=low, max_time=high, figures=figures, counts=counts)
+        return written
+
+    @staticmethod
+    def _block_figures(repo: Any, block: int,
+                       entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[tuple[str, str, str, str, int]]] | None:
+        if not all(isinstance(entry.get("time"), str) for entry in entries):
+            # NOTE: the block's time bounds are texts; a time that is not (SQLite compares a number as a number)
+            # would put the block in windows its entry is not in: left to the walk.
+            return None
+        tally, steps = ReportTally(), []
+        try:
+            for entry in entries:
+                step = tally.count(entry)
+                if step is not None:
+                    steps.append(step)
+        except Exception:  # noqa: BLE001 - the entry breaks the report however it is read: left to the walk
+            log.warning("report cache: block %s kept out (an entry breaks the tally)", block, exc_info=True)
+            return None
+        counts = tally.block_counts()
+        if counts is None:
+            return None
+        # NOTE: a state step other than pending, approved or denied matters only to a request with a pending
+        # entry before it (whether it is still pending at the end of a window): the others are left out.  Kept
+        # whenever the look-up could miss one (not a plain string request id): a step too many changes nothing.
+        looked_up = sorted({step[1] for step in steps if _plain_id(step[1])})
+        pending = repo.pending_request_ids(looked_up, through_block=block) if looked_up else set()
+        kept = [step for step in steps if step[0] in (EventType.DENIED, EventType.APPROVED, EventType.PENDING)
+                or pending is None or not _plain_id(step[1]) or step[1] in pending]
+        return tally.block_figures(kept), counts
+
     def report(self, *, principal: Principal, since: datetime) -> dict[str, Any]:
         """Figures over the entries logged since ``since``.
 
@@ -367,17 +493,32 @@ class AuditLog:
         require_reviewer(principal)
         tally = ReportTally()
         with self.database.read() as repo:
-            # NOTE: the walk in seq order starts at the window's first entry (from the time index), not at the
-            # log's: a 7-day report over a 30-day log no longer reads the 23 days of bodies before it.
-            first = repo.first_seq_since(since)
-        after = 0 if first is None else first - 1
-        while first is not None:
-            # NOTE: a read, not a transaction: no SQLite write lock (issuance waited on it) and no BEGIN/COMMIT.
-            with self.database.read() as repo:
-                page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since)
-            for entry in page:
-                tally.add(entry)
-            if len(page) < PAGE_MAX:
-                break
-            after = page[-1]["seq"]
+            # NOTE: the closed blocks wholly in the window come from their cached figures (fill_report_blocks);
+            # the rest of the window's seqs (the open tail, a block across ``since``, a block not filled) is read
+            # from the bodies, in seq order around them.
+            segments = repo.report_segments(since)
+            first = repo.first_seq_since(since) if segments[0][2] is None else None
+            if segments[0][2] is None and first is None:
+                segments = []  # no entry from ``since`` on at all
+            # NOTE: the counts of exactly the blocks whose figures were read (a fill may add one meanwhile); a
+            # cached segment is one block, seqs ``block * size + 1 .. (block + 1) * size``.
+            cached = [after // (up_to - after) for after, up_to, figures in segments if figures is not None]
+            tally.add_counts(repo.report_counts(cached) if cached else [])
+        for after, up_to, figures in segments:
+            if figures is not None:
+                tally.add_block(json.loads(figures))
+                continue
+            if after == segments[0][0] and first is not None:
+                # NOTE: the walk in seq order starts at the window's first entry (from the time index), not at the
+                # log's: a 7-day report over a 30-day log does not read the 23 days of bodies before it.
+                after = max(after, first - 1)
+            while up_to is None or after < up_to:
+                # NOTE: a read, not a transaction: no SQLite write lock (issuance waited on it) and no BEGIN/COMMIT.
+                with self.database.read() as repo:
+                    page = repo.query_events(filters={}, after_seq=after, limit=PAGE_MAX, since=since, up_to=up_to)
+                for entry in page:
+                    tally.add(entry)
+                if len(page) < PAGE_MAX:
+                    break
+                after = page[-1]["seq"]
         return {"since": issuance_log.log_time(since), **tally.view()}

@@ -7,7 +7,8 @@ entries, written with COPY.  Then, as the API runs them (``AuditLog``, the use c
 
 * p50/p99 of ``GET /v1/events`` filtered by agent, template, type, time window and access key id (the
   first page and a page deep in the log), and of ``correlate`` by access key id;
-* ``report`` over 7 and 30 days;
+* ``report`` over 7 and 30 days (p50/p99, the closed blocks cached for it as ``broker serve`` keeps them,
+  against the walk over every body of the window it was before);
 * the streaming ``export`` of the whole log (in a child process: its peak RSS) and ``broker audit verify``
   of that export (``verify_export`` in one pass, and ``verify_export_file`` on every CPU).
 
@@ -23,7 +24,7 @@ seeding (ten million entries take a while to seed); ``--drop`` removes it.  ``--
 measure (``queries,report,export``; export includes verify).
 
     .venv/bin/python -m tests.bench.bench_reviewer [--entries 1000000] [--samples 40] [--without-body-indexes]
-        [--database bench10m] [--parts queries,report,export] [--drop]
+        [--database bench10m] [--parts queries,report,export] [--walks 3] [--drop]
 
 Not collected by pytest (file name bench_*.py); figures, not assertions.
 """
@@ -219,11 +220,49 @@ def _correlate(audit: AuditLog, access_key_id: str) -> None:
         pass  # a seq that was not an issued entry
 
 
-def report_figures(audit: AuditLog, span: dict) -> None:
+def report_figures(audit: AuditLog, span: dict, samples: int, walks: int) -> None:
+    """The report over 7 and 30 days: first the closed blocks cached for it as ``broker serve`` keeps them (the
+    dashboard's and the report's, broker.runtime.container's fill; timed when they were not yet), then ``samples``
+    reports per window, interleaved with ``walks`` runs of the walk over every body of the window as the report
+    was before the cache (tests/storage/test_report_blocks.py's reference, the same JSON checked byte for byte)."""
+    from broker.storage.log_aggregates import fill_log_aggregates
+    from tests.storage.test_report_blocks import reference_report
+
+    began, cpu = time.perf_counter(), time.process_time()
+    filled = fill_log_aggregates(audit.database), audit.fill_report_blocks()
+    if any(filled):
+        print(f"  filled {filled[0]} dashboard and {filled[1]} report blocks in {time.perf_counter() - began:.0f} s "
+              f"({time.process_time() - cpu:.0f} s CPU here); load average {os.getloadavg()[0]:.1f}")
+        with audit.database.engine.connect() as connection:  # what autovacuum does after the fill's inserts
+            connection.exec_driver_sql("ANALYZE log_report_blocks, log_report_counts, log_aggregates")
+            connection.commit()
+    print(f"  {'report':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} {'CPU ms':>8s}   "
+          f"(p50; {samples} samples each, the walk {walks})")
     for days in (7, 30):
-        began = time.perf_counter()
-        audit.report(principal=REVIEWER, since=span["now"] - timedelta(days=days))
-        print(f"  report over {days:2d} days: {time.perf_counter() - began:7.1f} s")
+        since = span["now"] - timedelta(days=days)
+        times: dict[str, list[float]] = {"cached": [], "walk": []}
+        cpus: dict[str, list[float]] = {"cached": [], "walk": []}
+        outputs = {}
+        every = max(1, samples // max(walks, 1))
+        for n in range(samples):
+            runs = [("cached", lambda: audit.report(principal=REVIEWER, since=since))]
+            if walks and n % every == 0 and len(times["walk"]) < walks:
+                runs.append(("walk", lambda: reference_report(audit.database, since)))
+            for name, call in runs:
+                began, cpu = time.perf_counter(), time.process_time()
+                outputs[name] = call()
+                times[name].append((time.perf_counter() - began) * 1000)
+                cpus[name].append((time.process_time() - cpu) * 1000)
+        for name in ("cached", "walk"):
+            if times[name]:
+                print(f"  {f'{days} days, {name}':28s} {percentile(times[name], .5):8.0f} "
+                      f"{percentile(times[name], .99):8.0f} {max(times[name]):8.0f} "
+                      f"{percentile(cpus[name], .5):8.0f}")
+        if "walk" in outputs:
+            assert json.dumps(outputs["cached"]) == json.dumps(outputs["walk"]), "the report is not the walk's"
+        report = outputs["cached"]
+        print(f"    ({len(report['refusals']):,} refusals listed, {len(report['by_agent_and_template']):,} rows; "
+              f"load average {os.getloadavg()[0]:.1f})")
 
 
 EXPORT_CHILD = r"""
@@ -317,6 +356,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--walks", type=int, default=3,
+                        help="runs of the report's walk over every body (as before its cache), among the samples")
     parser.add_argument("--without-body-indexes", action="store_true",
                         help="time the queries without migration 0012's indexes first (a fresh seed only)")
     parser.add_argument("--database", help="keep the seeded database under this name, and reuse it when it "
@@ -383,7 +424,7 @@ def main() -> None:
             query_figures(audit, args.entries, args.samples, span)
         print(f"  load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
         if "report" in parts:
-            report_figures(audit, span)
+            report_figures(audit, span, args.samples, args.walks)
         if "export" in parts:
             with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_EXPORT_DIR")) as folder:
                 export_and_verify(url, key, signer, args.entries, Path(folder))

@@ -38,6 +38,11 @@ REASONS = (None, "rate_limited", "guardrail_violation", "lockdown_active")
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def database(request, tmp_path_factory):
+    yield from throwaway_log(request, tmp_path_factory)
+
+
+def throwaway_log(request, tmp_path_factory):
+    """A migrated database on SQLite or PostgreSQL (``request.param``) whose log may be emptied and edited."""
     drop = None
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('aggregates') / 'a.db'}"
