@@ -7,15 +7,15 @@ order so that each request still counts once), and ``log_report_counts`` what it
 order (summed in SQL over a window's blocks), derived from the hashed bodies only.  A block is written once (primary key: the block size and the block), by a background fill; a block not filled,
 or not wholly in a report's window, is read from its bodies as before.  Empty after upgrade.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 """
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = '0014'
-down_revision = '0013'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
