@@ -224,3 +224,13 @@ def test_lines_shaped_like_the_shortcuts_get_the_full_parses_verdict():
     assert shortcut > len(lines) // 2, shortcut
     for raw in lines:
         assert outcome(export._read_checkpoint, raw) == outcome(export._parse_checkpoint, raw), raw
+
+
+def test_an_export_without_checkpoints_is_refused_as_invalid_input_whatever_holds_them():
+    from broker.errors import InvalidInput
+
+    entries, checkpoints, _ = standard()
+    statement = signer().sign_export(checkpoints[-1], first_seq=entries[0]["seq"], since=None, time=TIME)
+    for none in ([], (), iter([])):
+        with pytest.raises(InvalidInput):
+            list(log.chained_export_lines(entries, none, statement))

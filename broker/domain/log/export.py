@@ -59,8 +59,10 @@ def chained_export_lines(entries: Iterable[Mapping[str, Any]], checkpoints: Iter
     ``checkpoints`` are in the order they were signed; each must sign a seq of ``entries``.  With ``final``
     they are the ones before it, taken as the entries pass (an iterator: none is held ahead of its place).
     """
-    if final is None and checkpoints:
-        *checkpoints, final = checkpoints  # type: ignore[misc]
+    if final is None:
+        checkpoints = list(checkpoints)  # without ``final`` the last one is it: a sequence, never long
+        if checkpoints:
+            *checkpoints, final = checkpoints
     if final is None or final.hash() != statement.checkpoint:
         raise InvalidInput("an export ends with the checkpoint its statement names",
                            code="export_invalid")
@@ -413,7 +415,7 @@ class _ExportVerifier:
         except (InvalidInput, KeyError) as exc:
             raise _Failure("malformed", "the seam is not a checkpoint line", seq=None, line=None) from exc
         self.checkpoint = checkpoint
-        self.checkpoint_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + seam[len(b'{"checkpoint":'):-1]).hexdigest()
+        self.checkpoint_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + seam[_CHECKPOINT_OPEN:-1]).hexdigest()
         self.last_seq, self.last_hash = checkpoint.seq, checkpoint.head_hash
         # Only "some entry came before" matters inside a segment; the export's first seq is the first segment's.
         self.first_seq = checkpoint.seq + 1
@@ -516,7 +518,7 @@ class _ExportVerifier:
         self._check_link(checkpoint, previous, line_no)
         self.checkpoint, self.checkpoint_line = checkpoint, line_no
         # The line is canonical, so its inner object's bytes are canonical(C): the checkpoint's hash input.
-        self.checkpoint_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + raw[len(b'{"checkpoint":'):-1]).hexdigest()
+        self.checkpoint_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + raw[_CHECKPOINT_OPEN:-1]).hexdigest()
         self.checkpoints += 1
         if self.statement is not None:
             self.final_line = line_no
@@ -759,7 +761,7 @@ def merge_segments(outcomes: Sequence[SegmentOutcome], seams: Sequence[bytes],
         return None
     for outcome, seam in zip(outcomes, seams):  # every segment but the last ends on its seam, taken as placed
         state = outcome.state
-        seam_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + seam[len(b'{"checkpoint":'):-1]).hexdigest()
+        seam_hash = hashlib.sha256(CHECKPOINT_HASH_PREFIX + seam[_CHECKPOINT_OPEN:-1]).hexdigest()
         if not (state["lines"] and state["checkpoint_line"] == state["lines"] and state["checkpoint_hash"] == seam_hash
                 and state["unplaced"] is None and state["unsigned"] is None and state["statement"] is None
                 and not state["final_line"] and state["first_seq"] is not None):
