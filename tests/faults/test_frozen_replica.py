@@ -19,11 +19,16 @@ from tests.revocation.conftest import S3_REQUEST
 
 LIMITS = {"db_lock_timeout_ms": 500, "db_idle_in_transaction_timeout_ms": 1500}
 
+# NOTE: how long the server lets the frozen session sit before it cuts it off.  The request under test must reach the
+# lock before then to be refused (it waits 500 ms at most): with 1.5 s a loaded machine can bring the request after
+# the cut, and it is issued (201 for the expected 503).
+FROZEN_IDLE_MS = 6000
+
 FROZEN_REPLICA = f"""
 import os, signal, sys
 from broker.storage.engine import PostgresSessionLimits, build_engine
 engine = build_engine(sys.argv[1], postgres_limits=PostgresSessionLimits(lock_timeout_ms=500,
-                                                                      idle_in_transaction_ms=1500))
+                                                                      idle_in_transaction_ms={FROZEN_IDLE_MS}))
 connection = engine.connect()
 connection.begin()
 connection.exec_driver_sql("{LOCK_LOG_HEAD}")
@@ -50,7 +55,7 @@ def test_a_frozen_replica_holding_the_log_lock_gives_503_then_is_cut_off(pg_migr
         assert answers[0].json()["error"]["code"] == "storage_unavailable"
         assert "cause: LockNotAvailable: canceling statement due to lock timeout" in caplog.text
         # The server ends the frozen session (idle in transaction): the lock is free again.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + FROZEN_IDLE_MS / 1000 + 10
         while True:
             response = broker.post("/v1/requests", "agent:demo", json=S3_REQUEST)
             if response.status_code == 201 or time.monotonic() > deadline:
