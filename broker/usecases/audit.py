@@ -437,8 +437,19 @@ class AuditLog:
                 entries, low, high = repo.report_block_entries(block)
                 cached = None if entries is None else self._block_figures(repo, block, entries)
             figures, counts = (None, []) if cached is None else (json.dumps(cached[0]), cached[1])
-            with self.database.transaction() as repo:
-                written += repo.save_report_block(block, min_time=low, max_time=high, figures=figures, counts=counts)
+            try:
+                with self.database.transaction() as repo:
+                    written += repo.save_report_block(block, min_time=low, max_time=high, figures=figures,
+                                                      counts=counts)
+            except (InvalidInput, OverflowError, UnicodeError):
+                if figures is None:
+                    raise
+                # NOTE: a count the database cannot store (a NUL or a lone surrogate in a name, a number past 64
+                # bits) rolled the block back; retried as it is, every later block would wait behind it for good.
+                # The block is cached without figures instead: a report reads it from its bodies, as before.
+                log.warning("report cache: block %s kept out (a count the database cannot store)", block)
+                with self.database.transaction() as repo:
+                    written += repo.save_report_block(block, min_time=low, max_time=high, figures=None, counts=[])
         return written
 
     @staticmethod

@@ -224,6 +224,8 @@ def body(seq: int, spec: dict, *, odd: str | None = None) -> str:
         entry["details"] = [1]
     elif odd == "number time":
         entry["time"] = 7
+    elif odd == "huge count":  # past a 64-bit integer: no database column stores it
+        entry["details"].update(suppressed=10**20, suppressed_by_reason={"rate_limited": 10**20})
     elif odd == "nul actor":
         entry["actor"] = "agent:\x00a"
     elif odd == "unparseable":  # deeper than Python's parser goes (SQL reads it, so it can be stored)
@@ -361,3 +363,20 @@ def test_fill_caches_each_closed_block_once(database):
             assert repo.missing_report_blocks() == [0, 1, 2]
             assert repo.report_segments(BASE) == [(0, None, None)]
         assert compare(database, audit, BASE)[0] == "report"
+
+
+def test_a_block_whose_counts_cannot_be_stored_is_left_to_the_walk_and_the_later_ones_are_cached(database):
+    """A count past 64 bits rolls its block's save back: the block is cached without figures (read from its bodies),
+    and the fill goes on to the blocks after it (it retried the same block at every sweep, caching nothing after it)."""
+    clear(database)
+    spec = {"type": "refused", "request": 0, "agent": "agent:a", "decider": "agent:a", "template": "t1",
+            "reason": "rate_limited", "risks": None, "environment": None, "suppressed": 3, "requester": True,
+            "jitter": 0}
+    with sizes(3, 16):
+        append(database, [spec] * 10, odd={2: "huge count"})
+        audit = AuditLog(database=database, signer=None, clock=SystemClock())  # type: ignore[arg-type]
+        assert audit.fill_report_blocks() == 3
+        assert audit.fill_report_blocks() == 0
+        with database.read() as repo:
+            assert [f is not None for _, _, f in repo.report_segments(BASE)] == [False, True, True, False]
+        compare(database, audit, BASE)
