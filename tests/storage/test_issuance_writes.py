@@ -17,6 +17,7 @@ from broker.domain.records import ApiKey, Approval, CredentialRequest, Grant, Mi
 from broker.storage import records as codec
 from broker.storage.models import ApiKeyRow, ApprovalRow, GrantRow, MintIntentRow, PrincipalRow, RequestRow
 from tests.conftest import migrated_database
+from tests.revocation.test_lockdown import _waiting_on_a_lock
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -361,15 +362,6 @@ def test_settings_read_under_the_logs_lock_take_it_first(database):
 
 
 
-def _blocked_on_a_lock(engine) -> bool:
-    from sqlalchemy import text
-
-    with engine.connect() as connection:
-        return bool(connection.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar())
-
-
 def _read_while_a_lockdown_commits(database: Database, key: str, read) -> object:
     """``read(database)`` started while another unit of work holds the log's lock and switches the lockdown ``key``
     on; what it returns once that unit of work has committed."""
@@ -384,9 +376,9 @@ def _read_while_a_lockdown_commits(database: Database, key: str, read) -> object
         reader = threading.Thread(target=lambda: answers.append(read(database)))
         reader.start()
         deadline = time.monotonic() + 10
-        while not _blocked_on_a_lock(database.engine) and time.monotonic() < deadline:
+        while not _waiting_on_a_lock(database.engine) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _blocked_on_a_lock(database.engine), "the read never waited for the log's lock"
+        assert _waiting_on_a_lock(database.engine), "the read never waited for the log's lock"
     reader.join(10)
     (answer,) = answers
     return answer
