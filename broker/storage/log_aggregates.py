@@ -62,6 +62,8 @@ MICROSECOND = timedelta(microseconds=1)
 # (hour, facet, type, key, value): a tally's key.  Hours are the first 13 characters of a log time.
 Key = tuple[str, str, str, str, int]
 Entry = tuple[int, dict[str, Any], str]  # seq, body, the stored body text
+# The shape of a log time's start (broker.domain.times.log_time: 2026-12-02T13:00:00.000000Z), as a SQLite GLOB.
+LOG_TIME_GLOB = "[0-9][0-9][0-9][0-9]-*"
 
 
 def hour_of(moment: datetime) -> str:
@@ -268,7 +270,14 @@ def window_runs(connection: Connection, *, after_seq: int, since: str | None, un
     if since is not None:
         outside.append(b.max_time < since)
     if until is not None:
-        outside.append(b.min_time >= until)
+        # NOTE: SQLite: a (tampered) body time that is a JSON number is a number to SQL, less than every text, so
+        # it is in every window with an ``until``; the block's least time is then that number stored as a text
+        # ('7', past any log time as a text).  Such a bound keeps no window out: the block is read, as if not
+        # cached.  A number's text never has a log time's shape (4 digits, a dash).  The greatest time needs no such
+        # care: it is a number only when every time of the block is one, and no number is in a window with a since.
+        after_until = b.min_time >= until
+        outside.append(and_(b.min_time.op("GLOB")(LOG_TIME_GLOB), after_until) if connection.dialect.name == "sqlite"
+                       else after_until)
     # One read of the filled blocks in range: which are filled, and which of those may hold the window (the
     # bounds compared in SQL, as the body time is).
     filled = connection.execute(select(b.block, b.max_time, ~or_(*outside))

@@ -13,7 +13,7 @@ from unittest.mock import patch
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 
 from broker.domain import log as issuance_log
 from broker.domain.events import CARRYING_TYPES, REFUSAL_TYPES
@@ -335,3 +335,37 @@ def test_a_window_reads_only_the_blocks_its_times_may_be_in(database):
             assert repo.first_seq_since(since) == 6
             assert repo._window_runs(0, BASE + timedelta(hours=3), None) == [(12, None, False, None)]
             assert repo.first_seq_since(BASE + timedelta(hours=3)) is None
+
+
+@pytest.mark.parametrize("number", [7, 3e30, -5, 2.5, True])
+def test_a_window_does_not_skip_a_block_whose_least_time_is_a_number(database, number):
+    """A (tampered) body whose time is a JSON number: SQLite's body time is then that number, less than every text,
+    so a window with an ``until`` holds the entry; the block's least time is stored as its text ('7', which is past
+    any log time as a text): a window with an ``until`` must not skip the block for it (it did).  PostgreSQL reads
+    the time as a text ('7'), in the bounds and in the window alike."""
+    empty(database)
+    specs = [{"type": "issued", "offset": i * 600_000_000, "request": 0, "reason": None, "risks": None,
+              "environment": None, "suppressed": None} for i in range(6)]
+    with blocks_of(4):
+        append(database, specs)  # block 0 (seqs 1-4) closed, seqs 5-6 the tail
+        with database.engine.begin() as connection:
+            if not database.is_postgres:
+                connection.exec_driver_sql("DROP TRIGGER IF EXISTS events_no_update")
+            connection.execute(EVENTS.update().where(EVENTS.c.seq == 2).values(
+                body=func.replace(EVENTS.c.body, log_time(BASE + timedelta(minutes=10)), "X")))
+            connection.execute(text(f"""UPDATE events SET body = REPLACE(body, '"X"', '{json.dumps(number)}')
+                                        WHERE seq = 2"""))
+        _fill_blocks(database, {0})
+        for since, until in ((None, BASE + timedelta(hours=1)), (BASE - timedelta(hours=1), BASE + timedelta(hours=1)),
+                             (BASE + timedelta(minutes=5), None)):
+            with database.read() as repo:
+                found = [e["seq"] for e in repo.query_events(filters={}, since=since, until=until)]
+                walked = [json.loads(row.body)["seq"] for row in repo.session.connection().execute(
+                    repo.events_statement(filters={}, after_seq=0, limit=100, since=since, until=until))]
+                assert found == walked, (since, until)
+                if since is not None:
+                    assert repo.first_seq_since(since) == (walked[0] if walked else None)
+        if not database.is_postgres:  # the numeric time is in every SQLite window with an until, never with a since
+            with database.read() as repo:
+                assert [e["seq"] for e in repo.query_events(filters={}, until=BASE + timedelta(hours=1))] == \
+                    [1, 2, 3, 4, 5, 6]
