@@ -225,8 +225,7 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
     # The reviewers' cache of closed blocks: each block is added up once it closes, off the request's path
     # (a read computes a block not cached yet itself), for the dashboard and for ``broker audit report`` (which
     # reads a block not cached yet from its bodies).
-    aggregates_fill = InBackground(lambda: (fill_log_aggregates(database), audit.fill_report_blocks()),
-                                   name="log-aggregates")
+    aggregates_fill = InBackground(lambda: fill_review_caches(database, audit), name="log-aggregates")
     database.observers.append(CheckpointEvery(aggregates_fill, every=math.gcd(AGGREGATE_BLOCK, REPORT_BLOCK)))
     metrics = wire_metrics(database=database, catalog=catalog, service=service)
     if audit.checkpointer is not None:
@@ -238,6 +237,18 @@ def build_container(settings: BrokerSettings, *, minter: CredentialMinter | None
                      revocations=revocations, checkpointer=checkpointer, aggregates_fill=aggregates_fill,
                      metrics=metrics, ui_oidc=ui_oidc, templates=templates,
                      review=ReviewDashboard(database=database, clock=clock), clock_skew=clock_skew)
+
+
+def fill_review_caches(database: Database, audit: AuditLog) -> None:
+    """Fill the dashboard's cache of closed blocks, then the report's, each on its own: one failing (a body it
+    cannot read, a database error) neither stops the other nor is taken for it; each failure is logged, and the
+    next call (a block closing, the sweep) tries again."""
+    for cache, fill in (("dashboard", lambda: fill_log_aggregates(database)), ("report", audit.fill_report_blocks)):
+        try:
+            fill()
+        except Exception:  # noqa: BLE001 - a background fill must not stop the other; the next call retries
+            log.warning("the %s's cache of closed blocks was not filled (the next sweep tries again)", cache,
+                        exc_info=True)
 
 
 def postgres_limits(settings: BrokerSettings) -> PostgresSessionLimits:
