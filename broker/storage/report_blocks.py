@@ -87,17 +87,25 @@ def missing_report_blocks(connection: Connection) -> list[int]:
 
 def block_entries(connection: Connection, block: int, *, postgres: bool) -> tuple[list[dict[str, Any]] | None,
                                                                                  str | None, str | None]:
-    """A closed block's parsed bodies in seq order (None: one does not parse as a JSON object) and the least and
-    greatest body time of its entries as SQL compares it (the report's window does)."""
+    """A closed block's parsed bodies in seq order and the least and greatest body time of its entries as SQL
+    compares it (the report's window does).  The bodies are None when one does not parse as a JSON object, or
+    when a body time is not a text to SQL: a block is taken whole into a window by its least time, so each of its
+    entries must be compared as a text (a missing or null time is in no window; SQLite's number is less than
+    every text; a key twice is the first to SQLite, the last to Python and PostgreSQL)."""
     block_size = BLOCK
     in_block = (EVENTS.c.seq > block * block_size, EVENTS.c.seq <= (block + 1) * block_size)
     time = body_field("time", postgres=postgres)
+    is_text = time.is_not(None) if postgres else func.typeof(time) == "text"
     try:
-        low, high = connection.execute(select(func.min(time), func.max(time)).where(*in_block)).one()
+        low, high, texts, entries_in_block = connection.execute(
+            select(func.min(time), func.max(time), func.count(case((is_text, 1))), func.count())
+            .where(*in_block)).one()
     except SQLAlchemyError:
         # NOTE: a body SQL cannot read as JSON: the block stays read from its bodies, as before (the walk fails
         # on it as it did).
         return None, None, None
+    if texts != entries_in_block:
+        return None, low, high
     entries = []
     for (body,) in connection.execute(select(EVENTS.c.body).where(*in_block).order_by(EVENTS.c.seq)):
         try:

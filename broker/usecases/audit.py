@@ -220,12 +220,9 @@ class ReportTally:
 
     def block_counts(self) -> list[tuple[str, str, str, str, int]] | None:
         """What this tally's entries add whatever their order, as (facet, principal, template, name, n)
-        (:meth:`add_counts` adds them, summed over blocks); None when a principal or template is not a text
-        (a sum in SQL could not keep it apart from its equals: 1 and 1.0)."""
-        names = [who for who, _ in self.rows] + [template for _, template in self.rows] + [*self.approvers,
-                                                                                        *self.refusers]
-        if not all(isinstance(name, str) for name in names):
-            return None
+        (:meth:`add_counts` adds them, summed over blocks); None when one of them could not be stored and summed
+        as it is, on either database (:func:`_countable`): a principal or template that is not a text (a sum in
+        SQL could not keep it apart from its equals: 1 and 1.0), or one the database would refuse."""
         counts = [("row", agent, template, name, stats[name]) for (agent, template), stats in self.rows.items()
                   for name in _ENTRY_COUNTS if stats[name]]
         counts += [("approver", who, "", name, n) for who, tally in self.approvers.items() for name, n in tally.items()]
@@ -234,7 +231,7 @@ class ReportTally:
                      for name in ("one_by_one", "announced", "counted_announced") if getattr(figures, name)]
             named += [("refuser", who, "", f"reason:{code}", n) for code, n in figures.suppressed_by_reason.items()]
             counts += named or [("refuser", who, "", "one_by_one", 0)]  # a refuser with nothing to count is listed
-        return counts
+        return counts if all(_countable(count) for count in counts) else None
 
     def add_counts(self, counts: list[tuple[str, str, str, str, int]]) -> None:
         """Counts of blocks (:meth:`block_counts`, summed), as if their entries were read here."""
@@ -279,9 +276,36 @@ class ReportTally:
                 "approvers": approvers, "by_agent_and_template": summary}
 
 
+# What log_report_counts holds, on either database: the UTF-8 bytes of a count's principal, template and name
+# together well under PostgreSQL's bound of an index row (2,704 bytes: its primary key holds them), and a count
+# under 2**32, so that its sum over every block of a log (seqs are 32-bit: at most 2**31 blocks) stays within the
+# 64 bits that SQLite's sum keeps (past them the report's sum fails) and that the column holds.
+COUNT_NAME_BYTES = 2000
+COUNT_BOUND = 2**32
+
+
+def _text_bytes(value: Any) -> int | None:
+    """The UTF-8 size of a text that either database stores and compares as Python does (PostgreSQL refuses a
+    NUL, SQLite's JSON functions end a text at one; a lone surrogate has no UTF-8 form); None for any other."""
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
+def _countable(count: tuple[str, Any, Any, Any, int]) -> bool:
+    """A count of ReportTally.block_counts that log_report_counts stores, and a report sums, as it is."""
+    _, principal, template, name, n = count
+    sizes = [_text_bytes(principal), _text_bytes(template), _text_bytes(name)]
+    return None not in sizes and sum(sizes) <= COUNT_NAME_BYTES and 0 <= n < COUNT_BOUND  # type: ignore[arg-type]
+
+
 def _plain_id(request_id: Any) -> bool:
-    """A request id the body index looks up as Python compares it (no NUL, no escape the index reads apart)."""
-    return isinstance(request_id, str) and "\x00" not in request_id and "\\" not in request_id
+    """A request id the body index looks up as Python compares it: a text the database takes (no NUL, no lone
+    surrogate), with no escape the index reads apart (PostgreSQL's reads \\u0000 as \\ufffd, inside \\\\u0000 too)."""
+    return _text_bytes(request_id) is not None and "\\" not in request_id
 
 
 @dataclass
@@ -444,8 +468,8 @@ class AuditLog:
             except (InvalidInput, OverflowError, UnicodeError):
                 if figures is None:
                     raise
-                # NOTE: a count the database cannot store (a NUL or a lone surrogate in a name, a number past 64
-                # bits) rolled the block back; retried as it is, every later block would wait behind it for good.
+                # NOTE: a count the database cannot store (block_counts refuses those it knows of: this is for any
+                # other) rolled the block back; retried as it is, every later block would wait behind it for good.
                 # The block is cached without figures instead: a report reads it from its bodies, as before.
                 log.warning("report cache: block %s kept out (a count the database cannot store)", block)
                 with self.database.transaction() as repo:
@@ -455,10 +479,7 @@ class AuditLog:
     @staticmethod
     def _block_figures(repo: Any, block: int,
                        entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[tuple[str, str, str, str, int]]] | None:
-        if not all(isinstance(entry.get("time"), str) for entry in entries):
-            # NOTE: the block's time bounds are texts; a time that is not (SQLite compares a number as a number)
-            # would put the block in windows its entry is not in: left to the walk.
-            return None
+        # NOTE: every body time of the block is a text to SQL (repo.report_block_entries), as its window compares it.
         tally, steps = ReportTally(), []
         try:
             for entry in entries:
