@@ -223,6 +223,9 @@ class LogReportBlockRow(SQLModel, table=True):
     block wholly in its window."""
 
     __tablename__ = "log_report_blocks"
+    # The version of the report's rules that computed the row (broker.usecases.audit.REPORT_RULES): rows of another
+    # are not read (migration 0016).
+    rules: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     # The block size (broker.storage.report_blocks.BLOCK) the row was computed for: rows of another are not read.
     entries: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
@@ -239,6 +242,7 @@ class LogReportCountRow(SQLModel, table=True):
     for rows), the figure's name and how many."""
 
     __tablename__ = "log_report_counts"
+    rules: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     entries: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     block: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     facet: str = Field(sa_column=Column(String(16), primary_key=True))

@@ -12,6 +12,13 @@ body time is ``since`` or later (each of its entries is in the window, as SQL co
 the filled blocks whose greatest body time is before ``since`` (none of their entries is), and reads every
 other seq from the bodies (a block not filled, one that straddles ``since``, the open tail): exactly the
 entries the walk over the bodies would read.
+
+Every row carries the version of the report's rules that computed it (``rules``: broker.usecases.audit.REPORT_RULES,
+in both primary keys): a report and a fill read the rows of their own version only, so a release whose rules
+differ reads the blocks an older one filled as not filled (from their bodies) and fills them again.  The rows of
+other versions are left as they are: a replica still on an older release (an upgrade under way) reads its own
+with two statements (figures, then counts), and a block's counts removed between them would be missing from its
+report.
 """
 
 from __future__ import annotations
@@ -46,15 +53,16 @@ def _closed_blocks(connection: Connection, block_size: int) -> int:
     return int(head or 0) // block_size
 
 
-def report_segments(connection: Connection, *, since: str) -> list[Segment]:
-    """The seqs a report from the log time ``since`` reads, in seq order (see the module's docstring)."""
+def report_segments(connection: Connection, *, since: str, rules: int) -> list[Segment]:
+    """The seqs a report from the log time ``since`` reads, in seq order (see the module's docstring), by the
+    cached rows of the rules version ``rules``."""
     block_size = BLOCK  # NOTE: read once (tests patch the module's BLOCK)
     closed = _closed_blocks(connection, block_size)
     b = REPORT_BLOCKS.c
     inside = b.min_time >= since
     rows = connection.execute(select(b.block, inside, b.max_time < since, case((inside, b.figures), else_=None))
-                              .where(b.entries == block_size, b.block < closed, b.figures.is_not(None))
-                              ).all() if closed else []
+                              .where(b.rules == rules, b.entries == block_size, b.block < closed,
+                                     b.figures.is_not(None))).all() if closed else []
     cached = {int(block): figures for block, is_inside, _, figures in rows if is_inside}
     before = {int(block) for block, is_inside, is_before, _ in rows if is_before and not is_inside}
     segments: list[Segment] = []
@@ -76,12 +84,13 @@ def report_segments(connection: Connection, *, since: str) -> list[Segment]:
     return segments
 
 
-def missing_report_blocks(connection: Connection) -> list[int]:
-    """The closed blocks without a ``log_report_blocks`` row, oldest first."""
+def missing_report_blocks(connection: Connection, *, rules: int) -> list[int]:
+    """The closed blocks without a ``log_report_blocks`` row of the rules version ``rules``, oldest first."""
     block_size = BLOCK
     closed = _closed_blocks(connection, block_size)
+    b = REPORT_BLOCKS.c
     filled = {int(block) for (block,) in connection.execute(
-        select(REPORT_BLOCKS.c.block).where(REPORT_BLOCKS.c.entries == block_size, REPORT_BLOCKS.c.block < closed))}
+        select(b.block).where(b.rules == rules, b.entries == block_size, b.block < closed))}
     return [block for block in range(closed) if block not in filled]
 
 
@@ -143,14 +152,15 @@ def pending_request_ids(connection: Connection, request_ids: Sequence[str], *, t
     return found & set(wanted)
 
 
-def report_counts(connection: Connection, blocks: Sequence[int]) -> list[Count]:
-    """The counts of these blocks (of this ``BLOCK``), summed."""
+def report_counts(connection: Connection, blocks: Sequence[int], *, rules: int) -> list[Count]:
+    """The counts of these blocks (of this ``BLOCK`` and the rules version ``rules``), summed."""
     c = REPORT_COUNTS.c
     out: dict[tuple[str, str, str, str], int] = {}
     wanted = sorted(set(blocks))
     for start in range(0, len(wanted), 1000):
         rows = connection.execute(select(c.facet, c.principal, c.template, c.name, func.sum(c.n))
-                                  .where(c.entries == BLOCK, c.block.in_(wanted[start:start + 1000]))
+                                  .where(c.rules == rules, c.entries == BLOCK,
+                                         c.block.in_(wanted[start:start + 1000]))
                                   .group_by(c.facet, c.principal, c.template, c.name))
         for facet, principal, template, name, n in rows:
             key = (facet, principal, template, name)
@@ -158,20 +168,21 @@ def report_counts(connection: Connection, blocks: Sequence[int]) -> list[Count]:
     return [(*key, n) for key, n in out.items()]
 
 
-def save_report_block(connection: Connection, block: int, *, min_time: str | None, max_time: str | None,
-                      figures: str | None, counts: Sequence[Count], postgres: bool) -> bool:
-    """Insert a block's row and its counts (in the caller's transaction); False (nothing written) when another
-    filler got there first."""
-    values = {"entries": BLOCK, "block": block, "filled_at": datetime.now(UTC), "min_time": min_time,
+def save_report_block(connection: Connection, block: int, *, rules: int, min_time: str | None,
+                      max_time: str | None, figures: str | None, counts: Sequence[Count], postgres: bool) -> bool:
+    """Insert a block's row and its counts, of the rules version ``rules`` (in the caller's transaction); False
+    (nothing written) when another filler got there first."""
+    values = {"rules": rules, "entries": BLOCK, "block": block, "filled_at": datetime.now(UTC), "min_time": min_time,
               "max_time": max_time, "figures": figures}
     statement = (postgres_insert(REPORT_BLOCKS).values(values).on_conflict_do_nothing() if postgres
                  else insert(REPORT_BLOCKS).values(values).prefix_with("OR IGNORE"))
     if connection.execute(statement.returning(REPORT_BLOCKS.c.block)).first() is None:
         return False
     # NOTE: counts without their block's row (left by hand) are nobody's: replaced.
-    connection.execute(delete(REPORT_COUNTS).where(REPORT_COUNTS.c.entries == BLOCK, REPORT_COUNTS.c.block == block))
+    c = REPORT_COUNTS.c
+    connection.execute(delete(REPORT_COUNTS).where(c.rules == rules, c.entries == BLOCK, c.block == block))
     if counts:
         connection.execute(insert(REPORT_COUNTS), [
-            {"entries": BLOCK, "block": block, "facet": facet, "principal": principal, "template": template,
-             "name": name, "n": n} for facet, principal, template, name, n in counts])
+            {"rules": rules, "entries": BLOCK, "block": block, "facet": facet, "principal": principal,
+             "template": template, "name": name, "n": n} for facet, principal, template, name, n in counts])
     return True

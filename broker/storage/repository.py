@@ -742,11 +742,11 @@ class Repository:
         return self._first_seq(self._window(since, None))
 
     # --- the report's cache of closed blocks (broker.storage.report_blocks) -----------------------------------
-    def report_segments(self, since: datetime) -> list[Segment]:
-        return report_blocks.report_segments(self._core, since=issuance_log.log_time(since))
+    def report_segments(self, since: datetime, *, rules: int) -> list[Segment]:
+        return report_blocks.report_segments(self._core, since=issuance_log.log_time(since), rules=rules)
 
-    def missing_report_blocks(self) -> list[int]:
-        return report_blocks.missing_report_blocks(self._core)
+    def missing_report_blocks(self, *, rules: int) -> list[int]:
+        return report_blocks.missing_report_blocks(self._core, rules=rules)
 
     def report_block_entries(self, block: int) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
         return report_blocks.block_entries(self._core, block, postgres=self._postgres)
@@ -755,12 +755,12 @@ class Repository:
         return report_blocks.pending_request_ids(self._core, request_ids, through_block=through_block,
                                                  postgres=self._postgres)
 
-    def report_counts(self, blocks: Sequence[int]) -> list[tuple[str, str, str, str, int]]:
-        return report_blocks.report_counts(self._core, blocks)
+    def report_counts(self, blocks: Sequence[int], *, rules: int) -> list[tuple[str, str, str, str, int]]:
+        return report_blocks.report_counts(self._core, blocks, rules=rules)
 
-    def save_report_block(self, block: int, *, min_time: str | None, max_time: str | None, figures: str | None,
-                          counts: Sequence[tuple[str, str, str, str, int]]) -> bool:
-        return report_blocks.save_report_block(self._core, block, min_time=min_time, max_time=max_time,
+    def save_report_block(self, block: int, *, rules: int, min_time: str | None, max_time: str | None,
+                          figures: str | None, counts: Sequence[tuple[str, str, str, str, int]]) -> bool:
+        return report_blocks.save_report_block(self._core, block, rules=rules, min_time=min_time, max_time=max_time,
                                                figures=figures, counts=counts, postgres=self._postgres)
 
     def _body_field(self, name: str) -> Any:

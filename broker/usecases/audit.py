@@ -119,6 +119,15 @@ _ENTRY_COUNTS = ("refused", "cosignatures", "issued")
 Step = tuple[Any, Any, tuple[Any, Any], Any]
 
 
+# The version of the rules by which a closed block's figures are cached for the report (log_report_blocks and
+# log_report_counts hold it in their primary keys): ReportTally's, and what decides which blocks are cached and
+# what of them is kept (AuditLog.fill_report_blocks, block_counts' limits, the steps left out).  Bump it with any
+# change to them: the rows of another version are then not read (their blocks are read from their bodies) and the
+# blocks are filled again.  tests/storage/test_report_blocks.py pins a digest of these rules' code and fails when
+# it changes without a bump.
+REPORT_RULES = 1
+
+
 class ReportTally:
     """The report's figures over entries read oldest first; every request counts once in each figure.
 
@@ -454,7 +463,7 @@ class AuditLog:
         A block is cached without figures (a report reads it from its bodies, as before) when one of its bodies
         does not parse or an entry breaks the tally: whatever a report did on it, it still does."""
         with self.database.read() as repo:
-            missing = repo.missing_report_blocks()[:limit]
+            missing = repo.missing_report_blocks(rules=REPORT_RULES)[:limit]
         written = 0
         for block in missing:
             with self.database.read() as repo:
@@ -463,8 +472,8 @@ class AuditLog:
             figures, counts = (None, []) if cached is None else (json.dumps(cached[0]), cached[1])
             try:
                 with self.database.transaction() as repo:
-                    written += repo.save_report_block(block, min_time=low, max_time=high, figures=figures,
-                                                      counts=counts)
+                    written += repo.save_report_block(block, rules=REPORT_RULES, min_time=low, max_time=high,
+                                                      figures=figures, counts=counts)
             except (InvalidInput, OverflowError, UnicodeError):
                 if figures is None:
                     raise
@@ -473,7 +482,8 @@ class AuditLog:
                 # The block is cached without figures instead: a report reads it from its bodies, as before.
                 log.warning("report cache: block %s kept out (a count the database cannot store)", block)
                 with self.database.transaction() as repo:
-                    written += repo.save_report_block(block, min_time=low, max_time=high, figures=None, counts=[])
+                    written += repo.save_report_block(block, rules=REPORT_RULES, min_time=low, max_time=high,
+                                                      figures=None, counts=[])
         return written
 
     @staticmethod
@@ -528,14 +538,14 @@ class AuditLog:
             # NOTE: the closed blocks wholly in the window come from their cached figures (fill_report_blocks);
             # the rest of the window's seqs (the open tail, a block across ``since``, a block not filled) is read
             # from the bodies, in seq order around them.
-            segments = repo.report_segments(since)
+            segments = repo.report_segments(since, rules=REPORT_RULES)
             first = repo.first_seq_since(since) if segments[0][2] is None else None
             if segments[0][2] is None and first is None:
                 segments = []  # no entry from ``since`` on at all
             # NOTE: the counts of exactly the blocks whose figures were read (a fill may add one meanwhile); a
             # cached segment is one block, seqs ``block * size + 1 .. (block + 1) * size``.
             cached = [after // (up_to - after) for after, up_to, figures in segments if figures is not None]
-            tally.add_counts(repo.report_counts(cached) if cached else [])
+            tally.add_counts(repo.report_counts(cached, rules=REPORT_RULES) if cached else [])
         for after, up_to, figures in segments:
             if figures is not None:
                 tally.add_block(json.loads(figures))

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from broker.cli.server import _checkpoint_loop
 from broker.domain.times import parse_time
+from broker.usecases.audit import REPORT_RULES
 from broker.storage import log_aggregates, report_blocks
 from broker.storage.log_aggregates import BLOCKS
 
@@ -58,7 +59,7 @@ def _log_of_two_closed_blocks(broker) -> int:
 
 def _missing_report_blocks(database) -> list[int]:
     with database.read() as repo:
-        return repo.missing_report_blocks()
+        return repo.missing_report_blocks(rules=REPORT_RULES)
 
 
 def _fill_and_warnings(broker, caplog) -> list[str]:
@@ -88,7 +89,7 @@ def test_the_report_is_cached_when_the_dashboards_fill_fails(broker, caplog):
         assert [w for w in warnings if "cache of closed blocks" in w] == [
             "the dashboard's cache of closed blocks was not filled (the next sweep tries again)"]
         with database.read() as repo:
-            segments = repo.report_segments(parse_time("2000-01-01T00:00:00Z"))
+            segments = repo.report_segments(parse_time("2000-01-01T00:00:00Z"), rules=REPORT_RULES)
         assert [(after, figures is not None) for after, _, figures in segments] == [
             (0, False), *[(block * 4, True) for block in range(1, head // 4)], (head // 4 * 4, False)]
 

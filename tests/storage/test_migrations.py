@@ -74,3 +74,31 @@ def test_0007_keeps_the_flows_in_progress(empty_url):
         rows = repo.session.exec(select(UiOidcFlowRow.id, UiOidcFlowRow.client_address)).all()
     assert [tuple(row) for row in rows] == [("f1", None)]
     engine.dispose()
+
+
+def test_0016_makes_the_reports_cache_again_with_a_rules_version(empty_url):
+    """0016: the report's cached blocks of 0015 (no rules version) are dropped, the tables made again with ``rules``
+    first in both primary keys; down to 0015 they are made again without it."""
+    from sqlalchemy import inspect
+
+    engine = build_engine(empty_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0015")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO log_report_blocks (entries, block, filled_at, min_time, max_time, figures) "
+            "VALUES (1024, 0, '2030-01-01 00:00:00', 'a', 'b', '{}')")
+        connection.exec_driver_sql(
+            "INSERT INTO log_report_counts (entries, block, facet, principal, template, name, n) "
+            "VALUES (1024, 0, 'row', 'agent:a', 't', 'issued', 1)")
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        for table, key in (("log_report_blocks", ["rules", "entries", "block"]),
+                           ("log_report_counts", ["rules", "entries", "block", "facet", "principal", "template",
+                                                  "name"])):
+            assert inspect(connection).get_pk_constraint(table)["constrained_columns"] == key
+            assert connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one() == 0
+    command.downgrade(config, "0015")
+    with engine.connect() as connection:
+        assert inspect(connection).get_pk_constraint("log_report_blocks")["constrained_columns"] == ["entries", "block"]
+    engine.dispose()

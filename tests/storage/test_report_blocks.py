@@ -7,10 +7,13 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
 import logging
 import statistics
+import textwrap
 import traceback
 import uuid
 from collections import Counter, defaultdict
@@ -35,7 +38,7 @@ from broker.storage.engine import Database
 from broker.storage import report_blocks
 from broker.storage.log_aggregates import LogAggregates
 from broker.storage.models import LogReportBlockRow, LogReportCountRow
-from broker.usecases.audit import REQUEST_STATES, AuditLog, RefusalFigures, _agent_row
+from broker.usecases.audit import REPORT_RULES, REQUEST_STATES, AuditLog, RefusalFigures, _agent_row
 from tests.storage.test_log_aggregates import BASE, EVENTS, HOUR_US, blocks_of, empty, throwaway_log
 
 REPORT_BLOCKS = LogReportBlockRow.__table__
@@ -324,7 +327,8 @@ def test_the_cached_report_is_the_walks_byte_for_byte(database, first, more, blo
             audit.fill_report_blocks()
         for since in data.draw(st.lists(windows_from(first + more), min_size=1, max_size=3)):
             with database.read() as repo:
-                note(f"since {since}: segments {[(a, u, f is not None) for a, u, f in repo.report_segments(BASE + timedelta(microseconds=since))]}")
+                segments = repo.report_segments(BASE + timedelta(microseconds=since), rules=REPORT_RULES)
+                note(f"since {since}: segments {[(a, u, f is not None) for a, u, f in segments]}")
             kind, _ = compare(database, audit, BASE + timedelta(microseconds=since))
             assert kind == "report"
 
@@ -357,7 +361,8 @@ def test_a_report_over_cached_blocks_reads_no_body_of_them(database):
         since = BASE
         before = audit.report(principal=REVIEWER, since=since)
         with database.read() as repo:
-            assert [f is not None for _, _, f in repo.report_segments(since)] == [True, True, False]
+            assert [f is not None for _, _, f in repo.report_segments(since, rules=REPORT_RULES)] == \
+                [True, True, False]
         with database.engine.begin() as connection:
             if not database.is_postgres:
                 connection.exec_driver_sql("DROP TRIGGER IF EXISTS events_no_update")
@@ -383,11 +388,12 @@ def test_fill_caches_each_closed_block_once(database):
             assert connection.execute(select(REPORT_BLOCKS.c.block).order_by(REPORT_BLOCKS.c.block)).scalars().all() \
                 == [0, 1]
         with database.read() as repo:
-            assert [figures is not None for _, _, figures in repo.report_segments(BASE)] == [True, True, False]
+            assert [figures is not None for _, _, figures in repo.report_segments(BASE, rules=REPORT_RULES)] == \
+                [True, True, False]
     with sizes(2, 16):  # blocks of another size: the rows of the old size are not read as theirs
         with database.read() as repo:
-            assert repo.missing_report_blocks() == [0, 1, 2]
-            assert repo.report_segments(BASE) == [(0, None, None)]
+            assert repo.missing_report_blocks(rules=REPORT_RULES) == [0, 1, 2]
+            assert repo.report_segments(BASE, rules=REPORT_RULES) == [(0, None, None)]
         assert compare(database, audit, BASE)[0] == "report"
 
 
@@ -409,7 +415,8 @@ def test_a_block_whose_counts_cannot_be_stored_is_left_to_the_walk_and_the_later
             "report cache: block 0 kept out (a count the database cannot store)"]
         assert audit.fill_report_blocks() == 0
         with database.read() as repo:
-            assert [f is not None for _, _, f in repo.report_segments(BASE)] == [False, True, True, False]
+            assert [f is not None for _, _, f in repo.report_segments(BASE, rules=REPORT_RULES)] == \
+                [False, True, True, False]
         compare(database, audit, BASE)
 
 
@@ -507,8 +514,95 @@ def test_each_guard_of_the_cache(database, name, caplog):
             since = BASE + timedelta(microseconds=at * AT)
             if at in guard.segments:
                 with database.read() as repo:
-                    assert [(after, f is not None) for after, _, f in repo.report_segments(since)] == \
-                        guard.segments[at]
+                    segments = repo.report_segments(since, rules=REPORT_RULES)
+                assert [(after, f is not None) for after, _, f in segments] == guard.segments[at]
             assert compare(database, audit, since)[0] == "report"
     # NOTE: what the database cannot store is refused before the save, not by the database.
     assert not [r for r in caplog.records if "cannot store" in r.getMessage()]
+
+
+EMPTY_FIGURES = '{"refusals": [], "destructive": [], "high_risk": [], "steps": []}'
+
+
+def _rules_of_rows(database: Database) -> list[tuple[int, int]]:
+    with database.engine.connect() as connection:
+        return sorted(connection.execute(select(REPORT_BLOCKS.c.rules, REPORT_BLOCKS.c.block)).all())
+
+
+def test_rows_of_another_rules_version_are_not_read_and_are_filled_again(database):
+    """A release whose tally rules differ (REPORT_RULES bumped) reads the blocks an older one filled as not filled,
+    from their bodies, and fills them again, leaving the older rows to a replica still on the older rules (an
+    upgrade under way), which goes on reading its own."""
+    clear(database)
+    old, new = REPORT_RULES, REPORT_RULES + 1
+    with sizes(2, 16):
+        append(database, REFUSALS)  # blocks 0 and 1 closed, seq 5 the tail
+        audit = AuditLog(database=database, signer=None, clock=SystemClock())  # type: ignore[arg-type]
+        assert audit.fill_report_blocks() == 2
+        with database.engine.begin() as connection:  # figures the old rules' report reads, and the walk does not
+            connection.execute(REPORT_BLOCKS.update().where(REPORT_BLOCKS.c.block == 0).values(figures=EMPTY_FIGURES))
+        assert outcome(lambda: audit.report(principal=REVIEWER, since=BASE)) != \
+            outcome(lambda: reference_report(database, BASE))
+        with patch("broker.usecases.audit.REPORT_RULES", new):
+            with database.read() as repo:
+                assert repo.missing_report_blocks(rules=new) == [0, 1]
+                assert repo.report_segments(BASE, rules=new) == [(0, None, None)]
+            compare(database, audit, BASE)
+            assert audit.fill_report_blocks() == 2
+            assert _rules_of_rows(database) == [(old, 0), (old, 1), (new, 0), (new, 1)]
+            with database.engine.connect() as connection:
+                assert set(connection.execute(select(REPORT_COUNTS.c.rules)).scalars()) == {old, new}
+            assert compare(database, audit, BASE)[0] == "report"
+            with database.read() as repo:
+                assert [f is not None for _, _, f in repo.report_segments(BASE, rules=new)] == [True, True, False]
+        assert audit.fill_report_blocks() == 0  # the older rules' replica: its own rows, as they were
+        with database.engine.connect() as connection:
+            assert connection.execute(select(REPORT_BLOCKS.c.figures).where(
+                REPORT_BLOCKS.c.rules == old, REPORT_BLOCKS.c.block == 0)).scalar_one() == EMPTY_FIGURES
+
+
+def _rules_code(obj: Any) -> str:
+    """An object's code as the rules digest reads it: without comments, docstrings or layout."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body and \
+                isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) and \
+                isinstance(node.body[0].value.value, str):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def rules_digest() -> str:
+    """A digest of what makes a cached block's figures and decides which blocks are cached: ReportTally and what
+    it uses, the fill's choices, the storage's reads of a block, and the constants and event types they name."""
+    from broker.domain import refusal_counts
+    from broker.usecases import audit
+
+    code = [audit.RefusalFigures, audit._reason, audit._agent_row, audit.ReportTally, audit._text_bytes,
+            audit._countable, audit._plain_id, audit.AuditLog.fill_report_blocks, audit.AuditLog._block_figures,
+            refusal_counts.carried_refusals, refusal_counts.carried_announcements, refusal_counts._count,
+            refusal_counts._counts, report_blocks.block_entries, report_blocks.pending_request_ids]
+    constants = [audit._ENTRY_COUNTS, [str(kind) for kind in audit.REQUEST_STATES], audit.COUNT_NAME_BYTES,
+                 audit.COUNT_BOUND, [str(kind) for kind in CARRYING_TYPES], [str(kind) for kind in REFUSAL_TYPES],
+                 refusal_counts.UNATTRIBUTED, [str(kind) for kind in EventType]]
+    text = "\n".join([*(_rules_code(obj) for obj in code), repr(constants)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The digest of the rules of each REPORT_RULES version (rules_digest).  Never change a digest: add one for the new
+# version.
+RULES_DIGESTS = {1: "28c943bd43be3f97612804b814af921ac9a2dc20e423fb033e97c7ec2fa1e74d"}
+
+
+def test_the_report_rules_are_those_of_their_version():
+    """Changing the tally (or what decides a block's cached figures) without bumping REPORT_RULES would have a
+    release read the blocks filled by the one before it as its own: the report would differ from the walk, or fail."""
+    digest = rules_digest()
+    assert RULES_DIGESTS.get(REPORT_RULES) == digest, (
+        f"The report's cached-block rules changed (digest {digest}), but REPORT_RULES is still {REPORT_RULES}"
+        f" (pinned {RULES_DIGESTS.get(REPORT_RULES)}). Blocks cached by the old rules would be read as the new"
+        f" ones. Bump broker.usecases.audit.REPORT_RULES to {max(RULES_DIGESTS) + 1} and add"
+        f" {max(RULES_DIGESTS) + 1}: \"{digest}\" to RULES_DIGESTS in tests/storage/test_report_blocks.py (keep the"
+        f" old digests)." if REPORT_RULES in RULES_DIGESTS else
+        f"REPORT_RULES is {REPORT_RULES}: pin its rules' digest, {REPORT_RULES}: \"{digest}\", in RULES_DIGESTS.")
+
