@@ -117,6 +117,8 @@ def _agent_row() -> dict[str, Any]:
 _ENTRY_COUNTS = ("refused", "cosignatures", "issued")
 # A request's step for ReportTally.follow: (type, request id, (agent, template), time or None).
 Step = tuple[Any, Any, tuple[Any, Any], Any]
+# An approved entry's step without a time (a cached block's entries all have one: never in its figures' JSON).
+_NO_TIME: Any = object()
 
 
 # The version of the rules by which a closed block's figures are cached for the report (log_report_blocks and
@@ -187,8 +189,8 @@ class ReportTally:
         if kind in (EventType.DENIED, EventType.APPROVED, EventType.PENDING) or (request_id
                                                                                 and kind in REQUEST_STATES):
             # NOTE: a pending entry's time is read here, an approved one's only if it is ever needed (as before).
-            time = entry["time"] if kind == EventType.PENDING else entry.get("time") if kind == EventType.APPROVED \
-                else None
+            time = entry["time"] if kind == EventType.PENDING else entry.get("time", _NO_TIME) \
+                if kind == EventType.APPROVED else None
             return (kind, request_id, key, time)
         return None
 
@@ -204,6 +206,8 @@ class ReportTally:
             self._approved.add(request_id)
             self.rows[key]["approvals"] += 1
             if request_id in self._opened:
+                if time is _NO_TIME:
+                    raise KeyError("time")  # NOTE: as the walk before the cache, which read entry["time"]
                 self.rows[key]["waits"].append((parse_time(time) - self._opened[request_id]).total_seconds())
         elif kind == EventType.PENDING:
             self._opened[request_id] = parse_time(time)

